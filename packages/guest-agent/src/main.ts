@@ -1,0 +1,56 @@
+import { parseArgs } from "node:util";
+import { ENVD_PORT } from "@firebreak/protocol";
+import { ControlChannel } from "./control/control-channel.ts";
+import { mixEntropy, syncClock } from "./control/system.ts";
+import { deviceTransport, socketTransport } from "./control/transport.ts";
+import { createAgentServer } from "./http/server.ts";
+import { AgentState } from "./identity/agent-state.ts";
+
+/**
+ * Firebreak guest agent: E2B-compatible envd plus the host control channel.
+ *
+ *   node agent.mjs [--port 49983] [--host 0.0.0.0] [--control /dev/virtio-ports/fb.control]
+ *                  [--control-socket /path/to.sock]
+ */
+function main(): void {
+  const { values } = parseArgs({
+    options: {
+      port: { type: "string", default: String(ENVD_PORT) },
+      host: { type: "string", default: "0.0.0.0" },
+      control: { type: "string" },
+      "control-socket": { type: "string" },
+    },
+    strict: true,
+  });
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`invalid --port ${values.port}`);
+  const transport = values.control
+    ? deviceTransport(values.control)
+    : values["control-socket"]
+      ? socketTransport(values["control-socket"])
+      : undefined;
+
+  const state = new AgentState();
+  const { server, table } = createAgentServer({ state, standalone: transport === undefined });
+  const control = transport ? new ControlChannel(transport, state, { syncClock, mixEntropy }) : undefined;
+
+  server.listen(port, values.host, () => {
+    const addr = server.address();
+    const actual = typeof addr === "object" && addr ? addr.port : port;
+    // Tests parse this line to find the port when --port 0 is used.
+    process.stdout.write(`guest-agent listening on ${values.host}:${actual}\n`);
+    control?.start();
+  });
+
+  const shutdown = () => {
+    control?.close();
+    table.killAll();
+    server.close();
+    server.closeAllConnections();
+    setTimeout(() => process.exit(0), 100).unref();
+  };
+  process.on("SIGTERM", shutdown);
+  process.on("SIGINT", shutdown);
+}
+
+main();

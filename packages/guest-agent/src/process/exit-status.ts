@@ -1,0 +1,27 @@
+const SIGNAL_WORDS: Record<string, string> = {
+  SIGKILL: "killed",
+  SIGTERM: "terminated",
+  SIGINT: "interrupt",
+  SIGHUP: "hangup",
+  SIGQUIT: "quit",
+  SIGPIPE: "broken pipe",
+  SIGSEGV: "segmentation fault",
+  SIGABRT: "aborted",
+  SIGBUS: "bus error",
+  SIGUSR1: "user defined signal 1",
+  SIGUSR2: "user defined signal 2",
+};
+
+export type ExitInfo = { exitCode: number; exited: boolean; status: string };
+
+/**
+ * Exit description in the shape E2B's envd (Go) reports: `exit status N` with
+ * exited=true, or `signal: killed` with exitCode -1 and exited=false.
+ */
+export function describeExit(code: number | null, signal: NodeJS.Signals | string | null): ExitInfo {
+  if (signal) {
+    return { exitCode: -1, exited: false, status: `signal: ${SIGNAL_WORDS[signal] ?? signal}` };
+  }
+  const c = code ?? -1;
+  return { exitCode: c, exited: true, status: `exit status ${c}` };
+}
