@@ -19,6 +19,7 @@ export {
 export { NFT_COUNTERS, NFT_TABLE } from "./nft-ruleset.ts";
 export {
   createSandboxNetwork,
+  type DestroyOptions,
   destroySandboxNetwork,
   HOST_VETH_PREFIX,
   listNetworkResources,

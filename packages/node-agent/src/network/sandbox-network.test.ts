@@ -249,6 +249,31 @@ describe("lifecycle", { skip }, () => {
     await destroySandboxNetwork({ sandboxId: id, slot: net.slot });
   });
 
+  test("destroy removes the veth even while a process keeps the namespace alive", async (t) => {
+    const id = `t${uniq()}`;
+    const net = await createSandboxNetwork({ sandboxId: id, slot: randomSlot(), tapUid: 0, tapGid: 0 });
+    const holder = await startEchoServer(net.netnsName, "127.0.0.1", 7003, "holder");
+    t.after(async () => {
+      stop(holder);
+      await destroySandboxNetwork(net);
+    });
+    await destroySandboxNetwork(net);
+    assert.ok(gone(net), "namespace name or veth left behind");
+  });
+
+  test("destroy without waiting returns at once; the kernel removes the veth shortly after", async (t) => {
+    const id = `t${uniq()}`;
+    const net = await createSandboxNetwork({ sandboxId: id, slot: randomSlot(), tapUid: 0, tapGid: 0 });
+    t.after(() => destroySandboxNetwork(net));
+    await destroySandboxNetwork(net, { wait: false });
+    assert.ok(!existsSync(net.netnsPath));
+    const deadline = Date.now() + 5_000;
+    while (existsSync(`/sys/class/net/${net.hostVeth}`) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(gone(net));
+  });
+
   test("the same slot can be reused right after destroy", async (t) => {
     const slot = randomSlot();
     const ids = [`t${uniq()}`, `t${uniq()}`];

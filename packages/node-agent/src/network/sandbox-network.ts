@@ -313,16 +313,33 @@ async function removeNetwork(netnsName: string, netns: boolean, hostVeth: string
   }
 }
 
+export interface DestroyOptions {
+  /**
+   * Delete the host veth explicitly, so the slot's name and address are free
+   * on return. The kernel removes a veth only after RCU grace periods (~25-35 ms
+   * here). With `false`, destroy only removes the namespace name (~3 ms) and
+   * the kernel's asynchronous namespace teardown takes the veth pair with it
+   * (tens of ms later, or only once the last process or tap fd holding the
+   * namespace is gone). Measured A/B: explicit delete beats waiting for the
+   * asynchronous teardown (p50 ~30 ms vs ~40 ms).
+   * @default true
+   */
+  wait?: boolean;
+}
+
 /**
- * Removes a sandbox's namespace (with tap0 and its nft table) and host veth.
- * Idempotent: missing pieces are fine. A host veth whose ifalias names another
- * sandbox's namespace (the slot was reused) is left alone.
+ * Removes a sandbox's namespace (with tap0 and its nft table) and host veth,
+ * in one `ip -batch`. Idempotent: missing pieces are fine. A host veth whose
+ * ifalias names another sandbox's namespace (the slot was reused) is left alone.
  *
  * Preconditions: the VM is gone. A process still holding tap0 keeps the
- * namespace alive in the kernel after its name is removed (unreachable: the
- * uplink veth is deleted here).
+ * namespace alive in the kernel after its name is removed (unreachable once
+ * the uplink veth is deleted).
  */
-export async function destroySandboxNetwork(net: SandboxNetwork | { sandboxId: string; slot: number }) {
+export async function destroySandboxNetwork(
+  net: SandboxNetwork | { sandboxId: string; slot: number },
+  opts: DestroyOptions = {},
+): Promise<void> {
   if (!SANDBOX_ID_RE.test(net.sandboxId) || !Number.isInteger(net.slot) || net.slot < 0) {
     throw new NetworkError(
       "NETWORK_INVALID_SPEC",
@@ -332,12 +349,12 @@ export async function destroySandboxNetwork(net: SandboxNetwork | { sandboxId: s
   const netnsName = netnsNameFor(net.sandboxId);
   const hostVeth = hostVethNameFor(net.slot);
   const owner = await readAlias(hostVeth);
-  const vethExists = owner !== undefined;
   // INVARIANT: never delete a veth that belongs to another sandbox.
-  const vethIsOurs = vethExists && (owner === "" || owner === netnsName);
+  const vethIsOurs = owner !== undefined && (owner === "" || owner === netnsName);
   const netnsExists = existsSync(`${NETNS_DIR}/${netnsName}`);
-  if (!vethIsOurs && !netnsExists) return;
-  await removeNetwork(netnsName, netnsExists, hostVeth, vethIsOurs);
+  const deleteVeth = vethIsOurs && (opts.wait !== false || !netnsExists);
+  if (!deleteVeth && !netnsExists) return;
+  await removeNetwork(netnsName, netnsExists, hostVeth, deleteVeth);
 }
 
 /** ifalias of a root-namespace link: undefined if the link does not exist. */
