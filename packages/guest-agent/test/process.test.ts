@@ -12,15 +12,21 @@ function text(ev: Ev): string {
 }
 
 /** Runs a bash command to completion and collects stdout, stderr and the end event. */
-async function run(agent: Agent, cmd: string, extra: Partial<processPb.StartRequest> = {}, user?: string) {
+async function run(
+  agent: Agent,
+  cmd: string,
+  extra: { process?: { cmd: string; args: string[]; envs: Record<string, string>; cwd?: string } } = {},
+  user?: string,
+) {
   let stdout = "";
   let stderr = "";
   let end: processPb.ProcessEvent_EndEvent | undefined;
   const events: Ev[] = [];
-  for await (const res of agent.process({ user }).start({
+  const req = {
     process: { cmd: "/bin/bash", args: ["-c", cmd], envs: {} },
     ...extra,
-  })) {
+  };
+  for await (const res of agent.process({ user }).start(req)) {
     const ev = res.event!.event;
     events.push(ev);
     if (ev.case === "data" && ev.value.output.case === "stdout") stdout += text(ev);
@@ -141,7 +147,7 @@ describe("process service", () => {
       .sendInput({ process: sel, input: { input: { case: "stdin", value: Buffer.from("abcde") } } });
     await agent.process().closeStdin({ process: sel });
     let out = "";
-    for (let r = await stream.next(); !r.done; r = await stream.next()) out += text(r.value.event.event);
+    for (let r = await stream.next(); !r.done; r = await stream.next()) out += text(r.value.event!.event);
     assert.equal(out.trim(), "5");
   });
 
@@ -173,7 +179,7 @@ describe("process service", () => {
     }
     await agent.process().streamInput(input());
     let out = "";
-    for (let r = await it.next(); !r.done; r = await it.next()) out += text(r.value.event.event);
+    for (let r = await it.next(); !r.done; r = await it.next()) out += text(r.value.event!.event);
     assert.equal(out, "abcdef");
   });
 
@@ -206,7 +212,7 @@ describe("process service", () => {
       await agent.process().sendSignal({ process: { selector: { case: "pid", value: pid.pid } }, signal });
       let end: processPb.ProcessEvent_EndEvent | undefined;
       for (let r = await it.next(); !r.done; r = await it.next()) {
-        if (r.value.event.event.case === "end") end = r.value.event.event.value;
+        if (r.value.event!.event.case === "end") end = r.value.event!.event.value;
       }
       await attachedDone;
       assert.equal(end?.status, status);
@@ -220,12 +226,10 @@ describe("process service", () => {
 
   test("unknown pid answers not_found", async () => {
     await assert.rejects(
-      agent
-        .process()
-        .sendSignal({
-          process: { selector: { case: "pid", value: 999_999 } },
-          signal: processPb.Signal.SIGKILL,
-        }),
+      agent.process().sendSignal({
+        process: { selector: { case: "pid", value: 999_999 } },
+        signal: processPb.Signal.SIGKILL,
+      }),
       (e) => e instanceof ConnectError && e.code === Code.NotFound,
     );
   });
@@ -273,7 +277,7 @@ describe("process service", () => {
     let resized = false;
     let exit: number | undefined;
     for (let r = await it.next(); !r.done; r = await it.next()) {
-      const ev = r.value.event.event;
+      const ev = r.value.event!.event;
       if (ev.case === "data") {
         assert.equal(ev.value.output.case, "pty");
         out += text(ev);

@@ -20,17 +20,21 @@ export class DirWatcher {
     onEvent: (ev: FsEvent) => void,
     onError: (err: Error) => void,
   ) {
+    // Events are classified asynchronously (rename needs a stat) but delivered in order.
+    let chain: Promise<void> = Promise.resolve();
     this.#watcher = watch(dir, { recursive, persistent: false }, (kind, filename) => {
       if (this.#closed || filename === null) return;
       const name = filename.toString();
-      if (kind === "change") {
-        onEvent({ name, type: filesystemPb.EventType.WRITE });
-        return;
-      }
-      access(join(dir, name)).then(
-        () => !this.#closed && onEvent({ name, type: filesystemPb.EventType.CREATE }),
-        () => !this.#closed && onEvent({ name, type: filesystemPb.EventType.REMOVE }),
-      );
+      chain = chain.then(async () => {
+        let type: filesystemPb.EventType = filesystemPb.EventType.WRITE;
+        if (kind === "rename") {
+          type = await access(join(dir, name)).then(
+            () => filesystemPb.EventType.CREATE,
+            () => filesystemPb.EventType.REMOVE,
+          );
+        }
+        if (!this.#closed) onEvent({ name, type });
+      });
     });
     this.#watcher.on("error", (err) => {
       if (!this.#closed) onError(err);
