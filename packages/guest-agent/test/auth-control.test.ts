@@ -86,7 +86,11 @@ describe("auth and control channel", () => {
     );
     let out = "";
     for await (const r of agent.process({ token: "second-token" }).start({
-      process: { cmd: "/bin/bash", args: ["-c", 'echo "${FB_SANDBOX_VAR:-unset} $ONLY_NEW"'], envs: {} },
+      process: {
+        cmd: "/bin/bash",
+        args: ["-c", 'echo "$(printenv FB_SANDBOX_VAR || echo unset) $ONLY_NEW"'],
+        envs: {},
+      },
     })) {
       if (r.event?.event.case === "data") out += Buffer.from(r.event.event.value.output.value!).toString();
     }

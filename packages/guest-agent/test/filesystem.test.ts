@@ -124,7 +124,10 @@ describe("filesystem service and /files", () => {
       fs.move({ source: "/definitely/missing", destination: "/tmp/x" }),
       isCode(Code.NotFound),
     );
-    await assert.rejects(fs.watchDir({ path: "/definitely/missing" }).next(), isCode(Code.NotFound));
+    await assert.rejects(
+      fs.watchDir({ path: "/definitely/missing" })[Symbol.asyncIterator]().next(),
+      isCode(Code.NotFound),
+    );
   });
 
   test("watchDir streams create events; polled watchers return them too", async () => {
