@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { ENVD_PORT } from "@firebreak/protocol";
+import { ENVD_PORT } from "@firebreak/protocol/envd";
 import { ControlChannel } from "./control/control-channel.ts";
 import { mixEntropy, syncClock } from "./control/system.ts";
 import { deviceTransport, socketTransport } from "./control/transport.ts";

@@ -18,6 +18,8 @@ const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 export const USER_UID = 65534;
 
 export type Agent = {
+  /** Spawn to "listening" line, in ms. */
+  startupMs: number;
   baseUrl: string;
   dir: string;
   home: string;
@@ -96,7 +98,9 @@ export class ControlPeer {
 
 let nextId = 1;
 
-export async function startAgent(opts: { env?: Record<string, string> } = {}): Promise<Agent> {
+export async function startAgent(
+  opts: { env?: Record<string, string>; entry?: string } = {},
+): Promise<Agent> {
   const dir = await mkdtemp(join(tmpdir(), "fb-agent-test-"));
   await chmod(dir, 0o755);
   const home = join(dir, "home", "user");
@@ -117,9 +121,10 @@ export async function startAgent(opts: { env?: Record<string, string> } = {}): P
   const control = new ControlPeer(server);
   await new Promise<void>((resolve) => server.listen(sock, resolve));
 
+  const spawnedAt = performance.now();
   const child: ChildProcess = spawn(
     process.execPath,
-    [MAIN, "--port", "0", "--host", "127.0.0.1", "--control-socket", sock],
+    [opts.entry ?? MAIN, "--port", "0", "--host", "127.0.0.1", "--control-socket", sock],
     {
       env: {
         ...process.env,
@@ -129,6 +134,7 @@ export async function startAgent(opts: { env?: Record<string, string> } = {}): P
         ...opts.env,
       },
       stdio: ["ignore", "pipe", "inherit"],
+      cwd: dir,
     },
   );
   const port = await new Promise<number>((resolve, reject) => {
@@ -140,6 +146,7 @@ export async function startAgent(opts: { env?: Record<string, string> } = {}): P
     });
     child.once("exit", (code) => reject(new Error(`agent exited early with ${code}`)));
   });
+  const startupMs = performance.now() - spawnedAt;
   const baseUrl = `http://127.0.0.1:${port}`;
   const token = randomBytes(16).toString("hex");
 
@@ -155,6 +162,7 @@ export async function startAgent(opts: { env?: Record<string, string> } = {}): P
     createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors: [headers(o)] });
 
   const agent: Agent = {
+    startupMs,
     baseUrl,
     dir,
     home,

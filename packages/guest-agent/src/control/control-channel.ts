@@ -1,4 +1,4 @@
-import { AGENT_VERSION, type GuestToHostMessage } from "@firebreak/protocol";
+import { AGENT_VERSION, type GuestToHostMessage } from "@firebreak/protocol/control";
 import type { AgentState } from "../identity/agent-state.ts";
 import { handleControlLine, type SystemOps } from "./control-handler.ts";
 import { uptimeMs } from "./system.ts";

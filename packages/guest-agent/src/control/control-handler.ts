@@ -1,4 +1,4 @@
-import type { GuestToHostMessage, InitMessage } from "@firebreak/protocol";
+import type { GuestToHostMessage, InitMessage } from "@firebreak/protocol/control";
 import type { AgentState } from "../identity/agent-state.ts";
 
 export type SystemOps = {

@@ -24,22 +24,3 @@ export function fsError(err: unknown, path: string): ConnectError {
       return new ConnectError(`filesystem error on '${path}': ${e?.message ?? String(err)}`, Code.Internal);
   }
 }
-
-/** HTTP status for the same errors, used by the /files routes. */
-export function fsErrorStatus(err: unknown): number {
-  switch ((err as NodeJS.ErrnoException)?.code) {
-    case "ENOENT":
-      return 404;
-    case "EACCES":
-    case "EPERM":
-      return 403;
-    case "ENOTDIR":
-    case "EISDIR":
-      return 400;
-    case "ENOSPC":
-    case "EDQUOT":
-      return 507;
-    default:
-      return 500;
-  }
-}

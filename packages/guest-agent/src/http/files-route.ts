@@ -5,11 +5,11 @@ import { basename, dirname } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
-import busboy from "busboy";
-import { fsErrorStatus } from "../filesystem/fs-errors.ts";
+import type { Busboy } from "busboy";
 import { giveToUser, makeDirsForUser } from "../filesystem/ownership.ts";
 import { resolveUserPath } from "../identity/paths.ts";
 import type { UserInfo } from "../identity/users.ts";
+import { fsErrorStatus } from "./fs-status.ts";
 import { sendError, sendJson } from "./respond.ts";
 
 type UploadedEntry = { path: string; name: string; type: "file" };
@@ -100,7 +100,9 @@ export async function uploadFiles(
     return sendJson(res, 200, [{ path, name: basename(path), type: "file" }] satisfies UploadedEntry[]);
   }
 
-  let parser: busboy.Busboy;
+  // Loaded on first use: most uploads from current SDKs are raw octet-stream.
+  const { default: busboy } = await import("busboy");
+  let parser: Busboy;
   try {
     parser = busboy({ headers: req.headers, preservePath: true });
   } catch (err) {

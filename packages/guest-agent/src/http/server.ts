@@ -1,19 +1,15 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { Code, ConnectError, type HandlerContext, type Interceptor } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { ACCESS_TOKEN_HEADER, Filesystem, Process } from "@firebreak/protocol";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { ACCESS_TOKEN_HEADER } from "@firebreak/protocol/envd";
 import { syncClock } from "../control/system.ts";
-import { WatcherRegistry } from "../filesystem/dir-watcher.ts";
-import { createFilesystemService } from "../filesystem/filesystem-service.ts";
 import { type AgentState, authFailureMessage } from "../identity/agent-state.ts";
 import { fileSignature, tokensEqual, userFromAuthorization } from "../identity/auth.ts";
 import { resolveRequestUser, UnknownUserError } from "../identity/request-user.ts";
 import type { UserInfo } from "../identity/users.ts";
-import { createProcessService } from "../process/process-service.ts";
 import { ProcessTable } from "../process/process-table.ts";
 import { downloadFile, uploadFiles } from "./files-route.ts";
 import { mergeHttpInit, parseHttpInit, readJsonBody } from "./init-route.ts";
 import { sendError } from "./respond.ts";
+import type { RpcHandler } from "./rpc-handler.ts";
 
 export type AgentServerOptions = {
   state: AgentState;
@@ -25,7 +21,7 @@ export type AgentServerOptions = {
   standalone: boolean;
 };
 
-export type AgentServer = { server: Server; table: ProcessTable; watchers: WatcherRegistry };
+export type AgentServer = { server: ReturnType<typeof createServer>; table: ProcessTable };
 
 function header(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
@@ -35,41 +31,11 @@ function header(req: IncomingMessage, name: string): string | undefined {
 export function createAgentServer(opts: AgentServerOptions): AgentServer {
   const { state } = opts;
   const table = new ProcessTable();
-  const watchers = new WatcherRegistry();
-
-  const userFor = async (ctx: HandlerContext): Promise<UserInfo> => {
-    try {
-      return await resolveRequestUser(state, userFromAuthorization(ctx.requestHeader.get("authorization")));
-    } catch (err) {
-      if (err instanceof UnknownUserError) throw new ConnectError(err.message, Code.Unauthenticated);
-      throw err;
-    }
+  let rpc: Promise<RpcHandler> | undefined;
+  const loadRpc = () => {
+    rpc ??= import("./rpc-handler.ts").then((m) => m.createRpcHandler(state, table));
+    return rpc;
   };
-
-  // SECURITY: every RPC passes through this check of X-Access-Token (constant time).
-  const authInterceptor: Interceptor = (next) => async (req) => {
-    const verdict = state.authorise(req.header.get(ACCESS_TOKEN_HEADER));
-    if (!verdict.ok) {
-      const code = verdict.reason === "not-initialised" ? Code.Unavailable : Code.Unauthenticated;
-      throw new ConnectError(authFailureMessage(verdict.reason), code);
-    }
-    return next(req);
-  };
-
-  const rpc = connectNodeAdapter({
-    connect: true,
-    grpc: false,
-    grpcWeb: false,
-    interceptors: [authInterceptor],
-    jsonOptions: { ignoreUnknownFields: true },
-    routes(router) {
-      router.service(Process, createProcessService({ state, table, userFor }));
-      router.service(Filesystem, createFilesystemService({ watchers, userFor }));
-    },
-    fallback(_req, res) {
-      sendError(res as ServerResponse, 404, "no such route");
-    },
-  });
 
   /**
    * SECURITY: REST authentication. A request passes with the sandbox's access
@@ -158,7 +124,13 @@ export function createAgentServer(opts: AgentServerOptions): AgentServer {
     }
     // Connect routes are "/<package>.<Service>/<Method>".
     if (/^\/(process\.Process|filesystem\.Filesystem)\//.test(url.pathname)) {
-      rpc(req, res);
+      loadRpc().then(
+        (h) => h.handle(req, res),
+        (err: unknown) => {
+          console.error("guest-agent: loading the RPC handler failed:", err);
+          sendError(res, 500, "internal error");
+        },
+      );
       return;
     }
     handleRest(req, res, url).catch((err: unknown) => {
@@ -167,7 +139,7 @@ export function createAgentServer(opts: AgentServerOptions): AgentServer {
     });
   });
   server.on("close", () => {
-    watchers.closeAll();
+    void rpc?.then((h) => h.close());
   });
-  return { server, table, watchers };
+  return { server, table };
 }

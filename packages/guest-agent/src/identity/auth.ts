@@ -1,7 +1,9 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+// node:crypto is loaded on first use: loading it pulls in WebCrypto set-up, which
+// costs start-up time under emulation and is not needed until the first request.
+const crypto = () => process.getBuiltinModule("node:crypto");
 
 function digest(s: string): Buffer {
-  return createHash("sha256").update(s, "utf8").digest();
+  return crypto().createHash("sha256").update(s, "utf8").digest();
 }
 
 /**
@@ -9,7 +11,7 @@ function digest(s: string): Buffer {
  * content nor the length of the expected token leaks through timing.
  */
 export function tokensEqual(presented: string, expected: string): boolean {
-  return timingSafeEqual(digest(presented), digest(expected));
+  return crypto().timingSafeEqual(digest(presented), digest(expected));
 }
 
 /**
@@ -41,5 +43,5 @@ export function fileSignature(
     expiration === undefined
       ? `${path}:${operation}:${user}:${token}`
       : `${path}:${operation}:${user}:${token}:${expiration}`;
-  return "v1_" + createHash("sha256").update(raw, "utf8").digest("base64").replace(/=+$/, "");
+  return "v1_" + crypto().createHash("sha256").update(raw, "utf8").digest("base64").replace(/=+$/, "");
 }

@@ -1,0 +1,106 @@
+import { cp, mkdir, readdir, rm, stat } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const PTY_PACKAGE = "@lydell/node-pty";
+/** Files of the PTY package that are only used on Windows or macOS. */
+const NOT_FOR_LINUX = /^(windows|conpty|worker$|shared$)/;
+
+export type BundleOptions = {
+  /** Guest CPU architecture (Node's naming: "x64", "arm64"). Default: this host's. */
+  arch?: string;
+};
+
+/**
+ * Builds the guest agent for a VM image: `outDir/agent.mjs` (one minified ESM file,
+ * every dependency inlined) plus the PTY library and its prebuilt native addon in
+ * `outDir/node_modules/`, so `node outDir/agent.mjs` needs nothing else.
+ * The PTY library stays external because it loads a `.node` file; the agent imports
+ * it lazily, on the first PTY request, to keep start-up light.
+ */
+export async function buildAgentBundle(
+  outDir: string,
+  opts: BundleOptions = {},
+): Promise<{ files: string[] }> {
+  const arch = opts.arch ?? process.arch;
+  const here = dirname(fileURLToPath(import.meta.url));
+  const { build } = await import("esbuild");
+  await rm(outDir, { recursive: true, force: true });
+  await mkdir(outDir, { recursive: true });
+  await build({
+    entryPoints: [join(here, "main.ts")],
+    outfile: join(outDir, "agent.mjs"),
+    bundle: true,
+    format: "esm",
+    platform: "node",
+    target: "node24",
+    minify: true,
+    sourcemap: false,
+    legalComments: "none",
+    external: [PTY_PACKAGE],
+    // Bundled CommonJS dependencies (busboy) call require() for Node built-ins.
+    banner: {
+      js: 'import{createRequire as __fbCreateRequire}from"node:module";const require=__fbCreateRequire(import.meta.url);',
+    },
+    logLevel: "warning",
+    plugins: [builtinsViaRequire],
+  });
+
+  const require = createRequire(import.meta.url);
+  const ptyDir = dirname(require.resolve(`${PTY_PACKAGE}/package.json`));
+  const nativeName = `${PTY_PACKAGE}-linux-${arch}`;
+  let nativeDir: string;
+  try {
+    nativeDir = dirname(createRequire(join(ptyDir, "package.json")).resolve(`${nativeName}/package.json`));
+  } catch {
+    throw new Error(
+      `${nativeName} is not installed: run \`npm install --os=linux --cpu=${arch}\` (or add it as a dependency) to bundle for a ${arch} guest`,
+    );
+  }
+  const destPty = join(outDir, "node_modules", PTY_PACKAGE);
+  await mkdir(destPty, { recursive: true });
+  for (const name of await readdir(ptyDir)) {
+    if (NOT_FOR_LINUX.test(name) || name.endsWith(".d.ts") || name.endsWith(".md")) continue;
+    await cp(join(ptyDir, name), join(destPty, name), { recursive: true });
+  }
+  const destNative = join(outDir, "node_modules", nativeName);
+  await mkdir(destNative, { recursive: true });
+  for (const name of ["package.json", "pty.node", "LICENSE"]) {
+    const src = join(nativeDir, name);
+    if (await stat(src).catch(() => undefined)) await cp(src, join(destNative, name));
+  }
+  return { files: await listFiles(outDir, outDir) };
+}
+
+/**
+ * Loads Node built-ins with require() instead of ESM import. An ESM import of
+ * `node:http` or `node:crypto` materialises every lazy export of the module
+ * (node:http pulls in all of undici, node:crypto all of WebCrypto): ~15 ms on the
+ * host, far more under emulation. require() leaves the lazy getters alone.
+ */
+const builtinsViaRequire = {
+  name: "builtins-via-require",
+  setup(b: import("esbuild").PluginBuild) {
+    b.onResolve({ filter: /^node:/ }, (args) =>
+      // The require() inside the shim itself stays a real, external require.
+      args.namespace === "builtin-cjs"
+        ? { path: args.path, external: true }
+        : { path: args.path, namespace: "builtin-cjs" },
+    );
+    b.onLoad({ filter: /.*/, namespace: "builtin-cjs" }, (args) => ({
+      contents: `module.exports = require(${JSON.stringify(args.path)});`,
+      loader: "js",
+    }));
+  },
+};
+
+async function listFiles(root: string, dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await listFiles(root, p)));
+    else out.push(p.slice(root.length + 1));
+  }
+  return out.sort();
+}

@@ -1,0 +1,1 @@
+export { type BundleOptions, buildAgentBundle } from "./bundle.ts";
