@@ -127,3 +127,31 @@ describe("auth and control channel", () => {
     assert.equal((await agent.process().list({})).processes.length, 0);
   });
 });
+
+describe("standalone agent (no control channel)", () => {
+  let agent: Agent;
+  before(async () => {
+    agent = await startAgent({ noControl: true });
+  });
+  after(() => agent.stop());
+
+  test("the first HTTP /init claims it; later ones need the token", async () => {
+    const first = await fetch(`${agent.baseUrl}/init`, {
+      method: "POST",
+      body: JSON.stringify({ accessToken: agent.token, defaultUser: "root" }),
+    });
+    assert.equal(first.status, 204);
+    const hijack = await fetch(`${agent.baseUrl}/init`, {
+      method: "POST",
+      body: JSON.stringify({ accessToken: "attacker" }),
+    });
+    assert.equal(hijack.status, 401);
+    let out = "";
+    for await (const r of agent
+      .process()
+      .start({ process: { cmd: "/usr/bin/id", args: ["-u"], envs: {} } })) {
+      if (r.event?.event.case === "data") out += Buffer.from(r.event.event.value.output.value!).toString();
+    }
+    assert.equal(out, "0\n");
+  });
+});

@@ -27,7 +27,7 @@ export type Agent = {
   token: string;
   control: ControlPeer;
   /** Connect clients; `user` sets the Authorization header, `token` overrides X-Access-Token. */
-  process(opts?: { user?: string; token?: string | null; timeoutMs?: number }): Client<typeof Process>;
+  process(opts?: { user?: string; token?: string | null; binary?: boolean }): Client<typeof Process>;
   filesystem(opts?: { user?: string; token?: string | null }): Client<typeof Filesystem>;
   /** Sends init over the control channel; resolves with the reply. */
   init(overrides?: Partial<Extract<HostToGuestMessage, { type: "init" }>>): Promise<GuestToHostMessage>;
@@ -99,7 +99,7 @@ export class ControlPeer {
 let nextId = 1;
 
 export async function startAgent(
-  opts: { env?: Record<string, string>; entry?: string } = {},
+  opts: { env?: Record<string, string>; entry?: string; noControl?: boolean } = {},
 ): Promise<Agent> {
   const dir = await mkdtemp(join(tmpdir(), "fb-agent-test-"));
   await chmod(dir, 0o755);
@@ -124,7 +124,14 @@ export async function startAgent(
   const spawnedAt = performance.now();
   const child: ChildProcess = spawn(
     process.execPath,
-    [opts.entry ?? MAIN, "--port", "0", "--host", "127.0.0.1", "--control-socket", sock],
+    [
+      opts.entry ?? MAIN,
+      "--port",
+      "0",
+      "--host",
+      "127.0.0.1",
+      ...(opts.noControl ? [] : ["--control-socket", sock]),
+    ],
     {
       env: {
         ...process.env,
@@ -158,8 +165,13 @@ export async function startAgent(
       if (o.user) req.header.set("Authorization", `Basic ${Buffer.from(`${o.user}:`).toString("base64")}`);
       return next(req);
     };
-  const transport = (o: { user?: string; token?: string | null }) =>
-    createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors: [headers(o)] });
+  const transport = (o: { user?: string; token?: string | null; binary?: boolean }) =>
+    createConnectTransport({
+      baseUrl,
+      httpVersion: "1.1",
+      useBinaryFormat: o.binary,
+      interceptors: [headers(o)],
+    });
 
   const agent: Agent = {
     startupMs,
@@ -196,7 +208,7 @@ export async function startAgent(
       await rm(dir, { recursive: true, force: true });
     },
   };
-  await control.waitFor((m) => m.type === "ready");
+  if (!opts.noControl) await control.waitFor((m) => m.type === "ready");
   return agent;
 }
 

@@ -224,6 +224,16 @@ describe("process service", () => {
     }
   });
 
+  test("binary protobuf encoding works too", async () => {
+    let out = "";
+    for await (const r of agent.process({ binary: true }).start({
+      process: { cmd: "/bin/echo", args: ["proto"], envs: {} },
+    })) {
+      out += text(r.event!.event);
+    }
+    assert.equal(out, "proto\n");
+  });
+
   test("unknown pid answers not_found", async () => {
     await assert.rejects(
       agent.process().sendSignal({
