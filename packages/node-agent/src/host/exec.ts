@@ -23,6 +23,8 @@ export interface RunResult {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
+  /** stdout as raw bytes (for binary output). */
+  stdoutBytes: Buffer;
 }
 
 export class CommandError extends Error {
@@ -70,10 +72,12 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
     });
     child.on("close", (code, signal) => {
       clearTimeout(timer);
+      const stdoutBytes = Buffer.concat(out);
       const result: RunResult = {
         exitCode: code ?? -1,
         signal,
-        stdout: Buffer.concat(out).toString(),
+        stdoutBytes,
+        stdout: stdoutBytes.toString(),
         stderr: Buffer.concat(err).toString(),
       };
       if (result.exitCode !== 0 && !opts.allowFailure) reject(new CommandError([cmd, ...args], result));

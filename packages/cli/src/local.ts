@@ -1,0 +1,59 @@
+// The local node, used when no server is configured: runtime, agent bundle and
+// template resolution (building built-in templates on first use).
+import path from "node:path";
+import { buildAgentBundle } from "@firebreak/guest-agent";
+import {
+  type BuildProgress,
+  type BuiltTemplate,
+  buildTemplate,
+  FirebreakError,
+  getTemplate,
+  loadConfig,
+  type NodeConfig,
+  NodeRuntime,
+  paths,
+  readTemplateSpec,
+  resolveSpecFile,
+} from "@firebreak/node-agent";
+import { log } from "./output.ts";
+
+export const config: NodeConfig = loadConfig();
+
+let runtime: Promise<NodeRuntime> | undefined;
+export function localRuntime(): Promise<NodeRuntime> {
+  runtime ??= NodeRuntime.open(config, { log });
+  return runtime;
+}
+
+export async function build(
+  nameOrSpec: string,
+  opts: { refresh?: boolean; onProgress?: (p: BuildProgress) => void },
+): Promise<BuiltTemplate> {
+  const specFile = await resolveSpecFile(nameOrSpec);
+  const { spec, dir } = await readTemplateSpec(specFile);
+  if (process.getuid?.() !== 0) {
+    throw new FirebreakError(
+      "NOT_ROOT",
+      "building templates needs root (debootstrap, image ownership). Run as root.",
+    );
+  }
+  const bundleDir = path.join(paths.cacheDir(config), "agent");
+  await buildAgentBundle(bundleDir);
+  return buildTemplate(config, spec, dir, {
+    ...opts,
+    runtime: localRuntime,
+    agent: { bundleDir, nodeBinary: process.execPath },
+  });
+}
+
+/** A built template by name; built-in templates are built on first use. */
+export async function resolveTemplate(
+  name: string,
+  onProgress?: (p: BuildProgress) => void,
+): Promise<BuiltTemplate> {
+  const t = await getTemplate(config, name);
+  if (t) return t;
+  await resolveSpecFile(name); // throws TEMPLATE_NOT_FOUND with the fix for unknown names
+  process.stderr.write(`template ${name} is not built yet; building it now (once)\n`);
+  return build(name, { ...(onProgress ? { onProgress } : {}) });
+}

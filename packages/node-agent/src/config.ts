@@ -1,0 +1,28 @@
+// Where a node keeps its state, and the defaults every sandbox starts from.
+import path from "node:path";
+
+export interface NodeConfig {
+  /** Root of everything this node stores. @default FIREBREAK_STATE_DIR or /var/lib/firebreak */
+  stateDir: string;
+  /** Unprivileged user QEMU runs as. @default "firebreak-vm" */
+  vmUser: string;
+  /** Address pool for the host side of sandbox veths. @default FIREBREAK_HOST_POOL or 10.211.0.0/16 */
+  hostPool: string;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): NodeConfig {
+  return {
+    stateDir: path.resolve(env["FIREBREAK_STATE_DIR"] ?? "/var/lib/firebreak"),
+    vmUser: env["FIREBREAK_VM_USER"] ?? "firebreak-vm",
+    hostPool: env["FIREBREAK_HOST_POOL"] ?? "10.211.0.0/16",
+  };
+}
+
+export const paths = {
+  kernelDir: (c: NodeConfig) => path.join(c.stateDir, "kernel"),
+  initramfsDir: (c: NodeConfig) => path.join(c.stateDir, "initramfs"),
+  imagesDir: (c: NodeConfig) => path.join(c.stateDir, "images"),
+  templatesDir: (c: NodeConfig) => path.join(c.stateDir, "templates"),
+  sandboxesDir: (c: NodeConfig) => path.join(c.stateDir, "sandboxes"),
+  cacheDir: (c: NodeConfig) => path.join(c.stateDir, "cache"),
+};

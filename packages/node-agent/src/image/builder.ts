@@ -1,0 +1,509 @@
+// Template builder: a declarative spec becomes a read-only, content-addressed
+// root image.
+//
+//   spec -> key (spec + file contents + package lock + agent + node) -> cache hit? done
+//        -> debootstrap (Debian packages, host side, trusted archive)
+//        -> customize (files, user, agent, init: file copies only, nothing executed)
+//        -> mkfs.ext4 -d (no mount) -> run steps inside a build microVM (untrusted)
+//        -> manifest -> atomic rename into images/<key> -> tag templates/<name>
+//
+// SECURITY: run steps are untrusted. They never execute on the host: they run
+// as root inside a microVM booted from the image being built, with no network.
+// Debian maintainer scripts do run on the host (in debootstrap's chroot); they
+// come from the Debian archive, which the operator already trusts for the host.
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import fs from "node:fs/promises";
+import path from "node:path";
+import { type NodeConfig, paths } from "../config.ts";
+import { FirebreakError } from "../errors.ts";
+import { run } from "../host/exec.ts";
+import type { NodeRuntime, TemplateImage } from "../sandbox/node-runtime.ts";
+import { REQUIRED_PACKAGES, type TemplateSpec } from "./template-spec.ts";
+
+/** Bumped when the image layout changes, so old cache entries are not reused. */
+export const BUILDER_VERSION = 1;
+const GUEST_USER_UID = 1000;
+const MIN_FREE_MIB = Number(process.env["FIREBREAK_MIN_FREE_MIB"] ?? 2048);
+
+export interface BuildProgress {
+  step: string;
+  index: number;
+  total: number;
+  /** A line of output from the current step, when there is one. */
+  detail?: string;
+}
+
+export interface BuildOptions {
+  /** Resolve package versions afresh instead of reusing the lock. */
+  refresh?: boolean;
+  onProgress?: (p: BuildProgress) => void;
+  /** Boots the build VM for run steps; only called when the spec has run steps. */
+  runtime?: () => Promise<NodeRuntime>;
+  /** The guest agent bundle (directory with agent.mjs) and the Node binary to ship. */
+  agent: { bundleDir: string; nodeBinary: string };
+}
+
+export interface TemplateManifest {
+  key: string;
+  name: string;
+  spec: TemplateSpec;
+  lock: PackageLock;
+  builderVersion: number;
+  nodeVersion: string;
+  builtAt: string;
+  buildMs: number;
+  imageBytes: number;
+}
+
+export interface PackageLock {
+  release: string;
+  /** package -> exact version, as installed in the image */
+  packages: Record<string, string>;
+}
+
+export interface BuiltTemplate extends TemplateImage {
+  key: string;
+  manifest: TemplateManifest;
+  cached: boolean;
+}
+
+export function templateImageFromManifest(config: NodeConfig, m: TemplateManifest): BuiltTemplate {
+  return {
+    name: m.name,
+    key: m.key,
+    imagePath: path.join(paths.imagesDir(config), m.key, "rootfs.ext4"),
+    env: m.spec.env,
+    user: m.spec.user,
+    workdir: m.spec.workdir,
+    start: m.spec.start,
+    ready: m.spec.ready,
+    manifest: m,
+    cached: true,
+  };
+}
+
+/** Staging directories of builds in progress in this process (removed on interrupt). */
+export const activeBuildDirs = new Set<string>();
+
+export async function buildTemplate(
+  config: NodeConfig,
+  spec: TemplateSpec,
+  specDir: string,
+  opts: BuildOptions,
+): Promise<BuiltTemplate> {
+  const started = performance.now();
+  const total = 6 + spec.run.length;
+  let index = 0;
+  const progress = (step: string, detail?: string) => {
+    if (!detail) index++;
+    opts.onProgress?.({ step, index, total, ...(detail ? { detail } : {}) });
+  };
+  const imagesDir = paths.imagesDir(config);
+  await fs.mkdir(imagesDir, { recursive: true, mode: 0o755 });
+  await removeStaleBuilds(imagesDir);
+
+  progress("resolve inputs");
+  const lockFile = path.join(paths.templatesDir(config), `${spec.name}.lock.json`);
+  const previousLock = opts.refresh ? undefined : await readJson<PackageLock>(lockFile);
+  const inputs = await inputHash(spec, specDir, opts.agent);
+  if (previousLock && previousLock.release === spec.debian.release) {
+    const key = imageKey(inputs, previousLock);
+    const hit = await readJson<TemplateManifest>(path.join(imagesDir, key, "manifest.json"));
+    if (hit) {
+      await tag(config, hit);
+      return { ...templateImageFromManifest(config, hit), cached: true };
+    }
+  }
+
+  await checkFreeSpace(config.stateDir, spec.diskMib);
+  const staging = path.join(imagesDir, `.build-${process.pid}-${Date.now()}`);
+  activeBuildDirs.add(staging);
+  try {
+    await fs.mkdir(staging, { mode: 0o755 });
+    const rootfs = path.join(staging, "rootfs");
+
+    const packages = [...new Set([...REQUIRED_PACKAGES, ...spec.debian.packages])].sort();
+    progress(`debootstrap ${spec.debian.release} (${packages.join(", ")})`);
+    const mirror = await debianMirror();
+    const cacheDir = path.join(paths.cacheDir(config), "debs");
+    await fs.mkdir(cacheDir, { recursive: true });
+    const deb = await run(
+      "debootstrap",
+      [
+        "--variant=minbase",
+        `--include=${packages.join(",")}`,
+        `--cache-dir=${cacheDir}`,
+        spec.debian.release,
+        rootfs,
+        mirror,
+      ],
+      {
+        allowFailure: true,
+        timeoutMs: 30 * 60_000,
+        onOutput: (chunk) => {
+          for (const line of chunk.split("\n")) if (line.trim()) progress("debootstrap", line.trim());
+        },
+      },
+    );
+    if (deb.exitCode !== 0) {
+      const why = (deb.stderr + deb.stdout).trim().split("\n").slice(-6).join("\n");
+      if (/No space left/.test(why)) throw noSpace(config.stateDir);
+      throw new FirebreakError(
+        "TEMPLATE_BUILD_FAILED",
+        `debootstrap failed for ${spec.name} (packages: ${spec.debian.packages.join(", ") || "none"}):\n${why}\n` +
+          "Check the package names (apt-cache policy NAME) and that the Debian mirror is reachable.",
+      );
+    }
+    const lock = await readLock(rootfs, spec.debian.release);
+    const key = imageKey(inputs, lock);
+    const existing = await readJson<TemplateManifest>(path.join(imagesDir, key, "manifest.json"));
+    if (existing) {
+      await writeJsonAtomic(lockFile, lock);
+      await tag(config, existing);
+      return { ...templateImageFromManifest(config, existing), cached: true };
+    }
+
+    progress("install the guest agent, user and files");
+    await customize(rootfs, spec, specDir, opts.agent);
+
+    progress(`make the root image (${spec.diskMib} MiB, ext4)`);
+    const image = path.join(staging, "rootfs.ext4");
+    const mk = await run(
+      "mkfs.ext4",
+      [
+        "-q",
+        "-F",
+        "-L",
+        "fbroot",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal",
+        "-E",
+        "root_owner=0:0",
+        "-d",
+        rootfs,
+        image,
+        `${spec.diskMib}M`,
+      ],
+      { allowFailure: true, timeoutMs: 10 * 60_000 },
+    );
+    if (mk.exitCode !== 0) {
+      if (/space|too small|Could not allocate/i.test(mk.stderr)) {
+        throw new FirebreakError(
+          /No space left/.test(mk.stderr) ? "NO_SPACE" : "TEMPLATE_BUILD_FAILED",
+          `the root image does not fit: ${mk.stderr.trim().split("\n").pop()}. Raise diskMib in the spec or free disk space.`,
+        );
+      }
+      throw new FirebreakError("TEMPLATE_BUILD_FAILED", `mkfs.ext4 failed: ${mk.stderr.trim()}`);
+    }
+    await fs.rm(rootfs, { recursive: true, force: true });
+
+    if (spec.run.length > 0) {
+      if (!opts.runtime)
+        throw new FirebreakError("INTERNAL", "run steps need a runtime to boot the build VM");
+      await runSteps(await opts.runtime(), spec, image, (step, detail) => progress(step, detail));
+    }
+
+    progress("finalize");
+    await fs.chown(image, 0, 0);
+    await fs.chmod(image, 0o444);
+    const manifest: TemplateManifest = {
+      key,
+      name: spec.name,
+      spec,
+      lock,
+      builderVersion: BUILDER_VERSION,
+      nodeVersion: process.version,
+      builtAt: new Date().toISOString(),
+      buildMs: Math.round(performance.now() - started),
+      imageBytes: (await fs.stat(image)).size,
+    };
+    await fs.writeFile(path.join(staging, "manifest.json"), JSON.stringify(manifest, null, 2));
+    const final = path.join(imagesDir, key);
+    // INVARIANT: images/<key> appears complete or not at all.
+    await fs.rename(staging, final);
+    await writeJsonAtomic(lockFile, lock);
+    await tag(config, manifest);
+    progress("done");
+    return { ...templateImageFromManifest(config, manifest), cached: false };
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOSPC") throw noSpace(config.stateDir);
+    throw e;
+  } finally {
+    await fs.rm(staging, { recursive: true, force: true });
+    activeBuildDirs.delete(staging);
+  }
+}
+
+async function runSteps(
+  runtime: NodeRuntime,
+  spec: TemplateSpec,
+  image: string,
+  progress: (step: string, detail?: string) => void,
+): Promise<void> {
+  const sb = await runtime.create({
+    template: { name: `${spec.name} (build)`, imagePath: image, env: spec.env, user: "root" },
+    shape: { vcpus: 1, memoryMib: 1024 },
+    writableImage: true,
+  });
+  try {
+    for (const [i, step] of spec.run.entries()) {
+      progress(`run step ${i + 1}/${spec.run.length}: ${step.split("\n")[0]!.slice(0, 80)}`);
+      let outputTail = "";
+      const onOut = (b: Uint8Array) => {
+        const text = Buffer.from(b).toString();
+        outputTail = (outputTail + text).slice(-2000);
+        for (const line of text.split("\n")) if (line.trim()) progress("run", line.trimEnd());
+      };
+      const { exitCode } = await sb.exec(["/bin/bash", "-e", "-o", "pipefail", "-c", step], {
+        user: "root",
+        cwd: spec.workdir ?? "/",
+        onStdout: onOut,
+        onStderr: onOut,
+      });
+      if (exitCode !== 0) {
+        throw new FirebreakError(
+          "TEMPLATE_BUILD_FAILED",
+          `run step ${i + 1} of template ${spec.name} failed with exit code ${exitCode}: ${step}\n` +
+            `last output:\n${outputTail.trimEnd().split("\n").slice(-10).join("\n")}\n` +
+            "Fix the step in the spec and build again; nothing was cached.",
+        );
+      }
+    }
+    await sb.exec(["/bin/sync"], { user: "root" });
+  } finally {
+    await runtime.kill(sb.id, "template build finished");
+  }
+}
+
+async function customize(
+  rootfs: string,
+  spec: TemplateSpec,
+  specDir: string,
+  agent: BuildOptions["agent"],
+): Promise<void> {
+  const inRoot = async (guestPath: string) => {
+    const target = path.join(rootfs, guestPath);
+    // SECURITY: the destination's parent must resolve inside the rootfs (no
+    // symlink may redirect a copy onto the host).
+    const parent = path.dirname(target);
+    await fs.mkdir(parent, { recursive: true });
+    const real = await fs.realpath(parent);
+    const realRoot = await fs.realpath(rootfs);
+    if (real !== realRoot && !real.startsWith(`${realRoot}/`)) {
+      throw new FirebreakError(
+        "TEMPLATE_SPEC_INVALID",
+        `guest path ${guestPath} escapes the root filesystem`,
+      );
+    }
+    return target;
+  };
+
+  // The guest agent and the Node.js runtime it runs on.
+  await fs.mkdir(path.join(rootfs, "opt/firebreak/node/bin"), { recursive: true });
+  await fs.copyFile(agent.nodeBinary, path.join(rootfs, "opt/firebreak/node/bin/node"));
+  await fs.chmod(path.join(rootfs, "opt/firebreak/node/bin/node"), 0o755);
+  await fs.cp(agent.bundleDir, path.join(rootfs, "opt/firebreak/agent"), { recursive: true });
+  await fs.writeFile(
+    path.join(rootfs, "sbin/firebreak-init"),
+    [
+      "#!/bin/sh",
+      "# PID 1 after the initramfs: tini reaps orphans and runs the guest agent.",
+      "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8",
+      "exec /usr/bin/tini -g -- /opt/firebreak/node/bin/node --max-semi-space-size=1 --max-old-space-size=64 /opt/firebreak/agent/agent.mjs --control /dev/virtio-ports/fb.control",
+      "",
+    ].join("\n"),
+    { mode: 0o755 },
+  );
+
+  // The default user (E2B: "user", home /home/user).
+  if (spec.user !== "root") {
+    const passwd = await fs.readFile(path.join(rootfs, "etc/passwd"), "utf8");
+    if (!passwd.split("\n").some((l) => l.startsWith(`${spec.user}:`))) {
+      const u = spec.user;
+      await fs.appendFile(
+        path.join(rootfs, "etc/passwd"),
+        `${u}:x:${GUEST_USER_UID}:${GUEST_USER_UID}::/home/${u}:/bin/bash\n`,
+      );
+      await fs.appendFile(path.join(rootfs, "etc/group"), `${u}:x:${GUEST_USER_UID}:\n`);
+      await fs.appendFile(path.join(rootfs, "etc/shadow"), `${u}:!:19000:0:99999:7:::\n`);
+      const home = path.join(rootfs, "home", u);
+      await fs.mkdir(home, { recursive: true, mode: 0o755 });
+      for (const f of [".bashrc", ".profile"]) {
+        await fs.copyFile(path.join(rootfs, "etc/skel", f), path.join(home, f)).catch(() => {});
+      }
+      await run("chown", ["-R", `${GUEST_USER_UID}:${GUEST_USER_UID}`, home]);
+    }
+  }
+  await fs.writeFile(path.join(rootfs, "etc/hostname"), "sandbox\n");
+  await fs.writeFile(
+    path.join(rootfs, "etc/hosts"),
+    "127.0.0.1 localhost\n127.0.1.1 sandbox\n::1 localhost\n",
+  );
+  // Identity is per sandbox, never baked into an image.
+  await fs.writeFile(path.join(rootfs, "etc/machine-id"), "");
+  await fs.mkdir(path.join(rootfs, "etc/firebreak"), { recursive: true });
+  await fs.writeFile(
+    path.join(rootfs, "etc/firebreak/template.json"),
+    JSON.stringify({ name: spec.name, env: spec.env, user: spec.user, workdir: spec.workdir }, null, 2),
+  );
+
+  for (const f of spec.files) {
+    const src = path.resolve(specDir, f.src);
+    let st: import("node:fs").Stats;
+    try {
+      st = await fs.stat(src);
+    } catch {
+      throw new FirebreakError(
+        "TEMPLATE_SPEC_INVALID",
+        `files: ${f.src} does not exist (resolved to ${src})`,
+      );
+    }
+    const dest = await inRoot(f.dest);
+    await fs.cp(src, dest, { recursive: st.isDirectory(), dereference: true });
+    if (f.mode) await fs.chmod(dest, Number.parseInt(f.mode, 8));
+  }
+
+  // Smaller images: package caches are not needed at run time.
+  for (const d of ["var/cache/apt/archives", "var/lib/apt/lists"]) {
+    for (const e of await fs.readdir(path.join(rootfs, d)).catch(() => [] as string[])) {
+      if (e.endsWith(".deb") || d.endsWith("lists"))
+        await fs.rm(path.join(rootfs, d, e), { recursive: true, force: true });
+    }
+  }
+}
+
+async function readLock(rootfs: string, release: string): Promise<PackageLock> {
+  // Host dpkg-query reading the image's database: no guest binary runs.
+  const res = await run("dpkg-query", [
+    `--admindir=${path.join(rootfs, "var/lib/dpkg")}`,
+    "-W",
+    "-f",
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format syntax
+    "${Package}\t${Version}\n",
+  ]);
+  const packages: Record<string, string> = {};
+  for (const line of res.stdout.trim().split("\n")) {
+    const [p, v] = line.split("\t");
+    if (p && v) packages[p] = v;
+  }
+  return { release, packages: Object.fromEntries(Object.entries(packages).sort()) };
+}
+
+async function inputHash(spec: TemplateSpec, specDir: string, agent: BuildOptions["agent"]): Promise<string> {
+  const h = createHash("sha256");
+  h.update(JSON.stringify({ v: BUILDER_VERSION, spec }));
+  for (const f of spec.files) {
+    const src = path.resolve(specDir, f.src);
+    h.update(`file:${f.src}:`);
+    await hashPath(h, src).catch(() => h.update("missing"));
+  }
+  await hashPath(h, agent.bundleDir);
+  const st = await fs.stat(agent.nodeBinary);
+  h.update(`node:${process.version}:${st.size}`);
+  return h.digest("hex");
+}
+
+async function hashPath(h: ReturnType<typeof createHash>, p: string): Promise<void> {
+  const st = await fs.stat(p);
+  if (st.isDirectory()) {
+    for (const e of (await fs.readdir(p)).sort()) {
+      h.update(`dir-entry:${e}`);
+      await hashPath(h, path.join(p, e));
+    }
+    return;
+  }
+  await new Promise<void>((resolve, reject) => {
+    createReadStream(p)
+      .on("data", (c) => h.update(c))
+      .on("end", resolve)
+      .on("error", reject);
+  });
+}
+
+export function imageKey(inputs: string, lock: PackageLock): string {
+  return createHash("sha256").update(inputs).update(JSON.stringify(lock)).digest("hex").slice(0, 32);
+}
+
+async function tag(config: NodeConfig, m: TemplateManifest): Promise<void> {
+  await writeJsonAtomic(path.join(paths.templatesDir(config), `${m.name}.json`), {
+    name: m.name,
+    key: m.key,
+  });
+}
+
+async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, JSON.stringify(value, null, 2));
+  await fs.rename(tmp, file);
+}
+
+async function readJson<T>(file: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(file, "utf8")) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The Debian mirror: FIREBREAK_DEBIAN_MIRROR, else the host's own apt source. */
+export async function debianMirror(): Promise<string> {
+  const env = process.env["FIREBREAK_DEBIAN_MIRROR"];
+  if (env) return env;
+  const candidates: string[] = [];
+  const dir = "/etc/apt/sources.list.d";
+  for (const f of (await fs.readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith(".sources"))) {
+    const text = await fs.readFile(path.join(dir, f), "utf8");
+    for (const block of text.split(/\n\s*\n/)) {
+      const uris = /^URIs:\s*(\S+)/m.exec(block)?.[1];
+      const suites = /^Suites:\s*(.+)$/m.exec(block)?.[1] ?? "";
+      if (uris && /(^|\s)bookworm(\s|$)/.test(suites)) candidates.push(uris);
+    }
+  }
+  const list = await fs.readFile("/etc/apt/sources.list", "utf8").catch(() => "");
+  for (const m of list.matchAll(/^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/gm))
+    if (m[1]) candidates.push(m[1]);
+  const mirror = candidates[0];
+  if (!mirror) {
+    throw new FirebreakError(
+      "TEMPLATE_BUILD_FAILED",
+      "no Debian bookworm mirror found in the host's apt sources; set FIREBREAK_DEBIAN_MIRROR to a mirror URL",
+    );
+  }
+  return mirror;
+}
+
+async function checkFreeSpace(dir: string, _diskMib: number): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  const st = await fs.statfs(dir);
+  const freeMib = Math.floor((st.bavail * st.bsize) / (1024 * 1024));
+  if (freeMib < MIN_FREE_MIB) throw noSpace(dir, freeMib);
+}
+
+function noSpace(dir: string, freeMib?: number): FirebreakError {
+  return new FirebreakError(
+    "NO_SPACE",
+    `not enough free disk space in ${dir}${freeMib !== undefined ? ` (${freeMib} MiB free)` : ""}: a template build needs at least ${MIN_FREE_MIB} MiB. ` +
+      "Free some space, remove unused templates (firebreak template delete NAME), or point FIREBREAK_STATE_DIR at a larger disk.",
+  );
+}
+
+/** Removes staging directories of builds whose process is gone. */
+async function removeStaleBuilds(imagesDir: string): Promise<void> {
+  for (const e of await fs.readdir(imagesDir)) {
+    const m = /^\.build-(\d+)-/.exec(e);
+    if (!m) continue;
+    const alive = await fs.access(`/proc/${m[1]}`).then(
+      () => true,
+      () => false,
+    );
+    if (!alive || Number(m[1]) === process.pid) {
+      if (!activeBuildDirs.has(path.join(imagesDir, e))) {
+        await fs.rm(path.join(imagesDir, e), { recursive: true, force: true });
+      }
+    }
+  }
+}

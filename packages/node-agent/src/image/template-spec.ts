@@ -1,0 +1,94 @@
+// The declarative template spec: what a user writes to describe an
+// environment. Validated strictly; every error names the field and the fix.
+import fs from "node:fs/promises";
+import path from "node:path";
+import { z } from "zod";
+import { FirebreakError } from "../errors.ts";
+
+const DEBIAN_PACKAGE = /^[a-z0-9][a-z0-9+.-]+$/;
+const ABSOLUTE = /^\/[^\0]*$/;
+
+export const TemplateSpecSchema = z
+  .object({
+    name: z
+      .string()
+      .regex(
+        /^[a-z0-9][a-z0-9-]{0,39}$/,
+        "use 1-40 lowercase letters, digits or dashes, starting with a letter or digit",
+      ),
+    description: z.string().max(500).optional(),
+    debian: z
+      .object({
+        release: z.enum(["bookworm"]).default("bookworm"),
+        packages: z.array(z.string().regex(DEBIAN_PACKAGE, "not a Debian package name")).max(500).default([]),
+      })
+      .strict()
+      .default({ release: "bookworm", packages: [] }),
+    files: z
+      .array(
+        z
+          .object({
+            src: z.string().min(1),
+            dest: z.string().regex(ABSOLUTE, "must be an absolute path inside the guest"),
+            mode: z
+              .string()
+              .regex(/^0?[0-7]{3,4}$/, "octal, like 0644")
+              .optional(),
+          })
+          .strict(),
+      )
+      .max(1000)
+      .default([]),
+    run: z.array(z.string().min(1).max(10_000)).max(200).default([]),
+    env: z
+      .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "not an environment variable name"), z.string())
+      .default({}),
+    user: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_-]{0,31}$/)
+      .default("user"),
+    workdir: z.string().regex(ABSOLUTE, "must be an absolute path").optional(),
+    start: z.string().min(1).max(10_000).optional(),
+    ready: z.string().min(1).max(10_000).optional(),
+    diskMib: z.number().int().min(512).max(65_536).default(2048),
+  })
+  .strict();
+
+export type TemplateSpec = z.infer<typeof TemplateSpecSchema>;
+
+/** Packages every template gets: PID 1 and what the agent shells out to. */
+export const REQUIRED_PACKAGES = ["tini", "coreutils", "bash", "procps"];
+
+export function parseTemplateSpec(raw: unknown, source: string): TemplateSpec {
+  const res = TemplateSpecSchema.safeParse(raw);
+  if (!res.success) {
+    const issues = res.error.issues
+      .slice(0, 10)
+      .map((i) => `  - ${i.path.length ? i.path.join(".") : "(top level)"}: ${i.message}`)
+      .join("\n");
+    throw new FirebreakError("TEMPLATE_SPEC_INVALID", `template spec ${source} is invalid:\n${issues}`);
+  }
+  return res.data;
+}
+
+export async function readTemplateSpec(file: string): Promise<{ spec: TemplateSpec; dir: string }> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, "utf8");
+  } catch (e) {
+    throw new FirebreakError(
+      "TEMPLATE_NOT_FOUND",
+      `cannot read template spec ${file}: ${(e as NodeJS.ErrnoException).code ?? e}`,
+    );
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new FirebreakError(
+      "TEMPLATE_SPEC_INVALID",
+      `template spec ${file} is not valid JSON: ${(e as Error).message}`,
+    );
+  }
+  return { spec: parseTemplateSpec(raw, file), dir: path.dirname(path.resolve(file)) };
+}

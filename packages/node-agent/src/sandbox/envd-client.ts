@@ -1,0 +1,39 @@
+// The host's client for the guest agent (envd): Connect over HTTP/1.1 to the
+// sandbox's unique address, which the sandbox namespace forwards to the guest.
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { ACCESS_TOKEN_HEADER, ENVD_PORT, Filesystem, Process } from "@firebreak/protocol";
+
+export interface EnvdClient {
+  baseUrl: string;
+  process: Client<typeof Process>;
+  filesystem: Client<typeof Filesystem>;
+  /** Plain fetch against the agent's REST routes (/files, /health), token attached. */
+  fetch: (pathAndQuery: string, init?: RequestInit) => Promise<Response>;
+}
+
+export function envdClient(address: string, accessToken: string, user?: string): EnvdClient {
+  const baseUrl = `http://${address}:${ENVD_PORT}`;
+  const auth: Interceptor = (next) => async (req) => {
+    req.header.set(ACCESS_TOKEN_HEADER, accessToken);
+    if (user) req.header.set("authorization", `Basic ${Buffer.from(`${user}:`).toString("base64")}`);
+    return next(req);
+  };
+  const transport = createConnectTransport({
+    baseUrl,
+    httpVersion: "1.1",
+    useBinaryFormat: false,
+    interceptors: [auth],
+  });
+  return {
+    baseUrl,
+    process: createClient(Process, transport),
+    filesystem: createClient(Filesystem, transport),
+    fetch: (p, init = {}) => {
+      const headers = new Headers(init.headers);
+      headers.set(ACCESS_TOKEN_HEADER, accessToken);
+      if (user) headers.set("authorization", `Basic ${Buffer.from(`${user}:`).toString("base64")}`);
+      return fetch(baseUrl + p, { ...init, headers });
+    },
+  };
+}

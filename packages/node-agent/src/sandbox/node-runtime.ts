@@ -1,0 +1,541 @@
+// The node runtime: creates sandboxes (disk layer, network, cgroup, QEMU),
+// supervises them, and tears every resource down however a sandbox ends.
+//
+// Create path (each phase timed and reported):
+//   slot -> network namespace + tap + nftables -> qcow2 layer -> cgroup ->
+//   QEMU spawn -> agent ready (control channel) -> init (token, env, clock,
+//   entropy) -> template start command and ready check -> running
+import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import path from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { type NodeConfig, paths } from "../config.ts";
+import { FirebreakError } from "../errors.ts";
+import { run } from "../host/exec.ts";
+import { ensureInitramfs } from "../image/initramfs.ts";
+import { ensureKernel, type KernelManifest } from "../image/kernel.ts";
+import { type SandboxCgroup as Cgroup, SandboxCgroup } from "../jail/cgroup.ts";
+import { lookupVmUser, type VmUser } from "../jail/vm-user.ts";
+import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../network/index.ts";
+import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
+import { QemuVm } from "../vmm/qemu-vm.ts";
+import { type EnvdClient, envdClient } from "./envd-client.ts";
+import { newAccessToken, newSandboxId } from "./ids.ts";
+import { type ReconcileReport, reconcile, type SandboxRecord, writeRecord } from "./reconciler.ts";
+import { SlotRegistry } from "./slots.ts";
+import { assertTransition, isFinal, type SandboxState } from "./state.ts";
+
+/** A built template image as the runtime needs it. */
+export interface TemplateImage {
+  name: string;
+  /** Read-only root image (raw ext4). */
+  imagePath: string;
+  env: Record<string, string>;
+  user: string;
+  workdir?: string | undefined;
+  start?: string | undefined;
+  ready?: string | undefined;
+}
+
+export interface Shape {
+  vcpus: number;
+  memoryMib: number;
+}
+
+export const DEFAULT_SHAPE: Shape = { vcpus: 1, memoryMib: 256 };
+export const SHAPE_LIMITS = { vcpus: { min: 1, max: 8 }, memoryMib: { min: 128, max: 16_384 } };
+
+export interface CreateOptions {
+  template: TemplateImage;
+  shape?: Partial<Shape>;
+  envVars?: Record<string, string>;
+  /**
+   * Boot the image itself read-write instead of a copy-on-write layer over it
+   * (template builds only: run steps write into the image being built).
+   */
+  writableImage?: boolean;
+  /** Time allowed from QEMU spawn to agent ready. @default 90_000 */
+  bootTimeoutMs?: number;
+}
+
+export interface StartTimings {
+  path: "cold";
+  networkMs: number;
+  diskMs: number;
+  cgroupMs: number;
+  spawnMs: number;
+  bootMs: number;
+  initMs: number;
+  startCommandMs: number;
+  totalMs: number;
+  /** Guest uptime when the agent reported ready. */
+  guestUptimeMs: number;
+}
+
+export interface ExecOptions {
+  user?: string;
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Data written to the command's stdin, then closed. */
+  stdin?: AsyncIterable<Uint8Array> | Uint8Array;
+  onStdout?: (b: Uint8Array) => void;
+  onStderr?: (b: Uint8Array) => void;
+  signal?: AbortSignal;
+}
+
+export class Sandbox {
+  readonly id: string;
+  readonly template: TemplateImage;
+  readonly shape: Shape;
+  readonly dir: string;
+  readonly createdAt = new Date();
+  state: SandboxState = "starting";
+  endReason: string | undefined;
+  timings: StartTimings | undefined;
+  network: SandboxNetwork | undefined;
+  vm: QemuVm | undefined;
+  cgroup: Cgroup | undefined;
+  slot: number | undefined;
+  accessToken: string;
+  #clients = new Map<string, EnvdClient>();
+  /** Settles when every resource of this sandbox is gone. */
+  readonly torndown: Promise<void>;
+  resolveTorndown!: () => void;
+
+  constructor(id: string, template: TemplateImage, shape: Shape, dir: string) {
+    this.id = id;
+    this.template = template;
+    this.shape = shape;
+    this.dir = dir;
+    this.accessToken = newAccessToken();
+    this.torndown = new Promise((r) => {
+      this.resolveTorndown = r;
+    });
+  }
+
+  /** A client for the guest agent, acting as `user` (default: the template's user). */
+  envd(user?: string): EnvdClient {
+    if (!this.network) throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${this.id} has no network`);
+    const key = user ?? "";
+    let c = this.#clients.get(key);
+    if (!c) {
+      c = envdClient(this.network.sandboxAddress, this.accessToken, user);
+      this.#clients.set(key, c);
+    }
+    return c;
+  }
+
+  /**
+   * Runs a command in the guest (argv, no shell) and streams its output.
+   * Resolves with the exit code; a command killed by a signal gives 128+n.
+   */
+  async exec(argv: string[], opts: ExecOptions = {}): Promise<{ exitCode: number; pid: number }> {
+    if (this.state !== "running" && this.state !== "starting") {
+      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${this.id} is ${this.state}`);
+    }
+    const [cmd, ...args] = argv;
+    if (!cmd) throw new FirebreakError("INTERNAL", "exec needs a command");
+    const client = this.envd(opts.user);
+    const tag = `exec-${randomBytes(6).toString("hex")}`;
+    const stream = client.process.start(
+      {
+        process: { cmd, args, envs: opts.env ?? {}, ...(opts.cwd ? { cwd: opts.cwd } : {}) },
+        stdin: opts.stdin !== undefined,
+        tag,
+      },
+      { ...(opts.signal ? { signal: opts.signal } : {}) },
+    );
+    let pid = -1;
+    let stdinDone: Promise<void> | undefined;
+    for await (const res of stream) {
+      const ev = res.event?.event;
+      if (!ev) continue;
+      if (ev.case === "start") {
+        pid = ev.value.pid;
+        if (opts.stdin !== undefined) stdinDone = this.#feedStdin(client, pid, opts.stdin);
+      } else if (ev.case === "data") {
+        const out = ev.value.output;
+        if (out.case === "stdout") opts.onStdout?.(out.value);
+        else if (out.case === "stderr") opts.onStderr?.(out.value);
+        else if (out.case === "pty") opts.onStdout?.(out.value);
+      } else if (ev.case === "end") {
+        await stdinDone?.catch(() => {});
+        return { exitCode: exitCodeOf(ev.value), pid };
+      }
+    }
+    throw new FirebreakError("AGENT_ERROR", `the agent closed the stream of ${cmd} without an end event`);
+  }
+
+  async #feedStdin(
+    client: EnvdClient,
+    pid: number,
+    input: AsyncIterable<Uint8Array> | Uint8Array,
+  ): Promise<void> {
+    const selector = { selector: { case: "pid" as const, value: pid } };
+    const chunks = input instanceof Uint8Array ? [input] : input;
+    try {
+      for await (const chunk of chunks) {
+        await client.process.sendInput({
+          process: selector,
+          input: { input: { case: "stdin", value: chunk } },
+        });
+      }
+      await client.process.closeStdin({ process: selector });
+    } catch (e) {
+      // The process may have exited before reading all input.
+      if (!(e instanceof ConnectError && e.code === Code.NotFound)) throw e;
+    }
+  }
+}
+
+function exitCodeOf(end: { exitCode: number; exited: boolean; status: string }): number {
+  if (end.exited) return end.exitCode;
+  const m = /signal: (\w+)/.exec(end.status);
+  const signals: Record<string, number> = { hangup: 1, interrupt: 2, killed: 9, terminated: 15 };
+  return 128 + (signals[m?.[1] ?? ""] ?? 9);
+}
+
+export interface RuntimeOptions {
+  log?: (line: string) => void;
+}
+
+export class NodeRuntime {
+  readonly config: NodeConfig;
+  readonly kernel: KernelManifest;
+  readonly initramfs: string;
+  readonly accel: AccelProbe;
+  readonly vmUser: VmUser;
+  readonly slots: SlotRegistry;
+  readonly #sandboxes = new Map<string, Sandbox>();
+  readonly #log: (line: string) => void;
+
+  private constructor(
+    config: NodeConfig,
+    kernel: KernelManifest,
+    initramfs: string,
+    accel: AccelProbe,
+    vmUser: VmUser,
+    log: (line: string) => void,
+  ) {
+    this.config = config;
+    this.kernel = kernel;
+    this.initramfs = initramfs;
+    this.accel = accel;
+    this.vmUser = vmUser;
+    this.slots = new SlotRegistry(path.join(config.stateDir, "slots"));
+    this.#log = log;
+  }
+
+  /**
+   * Prepares the node: root check, kernel, initramfs, accelerator probe, and a
+   * reconcile pass that removes whatever dead owners left behind.
+   */
+  static async open(config: NodeConfig, opts: RuntimeOptions = {}): Promise<NodeRuntime> {
+    const log = opts.log ?? (() => {});
+    if (process.getuid?.() !== 0) {
+      throw new FirebreakError(
+        "NOT_ROOT",
+        "Firebreak needs root to create network namespaces, taps, firewall rules and cgroups. Run it as root (sudo).",
+      );
+    }
+    await fs.mkdir(paths.sandboxesDir(config), { recursive: true, mode: 0o755 });
+    const kernel = await ensureKernel(config, log);
+    const initramfs = await ensureInitramfs(config, kernel);
+    const accel = await probeAccelerator(config, kernel, initramfs);
+    log(`accelerator: ${accel.accel} (${accel.reason})`);
+    const vmUser = await lookupVmUser(config.vmUser);
+    const rt = new NodeRuntime(config, kernel, initramfs, accel, vmUser, log);
+    const report = await rt.reconcile();
+    if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
+    return rt;
+  }
+
+  /** Removes resources whose owning process is gone (crashed CLI, killed node). */
+  reconcile(): Promise<ReconcileReport> {
+    return reconcile(this.config, this.slots, new Set(this.#sandboxes.keys()));
+  }
+
+  list(): Sandbox[] {
+    return [...this.#sandboxes.values()];
+  }
+
+  get(id: string): Sandbox {
+    const sb = this.#sandboxes.get(id);
+    if (!sb) throw new FirebreakError("SANDBOX_NOT_FOUND", `no sandbox ${id} on this node`);
+    return sb;
+  }
+
+  async create(opts: CreateOptions): Promise<Sandbox> {
+    const shape = validateShape({ ...DEFAULT_SHAPE, ...opts.shape });
+    const t0 = performance.now();
+    let mark = t0;
+    const lap = () => {
+      const now = performance.now();
+      const d = now - mark;
+      mark = now;
+      return Math.round(d * 10) / 10;
+    };
+    const id = newSandboxId();
+    const dir = path.join(paths.sandboxesDir(this.config), id);
+    const sb = new Sandbox(id, opts.template, shape, dir);
+    this.#sandboxes.set(id, sb);
+    const record: SandboxRecord = {
+      id,
+      ownerPid: process.pid,
+      ownerStartTime: await processStartTime(process.pid),
+      createdAt: sb.createdAt.toISOString(),
+      template: opts.template.name,
+    };
+    try {
+      await fs.mkdir(dir, { mode: 0o700 });
+      await fs.chown(dir, this.vmUser.uid, this.vmUser.gid);
+      sb.slot = await this.slots.claim(id);
+      record.slot = sb.slot;
+      await writeRecord(dir, record);
+
+      sb.network = await createSandboxNetwork(
+        { sandboxId: id, slot: sb.slot, tapUid: this.vmUser.uid, tapGid: this.vmUser.gid },
+        this.config.hostPool,
+      );
+      const networkMs = lap();
+
+      let rootDisk = opts.template.imagePath;
+      let rootDiskFormat: "qcow2" | "raw" = "raw";
+      if (!opts.writableImage) {
+        rootDisk = path.join(dir, "disk.qcow2");
+        rootDiskFormat = "qcow2";
+        await run("qemu-img", [
+          "create",
+          "-q",
+          "-f",
+          "qcow2",
+          "-F",
+          "raw",
+          "-b",
+          opts.template.imagePath,
+          rootDisk,
+        ]);
+        await fs.chown(rootDisk, this.vmUser.uid, this.vmUser.gid);
+      } else {
+        await fs.chown(rootDisk, this.vmUser.uid, this.vmUser.gid);
+      }
+      const diskMs = lap();
+
+      sb.cgroup = await SandboxCgroup.open(`fb-${id}`);
+      await sb.cgroup.create({
+        vcpus: shape.vcpus,
+        // Guest RAM plus the VMM's own overhead (TCG translation cache, device state).
+        memoryBytes: (shape.memoryMib + 256) * 1024 * 1024,
+        pids: 64 + shape.vcpus * 4,
+      });
+      const cgroupMs = lap();
+
+      sb.vm = await QemuVm.launch(
+        {
+          name: `fb-${id}`,
+          dir,
+          vmlinux: this.kernel.vmlinux,
+          initramfs: this.initramfs,
+          rootDisk,
+          rootDiskFormat,
+          vcpus: shape.vcpus,
+          memoryMib: shape.memoryMib,
+          accel: this.accel.accel,
+          netnsPath: sb.network.netnsPath,
+          tapName: sb.network.tapName,
+          mac: sb.network.guestMac,
+          uid: this.vmUser.uid,
+          gid: this.vmUser.gid,
+        },
+        {
+          onSpawn: (pid) => {
+            record.qemuPid = pid;
+            // Best effort now; awaited below before the guest runs anything.
+            void writeRecord(dir, record);
+          },
+        },
+      );
+      await sb.cgroup.add(sb.vm.pid);
+      await writeRecord(dir, record);
+      void sb.vm.exited.then((e) => this.#onVmExit(sb, e.signal ?? `code ${e.code}`));
+      const spawnMs = lap();
+
+      const ready = await sb.vm.control.waitReady(opts.bootTimeoutMs ?? 90_000);
+      const bootMs = lap();
+
+      await sb.vm.control.request({
+        type: "init",
+        sandboxId: id,
+        accessToken: sb.accessToken,
+        envVars: { ...opts.template.env, ...opts.envVars },
+        defaultUser: opts.template.user,
+        defaultWorkdir:
+          opts.template.workdir ?? (opts.template.user === "root" ? "/root" : `/home/${opts.template.user}`),
+        wallClockMs: Date.now(),
+        entropy: randomBytes(64).toString("base64"),
+      });
+      const initMs = lap();
+
+      await this.#startTemplateProcess(sb);
+      const startCommandMs = lap();
+
+      assertTransition(id, sb.state, "running");
+      sb.state = "running";
+      sb.timings = {
+        path: "cold",
+        networkMs,
+        diskMs,
+        cgroupMs,
+        spawnMs,
+        bootMs,
+        initMs,
+        startCommandMs,
+        totalMs: Math.round((performance.now() - t0) * 10) / 10,
+        guestUptimeMs: ready.uptimeMs,
+      };
+      this.#log(`sandbox ${id} running in ${sb.timings.totalMs} ms (${JSON.stringify(sb.timings)})`);
+      return sb;
+    } catch (e) {
+      const consoleTail = await tail(path.join(dir, "console.log"), 15);
+      if (sb.state === "starting") sb.state = "failed";
+      sb.endReason = `start failed: ${(e as Error).message}`;
+      await this.#teardown(sb);
+      if (e instanceof FirebreakError) throw e;
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `sandbox ${id} did not start: ${(e as Error).message}${consoleTail ? `\nguest console (last lines):\n${consoleTail}` : ""}`,
+        { cause: e },
+      );
+    }
+  }
+
+  async #startTemplateProcess(sb: Sandbox): Promise<void> {
+    const { start, ready } = sb.template;
+    if (start) {
+      const client = sb.envd();
+      const stream = client.process.start({
+        process: { cmd: "/bin/bash", args: ["-l", "-c", start], envs: {} },
+        tag: "template-start",
+      });
+      // Drain in the background; the process lives as long as the sandbox.
+      void (async () => {
+        try {
+          for await (const _ of stream) {
+            // output is visible through process.Connect with tag template-start
+          }
+        } catch {
+          // sandbox ended
+        }
+      })();
+    }
+    if (ready) {
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const { exitCode } = await sb.exec(["/bin/bash", "-l", "-c", ready]);
+        if (exitCode === 0) return;
+        if (Date.now() > deadline) {
+          throw new FirebreakError(
+            "SANDBOX_BOOT_FAILED",
+            `the template's ready check \`${ready}\` did not succeed within 60 s (last exit code ${exitCode})`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  /** Stops a sandbox and removes everything it had. Idempotent. */
+  async kill(id: string, reason = "killed"): Promise<void> {
+    const sb = this.#sandboxes.get(id);
+    if (!sb) return;
+    if (isFinal(sb.state) || sb.state === "stopping") {
+      await sb.torndown;
+      return;
+    }
+    sb.state = "stopping";
+    sb.endReason = reason;
+    await this.#teardown(sb);
+    sb.state = "stopped";
+  }
+
+  /** Kills every sandbox this runtime owns. */
+  async close(): Promise<void> {
+    await Promise.all(this.list().map((sb) => this.kill(sb.id, "node shutdown")));
+  }
+
+  #onVmExit(sb: Sandbox, how: string): void {
+    if (sb.state === "running" || sb.state === "starting") {
+      this.#log(`sandbox ${sb.id}: QEMU exited unexpectedly (${how}); reclaiming its resources`);
+      sb.state = sb.state === "running" ? "crashed" : "failed";
+      sb.endReason = `VM exited unexpectedly (${how})`;
+      void this.#teardown(sb);
+    }
+  }
+
+  #teardownStarted = new WeakSet<Sandbox>();
+
+  /** Removes every resource of a sandbox; each step runs even if an earlier one failed. */
+  async #teardown(sb: Sandbox): Promise<void> {
+    if (this.#teardownStarted.has(sb)) return sb.torndown;
+    this.#teardownStarted.add(sb);
+    const errors: string[] = [];
+    const step = async (what: string, fn: () => Promise<unknown>) => {
+      try {
+        await fn();
+      } catch (e) {
+        errors.push(`${what}: ${(e as Error).message}`);
+      }
+    };
+    if (sb.vm) await step("vm", () => sb.vm!.stop(1000));
+    if (sb.network) await step("network", () => destroySandboxNetwork(sb.network!));
+    else if (sb.slot !== undefined)
+      await step("network", () => destroySandboxNetwork({ sandboxId: sb.id, slot: sb.slot! }));
+    if (sb.cgroup) await step("cgroup", () => sb.cgroup!.destroy());
+    await step("files", () => fs.rm(sb.dir, { recursive: true, force: true }));
+    if (sb.slot !== undefined) await step("slot", () => this.slots.release(sb.slot!));
+    if (errors.length) this.#log(`sandbox ${sb.id} teardown problems: ${errors.join("; ")}`);
+    this.#sandboxes.delete(sb.id);
+    sb.resolveTorndown();
+  }
+}
+
+export function validateShape(shape: Shape): Shape {
+  const { vcpus, memoryMib } = shape;
+  if (!Number.isInteger(vcpus) || vcpus < SHAPE_LIMITS.vcpus.min || vcpus > SHAPE_LIMITS.vcpus.max) {
+    throw new FirebreakError(
+      "SHAPE_INVALID",
+      `vcpus must be a whole number from ${SHAPE_LIMITS.vcpus.min} to ${SHAPE_LIMITS.vcpus.max}, got ${vcpus}`,
+    );
+  }
+  if (
+    !Number.isInteger(memoryMib) ||
+    memoryMib < SHAPE_LIMITS.memoryMib.min ||
+    memoryMib > SHAPE_LIMITS.memoryMib.max
+  ) {
+    throw new FirebreakError(
+      "SHAPE_INVALID",
+      `memoryMib must be a whole number from ${SHAPE_LIMITS.memoryMib.min} to ${SHAPE_LIMITS.memoryMib.max}, got ${memoryMib}`,
+    );
+  }
+  return { vcpus, memoryMib };
+}
+
+/** Start time of a process in clock ticks since boot (guards against pid reuse). */
+export async function processStartTime(pid: number): Promise<number | undefined> {
+  try {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(fields[19]);
+  } catch {
+    return undefined;
+  }
+}
+
+async function tail(file: string, lines: number): Promise<string> {
+  try {
+    const text = await fs.readFile(file, "utf8");
+    return text.trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "";
+  }
+}

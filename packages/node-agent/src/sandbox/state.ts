@@ -1,0 +1,28 @@
+// A sandbox on a node is a state machine: every transition is listed here and
+// anything else is refused with a specific error.
+import { FirebreakError } from "../errors.ts";
+
+export type SandboxState = "starting" | "running" | "stopping" | "stopped" | "crashed" | "failed";
+
+const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
+  starting: ["running", "failed", "stopping", "crashed"],
+  running: ["stopping", "crashed"],
+  stopping: ["stopped"],
+  stopped: [],
+  crashed: [],
+  failed: [],
+};
+
+export function canTransition(from: SandboxState, to: SandboxState): boolean {
+  return TRANSITIONS[from].includes(to);
+}
+
+export function assertTransition(id: string, from: SandboxState, to: SandboxState): void {
+  if (!canTransition(from, to)) {
+    throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${from}; it cannot become ${to}`);
+  }
+}
+
+export function isFinal(s: SandboxState): boolean {
+  return TRANSITIONS[s].length === 0;
+}
