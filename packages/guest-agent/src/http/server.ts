@@ -21,7 +21,12 @@ export type AgentServerOptions = {
   standalone: boolean;
 };
 
-export type AgentServer = { server: ReturnType<typeof createServer>; table: ProcessTable };
+export type AgentServer = {
+  server: ReturnType<typeof createServer>;
+  table: ProcessTable;
+  /** Loads the Connect handler now instead of on the first RPC. */
+  preload: () => Promise<unknown>;
+};
 
 function header(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
@@ -141,5 +146,5 @@ export function createAgentServer(opts: AgentServerOptions): AgentServer {
   server.on("close", () => {
     void rpc?.then((h) => h.close());
   });
-  return { server, table };
+  return { server, table, preload: loadRpc };
 }

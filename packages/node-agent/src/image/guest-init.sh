@@ -18,6 +18,13 @@ esac
 for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net virtio_console virtio-rng; do
   $B insmod /lib/modules/$m.ko || echo "init: insmod $m failed"
 done
+# Device probes can finish after insmod returns: wait (up to ~5 s) for the
+# disk and the control port before using them.
+i=0
+while [ $i -lt 500 ] && { [ ! -b /dev/vda ] || ! $B ls /sys/class/virtio-ports/*/name >/dev/null 2>&1; }; do
+  $B usleep 10000
+  i=$((i + 1))
+done
 if ! $B mount -t ext4 -o rw,noatime /dev/vda /newroot; then
   echo "FIREBREAK_INIT_ERROR: cannot mount the root disk /dev/vda"
   $B poweroff -f
