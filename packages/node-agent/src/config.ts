@@ -8,6 +8,13 @@ export interface NodeConfig {
   vmUser: string;
   /** Address pool for the host side of sandbox veths. @default FIREBREAK_HOST_POOL or 10.211.0.0/16 */
   hostPool: string;
+  /**
+   * Host-wide registry of sandbox owners and network slots. Namespaces, veths,
+   * cgroups and QEMU processes are host-global, so ownership is too: every
+   * Firebreak process on the host (whatever its state dir) shares this.
+   * @default FIREBREAK_RUN_DIR or /run/firebreak
+   */
+  runDir: string;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -15,6 +22,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): NodeConfig {
     stateDir: path.resolve(env["FIREBREAK_STATE_DIR"] ?? "/var/lib/firebreak"),
     vmUser: env["FIREBREAK_VM_USER"] ?? "firebreak-vm",
     hostPool: env["FIREBREAK_HOST_POOL"] ?? "10.211.0.0/16",
+    runDir: path.resolve(env["FIREBREAK_RUN_DIR"] ?? "/run/firebreak"),
   };
 }
 
@@ -25,4 +33,6 @@ export const paths = {
   templatesDir: (c: NodeConfig) => path.join(c.stateDir, "templates"),
   sandboxesDir: (c: NodeConfig) => path.join(c.stateDir, "sandboxes"),
   cacheDir: (c: NodeConfig) => path.join(c.stateDir, "cache"),
+  slotsDir: (c: NodeConfig) => path.join(c.runDir, "slots"),
+  ownersDir: (c: NodeConfig) => path.join(c.runDir, "owners"),
 };

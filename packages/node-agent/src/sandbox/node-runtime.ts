@@ -21,7 +21,14 @@ import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
 import { QemuVm } from "../vmm/qemu-vm.ts";
 import { type EnvdClient, envdClient } from "./envd-client.ts";
 import { newAccessToken, newSandboxId } from "./ids.ts";
-import { type ReconcileReport, reconcile, type SandboxRecord, writeRecord } from "./reconciler.ts";
+import {
+  processStartTime,
+  type ReconcileReport,
+  reconcile,
+  removeOwner,
+  type SandboxRecord,
+  writeRecord,
+} from "./reconciler.ts";
 import { SlotRegistry } from "./slots.ts";
 import { assertTransition, isFinal, type SandboxState } from "./state.ts";
 
@@ -222,7 +229,7 @@ export class NodeRuntime {
     this.initramfs = initramfs;
     this.accel = accel;
     this.vmUser = vmUser;
-    this.slots = new SlotRegistry(path.join(config.stateDir, "slots"));
+    this.slots = new SlotRegistry(paths.slotsDir(config));
     this.#log = log;
   }
 
@@ -283,15 +290,18 @@ export class NodeRuntime {
       id,
       ownerPid: process.pid,
       ownerStartTime: await processStartTime(process.pid),
+      stateDir: this.config.stateDir,
       createdAt: sb.createdAt.toISOString(),
       template: opts.template.name,
     };
     try {
       await fs.mkdir(dir, { mode: 0o700 });
       await fs.chown(dir, this.vmUser.uid, this.vmUser.gid);
+      // INVARIANT: the owner record exists before any host-global resource.
+      await writeRecord(this.config, dir, record);
       sb.slot = await this.slots.claim(id);
       record.slot = sb.slot;
-      await writeRecord(dir, record);
+      await writeRecord(this.config, dir, record);
 
       sb.network = await createSandboxNetwork(
         { sandboxId: id, slot: sb.slot, tapUid: this.vmUser.uid, tapGid: this.vmUser.gid },
@@ -348,15 +358,14 @@ export class NodeRuntime {
           gid: this.vmUser.gid,
         },
         {
+          // The reconciler finds QEMU by its -name, so the pid is recorded after launch.
           onSpawn: (pid) => {
             record.qemuPid = pid;
-            // Best effort now; awaited below before the guest runs anything.
-            void writeRecord(dir, record);
           },
         },
       );
       await sb.cgroup.add(sb.vm.pid);
-      await writeRecord(dir, record);
+      await writeRecord(this.config, dir, record);
       void sb.vm.exited.then((e) => this.#onVmExit(sb, e.signal ?? `code ${e.code}`));
       const spawnMs = lap();
 
@@ -396,14 +405,17 @@ export class NodeRuntime {
       this.#log(`sandbox ${id} running in ${sb.timings.totalMs} ms (${JSON.stringify(sb.timings)})`);
       return sb;
     } catch (e) {
+      // Let QEMU's last output reach the console file before reading it.
+      const exit = sb.vm ? await Promise.race([sb.vm.exited, sleep(300).then(() => undefined)]) : undefined;
       const consoleTail = await tail(path.join(dir, "console.log"), 15);
+      const exitNote = exit ? ` (QEMU exited: ${exit.signal ?? `code ${exit.code}`})` : "";
       if (sb.state === "starting") sb.state = "failed";
       sb.endReason = `start failed: ${(e as Error).message}`;
       await this.#teardown(sb);
       if (e instanceof FirebreakError) throw e;
       throw new FirebreakError(
         "SANDBOX_BOOT_FAILED",
-        `sandbox ${id} did not start: ${(e as Error).message}${consoleTail ? `\nguest console (last lines):\n${consoleTail}` : ""}`,
+        `sandbox ${id} did not start: ${(e as Error).message}${exitNote}${consoleTail ? `\nguest console (last lines):\n${consoleTail}` : ""}`,
         { cause: e },
       );
     }
@@ -493,6 +505,8 @@ export class NodeRuntime {
     if (sb.cgroup) await step("cgroup", () => sb.cgroup!.destroy());
     await step("files", () => fs.rm(sb.dir, { recursive: true, force: true }));
     if (sb.slot !== undefined) await step("slot", () => this.slots.release(sb.slot!));
+    // INVARIANT: the owner record goes last, once nothing of the sandbox remains.
+    if (!errors.length) await step("owner", () => removeOwner(this.config, sb.id));
     if (errors.length) this.#log(`sandbox ${sb.id} teardown problems: ${errors.join("; ")}`);
     this.#sandboxes.delete(sb.id);
     sb.resolveTorndown();
@@ -520,15 +534,8 @@ export function validateShape(shape: Shape): Shape {
   return { vcpus, memoryMib };
 }
 
-/** Start time of a process in clock ticks since boot (guards against pid reuse). */
-export async function processStartTime(pid: number): Promise<number | undefined> {
-  try {
-    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(fields[19]);
-  } catch {
-    return undefined;
-  }
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
 }
 
 async function tail(file: string, lines: number): Promise<string> {

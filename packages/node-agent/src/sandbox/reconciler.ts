@@ -1,8 +1,14 @@
 // The reconciler: after a crash, a killed node or an interrupted CLI, it finds
-// every resource whose owner is gone and removes it. Ownership: each sandbox
-// directory holds state.json with the owning process (pid + start time, so a
-// reused pid does not count as alive). Resources with no directory at all
-// (namespaces, cgroups, QEMU processes named fb-<id>) are orphans by definition.
+// every resource whose owner is gone and removes it.
+//
+// Ownership is host-wide: before a sandbox creates anything, its owner record
+// (sandbox id -> owning process, by pid and start time so a reused pid does not
+// count, and the state dir) is written to <runDir>/owners/<id>.json, and it is
+// removed last at teardown. A resource named after a sandbox id (QEMU "fb-<id>",
+// namespace "fb-<id>", veth fbh-<slot> aliased to it, cgroup "fb-<id>", slot
+// claim, state dir entry) whose owner record is missing or dead is an orphan.
+// INVARIANT: resources are listed before owner records are read, so a sandbox
+// created meanwhile (record first, resources after) is never mistaken for one.
 import fs from "node:fs/promises";
 import path from "node:path";
 import { type NodeConfig, paths } from "../config.ts";
@@ -14,6 +20,7 @@ export interface SandboxRecord {
   id: string;
   ownerPid: number;
   ownerStartTime: number | undefined;
+  stateDir: string;
   createdAt: string;
   template: string;
   slot?: number;
@@ -24,21 +31,32 @@ export interface ReconcileReport {
   removed: string[];
 }
 
-export async function writeRecord(dir: string, record: SandboxRecord): Promise<void> {
-  const tmp = path.join(dir, `state.json.${process.pid}.tmp`);
-  await fs.writeFile(tmp, JSON.stringify(record));
-  await fs.rename(tmp, path.join(dir, "state.json"));
+async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, JSON.stringify(value));
+  await fs.rename(tmp, file);
 }
 
-async function readRecord(dir: string): Promise<SandboxRecord | undefined> {
+/** Writes the sandbox's record to its directory and to the host-wide owner registry. */
+export async function writeRecord(config: NodeConfig, dir: string, record: SandboxRecord): Promise<void> {
+  await fs.mkdir(paths.ownersDir(config), { recursive: true });
+  await writeJsonAtomic(path.join(paths.ownersDir(config), `${record.id}.json`), record);
+  await writeJsonAtomic(path.join(dir, "state.json"), record);
+}
+
+export async function removeOwner(config: NodeConfig, id: string): Promise<void> {
+  await fs.rm(path.join(paths.ownersDir(config), `${id}.json`), { force: true });
+}
+
+async function readJson<T>(file: string): Promise<T | undefined> {
   try {
-    return JSON.parse(await fs.readFile(path.join(dir, "state.json"), "utf8")) as SandboxRecord;
+    return JSON.parse(await fs.readFile(file, "utf8")) as T;
   } catch {
     return undefined;
   }
 }
 
-async function startTime(pid: number): Promise<number | undefined> {
+export async function processStartTime(pid: number): Promise<number | undefined> {
   try {
     const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
     return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
@@ -48,7 +66,7 @@ async function startTime(pid: number): Promise<number | undefined> {
 }
 
 async function ownerAlive(r: SandboxRecord): Promise<boolean> {
-  const st = await startTime(r.ownerPid);
+  const st = await processStartTime(r.ownerPid);
   return st !== undefined && (r.ownerStartTime === undefined || st === r.ownerStartTime);
 }
 
@@ -72,97 +90,97 @@ async function killAndWait(pid: number): Promise<void> {
     return;
   }
   for (let i = 0; i < 100; i++) {
-    if ((await startTime(pid)) === undefined) return;
-    const state = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
-    if (/\) Z /.test(state)) return; // zombie of a dead parent: gone for our purposes
+    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+    if (!stat || /\) Z /.test(stat)) return; // gone, or a zombie of a dead parent
     await new Promise((r) => setTimeout(r, 20));
   }
 }
 
 /**
- * Removes everything that belongs to no live owner. `live` lists sandbox ids
- * owned by the calling process (never touched).
+ * Removes everything on this host that belongs to no live owner. `live` lists
+ * sandbox ids owned by the calling process (never touched).
  */
 export async function reconcile(
   config: NodeConfig,
   slots: SlotRegistry,
   live: ReadonlySet<string>,
 ): Promise<ReconcileReport> {
-  const removed: string[] = [];
-  const base = paths.sandboxesDir(config);
-  const keep = new Set<string>(live);
+  // 1. Everything that exists now.
   const qemus = await qemuProcesses();
-  let dirs: string[] = [];
-  try {
-    dirs = await fs.readdir(base);
-  } catch {
-    // no sandboxes yet
-  }
-  for (const id of dirs) {
-    if (live.has(id)) continue;
-    const dir = path.join(base, id);
-    const rec = await readRecord(dir);
-    if (rec && (await ownerAlive(rec))) {
-      keep.add(id);
-      continue;
-    }
-    if (!rec) {
-      // A directory without a record is a create that died before writing
-      // one, or one being written right now: leave young ones alone.
-      const st = await fs.stat(dir).catch(() => undefined);
-      if (st && Date.now() - st.mtimeMs < 30_000) {
-        keep.add(id);
-        continue;
-      }
-    }
-    const pid = qemus.get(id);
-    if (pid) await killAndWait(pid);
-    if (rec?.slot !== undefined)
-      await destroySandboxNetwork({ sandboxId: id, slot: rec.slot }).catch(() => {});
-    await (await SandboxCgroup.open(`fb-${id}`)).destroy().catch(() => {});
-    await fs.rm(dir, { recursive: true, force: true });
-    if (rec?.slot !== undefined) await slots.release(rec.slot);
-    removed.push(`sandbox ${id}`);
-  }
-  // QEMU processes, namespaces and cgroups with no owning sandbox directory.
-  for (const [id, pid] of qemus) {
-    if (keep.has(id)) continue;
-    await killAndWait(pid);
-    removed.push(`qemu ${pid} (fb-${id})`);
-  }
   const net = await listNetworkResources();
+  const cgroups = await listSandboxCgroups();
   const slotOwners = await slots.list();
+  const ownDirs = await fs.readdir(paths.sandboxesDir(config)).catch(() => [] as string[]);
+
+  // 2. Then who owns what (records are written before any resource exists).
+  const records = new Map<string, SandboxRecord>();
+  for (const f of await fs.readdir(paths.ownersDir(config)).catch(() => [] as string[])) {
+    if (!f.endsWith(".json")) continue;
+    const r = await readJson<SandboxRecord>(path.join(paths.ownersDir(config), f));
+    if (r) records.set(f.slice(0, -5), r);
+  }
+  const aliveCache = new Map<string, boolean>();
+  const isAlive = async (id: string): Promise<boolean> => {
+    if (live.has(id)) return true;
+    let v = aliveCache.get(id);
+    if (v === undefined) {
+      const r = records.get(id);
+      v = r ? await ownerAlive(r) : false;
+      aliveCache.set(id, v);
+    }
+    return v;
+  };
+
+  const orphans = new Set<string>();
+  for (const id of qemus.keys()) if (!(await isAlive(id))) orphans.add(id);
   for (const ns of net.namespaces) {
     const id = ns.slice(NETNS_PREFIX.length);
-    if (keep.has(id)) continue;
-    const slot = [...slotOwners].find(([, owner]) => owner === id)?.[0];
-    // An unknown slot names no veth: only the namespace is removed here, and
-    // its veth is handled by the loop below.
-    await destroySandboxNetwork({ sandboxId: id, slot: slot ?? MAX_SLOTS }).catch(() => {});
-    removed.push(`namespace ${ns}`);
+    if (!(await isAlive(id))) orphans.add(id);
   }
+  for (const cg of cgroups) {
+    const id = cg.replace(/^fb-/, "");
+    if (!(await isAlive(id))) orphans.add(id);
+  }
+  for (const id of records.keys()) if (!(await isAlive(id))) orphans.add(id);
+  for (const id of ownDirs) if (!(await isAlive(id))) orphans.add(id);
+  for (const owner of slotOwners.values()) if (owner && !(await isAlive(owner))) orphans.add(owner);
+
+  const removed: string[] = [];
+  for (const id of orphans) {
+    const rec = records.get(id);
+    const pid = qemus.get(id);
+    if (pid) await killAndWait(pid);
+    const slot = rec?.slot ?? [...slotOwners].find(([, owner]) => owner === id)?.[0];
+    // An unknown slot names no veth: only the namespace goes here; a veth left
+    // without its namespace is handled below.
+    await destroySandboxNetwork({ sandboxId: id, slot: slot ?? MAX_SLOTS }).catch(() => {});
+    await (await SandboxCgroup.open(`fb-${id}`)).destroy().catch(() => {});
+    for (const stateDir of new Set([config.stateDir, rec?.stateDir].filter(Boolean) as string[])) {
+      await fs.rm(path.join(stateDir, "sandboxes", id), { recursive: true, force: true });
+    }
+    if (slot !== undefined) await slots.release(slot);
+    await removeOwner(config, id);
+    removed.push(`sandbox ${id}${pid ? ` (qemu ${pid})` : ""}`);
+  }
+
+  // Veths whose namespace is gone, and slot claims with no owner id written.
   for (const veth of net.hostVeths) {
-    const owner = net.hostVethOwners[veth];
-    const id = owner?.startsWith(NETNS_PREFIX) ? owner.slice(NETNS_PREFIX.length) : undefined;
-    if (id && keep.has(id)) continue;
-    const slot = Number(veth.replace(/^\D+/, ""));
-    await destroySandboxNetwork({ sandboxId: id ?? "orphan", slot }).catch(() => {});
+    const alias = net.hostVethOwners[veth];
+    const id = alias?.startsWith(NETNS_PREFIX) ? alias.slice(NETNS_PREFIX.length) : undefined;
+    if (id && (await isAlive(id))) continue;
+    if (id && !orphans.has(id) && net.namespaces.includes(alias!)) continue;
+    await destroySandboxNetwork({ sandboxId: id ?? "orphan", slot: Number(veth.replace(/^\D+/, "")) }).catch(
+      () => {},
+    );
     removed.push(`veth ${veth}`);
   }
-  for (const cg of await listSandboxCgroups()) {
-    const id = cg.replace(/^fb-/, "");
-    if (keep.has(id)) continue;
-    await (await SandboxCgroup.open(cg)).destroy().catch(() => {});
-    removed.push(`cgroup ${cg}`);
-  }
-  for (const [slot, owner] of await slots.list()) {
-    if (owner && keep.has(owner)) continue;
-    if (!owner) {
-      const st = await fs.stat(path.join(slots.dir, String(slot))).catch(() => undefined);
-      if (st && Date.now() - st.mtimeMs < 30_000) continue;
+  for (const [slot, owner] of slotOwners) {
+    if (owner) continue;
+    const st = await fs.stat(path.join(slots.dir, String(slot))).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > 30_000) {
+      await slots.release(slot);
+      removed.push(`slot ${slot}`);
     }
-    await slots.release(slot);
-    removed.push(`slot ${slot}`);
   }
   return { removed };
 }
