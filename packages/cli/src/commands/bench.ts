@@ -138,6 +138,7 @@ async function bareBoot(rt: Awaited<ReturnType<typeof localRuntime>>): Promise<n
     vcpus: 1,
     memoryMib: 256,
     accel: rt.accel.accel,
+    tscKhz: rt.tscKhz,
     uid: 0,
     gid: 0,
   });

@@ -18,7 +18,7 @@ import { type SandboxCgroup as Cgroup, SandboxCgroup } from "../jail/cgroup.ts";
 import { lookupVmUser, type VmUser } from "../jail/vm-user.ts";
 import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../network/index.ts";
 import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
-import { QemuVm } from "../vmm/qemu-vm.ts";
+import { hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
 import { type EnvdClient, envdClient } from "./envd-client.ts";
 import { newAccessToken, newSandboxId } from "./ids.ts";
 import {
@@ -213,6 +213,7 @@ export class NodeRuntime {
   readonly accel: AccelProbe;
   readonly vmUser: VmUser;
   readonly slots: SlotRegistry;
+  readonly tscKhz = hostTscKhz();
   readonly #sandboxes = new Map<string, Sandbox>();
   readonly #log: (line: string) => void;
 
@@ -354,6 +355,7 @@ export class NodeRuntime {
           netnsPath: sb.network.netnsPath,
           tapName: sb.network.tapName,
           mac: sb.network.guestMac,
+          tscKhz: this.tscKhz,
           uid: this.vmUser.uid,
           gid: this.vmUser.gid,
         },

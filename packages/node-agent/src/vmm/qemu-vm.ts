@@ -3,7 +3,7 @@
 // semantics: it boots, stops, and reports exit.
 import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, readFileSync } from "node:fs";
 import fs from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -39,6 +39,25 @@ export interface VmSpec {
   tcgTbSizeMib?: number;
   /** Console log size cap in bytes. @default 1 MiB */
   consoleCapBytes?: number;
+  /**
+   * Host TSC frequency. Under TCG the guest reads the host's TSC, and its own
+   * calibration against the emulated PIT fails when the host is busy (the
+   * kernel then marks the TSC unstable and hangs before printing anything), so
+   * the frequency is passed on the kernel command line instead.
+   */
+  tscKhz?: number;
+}
+
+/** The host's TSC frequency in kHz, from /proc/cpuinfo (constant TSC hosts). */
+export function hostTscKhz(): number | undefined {
+  try {
+    const info = readFileSync("/proc/cpuinfo", "utf8");
+    if (!/\bconstant_tsc\b/.test(info)) return undefined;
+    const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(info)?.[1]);
+    return Number.isFinite(mhz) && mhz > 0 ? Math.round(mhz * 1000) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Kernel arguments that trim boot time on a microvm; each one measured. */
@@ -90,7 +109,11 @@ export function qemuArgs(spec: VmSpec): string[] {
     "-initrd",
     spec.initramfs,
     "-append",
-    [...BASE_CMDLINE, ...(spec.extraCmdline ?? [])].join(" "),
+    [
+      ...BASE_CMDLINE,
+      ...(spec.accel === "tcg" && spec.tscKhz ? [`tsc_early_khz=${spec.tscKhz}`] : []),
+      ...(spec.extraCmdline ?? []),
+    ].join(" "),
     "-chardev",
     "stdio,id=con,signal=off",
     "-serial",
