@@ -22,7 +22,20 @@ import type { NodeRuntime, TemplateImage } from "../sandbox/node-runtime.ts";
 import { REQUIRED_PACKAGES, type TemplateSpec } from "./template-spec.ts";
 
 /** Bumped when the image layout changes, so old cache entries are not reused. */
-export const BUILDER_VERSION = 1;
+export const BUILDER_VERSION = 2;
+
+/**
+ * PID 1 of the root filesystem (the initramfs execs it): tini reaps orphans and
+ * runs the guest agent. Part of every image's content address.
+ * --single-threaded: no V8 worker threads competing for the one vCPU (boot
+ * measured ~0.4 s faster under TCG).
+ */
+export const ROOTFS_INIT = [
+  "#!/bin/sh",
+  "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8",
+  "exec /usr/bin/tini -g -- /opt/firebreak/node/bin/node --single-threaded --max-old-space-size=64 /opt/firebreak/agent/agent.mjs --control /dev/virtio-ports/fb.control",
+  "",
+].join("\n");
 const GUEST_USER_UID = 1000;
 const MIN_FREE_MIB = Number(process.env["FIREBREAK_MIN_FREE_MIB"] ?? 2048);
 
@@ -306,17 +319,7 @@ async function customize(
   await fs.copyFile(agent.nodeBinary, path.join(rootfs, "opt/firebreak/node/bin/node"));
   await fs.chmod(path.join(rootfs, "opt/firebreak/node/bin/node"), 0o755);
   await fs.cp(agent.bundleDir, path.join(rootfs, "opt/firebreak/agent"), { recursive: true });
-  await fs.writeFile(
-    path.join(rootfs, "sbin/firebreak-init"),
-    [
-      "#!/bin/sh",
-      "# PID 1 after the initramfs: tini reaps orphans and runs the guest agent.",
-      "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8",
-      "exec /usr/bin/tini -g -- /opt/firebreak/node/bin/node --max-semi-space-size=1 --max-old-space-size=64 /opt/firebreak/agent/agent.mjs --control /dev/virtio-ports/fb.control",
-      "",
-    ].join("\n"),
-    { mode: 0o755 },
-  );
+  await fs.writeFile(path.join(rootfs, "sbin/firebreak-init"), ROOTFS_INIT, { mode: 0o755 });
 
   // The default user (E2B: "user", home /home/user).
   if (spec.user !== "root") {
@@ -394,7 +397,7 @@ async function readLock(rootfs: string, release: string): Promise<PackageLock> {
 
 async function inputHash(spec: TemplateSpec, specDir: string, agent: BuildOptions["agent"]): Promise<string> {
   const h = createHash("sha256");
-  h.update(JSON.stringify({ v: BUILDER_VERSION, spec }));
+  h.update(JSON.stringify({ v: BUILDER_VERSION, spec, init: ROOTFS_INIT }));
   for (const f of spec.files) {
     const src = path.resolve(specDir, f.src);
     h.update(`file:${f.src}:`);

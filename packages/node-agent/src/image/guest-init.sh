@@ -15,7 +15,7 @@ case " $cmdline " in
     $B poweroff -f
     ;;
 esac
-for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net virtio_console virtio-rng; do
+for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net virtio_console virtio-rng virtio_balloon; do
   $B insmod /lib/modules/$m.ko || echo "init: insmod $m failed"
 done
 # Device probes can finish after insmod returns: wait (up to ~5 s) for the

@@ -22,6 +22,7 @@ export const GUEST_MODULES = [
   "kernel/drivers/net/virtio_net.ko",
   "kernel/drivers/char/virtio_console.ko",
   "kernel/drivers/char/hw_random/virtio-rng.ko",
+  "kernel/drivers/virtio/virtio_balloon.ko",
 ] as const;
 
 export interface KernelManifest {
@@ -50,7 +51,9 @@ export async function ensureKernel(
   try {
     const manifest = JSON.parse(await fs.readFile(current, "utf8")) as KernelManifest;
     await fs.access(manifest.vmlinux);
-    return manifest;
+    const have = new Set(manifest.modules.map((m) => path.basename(m)));
+    if (GUEST_MODULES.every((m) => have.has(path.basename(m)))) return manifest;
+    log("the guest module list changed; preparing the kernel again");
   } catch {
     // not prepared yet
   }

@@ -35,7 +35,7 @@ export interface VmSpec {
   gid: number;
   /** Extra kernel command line. */
   extraCmdline?: string[];
-  /** TCG translation cache in MiB. @default 128 */
+  /** TCG translation cache in MiB. @default FIREBREAK_TCG_TB_MIB or DEFAULT_TCG_TB_MIB */
   tcgTbSizeMib?: number;
   /** Console log size cap in bytes. @default 1 MiB */
   consoleCapBytes?: number;
@@ -60,6 +60,12 @@ export function hostTscKhz(): number | undefined {
   }
 }
 
+/**
+ * The TCG translation cache is fully touched after a boot (it is host memory
+ * per sandbox), so it is sized for density; measured in docs/BENCHMARKS.md.
+ */
+export const DEFAULT_TCG_TB_MIB = 128;
+
 /** Kernel arguments that trim boot time on a microvm; each one measured. */
 export const BASE_CMDLINE = [
   "console=ttyS0",
@@ -83,7 +89,8 @@ export const BASE_CMDLINE = [
 ];
 
 export function qemuArgs(spec: VmSpec): string[] {
-  const accel = spec.accel === "kvm" ? "kvm" : `tcg,thread=multi,tb-size=${spec.tcgTbSizeMib ?? 128}`;
+  const tb = spec.tcgTbSizeMib ?? (Number(process.env["FIREBREAK_TCG_TB_MIB"]) || DEFAULT_TCG_TB_MIB);
+  const accel = spec.accel === "kvm" ? "kvm" : `tcg,thread=multi,tb-size=${tb}`;
   const args = [
     "-name",
     `${spec.name},debug-threads=on`,
@@ -128,6 +135,9 @@ export function qemuArgs(spec: VmSpec): string[] {
     "virtio-blk-device,drive=root",
     "-device",
     "virtio-rng-device",
+    // Pages the guest frees go back to the host (smaller RSS per idle sandbox).
+    "-device",
+    "virtio-balloon-device,free-page-reporting=on",
     "-device",
     "virtio-serial-device,max_ports=2",
     "-chardev",
