@@ -27,6 +27,7 @@ APT_PACKAGES=(
   debootstrap                       # template root filesystems from Debian packages
   e2fsprogs                         # mkfs.ext4 -d: images without mounting
   lz4 zstd cpio kmod                # kernel extraction, initramfs
+  gcc libc6-dev                     # the static guest helper (fb-guestctl)
   tini                              # PID 1 inside the guest
   iproute2 nftables util-linux      # namespaces, veth, tap, firewall, nsenter, setpriv
   procps psmisc                     # pgrep, fuser (tests and reconciler)

@@ -1,3 +1,4 @@
+import { execFile } from "node:child_process";
 import { cp, mkdir, readdir, rm, stat } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -70,6 +71,25 @@ export async function buildAgentBundle(
     const src = join(nativeDir, name);
     if (await stat(src).catch(() => undefined)) await cp(src, join(destNative, name));
   }
+  // The privileged helper (clock, CRNG reseed): static, so it runs in any image.
+  await mkdir(join(outDir, "bin"), { recursive: true });
+  const helperSrc = join(here, "..", "native", "fb-guestctl.c");
+  await new Promise<void>((resolve, reject) => {
+    execFile(
+      "gcc",
+      ["-static", "-Os", "-s", "-Wall", "-o", join(outDir, "bin", "fb-guestctl"), helperSrc],
+      { timeout: 120_000 },
+      (err, _out, stderr) => {
+        if (err)
+          reject(
+            new Error(
+              `compiling fb-guestctl failed (is gcc installed? run scripts/setup.sh): ${stderr || err.message}`,
+            ),
+          );
+        else resolve();
+      },
+    );
+  });
   return { files: await listFiles(outDir, outDir) };
 }
 

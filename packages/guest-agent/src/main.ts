@@ -1,7 +1,7 @@
 import { parseArgs } from "node:util";
 import { ENVD_PORT } from "@firebreak/protocol/envd";
 import { ControlChannel } from "./control/control-channel.ts";
-import { mixEntropy, syncClock } from "./control/system.ts";
+import { guestctlApply, guestctlPath, mixEntropy, syncClock } from "./control/system.ts";
 import { deviceTransport, socketTransport } from "./control/transport.ts";
 import { createAgentServer } from "./http/server.ts";
 import { AgentState } from "./identity/agent-state.ts";
@@ -12,7 +12,7 @@ import { AgentState } from "./identity/agent-state.ts";
  *   node agent.mjs [--port 49983] [--host 0.0.0.0] [--control /dev/virtio-ports/fb.control]
  *                  [--control-socket /path/to.sock]
  */
-function main(): void {
+async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       port: { type: "string", default: String(ENVD_PORT) },
@@ -32,7 +32,14 @@ function main(): void {
 
   const state = new AgentState();
   const { server, table, preload } = createAgentServer({ state, standalone: transport === undefined });
-  const control = transport ? new ControlChannel(transport, state, { syncClock, mixEntropy }) : undefined;
+  const helper = transport ? await guestctlPath() : undefined;
+  const control = transport
+    ? new ControlChannel(transport, state, {
+        syncClock,
+        mixEntropy,
+        ...(helper ? { applyClockAndEntropy: guestctlApply(helper) } : {}),
+      })
+    : undefined;
 
   server.listen(port, values.host, () => {
     const addr = server.address();
@@ -63,7 +70,7 @@ function main(): void {
   process.on("SIGINT", shutdown);
 }
 
-main();
+await main();
 
 async function dropPageCache(): Promise<void> {
   const { writeFile } = await import("node:fs/promises");

@@ -4,6 +4,8 @@ import type { AgentState } from "../identity/agent-state.ts";
 export type SystemOps = {
   syncClock: (hostEpochMs: number) => Promise<boolean>;
   mixEntropy: (base64: string) => Promise<void>;
+  /** Both at once with one privileged helper (reseeds the CRNG); used when given. */
+  applyClockAndEntropy?: (hostEpochMs: number, base64: string) => Promise<void>;
 };
 
 function validateInit(m: Record<string, unknown>): InitMessage {
@@ -72,8 +74,11 @@ export async function handleControlLine(
           defaultUser: init.defaultUser,
           defaultWorkdir: init.defaultWorkdir,
         });
-        await ops.mixEntropy(init.entropy);
-        await ops.syncClock(init.wallClockMs);
+        if (ops.applyClockAndEntropy) await ops.applyClockAndEntropy(init.wallClockMs, init.entropy);
+        else {
+          await ops.mixEntropy(init.entropy);
+          await ops.syncClock(init.wallClockMs);
+        }
         return { type: "ack", id };
       } catch (err) {
         return { type: "error", id, message: (err as Error).message };

@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { access, readFile, writeFile } from "node:fs/promises";
 
 /** Guest clock is corrected only when it is off by more than this. */
 export const CLOCK_TOLERANCE_MS = 50;
@@ -51,4 +51,44 @@ export async function uptimeMs(): Promise<number> {
   } catch {
     return Math.round(process.uptime() * 1000);
   }
+}
+
+/**
+ * The privileged helper shipped beside the agent bundle (native/fb-guestctl.c):
+ * credits entropy and forces a CRNG reseed, and sets the clock, in one exec.
+ * Undefined when the agent runs outside a VM image (tests on the host).
+ */
+export async function guestctlPath(): Promise<string | undefined> {
+  const p = new URL("./bin/fb-guestctl", import.meta.url).pathname;
+  try {
+    await access(p);
+    return p;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Applies the host's wall clock (when off by more than the tolerance) and
+ * entropy with fb-guestctl. A snapshot clone must not share random state with
+ * its siblings: writing /dev/urandom only mixes, RNDRESEEDCRNG reseeds now.
+ */
+export function guestctlApply(helper: string, now: () => number = Date.now) {
+  return (hostEpochMs: number, base64: string): Promise<void> => {
+    if (!Number.isFinite(hostEpochMs) || hostEpochMs <= 0) {
+      return Promise.reject(new Error("wallClockMs must be a positive number"));
+    }
+    const entropy = Buffer.from(base64, "base64");
+    if (entropy.length === 0) return Promise.reject(new Error("entropy must be non-empty base64"));
+    const clock =
+      Math.abs(now() - hostEpochMs) <= CLOCK_TOLERANCE_MS
+        ? "-"
+        : `${BigInt(Math.round(hostEpochMs)) * 1_000_000n}`;
+    return new Promise((resolve, reject) => {
+      execFile(helper, ["init", clock, entropy.toString("hex")], { timeout: 5000 }, (err, _out, stderr) => {
+        if (err) reject(new Error(`fb-guestctl failed: ${stderr.trim() || err.message}`));
+        else resolve();
+      });
+    });
+  };
 }
