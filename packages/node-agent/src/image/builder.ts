@@ -161,7 +161,12 @@ export async function buildTemplate(
     );
     if (deb.exitCode !== 0) {
       const why = (deb.stderr + deb.stdout).trim().split("\n").slice(-6).join("\n");
-      if (/No space left/.test(why)) throw noSpace(config.stateDir);
+      // debootstrap reports a full disk as "Couldn't download ..."; the cause
+      // (unxz/wget/dpkg: "No space left on device") is only in its own log.
+      const log = await fs
+        .readFile(path.join(rootfs, "debootstrap", "debootstrap.log"), "utf8")
+        .catch(() => "");
+      if (/No space left/.test(why) || /No space left/.test(log.slice(-4000))) throw noSpace(config.stateDir);
       throw new FirebreakError(
         "TEMPLATE_BUILD_FAILED",
         `debootstrap failed for ${spec.name} (packages: ${spec.debian.packages.join(", ") || "none"}):\n${why}\n` +
