@@ -6,7 +6,14 @@ import { after, before, describe, test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { filesystemPb } from "@firebreak/protocol";
 import type { Sandbox } from "../src/index.ts";
-import { assertNoLeftovers, exec, killSandbox, newSandbox, skipUnlessRoot } from "./helpers.ts";
+import {
+  assertNoLeaks,
+  assertNoLeftovers,
+  exec,
+  killSandbox,
+  newSandbox,
+  skipUnlessRoot,
+} from "./helpers.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
@@ -28,6 +35,7 @@ describe("files in a microVM", { skip: skipUnlessRoot }, () => {
   after(async () => {
     await killSandbox(sb);
     if (sb) await assertNoLeftovers([sb.id]);
+    await assertNoLeaks();
   });
 
   test("a 10 MiB random binary file uploaded and downloaded keeps its sha256", async () => {

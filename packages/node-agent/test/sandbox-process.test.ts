@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { processPb } from "@firebreak/protocol";
 import type { Sandbox } from "../src/index.ts";
 import {
+  assertNoLeaks,
   assertNoLeftovers,
   exec,
   killSandbox,
@@ -43,6 +44,7 @@ describe("commands in a microVM", { skip: skipUnlessRoot }, () => {
   after(async () => {
     await killSandbox(sb);
     if (sb) await assertNoLeftovers([sb.id]);
+    await assertNoLeaks();
   });
 
   test("output is streamed line by line while the command is still running", async () => {
