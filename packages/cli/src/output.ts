@@ -15,7 +15,7 @@ export function progressPrinter(verbose: boolean): (p: BuildProgress) => void {
     if (p.detail === undefined) {
       if (detailShown && tty) process.stderr.write("\r\x1b[2K");
       detailShown = false;
-      process.stderr.write(`[${p.index}/${p.total}] ${p.step}\n`);
+      process.stderr.write(p.total ? `[${p.index}/${p.total}] ${p.step}\n` : `${p.step}\n`);
       return;
     }
     if (verbose) process.stderr.write(`    ${p.detail}\n`);

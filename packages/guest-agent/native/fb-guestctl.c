@@ -4,6 +4,9 @@
  * sandbox, for example right after a snapshot restore:
  *
  *   fb-guestctl init <epoch-nanoseconds> <entropy-hex>
+ *   fb-guestctl serve     (reads "init <ns> <hex>" lines on stdin, answers
+ *                          "ok" or "error <message>" per line: the agent
+ *                          starts it once, so an init costs no fork/exec)
  *
  * 1. credits the host's random bytes to the kernel pool (RNDADDENTROPY) and
  *    forces a CRNG reseed (RNDRESEEDCRNG), so clones of one snapshot stop
@@ -87,13 +90,44 @@ static int settime(const char *ns) {
   return 0;
 }
 
+static int apply(const char *clock, const char *entropy) {
+  int rc = 0;
+  if (strcmp(entropy, "-") != 0) rc |= reseed(entropy);
+  if (strcmp(clock, "-") != 0) rc |= settime(clock);
+  return rc;
+}
+
+static int serve(void) {
+  char line[4096];
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  while (fgets(line, sizeof line, stdin) != NULL) {
+    char *nl = strchr(line, '\n');
+    if (nl == NULL) {
+      printf("error line too long\n");
+      int c;
+      while ((c = getchar()) != EOF && c != '\n') {
+      }
+      continue;
+    }
+    *nl = '\0';
+    char *save = NULL;
+    char *verb = strtok_r(line, " ", &save);
+    char *clock = strtok_r(NULL, " ", &save);
+    char *entropy = strtok_r(NULL, " ", &save);
+    if (verb == NULL || strcmp(verb, "init") != 0 || clock == NULL || entropy == NULL) {
+      printf("error usage: init <epoch-ns|-> <entropy-hex|->\n");
+      continue;
+    }
+    printf(apply(clock, entropy) == 0 ? "ok\n" : "error see the agent's stderr\n");
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "serve") == 0) return serve();
   if (argc != 4 || strcmp(argv[1], "init") != 0) {
-    fprintf(stderr, "usage: fb-guestctl init <epoch-ns|-> <entropy-hex|->\n");
+    fprintf(stderr, "usage: fb-guestctl init <epoch-ns|-> <entropy-hex|->\n       fb-guestctl serve\n");
     return 2;
   }
-  int rc = 0;
-  if (strcmp(argv[3], "-") != 0) rc |= reseed(argv[3]);
-  if (strcmp(argv[2], "-") != 0) rc |= settime(argv[2]);
-  return rc;
+  return apply(argv[2], argv[3]);
 }

@@ -43,9 +43,14 @@ export type InitMessage = {
   /** Working directory when a request names none (E2B: the user's home). */
   defaultWorkdir: string;
   /** Host wall clock, epoch milliseconds; the guest clock is set when it differs by > 50 ms. */
-  wallClockMs: number;
-  /** 64 random bytes, base64, mixed into the guest kernel entropy pool. */
-  entropy: string;
+  wallClockMs?: number;
+  /**
+   * 64 random bytes, base64, credited to the guest kernel pool (and the CRNG
+   * reseeded). Both this and wallClockMs may be omitted when the guest already
+   * got its own (a warm-pool VM is reseeded when it enters the pool, so a claim
+   * only swaps the identity).
+   */
+  entropy?: string;
 };
 
 /** host -> guest liveness probe. */

@@ -45,9 +45,9 @@ export async function benchCommand(opts: { boots: number; execs: number; idle: n
     const boots: number[] = [];
     const uptimes: number[] = [];
     for (let i = 0; i < opts.boots; i++) {
-      const sb = await rt.create({ template });
+      const sb = await rt.create({ template, forceCold: true });
       boots.push(sb.timings!.totalMs);
-      uptimes.push(sb.timings!.guestUptimeMs);
+      uptimes.push(sb.timings!.guestUptimeMs ?? Number.NaN);
       await rt.kill(sb.id);
     }
     say({

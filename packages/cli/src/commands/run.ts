@@ -1,5 +1,5 @@
 import fs from "node:fs/promises";
-import { activeBuildDirs, type NodeRuntime, type Sandbox } from "@firebreak/node-agent";
+import { activeBuildDirs, type NodeRuntime, type Sandbox, type StartTimings } from "@firebreak/node-agent";
 import { localRuntime, resolveTemplate } from "../local.ts";
 import { progressPrinter } from "../output.ts";
 
@@ -40,13 +40,7 @@ export async function runCommand(argv: string[], opts: RunOpts): Promise<void> {
       shape: { vcpus: opts.cpus, memoryMib: opts.memory },
       ...(opts.env ? { envVars: opts.env } : {}),
     });
-    if (opts.timing && sb.timings) {
-      const t = sb.timings;
-      process.stderr.write(
-        `sandbox ${sb.id}: path=${t.path} total=${t.totalMs}ms network=${t.networkMs}ms disk=${t.diskMs}ms ` +
-          `cgroup=${t.cgroupMs}ms spawn=${t.spawnMs}ms boot=${t.bootMs}ms init=${t.initMs}ms guestUptime=${t.guestUptimeMs}ms\n`,
-      );
-    }
+    if (opts.timing && sb.timings) process.stderr.write(`sandbox ${sb.id}: ${formatTimings(sb.timings)}\n`);
     const stdin = process.stdin.isTTY ? undefined : readStdin();
     const t0 = performance.now();
     const { exitCode } = await sb.exec(argv, {
@@ -66,4 +60,15 @@ export async function runCommand(argv: string[], opts: RunOpts): Promise<void> {
 
 async function* readStdin(): AsyncIterable<Uint8Array> {
   for await (const chunk of process.stdin) yield chunk as Buffer;
+}
+
+export function formatTimings(t: StartTimings): string {
+  const phases = Object.entries(t.phases)
+    .map(([k, v]) => `${k}=${v}ms`)
+    .join(" ");
+  return (
+    `path=${t.path} total=${t.totalMs}ms ${phases}` +
+    (t.guestUptimeMs !== undefined ? ` guestUptime=${t.guestUptimeMs}ms` : "") +
+    (t.fallback ? ` (fallback: ${t.fallback})` : "")
+  );
 }

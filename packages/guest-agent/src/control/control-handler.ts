@@ -24,7 +24,11 @@ function validateInit(m: Record<string, unknown>): InitMessage {
   const accessToken = str("accessToken");
   // SECURITY: an empty token would turn request authentication off.
   if (accessToken === "") throw new Error("init.accessToken must not be empty");
-  if (typeof m["wallClockMs"] !== "number") throw new Error("init.wallClockMs must be a number");
+  if (m["wallClockMs"] !== undefined && typeof m["wallClockMs"] !== "number") {
+    throw new Error("init.wallClockMs must be a number");
+  }
+  if (m["entropy"] !== undefined && typeof m["entropy"] !== "string")
+    throw new Error("init.entropy must be a string");
   return {
     type: "init",
     id: m["id"] as number,
@@ -33,8 +37,8 @@ function validateInit(m: Record<string, unknown>): InitMessage {
     envVars: envVars as Record<string, string>,
     defaultUser: typeof m["defaultUser"] === "string" ? m["defaultUser"] : "user",
     defaultWorkdir: typeof m["defaultWorkdir"] === "string" ? m["defaultWorkdir"] : "",
-    wallClockMs: m["wallClockMs"],
-    entropy: str("entropy"),
+    ...(typeof m["wallClockMs"] === "number" ? { wallClockMs: m["wallClockMs"] } : {}),
+    ...(typeof m["entropy"] === "string" ? { entropy: m["entropy"] } : {}),
   };
 }
 
@@ -74,10 +78,12 @@ export async function handleControlLine(
           defaultUser: init.defaultUser,
           defaultWorkdir: init.defaultWorkdir,
         });
-        if (ops.applyClockAndEntropy) await ops.applyClockAndEntropy(init.wallClockMs, init.entropy);
-        else {
-          await ops.mixEntropy(init.entropy);
-          await ops.syncClock(init.wallClockMs);
+        const { wallClockMs, entropy } = init;
+        if (wallClockMs !== undefined && entropy !== undefined && ops.applyClockAndEntropy) {
+          await ops.applyClockAndEntropy(wallClockMs, entropy);
+        } else {
+          if (entropy !== undefined) await ops.mixEntropy(entropy);
+          if (wallClockMs !== undefined) await ops.syncClock(wallClockMs);
         }
         return { type: "ack", id };
       } catch (err) {

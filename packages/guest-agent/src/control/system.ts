@@ -1,5 +1,6 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { access, readFile, writeFile } from "node:fs/promises";
+import { createInterface } from "node:readline";
 
 /** Guest clock is corrected only when it is off by more than this. */
 export const CLOCK_TOLERANCE_MS = 50;
@@ -72,8 +73,41 @@ export async function guestctlPath(): Promise<string | undefined> {
  * Applies the host's wall clock (when off by more than the tolerance) and
  * entropy with fb-guestctl. A snapshot clone must not share random state with
  * its siblings: writing /dev/urandom only mixes, RNDRESEEDCRNG reseeds now.
+ * The helper runs as a long-lived child (`fb-guestctl serve`, started before
+ * any snapshot is taken), so an init after a restore costs one pipe round trip,
+ * not a fork and exec on a cold emulated CPU. If it has died, one exec is used.
  */
 export function guestctlApply(helper: string, now: () => number = Date.now) {
+  let server: ReturnType<typeof spawn> | undefined;
+  let lines: AsyncIterator<string> | undefined;
+  let queue: Promise<unknown> = Promise.resolve();
+  const startServer = () => {
+    server = spawn(helper, ["serve"], { stdio: ["pipe", "pipe", "inherit"] });
+    server.on("exit", () => {
+      server = undefined;
+      lines = undefined;
+    });
+    server.on("error", () => {
+      server = undefined;
+      lines = undefined;
+    });
+    lines = createInterface({ input: server.stdout! })[Symbol.asyncIterator]();
+  };
+  startServer();
+  const viaServer = async (args: string[]): Promise<void> => {
+    if (!server || !lines) startServer();
+    server!.stdin!.write(`${args.join(" ")}\n`);
+    const reply = await lines!.next();
+    if (reply.done) throw new Error("fb-guestctl exited");
+    if (reply.value !== "ok") throw new Error(`fb-guestctl: ${reply.value}`);
+  };
+  const viaExec = (args: string[]) =>
+    new Promise<void>((resolve, reject) => {
+      execFile(helper, args, { timeout: 5000 }, (err, _out, stderr) => {
+        if (err) reject(new Error(`fb-guestctl failed: ${stderr.trim() || err.message}`));
+        else resolve();
+      });
+    });
   return (hostEpochMs: number, base64: string): Promise<void> => {
     if (!Number.isFinite(hostEpochMs) || hostEpochMs <= 0) {
       return Promise.reject(new Error("wallClockMs must be a positive number"));
@@ -84,11 +118,10 @@ export function guestctlApply(helper: string, now: () => number = Date.now) {
       Math.abs(now() - hostEpochMs) <= CLOCK_TOLERANCE_MS
         ? "-"
         : `${BigInt(Math.round(hostEpochMs)) * 1_000_000n}`;
-    return new Promise((resolve, reject) => {
-      execFile(helper, ["init", clock, entropy.toString("hex")], { timeout: 5000 }, (err, _out, stderr) => {
-        if (err) reject(new Error(`fb-guestctl failed: ${stderr.trim() || err.message}`));
-        else resolve();
-      });
-    });
+    const args = ["init", clock, entropy.toString("hex")];
+    // One request at a time on the pipe.
+    const run = queue.then(() => viaServer(args).catch(() => viaExec(args)));
+    queue = run.catch(() => {});
+    return run;
   };
 }

@@ -30,11 +30,21 @@ import {
   writeRecord,
 } from "./reconciler.ts";
 import { SlotRegistry } from "./slots.ts";
+import {
+  type LoadedSnapshot,
+  type SnapshotManifest,
+  SnapshotRestoreError,
+  SnapshotStore,
+  snapshotKey,
+} from "./snapshot-store.ts";
 import { assertTransition, isFinal, type SandboxState } from "./state.ts";
+import { WarmPools } from "./warm-pool.ts";
 
 /** A built template image as the runtime needs it. */
 export interface TemplateImage {
   name: string;
+  /** Content address of the image; snapshots and warm pools need it. */
+  key?: string | undefined;
   /** Read-only root image (raw ext4). */
   imagePath: string;
   env: Record<string, string>;
@@ -63,20 +73,23 @@ export interface CreateOptions {
   writableImage?: boolean;
   /** Time allowed from QEMU spawn to agent ready. @default 90_000 */
   bootTimeoutMs?: number;
+  /** Skip warm pools and snapshots (benchmarks, the snapshot's own boot). */
+  forceCold?: boolean;
 }
 
+export type StartPath = "warm" | "snapshot" | "cold";
+
 export interface StartTimings {
-  path: "cold";
-  networkMs: number;
-  diskMs: number;
-  cgroupMs: number;
-  spawnMs: number;
-  bootMs: number;
-  initMs: number;
-  startCommandMs: number;
+  /** warm: claimed from a pool; snapshot: restored; cold: booted. */
+  path: StartPath;
+  /** From the create call until the sandbox is usable. */
   totalMs: number;
-  /** Guest uptime when the agent reported ready. */
-  guestUptimeMs: number;
+  /** Each phase in ms, in order (network, disk, cgroup, spawn, boot|restore, init, ...). */
+  phases: Record<string, number>;
+  /** Guest uptime when the agent reported ready (cold boots). */
+  guestUptimeMs?: number;
+  /** Why a faster path was not taken, when one should have been. */
+  fallback?: string;
 }
 
 export interface ExecOptions {
@@ -105,6 +118,8 @@ export class Sandbox {
   slot: number | undefined;
   accessToken: string;
   #clients = new Map<string, EnvdClient>();
+  /** Set by the runtime: tears the sandbox down (warm pool discards). */
+  discard: (() => void) | undefined;
   /** Settles when every resource of this sandbox is gone. */
   readonly torndown: Promise<void>;
   resolveTorndown!: () => void;
@@ -118,6 +133,11 @@ export class Sandbox {
     this.torndown = new Promise((r) => {
       this.resolveTorndown = r;
     });
+  }
+
+  /** Forgets cached clients (their token changed). */
+  resetClients(): void {
+    this.#clients.clear();
   }
 
   /** A client for the guest agent, acting as `user` (default: the template's user). */
@@ -214,6 +234,8 @@ export class NodeRuntime {
   readonly vmUser: VmUser;
   readonly slots: SlotRegistry;
   readonly tscKhz = hostTscKhz();
+  readonly snapshots: SnapshotStore;
+  readonly pools: WarmPools;
   readonly #sandboxes = new Map<string, Sandbox>();
   readonly #log: (line: string) => void;
 
@@ -231,6 +253,8 @@ export class NodeRuntime {
     this.accel = accel;
     this.vmUser = vmUser;
     this.slots = new SlotRegistry(paths.slotsDir(config));
+    this.snapshots = new SnapshotStore(config);
+    this.pools = new WarmPools(log);
     this.#log = log;
   }
 
@@ -263,8 +287,9 @@ export class NodeRuntime {
     return reconcile(this.config, this.slots, new Set(this.#sandboxes.keys()));
   }
 
+  /** Sandboxes users see (pool VMs waiting for a claim are not listed). */
   list(): Sandbox[] {
-    return [...this.#sandboxes.values()];
+    return [...this.#sandboxes.values()].filter((s) => s.state !== "warm");
   }
 
   get(id: string): Sandbox {
@@ -273,19 +298,62 @@ export class NodeRuntime {
     return sb;
   }
 
+  /**
+   * Creates a sandbox by the fastest path available: a warm pool VM (claim and
+   * personalize), else a restore of the template's snapshot, else a cold boot.
+   * The path taken and its phase timings are recorded on the sandbox.
+   */
   async create(opts: CreateOptions): Promise<Sandbox> {
     const shape = validateShape({ ...DEFAULT_SHAPE, ...opts.shape });
+    const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
+    if (key) {
+      const warm = await this.pools.claim(key, shape, (sb) => this.#personalize(sb, opts, { fresh: false }));
+      if (warm) return warm;
+    }
+    let fallback: string | undefined;
+    if (key) {
+      const found = await this.snapshots.find(snapshotKey(key, shape, this.kernel, this.accel.accel));
+      if (found.snapshot) {
+        try {
+          return await this.#start(opts, shape, { snapshot: found.snapshot });
+        } catch (e) {
+          if (!(e instanceof SnapshotRestoreError)) throw e;
+          fallback = `snapshot restore failed: ${e.message}`;
+          this.#log(`${fallback}; quarantining it and booting cold`);
+          await this.snapshots.quarantine(found.snapshot, e.message);
+        }
+      } else if (found.problem) {
+        fallback = found.problem;
+        this.#log(`${found.problem}; booting cold`);
+      }
+    }
+    const sb = await this.#start(opts, shape, {});
+    if (fallback && sb.timings) sb.timings.fallback = fallback;
+    return sb;
+  }
+
+  /**
+   * Starts one VM: owner record, slot, network, disk layer, cgroup, QEMU, then
+   * either boot to agent-ready (cold) or load the snapshot's state, then
+   * personalize. `pool`: stop before personalizing (warm pool fill).
+   */
+  async #start(
+    opts: CreateOptions,
+    shape: Shape,
+    how: { snapshot?: LoadedSnapshot; pool?: boolean },
+  ): Promise<Sandbox> {
     const t0 = performance.now();
     let mark = t0;
-    const lap = () => {
+    const phases: Record<string, number> = {};
+    const lap = (name: string) => {
       const now = performance.now();
-      const d = now - mark;
+      phases[name] = Math.round((now - mark) * 10) / 10;
       mark = now;
-      return Math.round(d * 10) / 10;
     };
     const id = newSandboxId();
     const dir = path.join(paths.sandboxesDir(this.config), id);
     const sb = new Sandbox(id, opts.template, shape, dir);
+    sb.discard = () => void this.kill(id, "discarded from the warm pool");
     this.#sandboxes.set(id, sb);
     const record: SandboxRecord = {
       id,
@@ -308,29 +376,20 @@ export class NodeRuntime {
         { sandboxId: id, slot: sb.slot, tapUid: this.vmUser.uid, tapGid: this.vmUser.gid },
         this.config.hostPool,
       );
-      const networkMs = lap();
+      lap("network");
 
       let rootDisk = opts.template.imagePath;
       let rootDiskFormat: "qcow2" | "raw" = "raw";
       if (!opts.writableImage) {
         rootDisk = path.join(dir, "disk.qcow2");
         rootDiskFormat = "qcow2";
-        await run("qemu-img", [
-          "create",
-          "-q",
-          "-f",
-          "qcow2",
-          "-F",
-          "raw",
-          "-b",
-          opts.template.imagePath,
-          rootDisk,
-        ]);
-        await fs.chown(rootDisk, this.vmUser.uid, this.vmUser.gid);
-      } else {
-        await fs.chown(rootDisk, this.vmUser.uid, this.vmUser.gid);
+        const [backing, backingFormat] = how.snapshot
+          ? [how.snapshot.diskPath, "qcow2"]
+          : [opts.template.imagePath, "raw"];
+        await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", backingFormat, "-b", backing, rootDisk]);
       }
-      const diskMs = lap();
+      await fs.chown(rootDisk, this.vmUser.uid, this.vmUser.gid);
+      lap("disk");
 
       sb.cgroup = await SandboxCgroup.open(`fb-${id}`);
       await sb.cgroup.create({
@@ -339,7 +398,7 @@ export class NodeRuntime {
         memoryBytes: (shape.memoryMib + 256) * 1024 * 1024,
         pids: 64 + shape.vcpus * 4,
       });
-      const cgroupMs = lap();
+      lap("cgroup");
 
       sb.vm = await QemuVm.launch(
         {
@@ -360,6 +419,7 @@ export class NodeRuntime {
           gid: this.vmUser.gid,
         },
         {
+          incoming: how.snapshot !== undefined,
           // The reconciler finds QEMU by its -name, so the pid is recorded after launch.
           onSpawn: (pid) => {
             record.qemuPid = pid;
@@ -369,58 +429,154 @@ export class NodeRuntime {
       await sb.cgroup.add(sb.vm.pid);
       await writeRecord(this.config, dir, record);
       void sb.vm.exited.then((e) => this.#onVmExit(sb, e.signal ?? `code ${e.code}`));
-      const spawnMs = lap();
+      lap("spawn");
 
-      const ready = await sb.vm.control.waitReady(opts.bootTimeoutMs ?? 90_000);
-      const bootMs = lap();
-
-      await sb.vm.control.request({
-        type: "init",
-        sandboxId: id,
-        accessToken: sb.accessToken,
-        envVars: { ...opts.template.env, ...opts.envVars },
-        defaultUser: opts.template.user,
-        defaultWorkdir:
-          opts.template.workdir ?? (opts.template.user === "root" ? "/root" : `/home/${opts.template.user}`),
-        wallClockMs: Date.now(),
-        entropy: randomBytes(64).toString("base64"),
-      });
-      const initMs = lap();
-
-      await this.#startTemplateProcess(sb);
-      const startCommandMs = lap();
-
-      assertTransition(id, sb.state, "running");
-      sb.state = "running";
+      let guestUptimeMs: number | undefined;
+      if (how.snapshot) {
+        try {
+          await sb.vm.loadState(how.snapshot.memoryPath);
+        } catch (e) {
+          throw new SnapshotRestoreError((e as Error).message);
+        }
+        lap("restore");
+      } else {
+        guestUptimeMs = (await sb.vm.control.waitReady(opts.bootTimeoutMs ?? 90_000)).uptimeMs;
+        lap("boot");
+      }
       sb.timings = {
-        path: "cold",
-        networkMs,
-        diskMs,
-        cgroupMs,
-        spawnMs,
-        bootMs,
-        initMs,
-        startCommandMs,
-        totalMs: Math.round((performance.now() - t0) * 10) / 10,
-        guestUptimeMs: ready.uptimeMs,
+        path: how.snapshot ? "snapshot" : "cold",
+        totalMs: 0,
+        phases,
+        ...(guestUptimeMs !== undefined ? { guestUptimeMs } : {}),
       };
-      this.#log(`sandbox ${id} running in ${sb.timings.totalMs} ms (${JSON.stringify(sb.timings)})`);
+      if (how.pool) {
+        // Pool VMs get their own entropy and clock now, so a claim only swaps identity.
+        await this.#init(sb, { envVars: {}, fresh: true, accessToken: sb.accessToken });
+        lap("init");
+        assertTransition(id, sb.state, "warm");
+        sb.state = "warm";
+        sb.timings.totalMs = Math.round((performance.now() - t0) * 10) / 10;
+        return sb;
+      }
+      await this.#personalize(sb, opts, { fresh: true }, t0, lap);
       return sb;
     } catch (e) {
       // Let QEMU's last output reach the console file before reading it.
       const exit = sb.vm ? await Promise.race([sb.vm.exited, sleep(300).then(() => undefined)]) : undefined;
       const consoleTail = await tail(path.join(dir, "console.log"), 15);
       const exitNote = exit ? ` (QEMU exited: ${exit.signal ?? `code ${exit.code}`})` : "";
-      if (sb.state === "starting") sb.state = "failed";
+      if (sb.state === "starting" || sb.state === "warm") sb.state = "failed";
       sb.endReason = `start failed: ${(e as Error).message}`;
       await this.#teardown(sb);
-      if (e instanceof FirebreakError) throw e;
+      if (e instanceof FirebreakError || e instanceof SnapshotRestoreError) throw e;
       throw new FirebreakError(
         "SANDBOX_BOOT_FAILED",
         `sandbox ${id} did not start: ${(e as Error).message}${exitNote}${consoleTail ? `\nguest console (last lines):\n${consoleTail}` : ""}`,
         { cause: e },
       );
     }
+  }
+
+  /** Gives a started VM its identity (token, env), then runs the template's start command. */
+  async #personalize(
+    sb: Sandbox,
+    opts: CreateOptions,
+    how: { fresh: boolean },
+    t0 = performance.now(),
+    lap: (name: string) => void = () => {},
+  ): Promise<void> {
+    sb.accessToken = newAccessToken();
+    await this.#init(sb, {
+      envVars: { ...opts.template.env, ...opts.envVars },
+      fresh: how.fresh,
+      accessToken: sb.accessToken,
+    });
+    lap("init");
+    // A snapshot or pool VM already runs the template's start command.
+    if (sb.timings?.path === "cold") await this.#startTemplateProcess(sb);
+    lap("startCommand");
+    assertTransition(sb.id, sb.state, "running");
+    sb.state = "running";
+    sb.timings ??= { path: "warm", totalMs: 0, phases: {} };
+    sb.timings.totalMs = Math.round((performance.now() - t0) * 10) / 10;
+    this.#log(
+      `sandbox ${sb.id} running via ${sb.timings.path} in ${sb.timings.totalMs} ms ${JSON.stringify(sb.timings.phases)}`,
+    );
+  }
+
+  async #init(
+    sb: Sandbox,
+    o: { envVars: Record<string, string>; fresh: boolean; accessToken: string },
+  ): Promise<void> {
+    const user = sb.template.user;
+    await sb.vm!.control.request({
+      type: "init",
+      sandboxId: sb.id,
+      accessToken: o.accessToken,
+      envVars: o.envVars,
+      defaultUser: user,
+      defaultWorkdir: sb.template.workdir ?? (user === "root" ? "/root" : `/home/${user}`),
+      // Fresh clones get their own clock and entropy (CRNG reseed); a warm
+      // pool VM already has both.
+      ...(o.fresh ? { wallClockMs: Date.now(), entropy: randomBytes(64).toString("base64") } : {}),
+    });
+    sb.resetClients();
+  }
+
+  /**
+   * Boots the template cold, lets it settle, and saves it as the template's
+   * snapshot for this shape (memory + disk layer, checksummed manifest).
+   * Runs off the start path: after a template build, or in the background.
+   */
+  async prepareSnapshot(
+    template: TemplateImage,
+    shapeIn: Partial<Shape> = {},
+    opts: { force?: boolean } = {},
+  ): Promise<{ manifest: SnapshotManifest; created: boolean }> {
+    if (!template.key) throw new FirebreakError("INTERNAL", "snapshots need a built template (with a key)");
+    const shape = validateShape({ ...DEFAULT_SHAPE, ...shapeIn });
+    const key = snapshotKey(template.key, shape, this.kernel, this.accel.accel);
+    if (!opts.force) {
+      const found = await this.snapshots.find(key);
+      if (found.snapshot) return { manifest: found.snapshot.manifest, created: false };
+    }
+    await this.snapshots.removeStale();
+    const sb = await this.#start({ template }, shape, {});
+    try {
+      // The agent drops the boot page cache shortly after ready: wait for it,
+      // so the saved memory (and every clone's RSS) is smaller.
+      await sleep(1500);
+      const made = { kernel: `${this.kernel.package} ${this.kernel.version}`, accel: this.accel.accel };
+      const manifest = await this.snapshots.save(key, template, shape, made, async (memoryFile, diskFile) => {
+        const t0 = performance.now();
+        await sb.vm!.saveState(memoryFile);
+        const saveMs = performance.now() - t0;
+        await sb.vm!.stop(1000);
+        await fs.rename(path.join(sb.dir, "disk.qcow2"), diskFile);
+        return { saveMs, bootMs: sb.timings?.phases["boot"] ?? 0 };
+      });
+      return { manifest, created: true };
+    } finally {
+      await this.kill(sb.id, "snapshot saved");
+    }
+  }
+
+  /** Fills the warm pool of a template and shape to `size` VMs restored from its snapshot. */
+  async fillPool(template: TemplateImage, size: number, shapeIn: Partial<Shape> = {}): Promise<void> {
+    const shape = validateShape({ ...DEFAULT_SHAPE, ...shapeIn });
+    if (!template.key) throw new FirebreakError("INTERNAL", "warm pools need a built template (with a key)");
+    const found = await this.snapshots.find(snapshotKey(template.key, shape, this.kernel, this.accel.accel));
+    if (!found.snapshot) {
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `template ${template.name} has no snapshot for ${shape.vcpus} vCPU / ${shape.memoryMib} MiB: ${found.problem ?? "prepare one first"}`,
+      );
+    }
+    const snapshot = found.snapshot;
+    this.pools.configure(template.key, shape, size, () =>
+      this.#start({ template }, shape, { snapshot, pool: true }),
+    );
+    await this.pools.fill(template.key, shape);
   }
 
   async #startTemplateProcess(sb: Sandbox): Promise<void> {
@@ -468,17 +624,19 @@ export class NodeRuntime {
     }
     sb.state = "stopping";
     sb.endReason = reason;
+    this.pools.remove(sb);
     await this.#teardown(sb);
     sb.state = "stopped";
   }
 
-  /** Kills every sandbox this runtime owns. */
+  /** Kills every sandbox this runtime owns, pool VMs included. */
   async close(): Promise<void> {
-    await Promise.all(this.list().map((sb) => this.kill(sb.id, "node shutdown")));
+    this.pools.stop();
+    await Promise.all([...this.#sandboxes.values()].map((sb) => this.kill(sb.id, "node shutdown")));
   }
 
   #onVmExit(sb: Sandbox, how: string): void {
-    if (sb.state === "running" || sb.state === "starting") {
+    if (sb.state === "running" || sb.state === "starting" || sb.state === "warm") {
       this.#log(`sandbox ${sb.id}: QEMU exited unexpectedly (${how}); reclaiming its resources`);
       sb.state = sb.state === "running" ? "crashed" : "failed";
       sb.endReason = `VM exited unexpectedly (${how})`;

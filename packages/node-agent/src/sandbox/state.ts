@@ -2,10 +2,12 @@
 // anything else is refused with a specific error.
 import { FirebreakError } from "../errors.ts";
 
-export type SandboxState = "starting" | "running" | "stopping" | "stopped" | "crashed" | "failed";
+/** warm: restored into a pool, no identity yet, not visible to users until claimed. */
+export type SandboxState = "starting" | "warm" | "running" | "stopping" | "stopped" | "crashed" | "failed";
 
 const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
-  starting: ["running", "failed", "stopping", "crashed"],
+  starting: ["warm", "running", "failed", "stopping", "crashed"],
+  warm: ["running", "stopping", "crashed"],
   running: ["stopping", "crashed"],
   stopping: ["stopped"],
   stopped: [],

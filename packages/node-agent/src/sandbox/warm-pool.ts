@@ -1,0 +1,135 @@
+// Warm pools: VMs already restored from a template's snapshot, reseeded and
+// clocked, waiting without an identity. A create takes one (bookkeeping plus
+// one control-channel message that swaps in the token and env), and the pool
+// refills in the background, off the start path. Because personalization
+// happens after the claim, creates that carry env vars still hit the pool.
+import type { Sandbox, Shape } from "./node-runtime.ts";
+
+interface Pool {
+  key: string;
+  shape: Shape;
+  target: number;
+  ready: Sandbox[];
+  filling: number;
+  factory: () => Promise<Sandbox>;
+  lastError?: string;
+}
+
+export interface PoolStatus {
+  templateKey: string;
+  shape: Shape;
+  target: number;
+  ready: number;
+  filling: number;
+  lastError?: string;
+}
+
+export class WarmPools {
+  readonly #pools = new Map<string, Pool>();
+  readonly #log: (line: string) => void;
+  /** Most pool VMs this node may hold in total (capacity bound). */
+  maxTotal: number;
+
+  constructor(log: (line: string) => void, maxTotal = 64) {
+    this.#log = log;
+    this.maxTotal = maxTotal;
+  }
+
+  static id(key: string, shape: Shape): string {
+    return `${key}/${shape.vcpus}x${shape.memoryMib}`;
+  }
+
+  configure(key: string, shape: Shape, target: number, factory: () => Promise<Sandbox>): void {
+    const id = WarmPools.id(key, shape);
+    const pool = this.#pools.get(id);
+    if (pool) {
+      pool.target = target;
+      pool.factory = factory;
+    } else this.#pools.set(id, { key, shape, target, ready: [], filling: 0, factory });
+  }
+
+  /**
+   * Takes a ready VM and personalizes it; undefined when the pool is empty (the
+   * caller restores or boots instead). A VM that fails personalization is
+   * discarded by the caller's kill and the next one is tried.
+   */
+  async claim(
+    key: string,
+    shape: Shape,
+    personalize: (sb: Sandbox) => Promise<void>,
+  ): Promise<Sandbox | undefined> {
+    const pool = this.#pools.get(WarmPools.id(key, shape));
+    if (!pool) return undefined;
+    for (;;) {
+      const sb = pool.ready.shift();
+      if (!sb) {
+        this.#refill(pool);
+        return undefined;
+      }
+      if (sb.state !== "warm") continue; // crashed while waiting
+      const t0 = performance.now();
+      sb.timings = { path: "warm", totalMs: 0, phases: {} };
+      try {
+        await personalize(sb);
+      } catch (e) {
+        this.#log(`warm sandbox ${sb.id} failed personalization: ${(e as Error).message}`);
+        sb.discard?.();
+        continue;
+      }
+      sb.timings.phases["claim"] = Math.round((performance.now() - t0) * 10) / 10;
+      this.#refill(pool);
+      return sb;
+    }
+  }
+
+  /** Fills a pool to its target and resolves when it is full (or a start failed). */
+  async fill(key: string, shape: Shape): Promise<void> {
+    const pool = this.#pools.get(WarmPools.id(key, shape));
+    if (!pool) return;
+    while (pool.ready.length + pool.filling < pool.target && this.#total() < this.maxTotal) {
+      pool.filling++;
+      try {
+        pool.ready.push(await pool.factory());
+        pool.lastError = undefined;
+      } catch (e) {
+        pool.lastError = (e as Error).message;
+        this.#log(`warm pool ${WarmPools.id(key, shape)}: ${pool.lastError}`);
+        return;
+      } finally {
+        pool.filling--;
+      }
+    }
+  }
+
+  /** Sandboxes waiting in pools (they belong to the runtime; killed at close). */
+  remove(sb: Sandbox): void {
+    for (const p of this.#pools.values()) p.ready = p.ready.filter((s) => s !== sb);
+  }
+
+  status(): PoolStatus[] {
+    return [...this.#pools.values()].map((p) => ({
+      templateKey: p.key,
+      shape: p.shape,
+      target: p.target,
+      ready: p.ready.length,
+      filling: p.filling,
+      ...(p.lastError ? { lastError: p.lastError } : {}),
+    }));
+  }
+
+  /** Stops refilling (node shutdown). */
+  stop(): void {
+    for (const p of this.#pools.values()) p.target = 0;
+  }
+
+  #total(): number {
+    let n = 0;
+    for (const p of this.#pools.values()) n += p.ready.length + p.filling;
+    return n;
+  }
+
+  #refill(pool: Pool): void {
+    // Off the start path: the claim has returned by the time this runs.
+    setImmediate(() => void this.fill(pool.key, pool.shape));
+  }
+}
