@@ -77,15 +77,22 @@ program
 
 program
   .command("bench")
-  .description("measure cold boot, command round trip and memory; compare with bare QEMU and gVisor")
-  .addOption(new Option("--boots <n>", "cold boots to time").argParser(int("--boots", 1, 1000)).default(10))
-  .addOption(
-    new Option("--execs <n>", "command round trips to time").argParser(int("--execs", 1, 10000)).default(50),
+  .description(
+    "measure warm claim, snapshot restore and cold boot, concurrency, command round trip and memory; compare with bare QEMU and gVisor",
   )
+  .addOption(new Option("--boots <n>", "cold boots").argParser(int("--boots", 1, 1000)).default(10))
   .addOption(
-    new Option("--idle <n>", "idle sandboxes for the memory figure")
-      .argParser(int("--idle", 1, 200))
-      .default(3),
+    new Option("--restores <n>", "snapshot restores").argParser(int("--restores", 1, 1000)).default(20),
+  )
+  .addOption(new Option("--claims <n>", "warm pool claims").argParser(int("--claims", 1, 1000)).default(20))
+  .addOption(
+    new Option("--concurrent <n>", "concurrent creates").argParser(int("--concurrent", 1, 200)).default(20),
+  )
+  .addOption(new Option("--execs <n>", "command round trips").argParser(int("--execs", 1, 10000)).default(50))
+  .addOption(
+    new Option("--idle <n>", "idle sandboxes for the memory figures")
+      .argParser(int("--idle", 1, 500))
+      .default(5),
   )
   .option("--json", "print JSON")
   .action(benchCommand);

@@ -1,8 +1,10 @@
-// firebreak bench: named figures with units, measured in one run, side by side
-// with reference points on the same machine (bare QEMU boot of the same kernel
-// to a shell; gVisor's runsc and bubblewrap when installed).
+// firebreak bench: named figures with units, measured in one run, side by side:
+// the three start paths (warm claim, snapshot restore, cold boot), concurrency,
+// command round trip, host memory per idle sandbox, and reference points on the
+// same machine (bare QEMU boot of the same kernel to a shell; gVisor's runsc
+// and bubblewrap when installed).
 import fs from "node:fs/promises";
-import { qemuArgs } from "@firebreak/node-agent";
+import { qemuArgs, type Sandbox } from "@firebreak/node-agent";
 import { run } from "@firebreak/node-agent/host";
 import { localRuntime, resolveTemplate } from "../local.ts";
 import { printJson, progressPrinter } from "../output.ts";
@@ -14,52 +16,118 @@ interface Figure {
   note?: string;
 }
 
-function pct(xs: number[], p: number): number {
+export interface BenchOptions {
+  boots: number;
+  restores: number;
+  claims: number;
+  concurrent: number;
+  execs: number;
+  idle: number;
+  json?: boolean;
+}
+
+export function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   const i = Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1));
   return Math.round((s[i] ?? Number.NaN) * 10) / 10;
 }
 
-async function rssMib(pid: number): Promise<number> {
-  const status = await fs.readFile(`/proc/${pid}/status`, "utf8");
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+async function memoryOf(pid: number): Promise<{ rss: number; pss: number }> {
+  const roll = await fs.readFile(`/proc/${pid}/smaps_rollup`, "utf8");
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, "m").exec(roll)?.[1] ?? 0);
+  return { rss: kb("Rss") / 1024, pss: kb("Pss") / 1024 };
 }
 
-export async function benchCommand(opts: { boots: number; execs: number; idle: number; json?: boolean }) {
+async function memAvailableMib(): Promise<number> {
+  const info = await fs.readFile("/proc/meminfo", "utf8");
+  return Number(/^MemAvailable:\s+(\d+)/m.exec(info)?.[1] ?? 0) / 1024;
+}
+
+export async function benchCommand(opts: BenchOptions) {
   const figures: Figure[] = [];
   const say = (f: Figure) => {
     figures.push(f);
-    if (!opts.json)
+    if (!opts.json) {
       process.stdout.write(
-        `${f.name.padEnd(44)} ${String(f.value).padStart(9)} ${f.unit}${f.note ? `  (${f.note})` : ""}\n`,
+        `${f.name.padEnd(52)} ${String(f.value).padStart(9)} ${f.unit}${f.note ? `  (${f.note})` : ""}\n`,
       );
+    }
+  };
+  const section = (title: string) => {
+    if (!opts.json) process.stdout.write(`\n${title}\n`);
   };
   const template = await resolveTemplate("base", progressPrinter(false));
   const rt = await localRuntime();
-  if (!opts.json)
+  await rt.prepareSnapshot(template);
+  if (!opts.json) {
     process.stdout.write(
-      `accelerator: ${rt.accel.accel} (${rt.accel.reason}); template base ${template.key.slice(0, 12)}\n\n`,
+      `accelerator: ${rt.accel.accel} (${rt.accel.reason})\ntemplate base ${template.key.slice(0, 12)}, shape 1 vCPU / 256 MiB\n`,
     );
+  }
+  const timed = async (create: () => Promise<Sandbox>) => {
+    const t0 = performance.now();
+    const sb = await create();
+    return { sb, ms: performance.now() - t0 };
+  };
+  const report = (label: string, xs: number[], path: string) => {
+    say({ name: `${label} p50`, value: pct(xs, 50), unit: "ms", note: `n=${xs.length}, path ${path}` });
+    say({ name: `${label} p90`, value: pct(xs, 90), unit: "ms" });
+    say({ name: `${label} p99`, value: pct(xs, 99), unit: "ms" });
+  };
   try {
-    // 1. Cold boot to agent-ready (create returns once the agent answered init).
+    // 1. The three start paths, create call to usable (agent answered init).
+    section("create to usable, by start path");
+    const warm: number[] = [];
+    rt.pools.maxTotal = Math.max(opts.claims, opts.concurrent);
+    await rt.fillPool(template, opts.claims);
+    rt.pools.stop(); // claims below must not trigger refills that compete for the CPU
+    for (let i = 0; i < opts.claims; i++) {
+      const { sb, ms } = await timed(() => rt.create({ template }));
+      if (sb.timings?.path === "warm") warm.push(ms);
+      await rt.kill(sb.id);
+    }
+    report("warm claim to usable", warm, "warm");
+    const restores: number[] = [];
+    for (let i = 0; i < opts.restores; i++) {
+      const { sb, ms } = await timed(() => rt.create({ template }));
+      if (sb.timings?.path === "snapshot") restores.push(ms);
+      await rt.kill(sb.id);
+    }
+    report("snapshot restore to usable", restores, "snapshot");
     const boots: number[] = [];
     const uptimes: number[] = [];
     for (let i = 0; i < opts.boots; i++) {
-      const sb = await rt.create({ template, forceCold: true });
-      boots.push(sb.timings!.totalMs);
-      uptimes.push(sb.timings!.guestUptimeMs ?? Number.NaN);
+      const { sb, ms } = await timed(() => rt.create({ template, forceCold: true }));
+      boots.push(ms);
+      uptimes.push(sb.timings?.guestUptimeMs ?? Number.NaN);
       await rt.kill(sb.id);
     }
-    say({
-      name: "cold boot to agent-ready p50",
-      value: pct(boots, 50),
-      unit: "ms",
-      note: `n=${boots.length}`,
-    });
-    say({ name: "cold boot to agent-ready p90", value: pct(boots, 90), unit: "ms" });
-    say({ name: "  guest uptime at agent-ready p50", value: pct(uptimes, 50), unit: "ms" });
+    report("cold boot to usable", boots, "cold");
+    say({ name: "  guest uptime at agent ready (cold) p50", value: pct(uptimes, 50), unit: "ms" });
 
-    // 2. Command round trip on a ready sandbox.
+    // 2. Concurrency: N creates at once, empty pool (restores) and full pool.
+    section(`${opts.concurrent} concurrent creates`);
+    for (const pooled of [false, true]) {
+      if (pooled) {
+        await rt.fillPool(template, opts.concurrent);
+        rt.pools.stop();
+      }
+      const t0 = performance.now();
+      const results = await Promise.all(
+        Array.from({ length: opts.concurrent }, () => timed(() => rt.create({ template }))),
+      );
+      const all = performance.now() - t0;
+      const xs = results.map((r) => r.ms);
+      const paths = [...new Set(results.map((r) => r.sb.timings?.path))].join("+");
+      const label = pooled ? `pool of ${opts.concurrent}` : "empty pool";
+      say({ name: `${label}: all usable after`, value: Math.round(all), unit: "ms", note: `paths ${paths}` });
+      say({ name: `${label}: create to usable p50`, value: pct(xs, 50), unit: "ms" });
+      say({ name: `${label}: create to usable p99`, value: pct(xs, 99), unit: "ms" });
+      await Promise.all(results.map((r) => rt.kill(r.sb.id)));
+    }
+
+    // 3. Command round trip on a ready sandbox.
+    section("commands");
     const sb = await rt.create({ template });
     const rtts: number[] = [];
     for (let i = 0; i < opts.execs; i++) {
@@ -76,35 +144,39 @@ export async function benchCommand(opts: { boots: number; execs: number; idle: n
     say({ name: "command round trip (true) p90", value: pct(rtts, 90), unit: "ms" });
     await rt.kill(sb.id);
 
-    // 3. Host memory per idle 256 MiB sandbox.
-    const idle = [];
-    for (let i = 0; i < opts.idle; i++) idle.push(await rt.create({ template, shape: { memoryMib: 256 } }));
-    await new Promise((r) => setTimeout(r, 3000));
-    const rss: number[] = [];
-    for (const s of idle) rss.push(await rssMib(s.vm!.pid));
+    // 4. Host memory per idle 256 MiB sandbox (restored from the snapshot).
+    section(`host memory, ${opts.idle} idle 256 MiB sandboxes`);
+    const before = await memAvailableMib();
+    const idle: Sandbox[] = [];
+    for (let i = 0; i < opts.idle; i++) idle.push(await rt.create({ template }));
+    await new Promise((r) => setTimeout(r, 5000));
+    const mems = await Promise.all(idle.map((s) => memoryOf(s.vm!.pid)));
+    const after = await memAvailableMib();
+    const mean = (xs: number[]) => Math.round(xs.reduce((a, b) => a + b, 0) / xs.length);
+    say({ name: "RSS per sandbox (QEMU process)", value: mean(mems.map((m) => m.rss)), unit: "MiB" });
+    say({ name: "PSS per sandbox (shared pages split)", value: mean(mems.map((m) => m.pss)), unit: "MiB" });
     say({
-      name: "host memory per idle 256 MiB sandbox (RSS)",
-      value: Math.round(rss.reduce((a, b) => a + b, 0) / rss.length),
+      name: "host MemAvailable drop per sandbox",
+      value: Math.round((before - after) / idle.length),
       unit: "MiB",
-      note: `mean of ${rss.length}`,
+      note: "includes page cache",
     });
-    for (const s of idle) await rt.kill(s.id);
+    await Promise.all(idle.map((s) => rt.kill(s.id)));
 
-    // 4. Reference: bare QEMU boot of the same kernel to a shell (initramfs busybox sh).
+    // 5. Reference points on this machine.
+    section("reference points, same machine");
     const bare: number[] = [];
     for (let i = 0; i < Math.min(opts.boots, 10); i++) bare.push(await bareBoot(rt));
     say({
-      name: "reference: bare QEMU boot to a shell p50",
+      name: "bare QEMU boot of the same kernel to a shell p50",
       value: pct(bare, 50),
       unit: "ms",
-      note: "same kernel, no disk, no agent",
+      note: "no disk, no agent",
     });
-
-    // 5. Peers on this machine.
     for (const [label, cmd, args] of [
-      ["reference: gVisor runsc do echo p50", "runsc", ["--network=none", "do", "/bin/echo", "hi"]],
+      ["gVisor: runsc do /bin/echo p50", "runsc", ["--network=none", "do", "/bin/echo", "hi"]],
       [
-        "reference: bubblewrap echo p50",
+        "bubblewrap: bwrap /bin/echo p50",
         "bwrap",
         ["--ro-bind", "/", "/", "--unshare-all", "/bin/echo", "hi"],
       ],
@@ -119,7 +191,7 @@ export async function benchCommand(opts: { boots: number; execs: number; idle: n
         say({ name: label, value: pct(times, 50), unit: "ms", note: "process sandbox, not a VM" });
       } catch (e) {
         if (!opts.json)
-          process.stdout.write(`${label.padEnd(44)} unavailable: ${(e as Error).message.split("\n")[0]}\n`);
+          process.stdout.write(`${label.padEnd(52)} unavailable: ${(e as Error).message.split("\n")[0]}\n`);
       }
     }
   } finally {
@@ -142,7 +214,7 @@ async function bareBoot(rt: Awaited<ReturnType<typeof localRuntime>>): Promise<n
     uid: 0,
     gid: 0,
   });
-  // Keep the machine, kernel and cmdline; drop the disk, sockets and devices.
+  // Keep the machine, kernel and command line; drop the disk, sockets and devices.
   const keep: string[] = [];
   for (let i = 0; i < args.length; i += 2) {
     const flag = args[i]!;
