@@ -22,9 +22,11 @@ import { hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
 import { type EnvdClient, envdClient } from "./envd-client.ts";
 import { newAccessToken, newSandboxId } from "./ids.ts";
 import {
+  PAUSED_FILE,
   processStartTime,
   type ReconcileReport,
   reconcile,
+  releaseUnusedLayers,
   removeOwner,
   type SandboxRecord,
   writeRecord,
@@ -92,6 +94,26 @@ export interface StartTimings {
   fallback?: string;
 }
 
+/** What a paused sandbox needs to come back, in its directory (root-only). */
+interface PausedRecord {
+  template: TemplateImage;
+  shape: Shape;
+  envVars: Record<string, string>;
+  accessToken: string;
+  layers: string[];
+  createdAt: string;
+  pausedAt: string;
+}
+
+function cgroupLimits(shape: Shape) {
+  return {
+    vcpus: shape.vcpus,
+    // Guest RAM plus the VMM's own overhead (TCG translation cache, device state).
+    memoryBytes: (shape.memoryMib + 256) * 1024 * 1024,
+    pids: 64 + shape.vcpus * 4,
+  };
+}
+
 export interface ExecOptions {
   user?: string;
   cwd?: string;
@@ -118,6 +140,12 @@ export class Sandbox {
   slot: number | undefined;
   accessToken: string;
   #clients = new Map<string, EnvdClient>();
+  /** Env given at create (kept for resume and fork, which re-initialise the guest). */
+  envVars: Record<string, string> = {};
+  /** Fork layers this sandbox's disk and memory chain uses (stateDir/layers/<id>). */
+  layers: string[] = [];
+  /** The on-disk record (state.json and the host-wide owner registry). */
+  record: SandboxRecord | undefined;
   /** Set by the runtime: tears the sandbox down (warm pool discards). */
   discard: (() => void) | undefined;
   /** Settles when every resource of this sandbox is gone. */
@@ -279,6 +307,8 @@ export class NodeRuntime {
     const rt = new NodeRuntime(config, kernel, initramfs, accel, vmUser, log);
     const report = await rt.reconcile();
     if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
+    const adopted = await rt.adoptPaused();
+    if (adopted.length) log(`adopted paused sandboxes: ${adopted.join(", ")}`);
     return rt;
   }
 
@@ -340,7 +370,7 @@ export class NodeRuntime {
   async #start(
     opts: CreateOptions,
     shape: Shape,
-    how: { snapshot?: LoadedSnapshot; pool?: boolean },
+    how: { snapshot?: LoadedSnapshot; pool?: boolean; layers?: string[] },
   ): Promise<Sandbox> {
     const t0 = performance.now();
     let mark = t0;
@@ -363,11 +393,16 @@ export class NodeRuntime {
       createdAt: sb.createdAt.toISOString(),
       template: opts.template.name,
     };
+    sb.record = record;
     try {
       await fs.mkdir(dir, { mode: 0o700 });
       await fs.chown(dir, this.vmUser.uid, this.vmUser.gid);
       // INVARIANT: the owner record exists before any host-global resource.
       await writeRecord(this.config, dir, record);
+      sb.layers = how.layers ?? [];
+      for (const layer of sb.layers) {
+        await fs.writeFile(path.join(this.config.stateDir, "layers", layer, "users", id), "");
+      }
       sb.slot = await this.slots.claim(id);
       record.slot = sb.slot;
       await writeRecord(this.config, dir, record);
@@ -392,55 +427,22 @@ export class NodeRuntime {
       lap("disk");
 
       sb.cgroup = await SandboxCgroup.open(`fb-${id}`);
-      await sb.cgroup.create({
-        vcpus: shape.vcpus,
-        // Guest RAM plus the VMM's own overhead (TCG translation cache, device state).
-        memoryBytes: (shape.memoryMib + 256) * 1024 * 1024,
-        pids: 64 + shape.vcpus * 4,
-      });
+      await sb.cgroup.create(cgroupLimits(shape));
       lap("cgroup");
 
-      sb.vm = await QemuVm.launch(
-        {
-          name: `fb-${id}`,
-          dir,
-          vmlinux: this.kernel.vmlinux,
-          initramfs: this.initramfs,
-          rootDisk,
-          rootDiskFormat,
-          vcpus: shape.vcpus,
-          memoryMib: shape.memoryMib,
-          accel: this.accel.accel,
-          netnsPath: sb.network.netnsPath,
-          tapName: sb.network.tapName,
-          mac: sb.network.guestMac,
-          tscKhz: this.tscKhz,
-          uid: this.vmUser.uid,
-          gid: this.vmUser.gid,
-        },
-        {
-          incoming: how.snapshot !== undefined,
-          // The reconciler finds QEMU by its -name, so the pid is recorded after launch.
-          onSpawn: (pid) => {
-            record.qemuPid = pid;
-          },
-        },
-      );
-      await sb.cgroup.add(sb.vm.pid);
-      await writeRecord(this.config, dir, record);
-      void sb.vm.exited.then((e) => this.#onVmExit(sb, e.signal ?? `code ${e.code}`));
+      await this.#launchVm(sb, record, rootDisk, rootDiskFormat, how.snapshot !== undefined);
       lap("spawn");
 
       let guestUptimeMs: number | undefined;
       if (how.snapshot) {
         try {
-          await sb.vm.loadState(how.snapshot.memoryPath);
+          await sb.vm!.loadState(how.snapshot.memoryPath);
         } catch (e) {
           throw new SnapshotRestoreError((e as Error).message);
         }
         lap("restore");
       } else {
-        guestUptimeMs = (await sb.vm.control.waitReady(opts.bootTimeoutMs ?? 90_000)).uptimeMs;
+        guestUptimeMs = (await sb.vm!.control.waitReady(opts.bootTimeoutMs ?? 90_000)).uptimeMs;
         lap("boot");
       }
       sb.timings = {
@@ -477,6 +479,49 @@ export class NodeRuntime {
     }
   }
 
+  /** Spawns QEMU for a sandbox whose network and cgroup exist, and supervises it. */
+  async #launchVm(
+    sb: Sandbox,
+    record: SandboxRecord,
+    rootDisk: string,
+    rootDiskFormat: "qcow2" | "raw",
+    incoming: boolean,
+  ): Promise<void> {
+    sb.vm = await QemuVm.launch(
+      {
+        name: `fb-${sb.id}`,
+        dir: sb.dir,
+        vmlinux: this.kernel.vmlinux,
+        initramfs: this.initramfs,
+        rootDisk,
+        rootDiskFormat,
+        vcpus: sb.shape.vcpus,
+        memoryMib: sb.shape.memoryMib,
+        accel: this.accel.accel,
+        netnsPath: sb.network!.netnsPath,
+        tapName: sb.network!.tapName,
+        mac: sb.network!.guestMac,
+        tscKhz: this.tscKhz,
+        uid: this.vmUser.uid,
+        gid: this.vmUser.gid,
+      },
+      {
+        incoming,
+        // The reconciler finds QEMU by its -name, so the pid is recorded after launch.
+        onSpawn: (pid) => {
+          record.qemuPid = pid;
+        },
+      },
+    );
+    await sb.cgroup!.add(sb.vm.pid);
+    await writeRecord(this.config, sb.dir, record);
+    const vm = sb.vm;
+    void vm.exited.then((e) => {
+      // A VM replaced on purpose (pause, fork) is not a crash.
+      if (sb.vm === vm) this.#onVmExit(sb, e.signal ?? `code ${e.code}`);
+    });
+  }
+
   /** Gives a started VM its identity (token, env), then runs the template's start command. */
   async #personalize(
     sb: Sandbox,
@@ -486,8 +531,9 @@ export class NodeRuntime {
     lap: (name: string) => void = () => {},
   ): Promise<void> {
     sb.accessToken = newAccessToken();
+    sb.envVars = { ...opts.template.env, ...opts.envVars };
     await this.#init(sb, {
-      envVars: { ...opts.template.env, ...opts.envVars },
+      envVars: sb.envVars,
       fresh: how.fresh,
       accessToken: sb.accessToken,
     });
@@ -614,6 +660,226 @@ export class NodeRuntime {
     }
   }
 
+  /**
+   * Pauses a sandbox to disk: memory and device state are saved beside its disk
+   * layer, then QEMU, the network namespace, the cgroup and the slot are
+   * released. A paused sandbox costs no CPU or RAM and survives the node
+   * process: the next runtime adopts it (see adoptPaused).
+   */
+  async pause(id: string): Promise<void> {
+    const sb = this.get(id);
+    assertTransition(id, sb.state, "pausing");
+    sb.state = "pausing";
+    try {
+      const vm = sb.vm!;
+      await vm.saveState(path.join(sb.dir, "paused-memory.bin"));
+      sb.vm = undefined; // INVARIANT: set before QEMU exits, so the exit is not a crash
+      await vm.stop(1000);
+      await destroySandboxNetwork(sb.network!);
+      sb.network = undefined;
+      await sb.cgroup?.destroy();
+      sb.cgroup = undefined;
+      if (sb.slot !== undefined) await this.slots.release(sb.slot);
+      sb.slot = undefined;
+      const paused: PausedRecord = {
+        template: sb.template,
+        shape: sb.shape,
+        envVars: sb.envVars,
+        accessToken: sb.accessToken,
+        layers: sb.layers,
+        createdAt: sb.createdAt.toISOString(),
+        pausedAt: new Date().toISOString(),
+      };
+      // SECURITY: the token and env may be secrets: root-only file (the directory
+      // belongs to the VM user, which may list but not read it).
+      const file = path.join(sb.dir, PAUSED_FILE);
+      await fs.writeFile(`${file}.tmp`, JSON.stringify(paused), { mode: 0o600 });
+      await fs.rename(`${file}.tmp`, file);
+      delete sb.record!.slot;
+      delete sb.record!.qemuPid;
+      await writeRecord(this.config, sb.dir, sb.record!);
+      await removeOwner(this.config, id);
+      assertTransition(id, sb.state, "paused");
+      sb.state = "paused";
+      this.#log(`sandbox ${id} paused`);
+    } catch (e) {
+      sb.endReason = `pause failed: ${(e as Error).message}`;
+      sb.state = "failed";
+      await this.#teardown(sb);
+      throw new FirebreakError(
+        "SANDBOX_STATE_INVALID",
+        `pausing sandbox ${id} failed: ${(e as Error).message}`,
+      );
+    }
+  }
+
+  /**
+   * Adopts paused sandboxes left by earlier node processes in this state dir,
+   * so they can be resumed or killed. Called by open().
+   */
+  async adoptPaused(): Promise<string[]> {
+    const adopted: string[] = [];
+    for (const id of await fs.readdir(paths.sandboxesDir(this.config)).catch(() => [] as string[])) {
+      if (this.#sandboxes.has(id)) continue;
+      const dir = path.join(paths.sandboxesDir(this.config), id);
+      let paused: PausedRecord;
+      try {
+        paused = JSON.parse(await fs.readFile(path.join(dir, PAUSED_FILE), "utf8")) as PausedRecord;
+      } catch {
+        continue;
+      }
+      const sb = new Sandbox(id, paused.template, paused.shape, dir);
+      sb.discard = () => void this.kill(id, "discarded");
+      sb.state = "paused";
+      sb.accessToken = paused.accessToken;
+      sb.envVars = paused.envVars;
+      sb.layers = paused.layers;
+      sb.record = {
+        id,
+        ownerPid: process.pid,
+        ownerStartTime: await processStartTime(process.pid),
+        stateDir: this.config.stateDir,
+        createdAt: paused.createdAt,
+        template: paused.template.name,
+      };
+      await writeRecord(this.config, dir, sb.record);
+      await removeOwner(this.config, id); // no global resources while paused
+      this.#sandboxes.set(id, sb);
+      adopted.push(id);
+    }
+    return adopted;
+  }
+
+  /** Resumes a paused sandbox: its processes, memory and files continue where they were. */
+  async resume(id: string): Promise<Sandbox> {
+    const sb = this.get(id);
+    assertTransition(id, sb.state, "resuming");
+    sb.state = "resuming";
+    const t0 = performance.now();
+    try {
+      await this.#attach(sb);
+      await this.#launchVm(sb, sb.record!, path.join(sb.dir, "disk.qcow2"), "qcow2", true);
+      await sb.vm!.loadState(path.join(sb.dir, "paused-memory.bin"));
+      // Same identity; the clock moved on while paused, and a reseed costs nothing.
+      await this.#init(sb, { envVars: sb.envVars, fresh: true, accessToken: sb.accessToken });
+      await fs.rm(path.join(sb.dir, "paused-memory.bin"), { force: true });
+      await fs.rm(path.join(sb.dir, PAUSED_FILE), { force: true });
+      assertTransition(id, sb.state, "running");
+      sb.state = "running";
+      this.#log(`sandbox ${id} resumed in ${Math.round(performance.now() - t0)} ms`);
+      return sb;
+    } catch (e) {
+      // Keep the paused state on disk: release what this attempt created.
+      if (sb.vm) {
+        const vm = sb.vm;
+        sb.vm = undefined;
+        await vm.stop(500).catch(() => {});
+      }
+      if (sb.network) await destroySandboxNetwork(sb.network).catch(() => {});
+      sb.network = undefined;
+      await sb.cgroup?.destroy().catch(() => {});
+      sb.cgroup = undefined;
+      if (sb.slot !== undefined) await this.slots.release(sb.slot);
+      sb.slot = undefined;
+      await removeOwner(this.config, id);
+      sb.state = "paused";
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `resuming sandbox ${id} failed: ${(e as Error).message}`,
+      );
+    }
+  }
+
+  /**
+   * Forks a running sandbox into `count` children. The parent is paused for a
+   * moment: its memory and disk are frozen into a shared layer, the parent
+   * continues on a new disk layer over it, and each child is restored from it
+   * with a fresh identity and CRNG state, writing only to its own layer.
+   */
+  async fork(id: string, count: number): Promise<Sandbox[]> {
+    if (!Number.isInteger(count) || count < 1 || count > 16) {
+      throw new FirebreakError(
+        "SHAPE_INVALID",
+        `fork count must be a whole number from 1 to 16, got ${count}`,
+      );
+    }
+    const parent = this.get(id);
+    assertTransition(id, parent.state, "pausing");
+    parent.state = "pausing";
+    const layer = `l${newSandboxId().slice(0, 15)}`;
+    const layerDir = path.join(this.config.stateDir, "layers", layer);
+    await fs.mkdir(path.join(layerDir, "users"), { recursive: true, mode: 0o755 });
+    const memoryPath = path.join(layerDir, "memory.bin");
+    const diskPath = path.join(layerDir, "disk.qcow2");
+    try {
+      const vm = parent.vm!;
+      await vm.saveState(memoryPath);
+      parent.vm = undefined; // INVARIANT: a replaced VM's exit is not a crash
+      await vm.stop(1000);
+      await fs.rename(path.join(parent.dir, "disk.qcow2"), diskPath);
+      for (const f of [memoryPath, diskPath]) {
+        await fs.chown(f, 0, 0);
+        await fs.chmod(f, 0o444);
+      }
+      parent.layers = [...parent.layers, layer];
+      await fs.writeFile(path.join(layerDir, "users", parent.id), "");
+      const parentDisk = path.join(parent.dir, "disk.qcow2");
+      await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", diskPath, parentDisk]);
+      await fs.chown(parentDisk, this.vmUser.uid, this.vmUser.gid);
+      await this.#launchVm(parent, parent.record!, parentDisk, "qcow2", true);
+      await parent.vm!.loadState(memoryPath);
+      await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
+      parent.state = "running";
+    } catch (e) {
+      parent.state = "failed";
+      parent.endReason = `fork failed: ${(e as Error).message}`;
+      await this.#teardown(parent);
+      await releaseUnusedLayers(this.config).catch(() => {});
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `forking sandbox ${id} failed: ${(e as Error).message}`,
+      );
+    }
+    const snapshot: LoadedSnapshot = {
+      dir: layerDir,
+      memoryPath,
+      diskPath,
+      manifest: undefined as unknown as SnapshotManifest,
+    };
+    const children: Sandbox[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const child = await this.#start(
+          { template: parent.template, envVars: parent.envVars },
+          parent.shape,
+          {
+            snapshot,
+            layers: parent.layers,
+          },
+        );
+        children.push(child);
+      }
+    } catch (e) {
+      await Promise.all(children.map((c) => this.kill(c.id, "fork failed")));
+      throw e;
+    }
+    return children;
+  }
+
+  /** Claims a slot and creates the network and cgroup of a sandbox whose directory exists. */
+  async #attach(sb: Sandbox): Promise<void> {
+    await writeRecord(this.config, sb.dir, sb.record!);
+    sb.slot = await this.slots.claim(sb.id);
+    sb.record!.slot = sb.slot;
+    await writeRecord(this.config, sb.dir, sb.record!);
+    sb.network = await createSandboxNetwork(
+      { sandboxId: sb.id, slot: sb.slot, tapUid: this.vmUser.uid, tapGid: this.vmUser.gid },
+      this.config.hostPool,
+    );
+    sb.cgroup = await SandboxCgroup.open(`fb-${sb.id}`);
+    await sb.cgroup.create(cgroupLimits(sb.shape));
+  }
+
   /** Stops a sandbox and removes everything it had. Idempotent. */
   async kill(id: string, reason = "killed"): Promise<void> {
     const sb = this.#sandboxes.get(id);
@@ -664,6 +930,9 @@ export class NodeRuntime {
       await step("network", () => destroySandboxNetwork({ sandboxId: sb.id, slot: sb.slot! }));
     if (sb.cgroup) await step("cgroup", () => sb.cgroup!.destroy());
     await step("files", () => fs.rm(sb.dir, { recursive: true, force: true }));
+    for (const layer of sb.layers) {
+      await step("layer", () => releaseUnusedLayers(this.config, { layer, user: sb.id }));
+    }
     if (sb.slot !== undefined) await step("slot", () => this.slots.release(sb.slot!));
     // INVARIANT: the owner record goes last, once nothing of the sandbox remains.
     if (!errors.length) await step("owner", () => removeOwner(this.config, sb.id));

@@ -27,6 +27,9 @@ export interface SandboxRecord {
   qemuPid?: number;
 }
 
+/** A paused sandbox holds no host-global resource, only files: it survives its owner. */
+export const PAUSED_FILE = "paused.json";
+
 export interface ReconcileReport {
   removed: string[];
 }
@@ -142,7 +145,17 @@ export async function reconcile(
     if (!(await isAlive(id))) orphans.add(id);
   }
   for (const id of records.keys()) if (!(await isAlive(id))) orphans.add(id);
-  for (const id of ownDirs) if (!(await isAlive(id))) orphans.add(id);
+  for (const id of ownDirs) {
+    if (await isAlive(id)) continue;
+    // A paused sandbox whose owner died is adopted by the next runtime, not removed
+    // (unless it still holds resources: then it died mid-pause and is cleaned).
+    const paused = await fs.access(path.join(paths.sandboxesDir(config), id, PAUSED_FILE)).then(
+      () => true,
+      () => false,
+    );
+    if (paused && !qemus.has(id) && !net.namespaces.includes(`${NETNS_PREFIX}${id}`)) continue;
+    orphans.add(id);
+  }
   for (const owner of slotOwners.values()) if (owner && !(await isAlive(owner))) orphans.add(owner);
 
   const removed: string[] = [];
@@ -182,5 +195,39 @@ export async function reconcile(
       removed.push(`slot ${slot}`);
     }
   }
+  removed.push(...(await releaseUnusedLayers(config)));
   return { removed };
+}
+
+/**
+ * Fork layers (frozen memory + disk shared by a parent and its children) are
+ * removed once no sandbox directory that used them remains.
+ */
+export async function releaseUnusedLayers(
+  config: NodeConfig,
+  drop?: { layer: string; user: string },
+): Promise<string[]> {
+  const base = path.join(config.stateDir, "layers");
+  if (drop) await fs.rm(path.join(base, drop.layer, "users", drop.user), { force: true });
+  const removed: string[] = [];
+  for (const layer of await fs.readdir(base).catch(() => [] as string[])) {
+    const users = await fs.readdir(path.join(base, layer, "users")).catch(() => [] as string[]);
+    let inUse = false;
+    for (const u of users) {
+      const exists = await fs.access(path.join(paths.sandboxesDir(config), u)).then(
+        () => true,
+        () => false,
+      );
+      if (exists) inUse = true;
+      else await fs.rm(path.join(base, layer, "users", u), { force: true });
+    }
+    const st = await fs.stat(path.join(base, layer)).catch(() => undefined);
+    // A layer with no user marker yet may be in the middle of a fork.
+    const young = users.length === 0 && st !== undefined && Date.now() - st.mtimeMs < 30_000;
+    if (!inUse && !young) {
+      await fs.rm(path.join(base, layer), { recursive: true, force: true });
+      removed.push(`layer ${layer}`);
+    }
+  }
+  return removed;
 }

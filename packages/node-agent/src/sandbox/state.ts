@@ -3,12 +3,26 @@
 import { FirebreakError } from "../errors.ts";
 
 /** warm: restored into a pool, no identity yet, not visible to users until claimed. */
-export type SandboxState = "starting" | "warm" | "running" | "stopping" | "stopped" | "crashed" | "failed";
+export type SandboxState =
+  | "starting"
+  | "warm"
+  | "running"
+  | "pausing"
+  | "paused"
+  | "resuming"
+  | "stopping"
+  | "stopped"
+  | "crashed"
+  | "failed";
 
 const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
   starting: ["warm", "running", "failed", "stopping", "crashed"],
   warm: ["running", "stopping", "crashed"],
-  running: ["stopping", "crashed"],
+  running: ["pausing", "stopping", "crashed"],
+  // A fork pauses the parent for a moment and returns it to running.
+  pausing: ["paused", "running", "failed"],
+  paused: ["resuming", "stopping"],
+  resuming: ["running", "paused"],
   stopping: ["stopped"],
   stopped: [],
   crashed: [],
