@@ -809,6 +809,7 @@ export class NodeRuntime {
     const layer = `l${newSandboxId().slice(0, 15)}`;
     const layerDir = path.join(this.config.stateDir, "layers", layer);
     await fs.mkdir(path.join(layerDir, "users"), { recursive: true, mode: 0o755 });
+    await fs.writeFile(path.join(layerDir, "users", parent.id), "");
     const memoryPath = path.join(layerDir, "memory.bin");
     const diskPath = path.join(layerDir, "disk.qcow2");
     try {
@@ -822,7 +823,6 @@ export class NodeRuntime {
         await fs.chmod(f, 0o444);
       }
       parent.layers = [...parent.layers, layer];
-      await fs.writeFile(path.join(layerDir, "users", parent.id), "");
       const parentDisk = path.join(parent.dir, "disk.qcow2");
       await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", diskPath, parentDisk]);
       await fs.chown(parentDisk, this.vmUser.uid, this.vmUser.gid);

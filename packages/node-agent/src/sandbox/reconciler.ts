@@ -221,10 +221,9 @@ export async function releaseUnusedLayers(
       if (exists) inUse = true;
       else await fs.rm(path.join(base, layer, "users", u), { force: true });
     }
-    const st = await fs.stat(path.join(base, layer)).catch(() => undefined);
-    // A layer with no user marker yet may be in the middle of a fork.
-    const young = users.length === 0 && st !== undefined && Date.now() - st.mtimeMs < 30_000;
-    if (!inUse && !young) {
+    // A fork writes the parent's marker right after creating the layer, so a
+    // layer without markers has no users left.
+    if (!inUse) {
       await fs.rm(path.join(base, layer), { recursive: true, force: true });
       removed.push(`layer ${layer}`);
     }
