@@ -70,11 +70,6 @@ else
   npm install --no-audit --no-fund --loglevel=error
 fi
 
-# The unprivileged user QEMU runs as (least privilege: no root, no shell).
-if ! id firebreak-vm >/dev/null 2>&1; then
-  say "creating the unprivileged user firebreak-vm for QEMU"
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin firebreak-vm
-fi
 
 ln -sfn "$ROOT/bin/firebreak" /usr/local/bin/firebreak
 say "set-up done: $("${NODE_HOME}/bin/node" --version), $(qemu-system-x86_64 --version | head -1)"

@@ -4,8 +4,12 @@ import path from "node:path";
 export interface NodeConfig {
   /** Root of everything this node stores. @default FIREBREAK_STATE_DIR or /var/lib/firebreak */
   stateDir: string;
-  /** Unprivileged user QEMU runs as. @default "firebreak-vm" */
-  vmUser: string;
+  /**
+   * QEMU runs as an unprivileged uid of its own per sandbox: base + slot (gid the
+   * same), so an escaped VMM cannot read or write another sandbox's files.
+   * Numeric ids need no passwd entry. @default FIREBREAK_VM_UID_BASE or 2000000
+   */
+  vmUidBase: number;
   /** Address pool for the host side of sandbox veths. @default FIREBREAK_HOST_POOL or 10.211.0.0/16 */
   hostPool: string;
   /**
@@ -20,7 +24,7 @@ export interface NodeConfig {
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): NodeConfig {
   return {
     stateDir: path.resolve(env["FIREBREAK_STATE_DIR"] ?? "/var/lib/firebreak"),
-    vmUser: env["FIREBREAK_VM_USER"] ?? "firebreak-vm",
+    vmUidBase: Number(env["FIREBREAK_VM_UID_BASE"] ?? 2_000_000),
     hostPool: env["FIREBREAK_HOST_POOL"] ?? "10.211.0.0/16",
     runDir: path.resolve(env["FIREBREAK_RUN_DIR"] ?? "/run/firebreak"),
   };

@@ -15,7 +15,6 @@ import { run } from "../host/exec.ts";
 import { ensureInitramfs } from "../image/initramfs.ts";
 import { ensureKernel, type KernelManifest } from "../image/kernel.ts";
 import { type SandboxCgroup as Cgroup, SandboxCgroup } from "../jail/cgroup.ts";
-import { lookupVmUser, type VmUser } from "../jail/vm-user.ts";
 import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../network/index.ts";
 import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
 import { hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
@@ -259,7 +258,6 @@ export class NodeRuntime {
   readonly kernel: KernelManifest;
   readonly initramfs: string;
   readonly accel: AccelProbe;
-  readonly vmUser: VmUser;
   readonly slots: SlotRegistry;
   readonly tscKhz = hostTscKhz();
   readonly snapshots: SnapshotStore;
@@ -272,14 +270,12 @@ export class NodeRuntime {
     kernel: KernelManifest,
     initramfs: string,
     accel: AccelProbe,
-    vmUser: VmUser,
     log: (line: string) => void,
   ) {
     this.config = config;
     this.kernel = kernel;
     this.initramfs = initramfs;
     this.accel = accel;
-    this.vmUser = vmUser;
     this.slots = new SlotRegistry(paths.slotsDir(config));
     this.snapshots = new SnapshotStore(config);
     this.pools = new WarmPools(log);
@@ -303,13 +299,27 @@ export class NodeRuntime {
     const initramfs = await ensureInitramfs(config, kernel);
     const accel = await probeAccelerator(config, kernel, initramfs);
     log(`accelerator: ${accel.accel} (${accel.reason})`);
-    const vmUser = await lookupVmUser(config.vmUser);
-    const rt = new NodeRuntime(config, kernel, initramfs, accel, vmUser, log);
+    if (!Number.isInteger(config.vmUidBase) || config.vmUidBase < 1000 || config.vmUidBase > 4_000_000_000) {
+      throw new FirebreakError(
+        "INTERNAL",
+        `FIREBREAK_VM_UID_BASE must be a whole number from 1000, got ${config.vmUidBase}`,
+      );
+    }
+    const rt = new NodeRuntime(config, kernel, initramfs, accel, log);
     const report = await rt.reconcile();
     if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
     const adopted = await rt.adoptPaused();
     if (adopted.length) log(`adopted paused sandboxes: ${adopted.join(", ")}`);
     return rt;
+  }
+
+  /**
+   * The uid (and gid) QEMU runs as for a slot.
+   * SECURITY: one uid per sandbox: sandbox directories are 0700 and owned by
+   * their own VMM, so an escaped QEMU cannot reach its neighbours' disks.
+   */
+  vmUid(slot: number): number {
+    return this.config.vmUidBase + slot;
   }
 
   /** Removes resources whose owning process is gone (crashed CLI, killed node). */
@@ -396,7 +406,6 @@ export class NodeRuntime {
     sb.record = record;
     try {
       await fs.mkdir(dir, { mode: 0o700 });
-      await fs.chown(dir, this.vmUser.uid, this.vmUser.gid);
       // INVARIANT: the owner record exists before any host-global resource.
       await writeRecord(this.config, dir, record);
       sb.layers = how.layers ?? [];
@@ -406,9 +415,11 @@ export class NodeRuntime {
       sb.slot = await this.slots.claim(id);
       record.slot = sb.slot;
       await writeRecord(this.config, dir, record);
+      const uid = this.vmUid(sb.slot);
+      await fs.chown(dir, uid, uid);
 
       sb.network = await createSandboxNetwork(
-        { sandboxId: id, slot: sb.slot, tapUid: this.vmUser.uid, tapGid: this.vmUser.gid },
+        { sandboxId: id, slot: sb.slot, tapUid: uid, tapGid: uid },
         this.config.hostPool,
       );
       lap("network");
@@ -423,7 +434,7 @@ export class NodeRuntime {
           : [opts.template.imagePath, "raw"];
         await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", backingFormat, "-b", backing, rootDisk]);
       }
-      await fs.chown(rootDisk, this.vmUser.uid, this.vmUser.gid);
+      await fs.chown(rootDisk, uid, uid);
       lap("disk");
 
       sb.cgroup = await SandboxCgroup.open(`fb-${id}`);
@@ -502,8 +513,8 @@ export class NodeRuntime {
         tapName: sb.network!.tapName,
         mac: sb.network!.guestMac,
         tscKhz: this.tscKhz,
-        uid: this.vmUser.uid,
-        gid: this.vmUser.gid,
+        uid: this.vmUid(sb.slot!),
+        gid: this.vmUid(sb.slot!),
       },
       {
         incoming,
@@ -825,7 +836,7 @@ export class NodeRuntime {
       parent.layers = [...parent.layers, layer];
       const parentDisk = path.join(parent.dir, "disk.qcow2");
       await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", diskPath, parentDisk]);
-      await fs.chown(parentDisk, this.vmUser.uid, this.vmUser.gid);
+      await fs.chown(parentDisk, this.vmUid(parent.slot!), this.vmUid(parent.slot!));
       await this.#launchVm(parent, parent.record!, parentDisk, "qcow2", true);
       await parent.vm!.loadState(memoryPath);
       await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
@@ -872,8 +883,14 @@ export class NodeRuntime {
     sb.slot = await this.slots.claim(sb.id);
     sb.record!.slot = sb.slot;
     await writeRecord(this.config, sb.dir, sb.record!);
+    // A resumed sandbox may get another slot, so another uid: hand it its files.
+    const uid = this.vmUid(sb.slot);
+    await fs.chown(sb.dir, uid, uid);
+    for (const f of await fs.readdir(sb.dir)) {
+      if (f === "disk.qcow2" || f === "console.log") await fs.chown(path.join(sb.dir, f), uid, uid);
+    }
     sb.network = await createSandboxNetwork(
-      { sandboxId: sb.id, slot: sb.slot, tapUid: this.vmUser.uid, tapGid: this.vmUser.gid },
+      { sandboxId: sb.id, slot: sb.slot, tapUid: uid, tapGid: uid },
       this.config.hostPool,
     );
     sb.cgroup = await SandboxCgroup.open(`fb-${sb.id}`);
