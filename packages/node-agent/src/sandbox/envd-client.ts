@@ -24,6 +24,9 @@ export function envdClient(address: string, accessToken: string, user?: string):
     httpVersion: "1.1",
     useBinaryFormat: false,
     interceptors: [auth],
+    // SECURITY: the guest answers these; a hostile guest must not make the node
+    // buffer huge messages (Connect's default allows ~4 GiB).
+    readMaxBytes: 16 * 1024 * 1024,
   });
   return {
     baseUrl,

@@ -41,6 +41,8 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     const lines = createInterface({ input: sock });
     lines.on("error", () => this.#onClose());
     lines.on("line", (line) => {
+      // SECURITY: QMP output is produced by a process the guest may control.
+      if (line.length > 1024 * 1024) return;
       let msg: Record<string, unknown>;
       try {
         msg = JSON.parse(line);
