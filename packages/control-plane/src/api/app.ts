@@ -1,0 +1,156 @@
+// The HTTP application: request ids and logs, body limits, authentication and
+// rate limits, the native /v1 routes, the E2B-compatible routes, /openapi.json,
+// and one error renderer. Routes parse and validate, then call typed actions.
+import { randomBytes } from "node:crypto";
+import { OpenAPIHono } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
+import type { ZodError } from "zod";
+import { authenticate, RateLimiter } from "../auth/middleware.ts";
+import { e2bRoutes } from "../e2b/routes.ts";
+import { ApiError, toApiError } from "../errors.ts";
+import type { AppEnv, Deps } from "./context.ts";
+import { adminRoutes } from "./routes/admin.ts";
+import { commandRoutes } from "./routes/commands.ts";
+import { fileRoutes } from "./routes/files.ts";
+import { sandboxRoutes } from "./routes/sandboxes.ts";
+
+export function formatZodError(e: ZodError): string {
+  return e.issues
+    .slice(0, 10)
+    .map((i) => {
+      const where = i.path.length ? i.path.join(".") : "body";
+      if (i.code === "unrecognized_keys") return `${where}: unknown field(s) ${i.keys.join(", ")}`;
+      return `${where}: ${i.message}`;
+    })
+    .join("; ");
+}
+
+/** Any error as an ApiError (framework errors included). */
+export function asApiError(err: unknown): ApiError {
+  if (err instanceof HTTPException) {
+    if (err.status === 413) return new ApiError("PAYLOAD_TOO_LARGE", err.message || "body too large");
+    if (err.status === 400) {
+      return new ApiError("VALIDATION_FAILED", `${err.message || "bad request"}: send a JSON body`, {
+        cause: err,
+      });
+    }
+  }
+  return toApiError(err);
+}
+
+function logError(c: Context<AppEnv>, e: ApiError, raw: unknown): void {
+  const log = c.get("log");
+  if (e.code === "INTERNAL") log?.error({ err: raw }, "internal error");
+  else log?.debug({ code: e.code, msg: e.message }, "request failed");
+}
+
+const JSON_BODY_EXEMPT = /^\/v1\/sandboxes\/[^/]+\/files$/; // raw uploads (PUT)
+
+export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
+  const app = new OpenAPIHono<AppEnv>({
+    defaultHook: (result) => {
+      if (!result.success) throw new ApiError("VALIDATION_FAILED", formatZodError(result.error as ZodError));
+    },
+  });
+  const limiter = new RateLimiter();
+
+  app.onError((err, c) => {
+    const e = asApiError(err);
+    logError(c, e, err);
+    return c.json(
+      { error: { code: e.code, message: e.message, requestId: c.get("requestId") ?? "" } },
+      e.status,
+      e.headers,
+    );
+  });
+  app.notFound((c) =>
+    c.json(
+      {
+        error: {
+          code: "NOT_FOUND",
+          message: `no route ${c.req.method} ${c.req.path}; the routes are listed at /openapi.json`,
+          requestId: c.get("requestId") ?? "",
+        },
+      },
+      404,
+    ),
+  );
+
+  // Request id and access log, for every route.
+  app.use("*", async (c, next) => {
+    const incoming = c.req.header("x-request-id");
+    const id =
+      incoming && /^[\w.-]{1,64}$/.test(incoming) ? incoming : `req_${randomBytes(8).toString("hex")}`;
+    c.set("requestId", id);
+    const log = deps.log.child({ requestId: id });
+    c.set("log", log);
+    const t0 = performance.now();
+    await next();
+    c.header("x-request-id", id);
+    log.info(
+      {
+        method: c.req.method,
+        path: c.req.path,
+        status: c.res.status,
+        ms: Math.round(performance.now() - t0),
+      },
+      "request",
+    );
+  });
+
+  // JSON bodies: at most maxJsonBytes, and only as application/json.
+  const limit = bodyLimit({
+    maxSize: deps.config.maxJsonBytes,
+    onError: () => {
+      throw new ApiError("PAYLOAD_TOO_LARGE", `JSON bodies are limited to ${deps.config.maxJsonBytes} bytes`);
+    },
+  });
+  const jsonOnly = async (c: Context<AppEnv>, next: () => Promise<void>) => {
+    if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "DELETE") return next();
+    if (c.req.method === "PUT" && JSON_BODY_EXEMPT.test(c.req.path)) return next();
+    const length = c.req.header("content-length");
+    const hasBody =
+      length !== undefined ? Number(length) > 0 : c.req.header("transfer-encoding") !== undefined;
+    if (hasBody && !/^application\/(.+\+)?json\b/i.test(c.req.header("content-type") ?? "")) {
+      throw new ApiError("VALIDATION_FAILED", "send the body as JSON with Content-Type: application/json");
+    }
+    return limit(c, next);
+  };
+  app.use("/v1/*", jsonOnly);
+
+  // Authentication and per-tenant rate limits (health and the document are public).
+  app.use("/v1/*", async (c, next) => {
+    if (c.req.path === "/v1/health") return next();
+    const caller = await authenticate(deps.store, c.req.raw.headers);
+    limiter.take(caller.tenant.id, caller.tenant.limits.requestsPerMinute);
+    c.set("caller", caller);
+    c.set("log", c.get("log").child({ tenantId: caller.tenant.id, keyId: caller.keyId }));
+    return next();
+  });
+
+  sandboxRoutes(app, deps);
+  commandRoutes(app, deps);
+  fileRoutes(app, deps);
+  adminRoutes(app, deps);
+
+  app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
+  app.openAPIRegistry.registerComponent("securitySchemes", "apiKey", {
+    type: "apiKey",
+    in: "header",
+    name: "X-API-Key",
+  });
+  app.doc31("/openapi.json", {
+    openapi: "3.1.0",
+    info: {
+      title: "Firebreak API",
+      version: "1.0.0",
+      description:
+        "Native REST API of the Firebreak control plane. Errors: {error: {code, message, requestId}}.",
+    },
+  });
+
+  e2bRoutes(app, deps, limiter);
+  return app;
+}

@@ -1,0 +1,28 @@
+// What every route handler can reach: the request's id and caller, and the services.
+import type { Logger } from "pino";
+import type { ControlPlaneConfig } from "../config.ts";
+import type { NodeClient } from "../node/node-client.ts";
+import type { SandboxService } from "../sandboxes/service.ts";
+import type { Scope, Store, Tenant } from "../store/store.ts";
+
+export interface AuthedCaller {
+  keyId: string;
+  tenant: Tenant;
+  scopes: Scope[];
+}
+
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    log: Logger;
+    caller: AuthedCaller;
+  };
+}
+
+export interface Deps {
+  store: Store;
+  node: NodeClient;
+  sandboxes: SandboxService;
+  config: ControlPlaneConfig;
+  log: Logger;
+}

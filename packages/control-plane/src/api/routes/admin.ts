@@ -1,0 +1,332 @@
+// /v1/templates, /v1/keys, /v1/tenants, /v1/usage, /v1/health.
+import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
+import { newApiKey, newId } from "../../auth/keys.ts";
+import { hasScope, requireScope } from "../../auth/middleware.ts";
+import { ApiError, toApiError } from "../../errors.ts";
+import type { ApiKeyRecord, Scope, UsageGroupBy } from "../../store/store.ts";
+import type { AppEnv, Deps } from "../context.ts";
+import { body, errors, json, noContent, security } from "../openapi-helpers.ts";
+import {
+  BuildEventSchema,
+  CreatedKeySchema,
+  CreateKeyBody,
+  CreateTenantBody,
+  HealthSchema,
+  IdParam,
+  KeyListSchema,
+  TemplateBuildBody,
+  TemplateListSchema,
+  TemplateNameParam,
+  TenantListSchema,
+  TenantSchema,
+  UsageGroupsSchema,
+  UsageQuery,
+  UsageRecordsQuery,
+  UsageRecordsSchema,
+} from "../schemas.ts";
+
+const keyJson = (k: ApiKeyRecord) => ({
+  id: k.id,
+  name: k.name,
+  tenantId: k.tenantId,
+  scopes: k.scopes,
+  createdAt: k.createdAt,
+  revokedAt: k.revokedAt,
+});
+
+export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
+  const { store, node } = deps;
+
+  // Templates
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/templates",
+      tags: ["templates"],
+      security,
+      summary: "Build a template (built-in name or spec); streams progress",
+      request: body(TemplateBuildBody),
+      responses: {
+        200: {
+          description: "NDJSON stream of TemplateBuildEvent; the last line is done or error",
+          content: { "application/x-ndjson": { schema: BuildEventSchema } },
+        },
+        ...errors,
+      },
+    }),
+    async (c) => {
+      requireScope(c, "templates");
+      const b = c.req.valid("json");
+      const log = c.get("log");
+      const enc = new TextEncoder();
+      const out = new ReadableStream<Uint8Array>({
+        async start(ctl) {
+          const send = (o: unknown) => {
+            try {
+              ctl.enqueue(enc.encode(`${JSON.stringify(o)}\n`));
+            } catch {
+              // the client went away; the build goes on
+            }
+          };
+          try {
+            const t = await node.buildTemplate("name" in b ? { name: b.name } : { spec: b.spec }, (p) =>
+              send({ type: "progress", ...p }),
+            );
+            send({ type: "done", template: t });
+          } catch (e) {
+            const err = toApiError(e);
+            log.warn({ err: e }, "template build failed");
+            send({ type: "error", error: { code: err.code, message: err.message } });
+          } finally {
+            try {
+              ctl.close();
+            } catch {
+              // closed
+            }
+          }
+        },
+      });
+      return new Response(out, { status: 200, headers: { "content-type": "application/x-ndjson" } }) as never;
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/templates",
+      tags: ["templates"],
+      security,
+      summary: "List built templates",
+      responses: { 200: json(TemplateListSchema), ...errors },
+    }),
+    async (c) => c.json({ templates: await node.listTemplates() }, 200),
+  );
+
+  app.openapi(
+    createRoute({
+      method: "delete",
+      path: "/v1/templates/{name}",
+      tags: ["templates"],
+      security,
+      summary: "Delete a template (refused while sandboxes use it)",
+      request: { params: TemplateNameParam },
+      responses: { 204: noContent, ...errors },
+    }),
+    async (c) => {
+      requireScope(c, "templates");
+      const { name } = c.req.valid("param");
+      if (!(await node.hasTemplate(name)))
+        throw new ApiError("TEMPLATE_NOT_FOUND", `no built template named ${name}`);
+      const users = (await store.listLiveSandboxes()).filter((s) => s.template === name);
+      if (users.length) {
+        throw new ApiError(
+          "CONFLICT",
+          `template ${name} is used by ${users.length} live sandboxes; kill them first`,
+        );
+      }
+      await node.deleteTemplate(name);
+      return c.body(null, 204);
+    },
+  );
+
+  // Keys
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/keys",
+      tags: ["keys"],
+      security,
+      summary: "Create an API key (shown once)",
+      description: "Scopes may not exceed the caller's; tenantId other than the caller's needs admin.",
+      request: body(CreateKeyBody),
+      responses: { 201: json(CreatedKeySchema, "Created"), ...errors },
+    }),
+    async (c) => {
+      const caller = c.get("caller");
+      const b = c.req.valid("json");
+      const scopes = (b.scopes ?? ["sandboxes"]) as Scope[];
+      for (const s of scopes) {
+        if (!hasScope(caller, s))
+          throw new ApiError("FORBIDDEN", `a key cannot grant the "${s}" scope it lacks`);
+      }
+      const tenantId = b.tenantId ?? caller.tenant.id;
+      if (tenantId !== caller.tenant.id) {
+        if (!hasScope(caller, "admin"))
+          throw new ApiError("FORBIDDEN", "only admin keys create keys for other tenants");
+        if (!(await store.getTenant(tenantId))) throw new ApiError("NOT_FOUND", `no tenant ${tenantId}`);
+      }
+      const { key, hash } = newApiKey();
+      const rec: ApiKeyRecord = {
+        id: newId("key"),
+        tenantId,
+        name: b.name,
+        hash,
+        scopes: [...new Set(scopes)],
+        createdAt: new Date().toISOString(),
+        revokedAt: null,
+      };
+      await store.createKey(rec);
+      return c.json({ ...keyJson(rec), key }, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/keys",
+      tags: ["keys"],
+      security,
+      summary: "List keys (without secrets); admin keys see every tenant's",
+      responses: { 200: json(KeyListSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = c.get("caller");
+      const keys = await store.listKeys(hasScope(caller, "admin") ? null : caller.tenant.id);
+      return c.json({ keys: keys.map(keyJson) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "delete",
+      path: "/v1/keys/{id}",
+      tags: ["keys"],
+      security,
+      summary: "Revoke a key",
+      request: { params: IdParam },
+      responses: { 204: noContent, ...errors },
+    }),
+    async (c) => {
+      const caller = c.get("caller");
+      const { id } = c.req.valid("param");
+      const ok = await store.revokeKey(
+        id,
+        hasScope(caller, "admin") ? null : caller.tenant.id,
+        new Date().toISOString(),
+      );
+      if (!ok) throw new ApiError("NOT_FOUND", `no active key ${id}`);
+      return c.body(null, 204);
+    },
+  );
+
+  // Tenants
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/tenants",
+      tags: ["tenants"],
+      security,
+      summary: "Create a tenant (admin)",
+      request: body(CreateTenantBody),
+      responses: { 201: json(TenantSchema, "Created"), ...errors },
+    }),
+    async (c) => {
+      requireScope(c, "admin");
+      const b = c.req.valid("json");
+      if ((await store.listTenants()).some((t) => t.name === b.name)) {
+        throw new ApiError("CONFLICT", `a tenant named ${b.name} exists`);
+      }
+      const t = {
+        id: newId("tn"),
+        name: b.name,
+        limits: { ...deps.config.defaultLimits, ...b.limits },
+        createdAt: new Date().toISOString(),
+      };
+      await store.createTenant(t);
+      return c.json(t, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/tenants",
+      tags: ["tenants"],
+      security,
+      summary: "List tenants (admin)",
+      responses: { 200: json(TenantListSchema), ...errors },
+    }),
+    async (c) => {
+      requireScope(c, "admin");
+      return c.json({ tenants: await store.listTenants() }, 200);
+    },
+  );
+
+  // Usage
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/usage",
+      tags: ["usage"],
+      security,
+      summary: "Usage grouped by tenant, template, root sandbox or a metadata key",
+      description:
+        "Sums one record per sandbox (final, or interim while it lives) over sandboxes created in [from, to). Admin keys see every tenant.",
+      request: { query: UsageQuery },
+      responses: { 200: json(UsageGroupsSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = c.get("caller");
+      const q = c.req.valid("query");
+      const groupBy: UsageGroupBy = q.groupBy.startsWith("metadata.")
+        ? { metadata: q.groupBy.slice("metadata.".length) }
+        : (q.groupBy as "tenant" | "template" | "root");
+      const groups = await store.usageGroups({
+        tenantId: hasScope(caller, "admin") ? null : caller.tenant.id,
+        groupBy,
+        ...(q.from ? { from: new Date(q.from).toISOString() } : {}),
+        ...(q.to ? { to: new Date(q.to).toISOString() } : {}),
+      });
+      return c.json({ groups }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/usage/records",
+      tags: ["usage"],
+      security,
+      summary: "Usage records: one per sandbox (final: false while it lives)",
+      request: { query: UsageRecordsQuery },
+      responses: { 200: json(UsageRecordsSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = c.get("caller");
+      const q = c.req.valid("query");
+      const records = await store.listUsage({
+        tenantId: hasScope(caller, "admin") ? null : caller.tenant.id,
+        ...(q.sandboxId ? { sandboxId: q.sandboxId } : {}),
+        limit: q.limit,
+      });
+      return c.json({ records }, 200);
+    },
+  );
+
+  // Health (no key needed)
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/health",
+      tags: ["health"],
+      summary: "Liveness and the node's accelerator",
+      responses: { 200: json(HealthSchema), ...errors },
+    }),
+    (c) => {
+      const info = node.info();
+      return c.json(
+        {
+          ok: true as const,
+          accelerator: info.accelerator,
+          node: { id: node.id, ...info, capacity: node.capacity() },
+        },
+        200,
+      );
+    },
+  );
+}

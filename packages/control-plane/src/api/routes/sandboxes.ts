@@ -1,0 +1,252 @@
+// /v1/sandboxes: create, list, get, kill, timeout, pause, resume, fork, events.
+import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
+import { requireScope } from "../../auth/middleware.ts";
+import { ApiError } from "../../errors.ts";
+import type { SandboxService } from "../../sandboxes/service.ts";
+import { SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
+import type { AppEnv, Deps } from "../context.ts";
+import { body, errors, json, noContent, security } from "../openapi-helpers.ts";
+import {
+  CreateSandboxBody,
+  EventsSchema,
+  ForkBody,
+  ListSandboxesQuery,
+  ResumeBody,
+  SandboxIdParam,
+  SandboxListSchema,
+  SandboxSchema,
+  TimeoutBody,
+} from "../schemas.ts";
+
+const tags = ["sandboxes"];
+
+/** The wire form of a sandbox. The guest agent's token is included only where `withToken`. */
+export function sandboxJson(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
+  const token = withToken ? sb.accessToken(r) : undefined;
+  return {
+    id: r.id,
+    tenantId: r.tenantId,
+    template: r.template,
+    state: r.state,
+    vcpus: r.vcpus,
+    memoryMib: r.memoryMib,
+    metadata: r.metadata,
+    ...(token ? { envdAccessToken: token } : {}),
+    createdAt: r.createdAt,
+    readyAt: r.readyAt,
+    ...(r.endedAt ? { endedAt: r.endedAt } : {}),
+    ...(r.endReason ? { endReason: r.endReason } : {}),
+    ...(r.endedBy ? { endedBy: r.endedBy } : {}),
+    timeoutMs: r.timeoutMs,
+    timeoutAt: r.timeoutAt,
+    startPath: r.startPath,
+    timings: r.timings,
+    ...(r.parentId ? { parentId: r.parentId } : {}),
+    rootId: r.rootId,
+  };
+}
+
+function listParam(v: string | string[] | undefined): string[] {
+  if (v === undefined) return [];
+  return (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(",")).filter(Boolean);
+}
+
+export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
+  const sb = deps.sandboxes;
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/sandboxes",
+      tags,
+      security,
+      summary: "Create a sandbox",
+      description:
+        "Header X-Firebreak-Sandbox-Token (the FIREBREAK_SANDBOX_TOKEN given to every sandbox) records that sandbox as the parent.",
+      request: body(CreateSandboxBody, false),
+      responses: { 201: json(SandboxSchema, "Created and running"), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const b = c.req.valid("json");
+      const rec = await sb.create(
+        { keyId: caller.keyId, tenant: caller.tenant },
+        {
+          template: b.template,
+          vcpus: b.vcpus,
+          memoryMib: b.memoryMib,
+          timeoutMs: b.timeoutMs ?? deps.config.defaultTimeoutMs,
+          envVars: b.envVars,
+          metadata: b.metadata,
+          parentToken: c.req.header("x-firebreak-sandbox-token"),
+        },
+      );
+      return c.json(sandboxJson(sb, rec, true), 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/sandboxes",
+      tags,
+      security,
+      summary: "List sandboxes (newest first)",
+      request: { query: ListSandboxesQuery },
+      responses: { 200: json(SandboxListSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const q = c.req.valid("query");
+      const states = listParam(q.state);
+      for (const s of states) {
+        if (!SANDBOX_STATES.includes(s as SandboxState)) {
+          throw new ApiError("VALIDATION_FAILED", `state: ${s} is not one of ${SANDBOX_STATES.join(", ")}`);
+        }
+      }
+      const metadata: Record<string, string> = {};
+      for (const kv of Array.isArray(q.metadata) ? q.metadata : q.metadata ? [q.metadata] : []) {
+        const i = kv.indexOf(":");
+        if (i < 1) throw new ApiError("VALIDATION_FAILED", `metadata: "${kv}" is not key:value`);
+        metadata[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      const page = await sb.list({
+        tenantId: caller.tenant.id,
+        states: states as SandboxState[],
+        metadata,
+        limit: q.limit,
+        ...(q.cursor ? { cursor: q.cursor } : {}),
+      });
+      return c.json(
+        { sandboxes: page.sandboxes.map((r) => sandboxJson(sb, r, false)), nextCursor: page.nextCursor },
+        200,
+      );
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/sandboxes/{id}",
+      tags,
+      security,
+      summary: "Get a sandbox",
+      request: { params: SandboxIdParam },
+      responses: { 200: json(SandboxSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const rec = await sb.get(caller.tenant.id, c.req.valid("param").id);
+      return c.json(sandboxJson(sb, rec, true), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "delete",
+      path: "/v1/sandboxes/{id}",
+      tags,
+      security,
+      summary: "Kill a sandbox (idempotent for ended ones)",
+      request: { params: SandboxIdParam },
+      responses: { 204: noContent, ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      await sb.kill(caller.tenant.id, c.req.valid("param").id, `key:${caller.keyId}`);
+      return c.body(null, 204);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/sandboxes/{id}/timeout",
+      tags,
+      security,
+      summary: "Set the timeout, counted from now",
+      request: { params: SandboxIdParam, ...body(TimeoutBody) },
+      responses: { 204: noContent, ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      await sb.setTimeout(caller.tenant.id, c.req.valid("param").id, c.req.valid("json").timeoutMs);
+      return c.body(null, 204);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/sandboxes/{id}/pause",
+      tags,
+      security,
+      summary: "Pause to disk (no CPU or memory held; paused sandboxes do not time out)",
+      request: { params: SandboxIdParam },
+      responses: { 200: json(SandboxSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const rec = await sb.pause(caller.tenant.id, c.req.valid("param").id);
+      return c.json(sandboxJson(sb, rec, false), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/sandboxes/{id}/resume",
+      tags,
+      security,
+      summary: "Resume a paused sandbox; its timeout restarts",
+      request: { params: SandboxIdParam, ...body(ResumeBody, false) },
+      responses: { 200: json(SandboxSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const rec = await sb.resume(
+        { keyId: caller.keyId, tenant: caller.tenant },
+        c.req.valid("param").id,
+        c.req.valid("json").timeoutMs,
+      );
+      return c.json(sandboxJson(sb, rec, true), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/sandboxes/{id}/fork",
+      tags,
+      security,
+      summary: "Fork a running sandbox into `count` children",
+      request: { params: SandboxIdParam, ...body(ForkBody, false) },
+      responses: { 201: json(SandboxListSchema.pick({ sandboxes: true }), "Children, running"), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const kids = await sb.fork(
+        { keyId: caller.keyId, tenant: caller.tenant },
+        c.req.valid("param").id,
+        c.req.valid("json").count,
+      );
+      return c.json({ sandboxes: kids.map((k) => sandboxJson(sb, k, true)) }, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/sandboxes/{id}/events",
+      tags,
+      security,
+      summary: "The sandbox's event log",
+      request: { params: SandboxIdParam },
+      responses: { 200: json(EventsSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      return c.json({ events: await sb.events(caller.tenant.id, c.req.valid("param").id) }, 200);
+    },
+  );
+}

@@ -1,0 +1,380 @@
+// The wire schemas. The same zod objects validate requests and generate
+// /openapi.json, so the document cannot drift from what the server accepts.
+// Request bodies are strict: unknown fields are VALIDATION_FAILED.
+import { z } from "@hono/zod-openapi";
+import { API_ERRORS, type ApiErrorCode } from "../errors.ts";
+import { SANDBOX_STATES, SCOPES } from "../store/store.ts";
+
+const CODES = Object.keys(API_ERRORS) as [ApiErrorCode, ...ApiErrorCode[]];
+
+export const ErrorSchema = z
+  .object({
+    error: z.object({
+      code: z.enum(CODES),
+      message: z.string(),
+      requestId: z.string(),
+    }),
+  })
+  .openapi("Error");
+
+const Id = z.string().regex(/^[a-z0-9]{1,64}$/);
+export const SandboxIdParam = z.object({
+  id: z.string().openapi({ param: { name: "id", in: "path" }, example: "k3x9q2m7a1b5c8d0e4f6" }),
+});
+
+const EnvVars = z
+  .record(
+    z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "not an environment variable name"),
+    z.string().max(32_768),
+  )
+  .refine((r) => Object.keys(r).length <= 200, "at most 200 variables");
+const Metadata = z
+  .record(z.string().min(1).max(64), z.string().max(512))
+  .refine((r) => Object.keys(r).length <= 50, "at most 50 keys");
+
+export const TemplateName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{0,39}$/, "1-40 lowercase letters, digits or dashes");
+
+export const CreateSandboxBody = z
+  .object({
+    template: TemplateName.default("base"),
+    vcpus: z.number().int().min(1).max(8).default(1),
+    memoryMib: z.number().int().min(128).max(16_384).default(256),
+    timeoutMs: z
+      .number()
+      .int()
+      .min(1_000)
+      .max(30 * 24 * 3600_000)
+      .optional()
+      .openapi({
+        description: "Default 300000 (5 min); the server's maximum is configurable (default 24 h).",
+      }),
+    envVars: EnvVars.default({}),
+    metadata: Metadata.default({}),
+  })
+  .strict()
+  .openapi("CreateSandbox");
+
+export const SandboxStateSchema = z.enum(SANDBOX_STATES as [string, ...string[]]).openapi("SandboxState");
+export const StartPathSchema = z.enum(["warm", "snapshot", "cold"]);
+
+export const SandboxSchema = z
+  .object({
+    id: z.string(),
+    tenantId: z.string(),
+    template: z.string(),
+    state: SandboxStateSchema,
+    vcpus: z.number().int(),
+    memoryMib: z.number().int(),
+    metadata: z.record(z.string(), z.string()),
+    envdAccessToken: z.string().optional(),
+    createdAt: z.string(),
+    readyAt: z.string().nullable(),
+    endedAt: z.string().optional(),
+    endReason: z.string().optional(),
+    endedBy: z.string().optional(),
+    timeoutMs: z.number().int(),
+    timeoutAt: z.string().nullable(),
+    startPath: StartPathSchema.nullable(),
+    timings: z.object({ totalMs: z.number(), phases: z.record(z.string(), z.number()) }).nullable(),
+    parentId: z.string().optional(),
+    rootId: z.string(),
+  })
+  .openapi("Sandbox");
+
+const StringOrList = z.union([z.string(), z.array(z.string())]);
+export const ListSandboxesQuery = z.object({
+  state: StringOrList.optional().openapi({ description: "Repeat or comma-separate: state=running,paused" }),
+  metadata: StringOrList.optional().openapi({ description: "key:value, repeatable (all must match)" }),
+  limit: z.coerce.number().int().min(1).max(1000).default(50),
+  cursor: z
+    .string()
+    .regex(/^[0-9a-z]{1,16}$/)
+    .optional(),
+});
+
+export const SandboxListSchema = z
+  .object({ sandboxes: z.array(SandboxSchema), nextCursor: z.string().nullable() })
+  .openapi("SandboxList");
+
+export const TimeoutBody = z
+  .object({
+    timeoutMs: z
+      .number()
+      .int()
+      .min(1_000)
+      .max(30 * 24 * 3600_000),
+  })
+  .strict();
+export const ResumeBody = z
+  .object({
+    timeoutMs: z
+      .number()
+      .int()
+      .min(1_000)
+      .max(30 * 24 * 3600_000)
+      .optional(),
+  })
+  .strict();
+export const ForkBody = z.object({ count: z.number().int().min(1).max(16).default(1) }).strict();
+
+export const EventsSchema = z
+  .object({
+    events: z.array(
+      z.object({ at: z.string(), type: z.string(), detail: z.record(z.string(), z.unknown()) }),
+    ),
+  })
+  .openapi("SandboxEvents");
+
+// Commands
+
+export const CommandBody = z
+  .object({
+    cmd: z.string().min(1).max(100_000).optional().openapi({ description: "Run with /bin/bash -l -c" }),
+    argv: z.array(z.string()).min(1).max(10_000).optional(),
+    envVars: EnvVars.optional(),
+    cwd: z.string().max(4096).optional(),
+    user: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_-]{0,31}$/)
+      .optional(),
+    stdin: z
+      .string()
+      .max(1024 * 1024)
+      .optional()
+      .openapi({ description: "UTF-8, written then closed" }),
+    background: z.boolean().default(false),
+    timeoutMs: z
+      .number()
+      .int()
+      .min(1)
+      .max(30 * 24 * 3600_000)
+      .optional(),
+  })
+  .strict()
+  .refine((b) => (b.cmd === undefined) !== (b.argv === undefined), {
+    message: "give exactly one of cmd (a shell command line) or argv (a program and its arguments)",
+  })
+  .openapi("RunCommand");
+
+export const CommandEventSchema = z
+  .union([
+    z.object({ type: z.literal("start"), pid: z.number().int() }),
+    z.object({ type: z.literal("stdout"), data: z.string().openapi({ description: "base64" }) }),
+    z.object({ type: z.literal("stderr"), data: z.string().openapi({ description: "base64" }) }),
+    z.object({ type: z.literal("end"), exitCode: z.number().int(), error: z.string().optional() }),
+  ])
+  .openapi("CommandEvent");
+
+export const PidSchema = z.object({ pid: z.number().int() }).openapi("CommandStarted");
+export const CommandListSchema = z
+  .object({
+    commands: z.array(
+      z.object({
+        pid: z.number().int(),
+        cmd: z.string(),
+        args: z.array(z.string()),
+        tag: z.string().optional(),
+      }),
+    ),
+  })
+  .openapi("CommandList");
+export const PidParams = z.object({
+  id: z.string().openapi({ param: { name: "id", in: "path" } }),
+  pid: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .openapi({ param: { name: "pid", in: "path" } }),
+});
+export const SignalBody = z.object({ signal: z.enum(["SIGTERM", "SIGKILL"]) }).strict();
+export const StdinBody = z
+  .object({
+    data: z
+      .base64()
+      .max(2 * 1024 * 1024)
+      .default(""),
+    eof: z.boolean().default(false),
+  })
+  .strict();
+
+// Files
+
+export const PathQuery = z.object({
+  path: z.string().min(1).max(4096),
+  user: z
+    .string()
+    .regex(/^[a-z_][a-z0-9_-]{0,31}$/)
+    .optional(),
+});
+export const ListQuery = PathQuery.extend({ depth: z.coerce.number().int().min(1).max(10).default(1) });
+export const EntrySchema = z
+  .object({
+    name: z.string(),
+    path: z.string(),
+    type: z.enum(["file", "dir", "symlink"]),
+    size: z.number(),
+    mode: z.number().int(),
+    modifiedAt: z.string().nullable(),
+    symlinkTarget: z.string().optional(),
+  })
+  .openapi("FileEntry");
+export const EntryListSchema = z.object({ entries: z.array(EntrySchema) }).openapi("FileEntryList");
+export const WrittenSchema = z.object({ path: z.string(), bytes: z.number().int() }).openapi("FileWritten");
+export const MoveBody = z
+  .object({ from: z.string().min(1).max(4096), to: z.string().min(1).max(4096) })
+  .strict();
+export const MkdirBody = z.object({ path: z.string().min(1).max(4096) }).strict();
+export const UserQuery = z.object({
+  user: z
+    .string()
+    .regex(/^[a-z_][a-z0-9_-]{0,31}$/)
+    .optional(),
+});
+
+// Templates
+
+export const TemplateBuildBody = z
+  .union([
+    z.object({ name: TemplateName }).strict(),
+    z.object({ spec: z.record(z.string(), z.unknown()) }).strict(),
+  ])
+  .openapi("TemplateBuild");
+export const TemplateSchema = z
+  .object({
+    name: z.string(),
+    key: z.string(),
+    builtAt: z.string(),
+    imageBytes: z.number(),
+    packages: z.array(z.string()),
+  })
+  .openapi("Template");
+export const TemplateListSchema = z.object({ templates: z.array(TemplateSchema) }).openapi("TemplateList");
+export const BuildEventSchema = z
+  .union([
+    z.object({
+      type: z.literal("progress"),
+      step: z.string(),
+      index: z.number().int(),
+      total: z.number().int(),
+      detail: z.string().optional(),
+    }),
+    z.object({ type: z.literal("done"), template: TemplateSchema }),
+    z.object({ type: z.literal("error"), error: z.object({ code: z.string(), message: z.string() }) }),
+  ])
+  .openapi("TemplateBuildEvent");
+export const TemplateNameParam = z.object({
+  name: z.string().openapi({ param: { name: "name", in: "path" } }),
+});
+
+// Keys and tenants
+
+const ScopeSchema = z.enum(SCOPES as [string, ...string[]]);
+export const CreateKeyBody = z
+  .object({
+    name: z.string().min(1).max(100),
+    scopes: z.array(ScopeSchema).min(1).max(3).optional().openapi({ description: 'Default ["sandboxes"]' }),
+    tenantId: Id.optional().openapi({ description: "Admin only; default: the caller's tenant" }),
+  })
+  .strict();
+export const KeySchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    tenantId: z.string(),
+    scopes: z.array(ScopeSchema),
+    createdAt: z.string(),
+    revokedAt: z.string().nullable(),
+  })
+  .openapi("ApiKey");
+export const CreatedKeySchema = KeySchema.extend({
+  key: z.string().openapi({ description: "Shown once. Also usable as e2b_<same hex> by E2B SDKs." }),
+}).openapi("CreatedApiKey");
+export const KeyListSchema = z.object({ keys: z.array(KeySchema) }).openapi("ApiKeyList");
+export const IdParam = z.object({ id: z.string().openapi({ param: { name: "id", in: "path" } }) });
+
+export const LimitsSchema = z
+  .object({
+    maxSandboxes: z.number().int().min(0).max(100_000),
+    maxVcpus: z.number().int().min(0).max(1_000_000),
+    maxMemoryMib: z.number().int().min(0).max(1_000_000_000),
+    requestsPerMinute: z.number().int().min(1).max(1_000_000),
+  })
+  .strict()
+  .openapi("TenantLimits");
+export const CreateTenantBody = z
+  .object({
+    name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9 ._-]{0,63}$/),
+    limits: LimitsSchema.partial().optional(),
+  })
+  .strict();
+export const TenantSchema = z
+  .object({ id: z.string(), name: z.string(), limits: LimitsSchema, createdAt: z.string() })
+  .openapi("Tenant");
+export const TenantListSchema = z.object({ tenants: z.array(TenantSchema) }).openapi("TenantList");
+
+// Usage
+
+export const UsageQuery = z.object({
+  groupBy: z
+    .string()
+    .regex(/^(tenant|template|root|metadata\.[^\s]{1,64})$/, "tenant, template, root or metadata.<key>")
+    .default("tenant"),
+  from: z.iso.datetime({ offset: true }).optional(),
+  to: z.iso.datetime({ offset: true }).optional(),
+});
+export const UsageGroupsSchema = z
+  .object({
+    groups: z.array(
+      z.object({
+        key: z.string().nullable(),
+        sandboxes: z.number().int(),
+        lifetimeSeconds: z.number(),
+        cpuSeconds: z.number(),
+        memoryGibSeconds: z.number(),
+        peakMemoryMib: z.number(),
+      }),
+    ),
+  })
+  .openapi("UsageGroups");
+export const UsageRecordsQuery = z.object({
+  sandboxId: z.string().max(64).optional(),
+  limit: z.coerce.number().int().min(1).max(10_000).default(100),
+});
+export const UsageRecordSchema = z
+  .object({
+    sandboxId: z.string(),
+    tenantId: z.string(),
+    template: z.string(),
+    vcpus: z.number().int(),
+    memoryMib: z.number().int(),
+    createdAt: z.string(),
+    readyAt: z.string().nullable(),
+    endedAt: z.string().nullable(),
+    lifetimeSeconds: z.number(),
+    startPath: StartPathSchema.nullable(),
+    cpuSeconds: z.number(),
+    memoryPeakMib: z.number(),
+    memoryGibSeconds: z.number(),
+    endReason: z.string().nullable(),
+    metadata: z.record(z.string(), z.string()),
+    parentId: z.string().nullable(),
+    rootId: z.string(),
+    final: z.boolean(),
+  })
+  .openapi("UsageRecord");
+export const UsageRecordsSchema = z.object({ records: z.array(UsageRecordSchema) }).openapi("UsageRecords");
+
+export const HealthSchema = z
+  .object({
+    ok: z.literal(true),
+    accelerator: z.string(),
+    node: z.object({
+      id: z.string(),
+      accelerator: z.string(),
+      acceleratorReason: z.string(),
+      capacity: z.object({ vcpus: z.number(), memoryMib: z.number(), sandboxes: z.number() }),
+    }),
+  })
+  .openapi("Health");

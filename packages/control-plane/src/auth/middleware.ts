@@ -1,0 +1,79 @@
+// Authentication (API key -> tenant), scopes, and per-tenant request rate limits.
+import type { Context } from "hono";
+import type { AppEnv, AuthedCaller } from "../api/context.ts";
+import { ApiError } from "../errors.ts";
+import type { Scope, Store } from "../store/store.ts";
+import { hashApiKey } from "./keys.ts";
+
+/** The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`. */
+export function presentedKey(headers: Headers): string | undefined {
+  const auth = headers.get("authorization");
+  if (auth) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (m) return m[1];
+  }
+  return headers.get("x-api-key") ?? undefined;
+}
+
+export async function authenticate(store: Store, headers: Headers): Promise<AuthedCaller> {
+  const key = presentedKey(headers);
+  if (!key) {
+    throw new ApiError(
+      "UNAUTHENTICATED",
+      "no API key: send Authorization: Bearer <key> (or X-API-Key: <key>); `firebreak up` printed the admin key on first start",
+    );
+  }
+  const hash = hashApiKey(key);
+  const rec = hash ? await store.findKeyByHash(hash) : undefined;
+  if (!rec)
+    throw new ApiError(
+      "UNAUTHENTICATED",
+      "unknown API key: check for typos, or create one with POST /v1/keys",
+    );
+  if (rec.revokedAt)
+    throw new ApiError(
+      "UNAUTHENTICATED",
+      `API key ${rec.id} was revoked at ${rec.revokedAt}; use another key`,
+    );
+  const tenant = await store.getTenant(rec.tenantId);
+  if (!tenant) throw new ApiError("UNAUTHENTICATED", "the key's tenant no longer exists");
+  return { keyId: rec.id, tenant, scopes: rec.scopes };
+}
+
+/** INVARIANT: `admin` implies every scope. */
+export function hasScope(caller: AuthedCaller, scope: Scope): boolean {
+  return caller.scopes.includes("admin") || caller.scopes.includes(scope);
+}
+
+export function requireScope(c: Context<AppEnv>, scope: Scope): AuthedCaller {
+  const caller = c.get("caller");
+  if (!hasScope(caller, scope)) {
+    throw new ApiError(
+      "FORBIDDEN",
+      `this key lacks the "${scope}" scope; create a key with it (POST /v1/keys)`,
+    );
+  }
+  return caller;
+}
+
+/** Token buckets per tenant: `requestsPerMinute` tokens, refilled continuously. */
+export class RateLimiter {
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+
+  /** Takes one token, or throws RATE_LIMITED with Retry-After. */
+  take(tenantId: string, perMinute: number, now = Date.now()): void {
+    const b = this.#buckets.get(tenantId) ?? { tokens: perMinute, at: now };
+    b.tokens = Math.min(perMinute, b.tokens + ((now - b.at) / 60_000) * perMinute);
+    b.at = now;
+    this.#buckets.set(tenantId, b);
+    if (b.tokens < 1) {
+      const retry = Math.max(1, Math.ceil(((1 - b.tokens) / perMinute) * 60));
+      throw new ApiError(
+        "RATE_LIMITED",
+        `rate limit: this tenant may send ${perMinute} requests per minute; retry after ${retry} s`,
+        { headers: { "retry-after": String(retry) } },
+      );
+    }
+    b.tokens -= 1;
+  }
+}

@@ -1,0 +1,164 @@
+// startServer: the whole control plane in one process (what `firebreak up`
+// runs): SQLite store in the state dir, the local node, the sandbox service
+// (reaper, usage sampler, recovery), the HTTP API and the envd proxy.
+import http from "node:http";
+import path from "node:path";
+import { loadConfig } from "@firebreak/node-agent";
+import { getRequestListener } from "@hono/node-server";
+import pino, { type Logger } from "pino";
+import { createApp } from "./api/app.ts";
+import { hashApiKey, newApiKey, newId } from "./auth/keys.ts";
+import { type ControlPlaneConfig, defaultConfig } from "./config.ts";
+import { envdProxy, isEnvdRequest } from "./e2b/envd-proxy.ts";
+import { LocalNode } from "./node/local-node.ts";
+import { SandboxService } from "./sandboxes/service.ts";
+import { SqliteStore } from "./store/sqlite-store.ts";
+import type { Store } from "./store/store.ts";
+
+export interface ServerOptions {
+  /** host:port. @default "127.0.0.1:3000" (port 0 picks a free one) */
+  listen?: string;
+  /** @default FIREBREAK_STATE_DIR or /var/lib/firebreak */
+  stateDir?: string;
+  /** An admin key to ensure exists (fb_<64 hex> or e2b_<64 hex>). @default FIREBREAK_ADMIN_KEY */
+  adminKey?: string;
+  /** Overrides of the control plane settings (timeouts, sampling, limits). */
+  config?: Partial<ControlPlaneConfig>;
+  /** @default FIREBREAK_LOG_LEVEL or "info" (JSON lines on stderr) */
+  logLevel?: string;
+  /** Where the first-start admin key is printed. @default stdout */
+  printAdminKey?: (key: string) => void;
+}
+
+export interface RunningServer {
+  url: string;
+  /** The admin key created on this start (only on the very first start without FIREBREAK_ADMIN_KEY). */
+  createdAdminKey?: string;
+  store: Store;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_TENANT_ID = "default";
+
+function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(?:\[?([^\]]*)\]?:)?(\d{1,5})$/.exec(listen);
+  if (!m) throw new Error(`--listen wants host:port or port, got ${listen}`);
+  return { host: m[1] || "127.0.0.1", port: Number(m[2]) };
+}
+
+/** Creates the default tenant and makes sure an admin key exists; returns a newly created key. */
+async function bootstrap(
+  store: Store,
+  config: ControlPlaneConfig,
+  adminKey: string | undefined,
+  log: Logger,
+) {
+  if (!(await store.getTenant(DEFAULT_TENANT_ID))) {
+    await store.createTenant({
+      id: DEFAULT_TENANT_ID,
+      name: "default",
+      limits: config.defaultLimits,
+      createdAt: new Date().toISOString(),
+    });
+  }
+  if (adminKey !== undefined) {
+    const hash = hashApiKey(adminKey);
+    if (!hash)
+      throw new Error("FIREBREAK_ADMIN_KEY must look like fb_<64 hex digits> (openssl rand -hex 32)");
+    if (!(await store.findKeyByHash(hash))) {
+      await store.createKey({
+        id: newId("key"),
+        tenantId: DEFAULT_TENANT_ID,
+        name: "admin (FIREBREAK_ADMIN_KEY)",
+        hash,
+        scopes: ["admin"],
+        createdAt: new Date().toISOString(),
+        revokedAt: null,
+      });
+      log.info("admin key from FIREBREAK_ADMIN_KEY registered");
+    }
+    return undefined;
+  }
+  if ((await store.listKeys(null)).length > 0) return undefined;
+  const { key, hash } = newApiKey();
+  await store.createKey({
+    id: newId("key"),
+    tenantId: DEFAULT_TENANT_ID,
+    name: "admin",
+    hash,
+    scopes: ["admin"],
+    createdAt: new Date().toISOString(),
+    revokedAt: null,
+  });
+  return key;
+}
+
+export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
+  const env = process.env;
+  const { host, port } = parseListen(opts.listen ?? "127.0.0.1:3000");
+  const nodeConfig = loadConfig({ ...env, ...(opts.stateDir ? { FIREBREAK_STATE_DIR: opts.stateDir } : {}) });
+  const config: ControlPlaneConfig = { ...defaultConfig(env), ...opts.config };
+  const log = pino(
+    { level: opts.logLevel ?? env["FIREBREAK_LOG_LEVEL"] ?? "info", base: { service: "firebreak" } },
+    pino.destination({ dest: 2, sync: true }),
+  );
+
+  const store = new SqliteStore(path.join(nodeConfig.stateDir, "control-plane.db"));
+  let node: LocalNode | undefined;
+  try {
+    const createdAdminKey = await bootstrap(store, config, opts.adminKey ?? env["FIREBREAK_ADMIN_KEY"], log);
+    node = await LocalNode.open(nodeConfig, (line) => log.info({ component: "node" }, line));
+    const sandboxes = new SandboxService(store, node, config, log);
+    const recovered = await sandboxes.recover();
+    if (recovered.ended.length || recovered.adopted.length)
+      log.info(recovered, "recovered sandboxes after restart");
+    sandboxes.start();
+
+    const app = createApp({ store, node, sandboxes, config, log });
+    const api = getRequestListener(app.fetch);
+    const proxy = envdProxy(store, sandboxes, log);
+    const server = http.createServer((req, res) => {
+      if (isEnvdRequest(req)) void proxy(req, res);
+      else void api(req, res);
+    });
+    server.requestTimeout = 0; // long command streams and uploads
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => resolve());
+    });
+    const addr = server.address();
+    const boundPort = typeof addr === "object" && addr ? addr.port : port;
+    const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
+    log.info({ url, accelerator: node.info().accelerator }, "control plane listening");
+    if (createdAdminKey) {
+      (
+        opts.printAdminKey ??
+        ((k) => process.stdout.write(`Admin API key (shown once, store it now): ${k}\n`))
+      )(createdAdminKey);
+    }
+    const localNode = node;
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      ...(createdAdminKey ? { createdAdminKey } : {}),
+      store,
+      close() {
+        closing ??= (async () => {
+          await new Promise<void>((r) => {
+            server.close(() => r());
+            server.closeAllConnections();
+          });
+          await sandboxes.close();
+          await localNode.close();
+          store.close();
+          log.info("control plane stopped");
+        })();
+        return closing;
+      },
+    };
+  } catch (e) {
+    await node?.close().catch(() => {});
+    store.close();
+    throw e;
+  }
+}

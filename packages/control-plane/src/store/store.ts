@@ -1,0 +1,213 @@
+// The control plane's durable state behind one narrow interface, so another
+// backend (PostgreSQL, for several replicas) can be added without touching the
+// routes. Every method that must be atomic is one method here (quota check and
+// insert; ending a sandbox and writing its final usage record), so each backend
+// implements it with its own transaction.
+//
+// Times are ISO-8601 strings (UTC, millisecond precision).
+
+export type Scope = "sandboxes" | "templates" | "admin";
+export const SCOPES: readonly Scope[] = ["sandboxes", "templates", "admin"];
+
+/**
+ * requested: recorded, not yet on a node; starting: the node is creating it;
+ * running; paused (on disk, no CPU or RAM); stopping: being killed;
+ * killed, crashed, failed: final.
+ */
+export type SandboxState =
+  | "requested"
+  | "starting"
+  | "running"
+  | "paused"
+  | "stopping"
+  | "killed"
+  | "crashed"
+  | "failed";
+
+export const SANDBOX_STATES: readonly SandboxState[] = [
+  "requested",
+  "starting",
+  "running",
+  "paused",
+  "stopping",
+  "killed",
+  "crashed",
+  "failed",
+];
+
+export type StartPath = "warm" | "snapshot" | "cold";
+
+export interface TenantLimits {
+  maxSandboxes: number;
+  maxVcpus: number;
+  maxMemoryMib: number;
+  requestsPerMinute: number;
+}
+
+export interface Tenant {
+  id: string;
+  name: string;
+  limits: TenantLimits;
+  createdAt: string;
+}
+
+export interface ApiKeyRecord {
+  id: string;
+  tenantId: string;
+  name: string;
+  /** sha256 (hex) of the key's secret part. */
+  hash: string;
+  scopes: Scope[];
+  createdAt: string;
+  revokedAt: string | null;
+}
+
+export interface SandboxRecord {
+  id: string;
+  tenantId: string;
+  /** The node that runs it, and the node's own id for it (set once scheduled). */
+  nodeId: string;
+  nodeSandboxId: string | null;
+  template: string;
+  state: SandboxState;
+  vcpus: number;
+  memoryMib: number;
+  metadata: Record<string, string>;
+  createdAt: string;
+  readyAt: string | null;
+  endedAt: string | null;
+  endReason: string | null;
+  /** Who ended it: `key:<id>`, `reaper`, `node`, `control-plane`. */
+  endedBy: string | null;
+  timeoutMs: number;
+  /** When the reaper kills it (null while requested/starting and while paused). */
+  timeoutAt: string | null;
+  startPath: StartPath | null;
+  timings: { totalMs: number; phases: Record<string, number> } | null;
+  parentId: string | null;
+  rootId: string;
+  /** sha256 of the per-sandbox token (X-Firebreak-Sandbox-Token). */
+  tokenHash: string;
+  /** sha256 of the guest agent's access token (envd proxy lookup); set when started. */
+  envdTokenHash: string | null;
+  createdByKey: string;
+}
+
+export interface SandboxEvent {
+  at: string;
+  type: string;
+  detail: Record<string, unknown>;
+}
+
+export interface UsageRecord {
+  sandboxId: string;
+  tenantId: string;
+  template: string;
+  vcpus: number;
+  memoryMib: number;
+  createdAt: string;
+  readyAt: string | null;
+  /** For an interim record: the time of its last sample. */
+  endedAt: string | null;
+  lifetimeSeconds: number;
+  startPath: StartPath | null;
+  cpuSeconds: number;
+  memoryPeakMib: number;
+  memoryGibSeconds: number;
+  endReason: string | null;
+  metadata: Record<string, string>;
+  parentId: string | null;
+  rootId: string;
+  final: boolean;
+}
+
+export interface UsageGroup {
+  key: string | null;
+  sandboxes: number;
+  lifetimeSeconds: number;
+  cpuSeconds: number;
+  memoryGibSeconds: number;
+  peakMemoryMib: number;
+}
+
+export type UsageGroupBy = "tenant" | "template" | "root" | { metadata: string };
+
+export type QuotaResult = { ok: true } | { ok: false; limit: keyof TenantLimits; message: string };
+
+export interface ListSandboxesQuery {
+  tenantId: string;
+  states?: SandboxState[];
+  metadata?: Record<string, string>;
+  limit: number;
+  cursor?: string;
+}
+
+export interface Store {
+  // Tenants
+  createTenant(t: Tenant): Promise<void>;
+  getTenant(id: string): Promise<Tenant | undefined>;
+  listTenants(): Promise<Tenant[]>;
+
+  // API keys
+  createKey(k: ApiKeyRecord): Promise<void>;
+  findKeyByHash(hash: string): Promise<ApiKeyRecord | undefined>;
+  listKeys(tenantId: string | null): Promise<ApiKeyRecord[]>;
+  /** Marks a key revoked; false when no unrevoked key has that id (in that tenant, unless null). */
+  revokeKey(id: string, tenantId: string | null, at: string): Promise<boolean>;
+
+  // Sandboxes
+  /**
+   * Inserts a sandbox unless the tenant's limits would be exceeded by it plus
+   * `extra` more of the same shape. Atomic: concurrent creates cannot both pass.
+   */
+  insertSandboxWithinQuota(s: SandboxRecord, limits: TenantLimits, extra?: number): Promise<QuotaResult>;
+  /** Checks the quota for `count` more sandboxes of a shape without inserting. */
+  checkQuota(
+    tenantId: string,
+    shape: { vcpus: number; memoryMib: number },
+    count: number,
+    limits: TenantLimits,
+  ): Promise<QuotaResult>;
+  getSandbox(id: string): Promise<SandboxRecord | undefined>;
+  findSandboxByTokenHash(hash: string): Promise<SandboxRecord | undefined>;
+  findSandboxByEnvdTokenHash(hash: string): Promise<SandboxRecord | undefined>;
+  listSandboxes(q: ListSandboxesQuery): Promise<{ sandboxes: SandboxRecord[]; nextCursor: string | null }>;
+  /** Every sandbox not in a final state (all tenants). */
+  listLiveSandboxes(): Promise<SandboxRecord[]>;
+  /**
+   * Updates fields of a live sandbox; `from` (when given) must match its
+   * current state. Returns false (and changes nothing) otherwise.
+   */
+  updateSandbox(id: string, patch: Partial<SandboxRecord>, from?: SandboxState[]): Promise<boolean>;
+  /**
+   * Ends a sandbox and writes its final usage record, exactly once, in one
+   * transaction. False when it had already ended (nothing is written).
+   */
+  endSandbox(
+    id: string,
+    end: { state: "killed" | "crashed" | "failed"; endedAt: string; endReason: string; endedBy: string },
+    usage: UsageRecord,
+  ): Promise<boolean>;
+
+  // Events
+  addEvent(sandboxId: string, e: SandboxEvent): Promise<void>;
+  listEvents(sandboxId: string): Promise<SandboxEvent[]>;
+
+  // Usage
+  /** Writes the interim record of a live sandbox (never over a final one). */
+  putInterimUsage(u: UsageRecord): Promise<void>;
+  getUsage(sandboxId: string): Promise<UsageRecord | undefined>;
+  listUsage(q: { tenantId: string | null; sandboxId?: string; limit: number }): Promise<UsageRecord[]>;
+  usageGroups(q: {
+    tenantId: string | null;
+    groupBy: UsageGroupBy;
+    from?: string;
+    to?: string;
+  }): Promise<UsageGroup[]>;
+
+  close(): void;
+}
+
+export function isFinalState(s: SandboxState): boolean {
+  return s === "killed" || s === "crashed" || s === "failed";
+}
