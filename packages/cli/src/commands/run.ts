@@ -7,6 +7,7 @@ interface RunOpts {
   template: string;
   cpus: number;
   memory: number;
+  disk?: number;
   user?: string;
   workdir?: string;
   env?: Record<string, string>;
@@ -38,6 +39,7 @@ export async function runCommand(argv: string[], opts: RunOpts): Promise<void> {
     sb = await rt.create({
       template,
       shape: { vcpus: opts.cpus, memoryMib: opts.memory },
+      ...(opts.disk ? { diskMib: opts.disk } : {}),
       ...(opts.env ? { envVars: opts.env } : {}),
     });
     if (opts.timing && sb.timings) process.stderr.write(`sandbox ${sb.id}: ${formatTimings(sb.timings)}\n`);

@@ -121,6 +121,7 @@ describe("sandbox network with a stand-in guest", { skip }, () => {
 
   test("the guest cannot open connections anywhere (egress deny-all)", async () => {
     const egressBefore = await nftCounter(net.netnsName, NFT_COUNTERS.egressDenied);
+    const wallBefore = await nftCounter(net.netnsName, NFT_COUNTERS.wallDenied);
     const inputBefore = await nftCounter(net.netnsName, NFT_COUNTERS.guestToNamespaceDenied);
     const results = await probeFrom(guestNs, [
       { host: net.hostAddress, port: 7002 },
@@ -128,9 +129,13 @@ describe("sandbox network with a stand-in guest", { skip }, () => {
       { host: net.sandboxAddress, port: 7000 },
       { host: GATEWAY_ADDRESS, port: 7000 },
       { host: FORBIDDEN_NS_SIDE, port: 7000 },
+      // TEST-NET-1: not a wall, refused by the default-deny policy before it leaves.
+      { host: "192.0.2.1", port: 7 },
     ]);
     for (const r of results) assert.doesNotMatch(r, /^connected/, `guest connected: ${results.join(", ")}`);
     assert.ok((await nftCounter(net.netnsName, NFT_COUNTERS.egressDenied)) > egressBefore);
+    // The host end is a hard wall; the forbidden host sits off the uplink (a wall too).
+    assert.ok((await nftCounter(net.netnsName, NFT_COUNTERS.wallDenied)) >= wallBefore + 2);
     assert.ok((await nftCounter(net.netnsName, NFT_COUNTERS.guestToNamespaceDenied)) > inputBefore);
   });
 

@@ -23,6 +23,7 @@ import {
   TAP_NAME,
 } from "./guest-addressing.ts";
 import { renderRuleset } from "./nft-ruleset.ts";
+import { wallCidrs } from "./walls.ts";
 
 export const NETNS_PREFIX = "fb-";
 export const HOST_VETH_PREFIX = "fbh-";
@@ -202,6 +203,8 @@ export async function createSandboxNetwork(
     `link set ${TAP_NAME} addrgenmode none`,
     `addr add ${GATEWAY_ADDRESS}/${GUEST_PREFIX_LENGTH} dev ${TAP_NAME}`,
     `link set ${TAP_NAME} up`,
+    // Guest egress the policy allows leaves through the host.
+    `route add default via ${hostAddress} dev ${NAMESPACE_UPLINK}`,
   ];
   const steps: Promise<unknown>[] = [
     run("ip", ["-n", netnsName, "-batch", "-"], {
@@ -226,7 +229,7 @@ export async function createSandboxNetwork(
       { timeoutMs: COMMAND_TIMEOUT_MS },
     ),
     run("nsenter", [`--net=${netnsPath}`, "nft", "-f", "-"], {
-      input: renderRuleset({ hostAddress, sandboxAddress }),
+      input: renderRuleset({ hostAddress, sandboxAddress, walls: wallCidrs(pool) }),
       timeoutMs: COMMAND_TIMEOUT_MS,
     }),
   ];

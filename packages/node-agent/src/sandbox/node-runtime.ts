@@ -30,7 +30,7 @@ import {
   type SandboxRecord,
   writeRecord,
 } from "./reconciler.ts";
-import { SlotRegistry } from "./slots.ts";
+import { MAX_SLOTS, SlotRegistry } from "./slots.ts";
 import {
   type LoadedSnapshot,
   type SnapshotManifest,
@@ -76,7 +76,15 @@ export interface CreateOptions {
   bootTimeoutMs?: number;
   /** Skip warm pools and snapshots (benchmarks, the snapshot's own boot). */
   forceCold?: boolean;
+  /**
+   * Grow the sandbox's root disk to this size (MiB) after it starts: the disk
+   * layer is resized through QMP and the guest grows its ext4 online. Smaller
+   * than the image's own size is refused. @default the template's diskMib
+   */
+  diskMib?: number;
 }
+
+export const MAX_DISK_MIB = 262_144;
 
 export type StartPath = "warm" | "snapshot" | "cold";
 
@@ -344,6 +352,55 @@ export class NodeRuntime {
    * The path taken and its phase timings are recorded on the sandbox.
    */
   async create(opts: CreateOptions): Promise<Sandbox> {
+    if (
+      opts.diskMib !== undefined &&
+      (!Number.isInteger(opts.diskMib) || opts.diskMib < 512 || opts.diskMib > MAX_DISK_MIB)
+    ) {
+      throw new FirebreakError(
+        "SHAPE_INVALID",
+        `diskMib must be a whole number from 512 to ${MAX_DISK_MIB}, got ${opts.diskMib}`,
+      );
+    }
+    const sb = await this.#createByFastestPath(opts);
+    if (opts.diskMib !== undefined) {
+      try {
+        await this.#growDisk(sb, opts.diskMib);
+      } catch (e) {
+        await this.kill(sb.id, "disk resize failed");
+        throw e;
+      }
+    }
+    return sb;
+  }
+
+  /** Grows the root disk layer and the guest's ext4 on it (online). */
+  async #growDisk(sb: Sandbox, diskMib: number): Promise<void> {
+    const t0 = performance.now();
+    const info = JSON.parse(
+      (await run("qemu-img", ["info", "--force-share", "--output=json", path.join(sb.dir, "disk.qcow2")]))
+        .stdout,
+    ) as {
+      "virtual-size": number;
+    };
+    const want = diskMib * 1024 * 1024;
+    if (want < info["virtual-size"]) {
+      throw new FirebreakError(
+        "SHAPE_INVALID",
+        `diskMib ${diskMib} is smaller than the template's disk (${Math.round(info["virtual-size"] / 2 ** 20)} MiB); disks only grow`,
+      );
+    }
+    if (want === info["virtual-size"]) return;
+    await sb.vm!.qmp.execute("block_resize", { device: "root", size: want });
+    const { exitCode } = await sb.exec(["resize2fs", "/dev/vda"], { user: "root" });
+    if (exitCode !== 0)
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `growing the guest filesystem failed (resize2fs exit ${exitCode})`,
+      );
+    if (sb.timings) sb.timings.phases["diskResize"] = Math.round((performance.now() - t0) * 10) / 10;
+  }
+
+  async #createByFastestPath(opts: CreateOptions): Promise<Sandbox> {
     const shape = validateShape({ ...DEFAULT_SHAPE, ...opts.shape });
     const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
     if (key) {
@@ -479,8 +536,10 @@ export class NodeRuntime {
       const consoleTail = await tail(path.join(dir, "console.log"), 15);
       const exitNote = exit ? ` (QEMU exited: ${exit.signal ?? `code ${exit.code}`})` : "";
       if (sb.state === "starting" || sb.state === "warm") sb.state = "failed";
-      sb.endReason = `start failed: ${(e as Error).message}`;
+      const killedWhileStarting = this.#teardownStarted.has(sb);
+      sb.endReason ??= `start failed: ${(e as Error).message}`;
       await this.#teardown(sb);
+      if (killedWhileStarting && process.env["FB_NO_SWEEP"] === undefined) await this.#sweepAfterKill(sb);
       if (e instanceof FirebreakError || e instanceof SnapshotRestoreError) throw e;
       throw new FirebreakError(
         "SANDBOX_BOOT_FAILED",
@@ -928,6 +987,24 @@ export class NodeRuntime {
   }
 
   #teardownStarted = new WeakSet<Sandbox>();
+
+  /**
+   * A kill while a start is in flight tears down what existed then; the start
+   * may make more before it notices (QEMU launched, cgroup or slot created).
+   * Its failure path calls this to remove those too. Idempotent; touches only
+   * what is named after this sandbox (a reused slot keeps its new owner).
+   */
+  async #sweepAfterKill(sb: Sandbox): Promise<void> {
+    const quiet = (p: Promise<unknown>) => p.catch(() => {});
+    if (sb.vm) await quiet(sb.vm.stop(1000));
+    await quiet(destroySandboxNetwork({ sandboxId: sb.id, slot: sb.slot ?? MAX_SLOTS }));
+    await quiet(SandboxCgroup.open(`fb-${sb.id}`).then((c) => c.destroy()));
+    await quiet(fs.rm(sb.dir, { recursive: true, force: true }));
+    for (const [slot, owner] of await this.slots.list()) {
+      if (owner === sb.id) await quiet(this.slots.release(slot));
+    }
+    await quiet(removeOwner(this.config, sb.id));
+  }
 
   /** Removes every resource of a sandbox; each step runs even if an earlier one failed. */
   async #teardown(sb: Sandbox): Promise<void> {

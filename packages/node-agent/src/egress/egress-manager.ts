@@ -1,0 +1,395 @@
+// Applies egress policies to sandbox namespaces and runs the host-side parts:
+// the platform resolver (one listener per sandbox on the host end of its veth)
+// and the credential-injecting HTTP proxies of bound private services. One
+// manager per node process. See README.md.
+import { readFileSync } from "node:fs";
+import fs from "node:fs/promises";
+import type * as dnsPacket from "dns-packet";
+import { CommandError, run } from "../host/exec.ts";
+import { formatIpv4, parseIpv4 } from "../network/address-pool.ts";
+import { NFT_TABLE, TRAFFIC_CLASSES, type TrafficClass } from "../network/nft-ruleset.ts";
+import {
+  type DnsAnswer,
+  type DnsQuery,
+  queryUpstream,
+  RCODE,
+  reply,
+  SandboxDnsListener,
+  type Upstream,
+} from "./dns-server.ts";
+import { EgressError } from "./errors.ts";
+import { InjectProxy } from "./inject-proxy.ts";
+import { DEFAULT_POLICY, domainAllowed, type NormalizedPolicy, normalizePolicy } from "./policy.ts";
+import { type DnsElement, renderDnsElements, renderPolicy, type ServiceRoute } from "./policy-nft.ts";
+import { type PrivateService, ServiceRegistry } from "./service-registry.ts";
+
+/** The parts of a sandbox network the manager needs (a `SandboxNetwork` has them all). */
+export interface EgressTarget {
+  sandboxId: string;
+  netnsPath: string;
+  hostVeth: string;
+  hostAddress: string;
+  sandboxAddress: string;
+}
+
+export interface AttachOptions {
+  /** The policy (validated here). @default the manager's default policy (deny all) */
+  policy?: unknown;
+  /** The sandbox's tenant, for service bindings restricted to tenants. */
+  tenant?: string;
+}
+
+export interface EgressManagerOptions {
+  /** Where the service registry file lives (`services.json`); omitted: in memory. */
+  stateDir?: string;
+  /**
+   * Resolver that answers allowed names.
+   * @default FIREBREAK_DNS_UPSTREAM ("host" or "host:port"), else the first nameserver of /etc/resolv.conf
+   */
+  upstream?: Upstream;
+  /** Policy of sandboxes created without one. @default deny all */
+  defaultPolicy?: unknown;
+  log?: (line: string) => void;
+}
+
+export interface TrafficCounters {
+  bytes: number;
+  packets: number;
+}
+/** Bytes and packets per class, `tx` from the guest and `rx` to it. */
+export interface SandboxTraffic {
+  tx: Record<TrafficClass, TrafficCounters>;
+  rx: Record<TrafficClass, TrafficCounters>;
+  /** Packets refused: by a hard wall, by the policy (default deny), spoofed. */
+  denied: { wall: number; policy: number; spoofed: number };
+  dns: { queries: number; refused: number };
+}
+
+interface Binding {
+  service: PrivateService;
+  serviceAddress: string;
+  proxy?: InjectProxy;
+}
+
+interface State {
+  target: EgressTarget;
+  tenant: string | undefined;
+  policy: NormalizedPolicy;
+  bindings: Map<string, Binding>;
+  nextServiceIndex: number;
+  dns: SandboxDnsListener;
+  /** Resolver answers in the nft set: address -> names it answered for, expiry (ms epoch). */
+  dnsAddrs: Map<string, { names: Set<string>; expiresAt: number }>;
+  dnsRefused: number;
+  queue: Promise<unknown>;
+}
+
+/** Per-sandbox service addresses: 169.254.16.1 upwards (a wall: reachable only through their DNAT). */
+const SERVICE_BASE = parseIpv4("169.254.16.0");
+const SERVICE_MAX = 4_000;
+/** TTL the resolver gives private service names. */
+const SERVICE_TTL_S = 30;
+const MAX_ANSWER_TTL_S = 86_400;
+
+export function defaultUpstream(): Upstream {
+  const env = process.env["FIREBREAK_DNS_UPSTREAM"];
+  if (env) {
+    const [host, port] = env.split(":");
+    return { host: host!, port: port ? Number(port) : 53 };
+  }
+  try {
+    const m = /^nameserver\s+(\d+\.\d+\.\d+\.\d+)/m.exec(readFileSync("/etc/resolv.conf", "utf8"));
+    if (m) return { host: m[1]!, port: 53 };
+  } catch {}
+  return { host: "127.0.0.1", port: 53 };
+}
+
+export class EgressManager {
+  readonly registry: ServiceRegistry;
+  upstream: Upstream;
+  readonly #defaultPolicy: NormalizedPolicy;
+  readonly #log: (line: string) => void;
+  readonly #states = new Map<string, State>();
+
+  private constructor(registry: ServiceRegistry, opts: EgressManagerOptions) {
+    this.registry = registry;
+    this.upstream = opts.upstream ?? defaultUpstream();
+    this.#defaultPolicy =
+      opts.defaultPolicy === undefined ? DEFAULT_POLICY : normalizePolicy(opts.defaultPolicy);
+    this.#log = opts.log ?? (() => {});
+  }
+
+  static async open(opts: EgressManagerOptions = {}): Promise<EgressManager> {
+    return new EgressManager(await ServiceRegistry.open(opts.stateDir), opts);
+  }
+
+  /**
+   * Validates a policy for a tenant without applying it: the policy's own
+   * shape, and that every named service exists and may be bound by `tenant`.
+   * Throws EgressError.
+   */
+  validate(policy: unknown, tenant?: string): NormalizedPolicy {
+    const p = policy === undefined ? this.#defaultPolicy : normalizePolicy(policy);
+    for (const name of p.services) this.registry.resolveBinding(name, tenant);
+    return p;
+  }
+
+  /** The policy in force for a sandbox (undefined: not attached). */
+  policyOf(sandboxId: string): NormalizedPolicy | undefined {
+    return this.#states.get(sandboxId)?.policy;
+  }
+
+  attached(): string[] {
+    return [...this.#states.keys()];
+  }
+
+  /**
+   * Starts the sandbox's resolver, binds its services and loads its policy.
+   * Preconditions: the sandbox network exists (its base ruleset loaded).
+   * On failure nothing of this call remains.
+   */
+  async attach(target: EgressTarget, opts: AttachOptions = {}): Promise<void> {
+    if (this.#states.has(target.sandboxId)) {
+      throw new EgressError(
+        "EGRESS_APPLY_FAILED",
+        `sandbox ${target.sandboxId} already has an egress policy`,
+      );
+    }
+    const policy = this.validate(opts.policy, opts.tenant);
+    const st: State = {
+      target,
+      tenant: opts.tenant,
+      policy: DEFAULT_POLICY,
+      bindings: new Map(),
+      nextServiceIndex: 0,
+      dns: new SandboxDnsListener(target.hostAddress, target.sandboxAddress, (q) => this.#answer(st, q)),
+      dnsAddrs: new Map(),
+      dnsRefused: 0,
+      queue: Promise.resolve(),
+    };
+    this.#states.set(target.sandboxId, st);
+    try {
+      // Forwarding on the host end only (not host-wide): the guest's allowed
+      // egress may leave through the host; walls and policy live in the namespace.
+      await fs.writeFile(`/proc/sys/net/ipv4/conf/${target.hostVeth}/forwarding`, "1");
+      await st.dns.start();
+      await this.#apply(st, policy);
+    } catch (e) {
+      await this.detach(target.sandboxId);
+      if (e instanceof EgressError) throw e;
+      throw new EgressError(
+        "EGRESS_APPLY_FAILED",
+        `egress setup for sandbox ${target.sandboxId} failed: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+  }
+
+  /**
+   * Replaces the policy of a running sandbox. In force when this resolves
+   * (one nft transaction, a few ms): new connections and every further packet
+   * of existing guest connections are judged by the new policy.
+   */
+  async update(sandboxId: string, policy: unknown): Promise<NormalizedPolicy> {
+    const st = this.#states.get(sandboxId);
+    if (!st)
+      throw new EgressError("EGRESS_SANDBOX_UNKNOWN", `sandbox ${sandboxId} has no network on this node`);
+    const p = this.validate(policy, st.tenant);
+    await this.#apply(st, p);
+    return p;
+  }
+
+  /** Stops the resolver and proxies of a sandbox. Its nft state dies with its namespace. Idempotent. */
+  async detach(sandboxId: string): Promise<void> {
+    const st = this.#states.get(sandboxId);
+    if (!st) return;
+    this.#states.delete(sandboxId);
+    await st.queue.catch(() => {});
+    await st.dns.close();
+    await Promise.all([...st.bindings.values()].map((b) => b.proxy?.close()));
+    st.bindings.clear();
+    st.dnsAddrs.clear();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#states.keys()].map((id) => this.detach(id)));
+  }
+
+  /** Bytes in and out per destination class, from the namespace's named counters. */
+  async traffic(sandboxId: string): Promise<SandboxTraffic> {
+    const st = this.#states.get(sandboxId);
+    if (!st)
+      throw new EgressError("EGRESS_SANDBOX_UNKNOWN", `sandbox ${sandboxId} has no network on this node`);
+    const res = await run("nsenter", [
+      `--net=${st.target.netnsPath}`,
+      "nft",
+      "-j",
+      "list",
+      "counters",
+      "table",
+      "inet",
+      NFT_TABLE,
+    ]);
+    const counters = new Map<string, TrafficCounters>();
+    for (const e of (
+      JSON.parse(res.stdout) as { nftables: { counter?: { name: string } & TrafficCounters }[] }
+    ).nftables) {
+      if (e.counter) counters.set(e.counter.name, { bytes: e.counter.bytes, packets: e.counter.packets });
+    }
+    const get = (n: string) => counters.get(n) ?? { bytes: 0, packets: 0 };
+    const tx = {} as Record<TrafficClass, TrafficCounters>;
+    const rx = {} as Record<TrafficClass, TrafficCounters>;
+    for (const c of TRAFFIC_CLASSES) {
+      tx[c] = get(`tx_${c}`);
+      rx[c] = get(`rx_${c}`);
+    }
+    return {
+      tx,
+      rx,
+      denied: {
+        wall: get("wall_denied").packets,
+        policy: get("egress_denied").packets,
+        spoofed: get("spoof_dropped").packets,
+      },
+      dns: { queries: st.dns.queries, refused: st.dnsRefused },
+    };
+  }
+
+  /** Runs nft work of one sandbox in order (updates and resolver answers never interleave). */
+  #serial<T>(st: State, fn: () => Promise<T>): Promise<T> {
+    const next = st.queue.then(fn, fn);
+    st.queue = next.catch(() => {});
+    return next;
+  }
+
+  async #nft(st: State, text: string): Promise<void> {
+    try {
+      await run("nsenter", [`--net=${st.target.netnsPath}`, "nft", "-f", "-"], {
+        input: text,
+        timeoutMs: 10_000,
+      });
+    } catch (e) {
+      throw new EgressError(
+        "EGRESS_APPLY_FAILED",
+        `loading the egress policy of sandbox ${st.target.sandboxId} failed: ${e instanceof CommandError ? e.result.stderr.trim() : (e as Error).message}`,
+        { cause: e },
+      );
+    }
+  }
+
+  #apply(st: State, policy: NormalizedPolicy): Promise<void> {
+    return this.#serial(st, async () => {
+      // Bindings: keep the address (and proxy) of every service still bound.
+      const old = st.bindings;
+      const next = new Map<string, Binding>();
+      const made: InjectProxy[] = [];
+      try {
+        for (const name of policy.services) {
+          const service = this.registry.resolveBinding(name, st.tenant);
+          const prev = old.get(name);
+          if (prev && sameService(prev.service, service)) {
+            next.set(name, prev);
+            continue;
+          }
+          const serviceAddress = prev?.serviceAddress ?? this.#newServiceAddress(st);
+          const b: Binding = { service, serviceAddress };
+          if (service.protocol === "http" && service.inject) {
+            b.proxy = new InjectProxy(st.target.hostAddress, st.target.sandboxAddress, service);
+            made.push(b.proxy);
+            await b.proxy.start();
+          }
+          next.set(name, b);
+        }
+        const routes: ServiceRoute[] = [...next.values()].map((b) => ({
+          serviceAddress: b.serviceAddress,
+          port: b.service.port,
+          targetAddress: b.proxy ? st.target.hostAddress : b.service.address,
+          targetPort: b.proxy ? b.proxy.port : b.service.port,
+        }));
+        // Resolver answers stay in the set while a name that produced them is still allowed.
+        const now = Date.now();
+        const keep: DnsElement[] = [];
+        for (const [address, e] of st.dnsAddrs) {
+          const names = [...e.names].filter((n) => domainAllowed(policy.allowDomains, n));
+          const left = Math.floor((e.expiresAt - now) / 1000);
+          if (names.length && left >= 1) {
+            e.names = new Set(names);
+            keep.push({ address, timeoutS: left });
+          } else st.dnsAddrs.delete(address);
+        }
+        await this.#nft(st, renderPolicy(policy, routes, keep));
+      } catch (e) {
+        await Promise.all(made.map((p) => p.close()));
+        throw e;
+      }
+      for (const [name, b] of old) if (next.get(name) !== b) await b.proxy?.close();
+      st.bindings = next;
+      st.policy = policy;
+    });
+  }
+
+  #newServiceAddress(st: State): string {
+    if (st.nextServiceIndex >= SERVICE_MAX) {
+      throw new EgressError("EGRESS_APPLY_FAILED", "too many service bindings over this sandbox's life");
+    }
+    return formatIpv4(SERVICE_BASE + 1 + st.nextServiceIndex++);
+  }
+
+  /** The resolver's decision for one guest query. */
+  async #answer(st: State, q: DnsQuery): Promise<DnsAnswer> {
+    const question = q.questions![0]!;
+    const name = question.name.toLowerCase().replace(/\.$/, "");
+    const binding = st.bindings.get(name);
+    if (binding) {
+      if (question.type !== "A") return reply(q, RCODE.NOERROR);
+      return reply(q, RCODE.NOERROR, [
+        { type: "A", name: question.name, ttl: SERVICE_TTL_S, class: "IN", data: binding.serviceAddress },
+      ]);
+    }
+    if (!domainAllowed(st.policy.allowDomains, name)) {
+      st.dnsRefused++;
+      return reply(q, RCODE.NXDOMAIN);
+    }
+    // IPv6 is off in every sandbox: an empty answer makes clients use IPv4 at once.
+    if (question.type === "AAAA") return reply(q, RCODE.NOERROR);
+    const up = await queryUpstream(this.upstream, { type: question.type, name, class: "IN" });
+    const answers = (up.answers ?? []).filter(
+      (a) => question.type !== "A" || a.type === "A" || a.type === "CNAME",
+    );
+    const elements: DnsElement[] = [];
+    for (const a of answers) {
+      if (a.type !== "A") continue;
+      const ttl = Math.min(Math.max(a.ttl ?? 0, 1), MAX_ANSWER_TTL_S);
+      a.ttl = ttl;
+      elements.push({ address: formatIpv4(parseIpv4(a.data)), timeoutS: ttl });
+    }
+    if (elements.length) {
+      // SECURITY: the addresses enter the set only while the name is still allowed
+      // (a policy update may have landed while the upstream answered).
+      await this.#serial(st, async () => {
+        if (this.#states.get(st.target.sandboxId) !== st || !domainAllowed(st.policy.allowDomains, name))
+          return;
+        const refresh = elements
+          .map((e) => `delete element inet ${NFT_TABLE} dns_allowed { ${e.address} }`)
+          .join("\n");
+        // add (exists afterwards) + delete + add: refreshes the timeout of a known address.
+        const text = `${renderDnsElements(elements.map((e) => ({ ...e, timeoutS: 1 })))}${refresh}\n${renderDnsElements(elements)}`;
+        await this.#nft(st, text);
+        const now = Date.now();
+        for (const e of elements) {
+          const prev = st.dnsAddrs.get(e.address);
+          st.dnsAddrs.set(e.address, {
+            names: new Set([...(prev?.names ?? []), name]),
+            expiresAt: now + e.timeoutS * 1000,
+          });
+        }
+      });
+    }
+    const rcode = (up.flags ?? 0) & 0xf;
+    return reply(q, rcode, answers as dnsPacket.Answer[]);
+  }
+}
+
+function sameService(a: PrivateService, b: PrivateService): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}

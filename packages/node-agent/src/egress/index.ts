@@ -1,0 +1,19 @@
+export {
+  type AttachOptions,
+  defaultUpstream,
+  EgressManager,
+  type EgressManagerOptions,
+  type EgressTarget,
+  type SandboxTraffic,
+  type TrafficCounters,
+} from "./egress-manager.ts";
+export { EgressError, type EgressErrorCode } from "./errors.ts";
+export {
+  type AllowRule,
+  DEFAULT_POLICY,
+  domainAllowed,
+  type EgressPolicy,
+  type NormalizedPolicy,
+  normalizePolicy,
+} from "./policy.ts";
+export { type PrivateService, ServiceRegistry } from "./service-registry.ts";

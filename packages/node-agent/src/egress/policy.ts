@@ -1,0 +1,144 @@
+// The egress policy object: one per sandbox, set at create time and editable
+// while it runs. See README.md for the semantics and the hard walls.
+import { z } from "zod";
+import { formatIpv4, parseIpv4 } from "../network/address-pool.ts";
+import { EgressError } from "./errors.ts";
+
+export interface AllowRule {
+  /** IPv4 CIDR ("10.0.0.0/8") or address ("192.0.2.7"). */
+  cidr: string;
+  /** Destination ports; "any" (default) for every port. */
+  ports?: number[] | "any";
+  /** Omitted: both TCP and UDP (and, with ports "any", every protocol). */
+  protocol?: "tcp" | "udp";
+}
+
+export interface EgressPolicy {
+  /** Public internet (everything outside the private ranges and the walls). @default false */
+  internet?: boolean;
+  /** CIDR/port rules; they may open private ranges, never a wall. @default [] */
+  allow?: AllowRule[];
+  /** Names the platform resolver answers: "api.example.com", or "*.example.com" for its subdomains. @default [] */
+  allowDomains?: string[];
+  /** Names of private services (operator registry) bound to this sandbox. @default [] */
+  services?: string[];
+  /** Optional cap on each direction, in kilobytes per second. @default unlimited */
+  bandwidthKBps?: number;
+}
+
+/** A validated policy with every default filled and every CIDR canonical. */
+export interface NormalizedPolicy {
+  internet: boolean;
+  allow: { cidr: string; ports: number[] | "any"; protocol: "tcp" | "udp" | "any" }[];
+  allowDomains: string[];
+  services: string[];
+  bandwidthKBps: number | undefined;
+}
+
+export const DEFAULT_POLICY: NormalizedPolicy = Object.freeze({
+  internet: false,
+  allow: [],
+  allowDomains: [],
+  services: [],
+  bandwidthKBps: undefined,
+});
+
+const LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
+export const DOMAIN_RE = new RegExp(`^${LABEL}(?:\\.${LABEL})+$`);
+const DOMAIN_PATTERN_RE = new RegExp(`^(?:\\*\\.)?${LABEL}(?:\\.${LABEL})+$`);
+
+const port = z.number().int().min(1).max(65_535);
+const schema = z
+  .object({
+    internet: z.boolean().optional(),
+    allow: z
+      .array(
+        z
+          .object({
+            cidr: z.string().max(18),
+            ports: z.union([z.literal("any"), z.array(port).min(1).max(64)]).optional(),
+            protocol: z.enum(["tcp", "udp"]).optional(),
+          })
+          .strict(),
+      )
+      .max(256)
+      .optional(),
+    allowDomains: z
+      .array(
+        z
+          .string()
+          .max(253)
+          .transform((d) => d.toLowerCase().replace(/\.$/, ""))
+          .refine((d) => DOMAIN_PATTERN_RE.test(d), {
+            message: 'must be a domain name such as "api.example.com" or "*.example.com"',
+          }),
+      )
+      .max(256)
+      .optional(),
+    services: z
+      .array(
+        z
+          .string()
+          .max(253)
+          .transform((d) => d.toLowerCase()),
+      )
+      .max(64)
+      .optional(),
+    bandwidthKBps: z.number().int().min(1).max(10_000_000).optional(),
+  })
+  .strict();
+
+/** Canonical "a.b.c.d/len" with host bits cleared; throws EGRESS_POLICY_INVALID. */
+export function canonicalCidr(text: string): string {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})(?:\/(\d{1,2}))?$/.exec(text);
+  const len = m ? Number(m[2] ?? "32") : Number.NaN;
+  let addr: number;
+  try {
+    addr = m && len <= 32 ? parseIpv4(m[1]!) : Number.NaN;
+  } catch {
+    addr = Number.NaN;
+  }
+  if (Number.isNaN(addr)) {
+    throw new EgressError(
+      "EGRESS_POLICY_INVALID",
+      `allow: ${JSON.stringify(text)} is not an IPv4 CIDR such as "10.0.0.0/8" or "192.0.2.7"`,
+    );
+  }
+  const size = 2 ** (32 - len);
+  return `${formatIpv4(addr - (addr % size))}/${len}`;
+}
+
+/** Validates a policy from a caller (API, SDK); fills defaults. Throws EgressError. */
+export function normalizePolicy(input: unknown): NormalizedPolicy {
+  const parsed = schema.safeParse(input ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new EgressError(
+      "EGRESS_POLICY_INVALID",
+      `egress policy: ${issue.path.join(".") || "(root)"} ${issue.message}`,
+    );
+  }
+  const p = parsed.data;
+  return {
+    internet: p.internet ?? false,
+    allow: (p.allow ?? []).map((r) => ({
+      cidr: canonicalCidr(r.cidr),
+      ports: r.ports === undefined || r.ports === "any" ? "any" : [...new Set(r.ports)].sort((a, b) => a - b),
+      protocol: r.protocol ?? "any",
+    })),
+    allowDomains: [...new Set(p.allowDomains ?? [])],
+    services: [...new Set(p.services ?? [])],
+    bandwidthKBps: p.bandwidthKBps,
+  };
+}
+
+/** Does `name` match one of the allowed patterns? "*.x.y" matches "a.x.y" and "a.b.x.y", not "x.y". */
+export function domainAllowed(patterns: readonly string[], name: string): boolean {
+  const n = name.toLowerCase().replace(/\.$/, "");
+  for (const p of patterns) {
+    if (p.startsWith("*.")) {
+      if (n.endsWith(p.slice(1)) && n.length > p.length - 1) return true;
+    } else if (p === n) return true;
+  }
+  return false;
+}

@@ -1,0 +1,208 @@
+// Fake hosts for the egress tests, all inside one namespace this file creates
+// ("the world"), attached to the root namespace by a veth and routed from it:
+// a fake internet (198.18.<r>.0/24, benchmark space, never routed publicly)
+// with a DNS server and a zone, and an internal network (10.77.<r>.0/24) with
+// an HTTP API, a database-like TCP service and a forbidden service. Traffic
+// only ever goes to these addresses, loopback or namespaces the tests made.
+import type { ChildProcess } from "node:child_process";
+import { writeFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { run, start } from "../../host/exec.ts";
+import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../../network/index.ts";
+import type { AttachOptions, EgressManager } from "../egress-manager.ts";
+
+const WORLD = fileURLToPath(new URL("./world-servers.ts", import.meta.url));
+const PROBE = fileURLToPath(new URL("./guest-probe.ts", import.meta.url));
+
+export interface FakeWorld {
+  ns: string;
+  /** Root-namespace end of the world's veth: a host interface address. */
+  hostSide: string;
+  internet: { dns: string; good: string; bad: string; sub: string; hostAlias: string };
+  internal: {
+    api: string;
+    apiPort: number;
+    db: string;
+    dbPort: number;
+    forbidden: string;
+    forbiddenPort: number;
+  };
+  upstream: { host: string; port: number };
+  /** Lines the world servers printed (DNS queries). */
+  log: string[];
+  close(): Promise<void>;
+}
+
+function rnd(): number {
+  return 1 + Math.floor(Math.random() * 250);
+}
+
+export async function createFakeWorld(id: string): Promise<FakeWorld> {
+  const r = rnd();
+  const ns = `fbt-w${id}`;
+  const link = `fbtw${id}`.slice(0, 15);
+  const hostSide = `10.255.${r}.0`;
+  const worldSide = `10.255.${r}.1`;
+  const inet = `198.18.${r}`;
+  const intl = `10.77.${r}`;
+  const world: FakeWorld = {
+    ns,
+    hostSide,
+    internet: {
+      dns: `${inet}.53`,
+      good: `${inet}.10`,
+      bad: `${inet}.11`,
+      sub: `${inet}.12`,
+      hostAlias: hostSide,
+    },
+    internal: {
+      api: `${intl}.5`,
+      apiPort: 8080,
+      db: `${intl}.6`,
+      dbPort: 5432,
+      forbidden: `${intl}.7`,
+      forbiddenPort: 7001,
+    },
+    upstream: { host: `${inet}.53`, port: 53 },
+    log: [],
+    close: async () => {},
+  };
+  let child: ChildProcess | undefined;
+  world.close = async () => {
+    if (child && child.exitCode === null) child.kill("SIGKILL");
+    await run("ip", ["link", "del", link], { allowFailure: true });
+    await run("ip", ["netns", "del", ns], { allowFailure: true });
+  };
+  try {
+    await run("ip", ["netns", "add", ns]);
+    await run("ip", ["-batch", "-"], {
+      input: [
+        `link add ${link} type veth peer name up0 netns ${ns}`,
+        `addr add ${hostSide}/31 dev ${link}`,
+        `link set ${link} up`,
+        "",
+      ].join("\n"),
+    });
+    const lo = [world.internet.dns, world.internet.good, world.internet.bad, world.internet.sub];
+    const lo2 = [world.internal.api, world.internal.db, world.internal.forbidden];
+    await run("ip", ["-n", ns, "-batch", "-"], {
+      input: [
+        "link set lo up",
+        `addr add ${worldSide}/31 dev up0`,
+        "link set up0 up",
+        `route add default via ${hostSide}`,
+        ...[...lo, ...lo2].map((a) => `addr add ${a}/32 dev lo`),
+        "",
+      ].join("\n"),
+    });
+    await run("ip", ["-batch", "-"], {
+      input: `route add ${inet}.0/24 via ${worldSide}\nroute add ${intl}.0/24 via ${worldSide}\n`,
+    });
+    // Replies to sandboxes come in here: forwarding on this link only.
+    await writeFile(`/proc/sys/net/ipv4/conf/${link}/forwarding`, "1");
+    const spec = {
+      echo: [
+        { host: world.internet.good, port: 443, name: "good" },
+        { host: world.internet.bad, port: 443, name: "bad" },
+        { host: world.internet.sub, port: 443, name: "sub" },
+        { host: world.internal.db, port: world.internal.dbPort, name: "db" },
+        { host: world.internal.forbidden, port: world.internal.forbiddenPort, name: "forbidden" },
+      ],
+      dns: {
+        host: world.internet.dns,
+        port: 53,
+        zone: {
+          "api.good.test": { a: [world.internet.good], ttl: 30 },
+          "short.good.test": { a: [world.internet.good], ttl: 2 },
+          "api.bad.test": { a: [world.internet.bad], ttl: 30 },
+          "a.sub.example.test": { a: [world.internet.sub], ttl: 30 },
+          "host.good.test": { a: [hostSide], ttl: 30 },
+          "loop.good.test": { a: ["127.0.0.1"], ttl: 30 },
+        },
+      },
+      http: [{ host: world.internal.api, port: world.internal.apiPort, name: "api" }],
+    };
+    child = start("nsenter", [`--net=/run/netns/${ns}`, process.execPath, WORLD, JSON.stringify(spec)], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    await new Promise<void>((resolve, reject) => {
+      let err = "";
+      const timer = setTimeout(() => reject(new Error(`fake world did not start: ${err}`)), 10_000);
+      child!.stderr?.on("data", (d: Buffer) => {
+        err += d;
+      });
+      child!.stdout?.on("data", (d: Buffer) => {
+        for (const l of d.toString().split("\n")) if (l) world.log.push(l);
+        if (d.toString().includes("ready")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      child!.on("exit", (code) => {
+        clearTimeout(timer);
+        reject(new Error(`fake world exited (${code}): ${err}`));
+      });
+    });
+  } catch (e) {
+    await world.close();
+    throw e;
+  }
+  return world;
+}
+
+export interface StandIn {
+  id: string;
+  guestNs: string;
+  net: SandboxNetwork;
+  close(): Promise<void>;
+}
+
+/** A sandbox network with a stand-in guest namespace (no VM), attached to the egress manager. */
+export async function createStandIn(
+  egress: EgressManager,
+  id: string,
+  slot: number,
+  opts: AttachOptions = {},
+): Promise<StandIn> {
+  const guestNs = `fbt-g${id}`;
+  await run("ip", ["netns", "add", guestNs]);
+  let net: SandboxNetwork | undefined;
+  const close = async () => {
+    await egress.detach(id);
+    if (net) await destroySandboxNetwork(net);
+    await run("ip", ["netns", "del", guestNs], { allowFailure: true });
+  };
+  try {
+    net = await createSandboxNetwork({
+      sandboxId: id,
+      slot,
+      tapUid: 0,
+      tapGid: 0,
+      guestLink: "veth-for-tests",
+      testGuestNetns: guestNs,
+    });
+    await egress.attach(net, opts);
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return { id, guestNs, net, close };
+}
+
+export interface ProbeSpec {
+  dns?: { server: string; names: string[] };
+  connect?: { host: string; port: number }[];
+  http?: { url: string; headers?: Record<string, string> }[];
+  timeoutMs?: number;
+}
+export interface ProbeResult {
+  dns: Record<string, string[] | string>;
+  connect: string[];
+  http: string[];
+}
+
+/** Runs DNS lookups, TCP connects and HTTP requests from inside a namespace. */
+export async function probe(ns: string, spec: ProbeSpec): Promise<ProbeResult> {
+  const res = await run("nsenter", [`--net=/run/netns/${ns}`, process.execPath, PROBE, JSON.stringify(spec)]);
+  return JSON.parse(res.stdout) as ProbeResult;
+}
