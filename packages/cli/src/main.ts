@@ -62,6 +62,11 @@ program
   .addOption(
     new Option("--memory <MiB>", "guest memory in MiB").argParser(int("--memory", 128, 16384)).default(256),
   )
+  .addOption(
+    new Option("--disk <MiB>", "grow the root disk to this size (default: the template's)").argParser(
+      int("--disk", 512, 262144),
+    ),
+  )
   .option("-u, --user <name>", "guest user to run as (default: the template's user)")
   .option("-w, --workdir <path>", "working directory in the guest")
   .option("-e, --env <KEY=VALUE>", "environment variable (repeatable)", keyValue)
