@@ -1,0 +1,46 @@
+// @firebreak/sdk: the TypeScript SDK for the Firebreak REST API v1.
+export {
+  CommandHandle,
+  type CommandOptions,
+  type CommandResult,
+  type CommandRunOptions,
+  Commands,
+  type Signal,
+} from "./commands.ts";
+export type { ConnectionOptions } from "./connection.ts";
+export {
+  API_ERROR_CODES,
+  type ApiErrorCode,
+  AuthenticationError,
+  CLIENT_ERROR_CODES,
+  type ClientErrorCode,
+  ConflictError,
+  FirebreakApiError,
+  type FirebreakErrorCode,
+  isFirebreakApiError,
+  LimitError,
+  NotFoundError,
+  PermissionError,
+  ServerError,
+  ValidationError,
+} from "./errors.ts";
+export { Files, type ReadFormat, type WriteInfo } from "./files.ts";
+export {
+  Firebreak,
+  type HealthInfo,
+  type KeyCreateOptions,
+  Keys,
+  type TemplateBuildOptions,
+  type TemplateSpec,
+  Templates,
+  type TenantInfo,
+  type TenantLimits,
+  Tenants,
+  Usage,
+  type UsageGroupBy,
+  type UsageQueryOptions,
+} from "./firebreak.ts";
+export { ndjson } from "./ndjson.ts";
+export { Paginator } from "./paginator.ts";
+export { Sandbox, type SandboxCreateOptions, type SandboxListOptions } from "./sandbox.ts";
+export type * from "./types.ts";

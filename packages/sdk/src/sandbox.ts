@@ -1,0 +1,177 @@
+// Sandbox: create, connect, list, and act on one sandbox; its commands and
+// files live in the `commands` and `files` namespaces.
+import { Commands } from "./commands.ts";
+import { type ConnectionOptions, resolveConnection } from "./connection.ts";
+import { FirebreakApiError, NotFoundError } from "./errors.ts";
+import { Files } from "./files.ts";
+import { HttpClient } from "./http.ts";
+import { cursorPaginator, type Paginator } from "./paginator.ts";
+import type { SandboxEvent, SandboxInfo, SandboxState } from "./types.ts";
+
+export interface SandboxCreateOptions extends ConnectionOptions {
+  /** Template to start from. @default "base" */
+  template?: string;
+  /** vCPUs. @default 1 */
+  vcpus?: number;
+  /** Guest memory in MiB. @default 256 */
+  memoryMib?: number;
+  /**
+   * Lifetime: the sandbox is killed this long after creation unless extended
+   * with setTimeout(). @default 300_000 (5 minutes; the server caps it, 24 h by default)
+   */
+  timeoutMs?: number;
+  /** Environment variables every command in the sandbox sees. */
+  envVars?: Record<string, string>;
+  /** Labels for listing and usage grouping (`Sandbox.list({ metadata })`, `usage --group-by metadata.KEY`). */
+  metadata?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export interface SandboxListOptions extends ConnectionOptions {
+  /** Only sandboxes in this state. */
+  state?: SandboxState;
+  /** Only sandboxes whose metadata has all of these key/value pairs. */
+  metadata?: Record<string, string>;
+  /** Page size. @default the server's (50) */
+  limit?: number;
+}
+
+const path = (id: string) => `/v1/sandboxes/${encodeURIComponent(id)}`;
+
+export class Sandbox {
+  readonly id: string;
+  readonly commands: Commands;
+  readonly files: Files;
+  #info: SandboxInfo;
+  readonly #http: HttpClient;
+
+  /** @internal Use Sandbox.create() or Sandbox.connect(). */
+  constructor(info: SandboxInfo, http: HttpClient) {
+    this.id = info.id;
+    this.#info = info;
+    this.#http = http;
+    this.commands = new Commands(http, info.id);
+    this.files = new Files(http, info.id);
+  }
+
+  /** What the server last said about this sandbox (refresh with getInfo()). */
+  get info(): SandboxInfo {
+    return this.#info;
+  }
+
+  /** Token for the sandbox's in-guest agent (E2B envd protocol). */
+  get envdAccessToken(): string | undefined {
+    return this.#info.envdAccessToken;
+  }
+
+  /** Starts a sandbox and resolves once it is running. */
+  static async create(opts: SandboxCreateOptions = {}): Promise<Sandbox> {
+    const http = new HttpClient(resolveConnection(opts));
+    const body = {
+      ...(opts.template !== undefined ? { template: opts.template } : {}),
+      ...(opts.vcpus !== undefined ? { vcpus: opts.vcpus } : {}),
+      ...(opts.memoryMib !== undefined ? { memoryMib: opts.memoryMib } : {}),
+      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+      ...(opts.envVars ? { envVars: opts.envVars } : {}),
+      ...(opts.metadata ? { metadata: opts.metadata } : {}),
+    };
+    const headers: Record<string, string> = http.conn.sandboxToken
+      ? { "x-firebreak-sandbox-token": http.conn.sandboxToken }
+      : {};
+    const info = await http.json<SandboxInfo>("POST", "/v1/sandboxes", {
+      json: body,
+      headers,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    return new Sandbox(info, http);
+  }
+
+  /** A handle on an existing sandbox (throws NOT_FOUND when there is none). */
+  static async connect(id: string, opts: ConnectionOptions = {}): Promise<Sandbox> {
+    const http = new HttpClient(resolveConnection(opts));
+    return new Sandbox(await http.json<SandboxInfo>("GET", path(id)), http);
+  }
+
+  /** Sandboxes of the caller's tenant, newest first, one page per iteration. */
+  static list(opts: SandboxListOptions = {}): Paginator<SandboxInfo> {
+    const http = new HttpClient(resolveConnection(opts));
+    return cursorPaginator<SandboxInfo>(http, "/v1/sandboxes", "sandboxes", {
+      state: opts.state,
+      metadata: Object.entries(opts.metadata ?? {}).map(([k, v]) => `${k}:${v}`),
+      limit: opts.limit,
+    });
+  }
+
+  /** Kills a sandbox by id; false when there is no such sandbox. */
+  static async kill(id: string, opts: ConnectionOptions = {}): Promise<boolean> {
+    return killById(new HttpClient(resolveConnection(opts)), id);
+  }
+
+  /** Refreshes and returns what the server says about this sandbox. */
+  async getInfo(): Promise<SandboxInfo> {
+    this.#info = { ...this.#info, ...(await this.#http.json<SandboxInfo>("GET", path(this.id))) };
+    return this.#info;
+  }
+
+  /** Whether the sandbox is running (false once it has ended or is unknown). */
+  async isRunning(): Promise<boolean> {
+    try {
+      return (await this.getInfo()).state === "running";
+    } catch (e) {
+      if (e instanceof NotFoundError) return false;
+      throw e;
+    }
+  }
+
+  /** Kills the sandbox; false when it no longer exists. */
+  kill(): Promise<boolean> {
+    return killById(this.#http, this.id);
+  }
+
+  /** Sets the remaining lifetime: the sandbox is killed `timeoutMs` from now. */
+  async setTimeout(timeoutMs: number): Promise<void> {
+    await this.#http.empty("POST", `${path(this.id)}/timeout`, { json: { timeoutMs } });
+  }
+
+  /** Pauses the sandbox to disk (CONFLICT when it is not running). */
+  async pause(): Promise<SandboxInfo> {
+    this.#info = await this.#http.json<SandboxInfo>("POST", `${path(this.id)}/pause`);
+    return this.#info;
+  }
+
+  /** Resumes a paused sandbox (CONFLICT when it is not paused). */
+  async resume(): Promise<SandboxInfo> {
+    this.#info = await this.#http.json<SandboxInfo>("POST", `${path(this.id)}/resume`);
+    return this.#info;
+  }
+
+  /** Forks the running sandbox into `count` new ones, each a copy of its disk and memory. */
+  async fork(count = 1): Promise<Sandbox[]> {
+    if (!Number.isInteger(count) || count < 1) {
+      throw new FirebreakApiError({
+        code: "VALIDATION_FAILED",
+        message: `fork count must be a whole number of at least 1, got ${count}`,
+      });
+    }
+    const r = await this.#http.json<{ sandboxes: SandboxInfo[] }>("POST", `${path(this.id)}/fork`, {
+      json: { count },
+    });
+    return r.sandboxes.map((info) => new Sandbox(info, this.#http));
+  }
+
+  /** The sandbox's path through the platform: scheduling, start path, state changes, end. */
+  async events(): Promise<SandboxEvent[]> {
+    const r = await this.#http.json<{ events: SandboxEvent[] }>("GET", `${path(this.id)}/events`);
+    return r.events;
+  }
+}
+
+async function killById(http: HttpClient, id: string): Promise<boolean> {
+  try {
+    await http.empty("DELETE", path(id));
+    return true;
+  } catch (e) {
+    if (e instanceof NotFoundError && e.code === "NOT_FOUND") return false;
+    throw e;
+  }
+}
