@@ -15,6 +15,8 @@ export const API_ERROR_CODES = [
   "TEMPLATE_NOT_FOUND",
   "CAPACITY_EXHAUSTED",
   "SANDBOX_BOOT_FAILED",
+  "AGENT_ERROR",
+  "TEMPLATE_BUILD_FAILED",
   "INTERNAL",
 ] as const;
 
@@ -90,7 +92,11 @@ export class ConflictError extends FirebreakApiError {
 export class LimitError extends FirebreakApiError {
   override readonly name = "LimitError";
 }
-/** 5xx: the server or a node failed (capacity, boot failure, internal). */
+/** 422: a template build failed (invalid spec, or a build step failed). */
+export class TemplateBuildError extends FirebreakApiError {
+  override readonly name = "TemplateBuildError";
+}
+/** 5xx: the server or a node failed (capacity, boot failure, guest agent, internal). */
 export class ServerError extends FirebreakApiError {
   override readonly name = "ServerError";
 }
@@ -109,6 +115,8 @@ const BY_CODE: Record<string, ErrorClass> = {
   RATE_LIMITED: LimitError,
   CAPACITY_EXHAUSTED: ServerError,
   SANDBOX_BOOT_FAILED: ServerError,
+  AGENT_ERROR: ServerError,
+  TEMPLATE_BUILD_FAILED: TemplateBuildError,
   INTERNAL: ServerError,
 };
 
@@ -119,6 +127,7 @@ const BY_STATUS: Record<number, FirebreakErrorCode> = {
   404: "NOT_FOUND",
   409: "CONFLICT",
   413: "PAYLOAD_TOO_LARGE",
+  422: "TEMPLATE_BUILD_FAILED",
   429: "RATE_LIMITED",
   502: "SANDBOX_BOOT_FAILED",
   503: "CAPACITY_EXHAUSTED",

@@ -22,6 +22,7 @@ export {
   NotFoundError,
   PermissionError,
   ServerError,
+  TemplateBuildError,
   ValidationError,
 } from "./errors.ts";
 export { Files, type ReadFormat, type WriteInfo } from "./files.ts";

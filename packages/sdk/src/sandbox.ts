@@ -28,8 +28,8 @@ export interface SandboxCreateOptions extends ConnectionOptions {
 }
 
 export interface SandboxListOptions extends ConnectionOptions {
-  /** Only sandboxes in this state. */
-  state?: SandboxState;
+  /** Only sandboxes in this state (or any of these states). */
+  state?: SandboxState | readonly SandboxState[];
   /** Only sandboxes whose metadata has all of these key/value pairs. */
   metadata?: Record<string, string>;
   /** Page size. @default the server's (50) */
@@ -96,7 +96,7 @@ export class Sandbox {
   static list(opts: SandboxListOptions = {}): Paginator<SandboxInfo> {
     const http = new HttpClient(resolveConnection(opts));
     return cursorPaginator<SandboxInfo>(http, "/v1/sandboxes", "sandboxes", {
-      state: opts.state,
+      state: typeof opts.state === "string" ? [opts.state] : opts.state,
       metadata: Object.entries(opts.metadata ?? {}).map(([k, v]) => `${k}:${v}`),
       limit: opts.limit,
     });
@@ -139,9 +139,14 @@ export class Sandbox {
     return this.#info;
   }
 
-  /** Resumes a paused sandbox (CONFLICT when it is not paused). */
-  async resume(): Promise<SandboxInfo> {
-    this.#info = await this.#http.json<SandboxInfo>("POST", `${path(this.id)}/resume`);
+  /**
+   * Resumes a paused sandbox (CONFLICT when it is not paused).
+   * @param opts.timeoutMs new lifetime from now. @default the sandbox's timeoutMs
+   */
+  async resume(opts: { timeoutMs?: number } = {}): Promise<SandboxInfo> {
+    this.#info = await this.#http.json<SandboxInfo>("POST", `${path(this.id)}/resume`, {
+      ...(opts.timeoutMs !== undefined ? { json: { timeoutMs: opts.timeoutMs } } : {}),
+    });
     return this.#info;
   }
 

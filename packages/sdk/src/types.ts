@@ -16,19 +16,25 @@ export interface SandboxInfo {
   envdAccessToken?: string;
   createdAt: string;
   readyAt: string | null;
-  endedAt?: string | null;
-  endReason?: string | null;
-  timeoutAt: string;
-  startPath: StartPath;
-  timings: { totalMs: number; phases: Record<string, number> };
-  parentId?: string | null;
+  endedAt?: string;
+  endReason?: string;
+  /** Who ended it (a key id, "reaper", "node"...), when it has ended. */
+  endedBy?: string;
+  /** The lifetime set at create or by setTimeout(). */
+  timeoutMs?: number;
+  /** When the reaper kills it (null while paused). */
+  timeoutAt: string | null;
+  /** How it started: claimed from a warm pool, restored from a snapshot, or booted cold (null until ready). */
+  startPath: StartPath | null;
+  timings: { totalMs: number; phases: Record<string, number> } | null;
+  parentId?: string;
   rootId: string;
 }
 
 export interface SandboxEvent {
   at: string;
   type: string;
-  detail?: unknown;
+  detail: Record<string, unknown>;
 }
 
 export interface ProcessInfo {
@@ -46,7 +52,8 @@ export interface EntryInfo {
   type: EntryType;
   size: number;
   mode: number;
-  modifiedAt: string;
+  modifiedAt: string | null;
+  symlinkTarget?: string;
 }
 
 export interface TemplateInfo {
@@ -54,8 +61,8 @@ export interface TemplateInfo {
   key: string;
   builtAt: string;
   imageBytes: number;
-  /** Number of locked Debian packages. */
-  packages: number;
+  /** Locked Debian packages (name=version). */
+  packages: string[];
 }
 
 export type KeyScope = "sandboxes" | "templates" | "admin";
@@ -66,8 +73,7 @@ export interface ApiKeyInfo {
   tenantId: string;
   scopes: KeyScope[];
   createdAt: string;
-  revokedAt?: string | null;
-  lastUsedAt?: string | null;
+  revokedAt: string | null;
 }
 
 /** A key as returned once, at creation: `key` is the secret. */
@@ -76,7 +82,8 @@ export interface CreatedApiKey extends ApiKeyInfo {
 }
 
 export interface UsageGroup {
-  key: string;
+  /** The group's value (null for sandboxes without that metadata key). */
+  key: string | null;
   sandboxes: number;
   lifetimeSeconds: number;
   cpuSeconds: number;
@@ -94,7 +101,7 @@ export interface UsageRecord {
   readyAt: string | null;
   endedAt: string | null;
   lifetimeSeconds: number;
-  startPath: StartPath;
+  startPath: StartPath | null;
   cpuSeconds: number;
   memoryPeakMib: number;
   memoryGibSeconds: number;

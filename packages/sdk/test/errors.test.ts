@@ -10,13 +10,14 @@ import {
   AuthenticationError,
   ConflictError,
   Firebreak,
-  FirebreakApiError,
+  type FirebreakApiError,
   isFirebreakApiError,
   LimitError,
   NotFoundError,
   PermissionError,
   Sandbox,
   ServerError,
+  TemplateBuildError,
   ValidationError,
 } from "../src/index.ts";
 import { ADMIN_KEY, type Fixture, startFixture } from "./fixture-server.ts";
@@ -42,6 +43,8 @@ describe("error mapping", { timeout: 20_000 }, () => {
     [429, "RATE_LIMITED", LimitError],
     [503, "CAPACITY_EXHAUSTED", ServerError],
     [502, "SANDBOX_BOOT_FAILED", ServerError],
+    [502, "AGENT_ERROR", ServerError],
+    [422, "TEMPLATE_BUILD_FAILED", TemplateBuildError],
     [500, "INTERNAL", ServerError],
   ];
 
@@ -62,11 +65,11 @@ describe("error mapping", { timeout: 20_000 }, () => {
   });
 
   test("a code the SDK does not know keeps its code, class from the status", async () => {
-    fx.failNext(/^POST \/v1\/templates$/, 422, "TEMPLATE_SPEC_INVALID", "debian.packages.1: not a package");
+    fx.failNext(/^POST \/v1\/templates$/, 409, "TEMPLATE_BUSY", "a build of x is running");
     const e = await new Firebreak(conn()).templates.build("x").catch((e: unknown) => e);
-    assert.ok(e instanceof FirebreakApiError);
-    assert.equal(e.code, "TEMPLATE_SPEC_INVALID");
-    assert.equal(e.status, 422);
+    assert.ok(e instanceof ConflictError);
+    assert.equal(e.code, "TEMPLATE_BUSY");
+    assert.equal(e.status, 409);
     fx.failNext(/^GET \/v1\/keys$/, 507, "NO_SPACE", "free some disk");
     const e2 = await new Firebreak(conn()).keys.list().catch((e: unknown) => e);
     assert.ok(e2 instanceof ServerError);

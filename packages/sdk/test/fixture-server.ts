@@ -189,13 +189,13 @@ export async function startFixture(): Promise<Fixture> {
           return json(201, view(sb, true));
         }
         if (parts.length === 2 && m === "GET") {
-          const state = u.searchParams.get("state");
+          const states = u.searchParams.getAll("state");
           const meta = u.searchParams.getAll("metadata").map((x) => x.split(":"));
           const limit = Number(u.searchParams.get("limit") ?? 50);
           const start = Number(u.searchParams.get("cursor") ?? 0);
           const all = [...sandboxes.values()]
             .filter((s) => s.tenantId === key.tenantId)
-            .filter((s) => !state || s.state === state)
+            .filter((s) => !states.length || states.includes(s.state))
             .filter((s) => meta.every(([k, v]) => s.metadata[k!] === v))
             .sort((a, b) => b.createdAt.localeCompare(a.createdAt));
           const page = all.slice(start, start + limit);
@@ -313,7 +313,13 @@ export async function startFixture(): Promise<Fixture> {
       if (u.pathname === "/v1/templates" && m === "GET") {
         return json(200, {
           templates: [
-            { name: "base", key: "k".repeat(64), builtAt: now(), imageBytes: 1 << 30, packages: 321 },
+            {
+              name: "base",
+              key: "k".repeat(64),
+              builtAt: now(),
+              imageBytes: 1 << 30,
+              packages: ["python3=3.11.2-1+b1"],
+            },
           ],
         });
       }
@@ -343,7 +349,13 @@ export async function startFixture(): Promise<Fixture> {
         }
         await writeSplit(res, {
           type: "done",
-          template: { name, key: "k".repeat(64), builtAt: now(), imageBytes: 1 << 30, packages: 321 },
+          template: {
+            name,
+            key: "k".repeat(64),
+            builtAt: now(),
+            imageBytes: 1 << 30,
+            packages: ["python3=3.11.2-1+b1"],
+          },
         });
         res.end();
         return;
