@@ -19,7 +19,13 @@ import {
 } from "./dns-server.ts";
 import { EgressError } from "./errors.ts";
 import { InjectProxy } from "./inject-proxy.ts";
-import { DEFAULT_POLICY, domainAllowed, type NormalizedPolicy, normalizePolicy } from "./policy.ts";
+import {
+  DEFAULT_POLICY,
+  domainAllowed,
+  type EgressPolicy,
+  type NormalizedPolicy,
+  normalizePolicy,
+} from "./policy.ts";
 import { type DnsElement, renderDnsElements, renderPolicy, type ServiceRoute } from "./policy-nft.ts";
 import { type PrivateService, ServiceRegistry } from "./service-registry.ts";
 
@@ -110,6 +116,8 @@ export class EgressManager {
   readonly #defaultPolicy: NormalizedPolicy;
   readonly #log: (line: string) => void;
   readonly #states = new Map<string, State>();
+  /** Policies of sandboxes whose network is gone for a while (paused), to re-attach with. */
+  readonly #parked = new Map<string, { policy: NormalizedPolicy; tenant: string | undefined }>();
 
   private constructor(registry: ServiceRegistry, opts: EgressManagerOptions) {
     this.registry = registry;
@@ -143,6 +151,13 @@ export class EgressManager {
     return [...this.#states.keys()];
   }
 
+  /** What to attach a copy of this sandbox with (fork children inherit the policy and tenant). */
+  optionsOf(sandboxId: string): { policy: EgressPolicy; tenant?: string } | undefined {
+    const st = this.#states.get(sandboxId) ?? this.#parked.get(sandboxId);
+    if (!st) return undefined;
+    return { policy: st.policy, ...(st.tenant !== undefined ? { tenant: st.tenant } : {}) };
+  }
+
   /**
    * Starts the sandbox's resolver, binds its services and loads its policy.
    * Preconditions: the sandbox network exists (its base ruleset loaded).
@@ -155,10 +170,13 @@ export class EgressManager {
         `sandbox ${target.sandboxId} already has an egress policy`,
       );
     }
-    const policy = this.validate(opts.policy, opts.tenant);
+    const parked = this.#parked.get(target.sandboxId);
+    this.#parked.delete(target.sandboxId);
+    const tenant = opts.tenant ?? parked?.tenant;
+    const policy = this.validate(opts.policy ?? parked?.policy, tenant);
     const st: State = {
       target,
-      tenant: opts.tenant,
+      tenant,
       policy: DEFAULT_POLICY,
       bindings: new Map(),
       nextServiceIndex: 0,
@@ -190,20 +208,32 @@ export class EgressManager {
    * (one nft transaction, a few ms): new connections and every further packet
    * of existing guest connections are judged by the new policy.
    */
-  async update(sandboxId: string, policy: unknown): Promise<NormalizedPolicy> {
+  async update(
+    sandboxId: string,
+    policy: unknown,
+    opts: { tenant?: string } = {},
+  ): Promise<NormalizedPolicy> {
     const st = this.#states.get(sandboxId);
     if (!st)
       throw new EgressError("EGRESS_SANDBOX_UNKNOWN", `sandbox ${sandboxId} has no network on this node`);
-    const p = this.validate(policy, st.tenant);
+    const tenant = opts.tenant ?? st.tenant;
+    const p = this.validate(policy, tenant);
     await this.#apply(st, p);
+    st.tenant = tenant;
     return p;
   }
 
-  /** Stops the resolver and proxies of a sandbox. Its nft state dies with its namespace. Idempotent. */
-  async detach(sandboxId: string): Promise<void> {
+  /**
+   * Stops the resolver and proxies of a sandbox. Its nft state dies with its
+   * namespace. Idempotent. `keepPolicy`: the next attach of this sandbox id
+   * without a policy gets this one back (pause/resume).
+   */
+  async detach(sandboxId: string, opts: { keepPolicy?: boolean } = {}): Promise<void> {
     const st = this.#states.get(sandboxId);
+    if (!opts.keepPolicy) this.#parked.delete(sandboxId);
     if (!st) return;
     this.#states.delete(sandboxId);
+    if (opts.keepPolicy) this.#parked.set(sandboxId, { policy: st.policy, tenant: st.tenant });
     await st.queue.catch(() => {});
     await st.dns.close();
     await Promise.all([...st.bindings.values()].map((b) => b.proxy?.close()));
@@ -213,6 +243,7 @@ export class EgressManager {
 
   async close(): Promise<void> {
     await Promise.all([...this.#states.keys()].map((id) => this.detach(id)));
+    this.#parked.clear();
   }
 
   /** Bytes in and out per destination class, from the namespace's named counters. */

@@ -9,8 +9,8 @@ export interface AllowRule {
   cidr: string;
   /** Destination ports; "any" (default) for every port. */
   ports?: number[] | "any";
-  /** Omitted: both TCP and UDP (and, with ports "any", every protocol). */
-  protocol?: "tcp" | "udp";
+  /** Omitted or "any": both TCP and UDP (and, with ports "any", every protocol). */
+  protocol?: "tcp" | "udp" | "any";
 }
 
 export interface EgressPolicy {
@@ -57,7 +57,7 @@ const schema = z
           .object({
             cidr: z.string().max(18),
             ports: z.union([z.literal("any"), z.array(port).min(1).max(64)]).optional(),
-            protocol: z.enum(["tcp", "udp"]).optional(),
+            protocol: z.enum(["tcp", "udp", "any"]).optional(),
           })
           .strict(),
       )

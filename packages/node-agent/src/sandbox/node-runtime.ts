@@ -10,6 +10,12 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type NodeConfig, paths } from "../config.ts";
+import {
+  EgressManager,
+  type EgressPolicy,
+  type NormalizedPolicy,
+  type SandboxTraffic,
+} from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
 import { run } from "../host/exec.ts";
 import { ensureInitramfs } from "../image/initramfs.ts";
@@ -82,6 +88,11 @@ export interface CreateOptions {
    * than the image's own size is refused. @default the template's diskMib
    */
   diskMib?: number;
+  /**
+   * Egress policy (see egress/README.md) and the tenant whose private services
+   * it may bind. @default deny all egress
+   */
+  network?: { policy?: EgressPolicy; tenant?: string };
 }
 
 export const MAX_DISK_MIB = 262_144;
@@ -270,6 +281,8 @@ export class NodeRuntime {
   readonly tscKhz = hostTscKhz();
   readonly snapshots: SnapshotStore;
   readonly pools: WarmPools;
+  /** Egress policies, the platform resolver, private services and traffic counters. */
+  egress!: EgressManager;
   readonly #sandboxes = new Map<string, Sandbox>();
   readonly #log: (line: string) => void;
 
@@ -314,6 +327,7 @@ export class NodeRuntime {
       );
     }
     const rt = new NodeRuntime(config, kernel, initramfs, accel, log);
+    rt.egress = await EgressManager.open({ stateDir: config.stateDir, log });
     const report = await rt.reconcile();
     if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
     const adopted = await rt.adoptPaused();
@@ -402,10 +416,19 @@ export class NodeRuntime {
 
   async #createByFastestPath(opts: CreateOptions): Promise<Sandbox> {
     const shape = validateShape({ ...DEFAULT_SHAPE, ...opts.shape });
+    // Refuse a bad policy or a forbidden service binding before anything is made.
+    this.egress.validate(opts.network?.policy, opts.network?.tenant);
     const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
     if (key) {
       const warm = await this.pools.claim(key, shape, (sb) => this.#personalize(sb, opts, { fresh: false }));
-      if (warm) return warm;
+      if (warm) {
+        if (opts.network) {
+          await this.egress.update(warm.id, opts.network.policy ?? {}, {
+            ...(opts.network.tenant !== undefined ? { tenant: opts.network.tenant } : {}),
+          });
+        }
+        return warm;
+      }
     }
     let fallback: string | undefined;
     if (key) {
@@ -479,6 +502,7 @@ export class NodeRuntime {
         { sandboxId: id, slot: sb.slot, tapUid: uid, tapGid: uid },
         this.config.hostPool,
       );
+      await this.egress.attach(sb.network, opts.network ?? {});
       lap("network");
 
       let rootDisk = opts.template.imagePath;
@@ -745,6 +769,7 @@ export class NodeRuntime {
       await vm.saveState(path.join(sb.dir, "paused-memory.bin"));
       sb.vm = undefined; // INVARIANT: set before QEMU exits, so the exit is not a crash
       await vm.stop(1000);
+      await this.egress.detach(id, { keepPolicy: true });
       await destroySandboxNetwork(sb.network!);
       sb.network = undefined;
       await sb.cgroup?.destroy();
@@ -845,6 +870,7 @@ export class NodeRuntime {
         sb.vm = undefined;
         await vm.stop(500).catch(() => {});
       }
+      await this.egress.detach(sb.id, { keepPolicy: true });
       if (sb.network) await destroySandboxNetwork(sb.network).catch(() => {});
       sb.network = undefined;
       await sb.cgroup?.destroy().catch(() => {});
@@ -920,7 +946,11 @@ export class NodeRuntime {
     try {
       for (let i = 0; i < count; i++) {
         const child = await this.#start(
-          { template: parent.template, envVars: parent.envVars },
+          {
+            template: parent.template,
+            envVars: parent.envVars,
+            network: this.egress.optionsOf(parent.id) ?? {},
+          },
           parent.shape,
           {
             snapshot,
@@ -952,6 +982,7 @@ export class NodeRuntime {
       { sandboxId: sb.id, slot: sb.slot, tapUid: uid, tapGid: uid },
       this.config.hostPool,
     );
+    await this.egress.attach(sb.network);
     sb.cgroup = await SandboxCgroup.open(`fb-${sb.id}`);
     await sb.cgroup.create(cgroupLimits(sb.shape));
   }
@@ -975,6 +1006,22 @@ export class NodeRuntime {
   async close(): Promise<void> {
     this.pools.stop();
     await Promise.all([...this.#sandboxes.values()].map((sb) => this.kill(sb.id, "node shutdown")));
+    await this.egress.close();
+  }
+
+  /**
+   * Replaces the egress policy of a running sandbox; in force when this
+   * resolves (one nft transaction). Throws EgressError for an invalid policy
+   * or a service the sandbox's tenant may not bind.
+   */
+  async updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy> {
+    const sb = this.get(id);
+    return this.egress.update(sb.id, policy);
+  }
+
+  /** Bytes in/out of a sandbox per destination class (internet, private, service, sandbox, ingress, ...). */
+  traffic(id: string): Promise<SandboxTraffic> {
+    return this.egress.traffic(this.get(id).id);
   }
 
   #onVmExit(sb: Sandbox, how: string): void {
@@ -1019,6 +1066,7 @@ export class NodeRuntime {
       }
     };
     if (sb.vm) await step("vm", () => sb.vm!.stop(1000));
+    await step("egress", () => this.egress.detach(sb.id));
     if (sb.network) await step("network", () => destroySandboxNetwork(sb.network!));
     else if (sb.slot !== undefined)
       await step("network", () => destroySandboxNetwork({ sandboxId: sb.id, slot: sb.slot! }));
