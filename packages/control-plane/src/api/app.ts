@@ -31,7 +31,7 @@ export function formatZodError(e: ZodError): string {
 export function asApiError(err: unknown): ApiError {
   if (err instanceof HTTPException) {
     if (err.status === 413) return new ApiError("PAYLOAD_TOO_LARGE", err.message || "body too large");
-    if (err.status === 400) {
+    if (err.status === 400 || err.status === 415) {
       return new ApiError("VALIDATION_FAILED", `${err.message || "bad request"}: send a JSON body`, {
         cause: err,
       });
@@ -111,8 +111,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "DELETE") return next();
     if (c.req.method === "PUT" && JSON_BODY_EXEMPT.test(c.req.path)) return next();
     const length = c.req.header("content-length");
-    const hasBody =
-      length !== undefined ? Number(length) > 0 : c.req.header("transfer-encoding") !== undefined;
+    const hasBody = length !== undefined ? Number(length) > 0 : c.req.raw.body !== null;
     if (hasBody && !/^application\/(.+\+)?json\b/i.test(c.req.header("content-type") ?? "")) {
       throw new ApiError("VALIDATION_FAILED", "send the body as JSON with Content-Type: application/json");
     }

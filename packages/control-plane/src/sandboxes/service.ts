@@ -314,7 +314,7 @@ export class SandboxService {
       let rec = await this.#store.getSandbox(id);
       if (!rec || isFinalState(rec.state)) return;
       if (rec.state === "requested" || rec.state === "starting") return; // the create's own failure path ends it
-      rec = await this.#transition(rec, "stopping", { timeoutAt: null }, reason, "kill");
+      rec = await this.#transition(rec, "stopping", {}, reason, "kill");
       await this.#event(id, "kill", { by, reason });
       let sample: UsageSample | undefined;
       try {

@@ -334,7 +334,7 @@ export class SqliteStore implements Store {
     return this.#tx(() => {
       const r = this.db
         .prepare(
-          `UPDATE sandboxes SET state = ?, ended_at = ?, end_reason = ?, ended_by = ?, timeout_at = NULL WHERE id = ? AND state IN ${LIVE}`,
+          `UPDATE sandboxes SET state = ?, ended_at = ?, end_reason = ?, ended_by = ? WHERE id = ? AND state IN ${LIVE}`,
         )
         .run(end.state, end.endedAt, end.endReason, end.endedBy, id);
       if (Number(r.changes) !== 1) return false;

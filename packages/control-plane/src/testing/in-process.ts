@@ -1,0 +1,64 @@
+// Test support: the whole API in-process over a FakeNode and a temporary SQLite file.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import pino from "pino";
+import { createApp } from "../api/app.ts";
+import { newApiKey } from "../auth/keys.ts";
+import { type ControlPlaneConfig, defaultConfig } from "../config.ts";
+import { SandboxService } from "../sandboxes/service.ts";
+import { SqliteStore } from "../store/sqlite-store.ts";
+import type { Scope, TenantLimits } from "../store/store.ts";
+import { ApiClient } from "./api-client.ts";
+import { FakeNode } from "./fake-node.ts";
+
+export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fb-cp-"));
+  const store = new SqliteStore(path.join(dir, "cp.db"));
+  const node = new FakeNode();
+  const cfg = { ...defaultConfig({}), ...config };
+  const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
+  const sandboxes = new SandboxService(store, node, cfg, log);
+  const app = createApp({ store, node, sandboxes, config: cfg, log });
+  const api = await new ApiClient("http://in-process", (url, init) =>
+    Promise.resolve(app.fetch(new Request(url, init))),
+  ).init();
+
+  let n = 0;
+  /** A tenant with its own key (scopes default: sandboxes). */
+  async function tenant(limits: Partial<TenantLimits> = {}, scopes: Scope[] = ["sandboxes"]) {
+    const id = `t${++n}`;
+    await store.createTenant({
+      id,
+      name: id,
+      limits: { ...cfg.defaultLimits, ...limits },
+      createdAt: new Date().toISOString(),
+    });
+    const { key, hash } = newApiKey();
+    await store.createKey({
+      id: `k${n}`,
+      tenantId: id,
+      name: id,
+      hash,
+      scopes,
+      createdAt: new Date().toISOString(),
+      revokedAt: null,
+    });
+    return { id, key, keyId: `k${n}`, api: api.withKey(key) };
+  }
+
+  return {
+    app,
+    api,
+    store,
+    node,
+    sandboxes,
+    config: cfg,
+    tenant,
+    async close() {
+      await sandboxes.close();
+      store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
