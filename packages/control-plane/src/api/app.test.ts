@@ -123,7 +123,7 @@ describe("auth and validation", () => {
   });
 
   test("the OpenAPI document lists every native route with auth (health excepted)", async () => {
-    const doc = (await env.app.request("/openapi.json").then((r) => r.json())) as {
+    const doc = (await (await env.app.request("/openapi.json")).json()) as {
       paths: Record<string, Record<string, { security?: unknown }>>;
     };
     const paths = Object.keys(doc.paths);

@@ -14,7 +14,7 @@ export interface CallOptions {
   key?: string | undefined;
   json?: unknown;
   /** A raw body (sent as is, with the given headers). */
-  body?: BodyInit;
+  body?: RequestInit["body"];
   headers?: Record<string, string>;
 }
 
@@ -48,7 +48,7 @@ export class ApiClient {
     const headers: Record<string, string> = { ...opts.headers };
     const key = "key" in opts ? opts.key : this.key;
     if (key) headers["authorization"] ??= `Bearer ${key}`;
-    let body: BodyInit | undefined = opts.body;
+    let body: RequestInit["body"] | undefined = opts.body;
     if (opts.json !== undefined) {
       body = JSON.stringify(opts.json);
       headers["content-type"] ??= "application/json";
