@@ -26,6 +26,9 @@ export interface FakeWorld {
     dbPort: number;
     forbidden: string;
     forbiddenPort: number;
+    /** Sends `sourceBytes` to each client (throughput); also on the internet's "good" host (2 MiB). */
+    sourcePort: number;
+    sourceBytes: number;
   };
   upstream: { host: string; port: number };
   /** Lines the world servers printed (DNS queries). */
@@ -62,6 +65,8 @@ export async function createFakeWorld(id: string): Promise<FakeWorld> {
       dbPort: 5432,
       forbidden: `${intl}.7`,
       forbiddenPort: 7001,
+      sourcePort: 9000,
+      sourceBytes: 64 * 1024 * 1024,
     },
     upstream: { host: `${inet}.53`, port: 53 },
     log: [],
@@ -121,6 +126,10 @@ export async function createFakeWorld(id: string): Promise<FakeWorld> {
         },
       },
       http: [{ host: world.internal.api, port: world.internal.apiPort, name: "api" }],
+      source: [
+        { host: world.internal.db, port: world.internal.sourcePort, bytes: world.internal.sourceBytes },
+        { host: world.internet.good, port: world.internal.sourcePort, bytes: 2 * 1024 * 1024 },
+      ],
     };
     child = start("nsenter", [`--net=/run/netns/${ns}`, process.execPath, WORLD, JSON.stringify(spec)], {
       stdio: ["ignore", "pipe", "pipe"],
@@ -193,12 +202,14 @@ export interface ProbeSpec {
   dns?: { server: string; names: string[] };
   connect?: { host: string; port: number }[];
   http?: { url: string; headers?: Record<string, string> }[];
+  download?: { host: string; port: number }[];
   timeoutMs?: number;
 }
 export interface ProbeResult {
   dns: Record<string, string[] | string>;
   connect: string[];
   http: string[];
+  download: { bytes: number; ms: number; error?: string }[];
 }
 
 /** Runs DNS lookups, TCP connects and HTTP requests from inside a namespace. */

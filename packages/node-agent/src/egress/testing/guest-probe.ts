@@ -10,15 +10,18 @@ interface Spec {
   dns?: { server: string; names: string[] };
   connect?: { host: string; port: number }[];
   http?: { url: string; headers?: Record<string, string> }[];
+  /** Reads everything a server sends; reports bytes and milliseconds. */
+  download?: { host: string; port: number }[];
   timeoutMs?: number;
 }
 const spec = JSON.parse(process.argv[2]!) as Spec;
 const timeoutMs = spec.timeoutMs ?? 1_000;
-const out: { dns: Record<string, string[] | string>; connect: string[]; http: string[] } = {
-  dns: {},
-  connect: [],
-  http: [],
-};
+const out: {
+  dns: Record<string, string[] | string>;
+  connect: string[];
+  http: string[];
+  download: { bytes: number; ms: number; error?: string }[];
+} = { dns: {}, connect: [], http: [], download: [] };
 
 if (spec.dns) {
   const r = new Resolver({ timeout: timeoutMs, tries: 1 });
@@ -69,4 +72,20 @@ out.http = await Promise.all(
       }),
   ),
 );
+for (const d of spec.download ?? []) {
+  out.download.push(
+    await new Promise((resolve) => {
+      const t0 = performance.now();
+      let bytes = 0;
+      const sock = connect({ host: d.host, port: d.port });
+      sock.on("data", (b: Buffer) => {
+        bytes += b.length;
+      });
+      sock.on("end", () => resolve({ bytes, ms: performance.now() - t0 }));
+      sock.on("error", (e: NodeJS.ErrnoException) =>
+        resolve({ bytes, ms: performance.now() - t0, error: e.code ?? e.message }),
+      );
+    }),
+  );
+}
 process.stdout.write(`${JSON.stringify(out)}\n`);

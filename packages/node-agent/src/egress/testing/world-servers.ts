@@ -4,7 +4,7 @@
 //     http?: [{host, port, name}] }
 // echo: TCP, replies "<name> from <peer>: <data>". dns: UDP+TCP, answers from
 // the zone, NXDOMAIN otherwise, counts queries. http: answers every request
-// with JSON {name, method, url, headers}. Prints "ready" once all listen.
+// with JSON {name, method, url, headers}. source: sends N bytes per client. Prints "ready" once all listen.
 import { createSocket } from "node:dgram";
 import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
@@ -14,6 +14,8 @@ interface Spec {
   echo: { host: string; port: number; name: string }[];
   dns?: { host: string; port: number; zone: Record<string, { a: string[]; ttl: number }> };
   http?: { host: string; port: number; name: string }[];
+  /** Sends `bytes` bytes to every client, then closes (throughput tests). */
+  source?: { host: string; port: number; bytes: number }[];
 }
 const spec = JSON.parse(process.argv[2]!) as Spec;
 const waits: Promise<void>[] = [];
@@ -45,6 +47,24 @@ for (const h of spec.http ?? []) {
     });
   });
   waits.push(new Promise((r) => s.listen(h.port, h.host, r)));
+}
+
+for (const src of spec.source ?? []) {
+  const chunk = Buffer.alloc(64 * 1024, 120);
+  const s = createServer((sock) => {
+    let left = src.bytes;
+    sock.on("error", () => {});
+    const pump = () => {
+      while (left > 0) {
+        const n = Math.min(left, chunk.length);
+        left -= n;
+        if (!sock.write(chunk.subarray(0, n))) return void sock.once("drain", pump);
+      }
+      sock.end();
+    };
+    pump();
+  });
+  waits.push(new Promise((r) => s.listen(src.port, src.host, r)));
 }
 
 if (spec.dns) {
