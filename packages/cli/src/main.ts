@@ -1,12 +1,32 @@
 #!/usr/bin/env node
 import { FirebreakError } from "@firebreak/node-agent";
+import { FirebreakApiError } from "@firebreak/sdk";
 // firebreak: the command-line interface. Without a server it drives the local
-// node runtime directly (root needed).
+// node runtime directly (root needed); `sandbox`, `keys` and `usage` talk to a
+// server (FIREBREAK_URL, FIREBREAK_API_KEY), and so do `run` and `template`
+// when both are set.
 import { Command, InvalidArgumentError, Option } from "commander";
+import { useServer } from "./commands/api-client.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { doctorCommand } from "./commands/doctor.ts";
+import { keysCreate, keysList, keysRevoke } from "./commands/keys.ts";
 import { runCommand } from "./commands/run.ts";
+import {
+  sandboxCreate,
+  sandboxEvents,
+  sandboxExec,
+  sandboxFork,
+  sandboxGet,
+  sandboxKill,
+  sandboxList,
+  sandboxPause,
+  sandboxResume,
+  sandboxTimeout,
+} from "./commands/sandbox.ts";
 import { templateBuild, templateDelete, templateList } from "./commands/template.ts";
+import { templateBuildApi, templateDeleteApi, templateListApi } from "./commands/template-api.ts";
+import { upCommand } from "./commands/up.ts";
+import { groupBy, isoTime, usageCommand } from "./commands/usage.ts";
 import { EXIT_USAGE } from "./output.ts";
 
 function int(name: string, min: number, max: number) {
@@ -25,6 +45,18 @@ function keyValue(v: string, prev: Record<string, string> = {}) {
   return { ...prev, [v.slice(0, eq)]: v.slice(eq + 1) };
 }
 
+function list(v: string, prev: string[] = []) {
+  return [...prev, ...v.split(",").filter(Boolean)];
+}
+
+/** The server version of a command when a server is configured, the local one otherwise. */
+function serverOr<A extends unknown[]>(
+  api: (...a: A) => Promise<void>,
+  local: (...a: A) => Promise<void>,
+): (...a: A) => Promise<void> {
+  return (...a) => (useServer() ? api(...a) : local(...a));
+}
+
 const program = new Command()
   .name("firebreak")
   .description("Fast, isolated microVM sandboxes for AI workloads")
@@ -40,17 +72,17 @@ template
   .option("--refresh", "resolve Debian package versions afresh instead of reusing the lock")
   .option("-v, --verbose", "print every line of build output")
   .option("--json", "print the built template as JSON")
-  .action(templateBuild);
+  .action(serverOr(templateBuildApi, templateBuild));
 template
   .command("list")
   .description("list built templates")
   .option("--json", "print JSON")
-  .action(templateList);
+  .action(serverOr(templateListApi, templateList));
 template
   .command("delete")
   .description("delete a built template (and its image when unused)")
   .argument("<name>")
-  .action(templateDelete);
+  .action(serverOr(templateDeleteApi, templateDelete));
 
 program
   .command("run")
@@ -73,6 +105,141 @@ program
   .option("--timing", "print the start path and its phase timings to stderr")
   .argument("<cmd...>", "command and arguments (put them after --)")
   .action(runCommand);
+
+program
+  .command("up")
+  .description("start the control plane here: API, local node and store; prints the admin key on first start")
+  .option("--listen <host:port>", "address to listen on", "127.0.0.1:3000")
+  .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
+  .action(upCommand);
+
+const sandbox = program
+  .command("sandbox")
+  .description("create, list, inspect, run commands in and kill sandboxes on a server (FIREBREAK_URL)");
+sandbox
+  .command("create")
+  .description("start a sandbox and print it (its id first)")
+  .option("-t, --template <name>", "template to start from (default: base)")
+  .addOption(new Option("--cpus <n>", "vCPUs (default: 1)").argParser(int("--cpus", 1, 64)))
+  .addOption(
+    new Option("--memory <MiB>", "guest memory in MiB (default: 256)").argParser(
+      int("--memory", 128, 1 << 20),
+    ),
+  )
+  .addOption(
+    new Option("--timeout-ms <ms>", "lifetime before it is killed (default: 300000)").argParser(
+      int("--timeout-ms", 1000, 30 * 24 * 3600_000),
+    ),
+  )
+  .option("-e, --env <KEY=VALUE>", "environment variable for every command (repeatable)", keyValue)
+  .option("--metadata <key=value>", "label for listing and usage (repeatable)", keyValue)
+  .option("--json", "print the sandbox as JSON")
+  .action(sandboxCreate);
+sandbox
+  .command("list")
+  .description("list your sandboxes, newest first")
+  .option("--state <state>", "only these states (repeatable or comma-separated: running,paused)", list)
+  .option("--metadata <key=value>", "only sandboxes with this label (repeatable; all must match)", keyValue)
+  .addOption(new Option("--limit <n>", "at most this many").argParser(int("--limit", 1, 1_000_000)))
+  .option("--json", "print JSON")
+  .action(sandboxList);
+sandbox
+  .command("get")
+  .description("show one sandbox")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(sandboxGet);
+sandbox
+  .command("exec")
+  .description("run a command in a sandbox with live output; exits with the command's code")
+  .argument("<id>")
+  .argument("<cmd...>", "command and arguments (put them after --)")
+  .option("-u, --user <name>", "guest user to run as (default: the template's user)")
+  .option("-w, --workdir <path>", "working directory in the guest")
+  .option("-e, --env <KEY=VALUE>", "environment variable (repeatable)", keyValue)
+  .addOption(
+    new Option("--timeout-ms <ms>", "kill the command after this long").argParser(
+      int("--timeout-ms", 1, 30 * 24 * 3600_000),
+    ),
+  )
+  .action(sandboxExec);
+sandbox
+  .command("kill")
+  .description("kill a sandbox (exits 1 when there is no such sandbox)")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(sandboxKill);
+sandbox
+  .command("pause")
+  .description("pause a running sandbox to disk")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(sandboxPause);
+sandbox
+  .command("resume")
+  .description("resume a paused sandbox")
+  .argument("<id>")
+  .addOption(
+    new Option("--timeout-ms <ms>", "new lifetime from now").argParser(
+      int("--timeout-ms", 1000, 30 * 24 * 3600_000),
+    ),
+  )
+  .option("--json", "print JSON")
+  .action(sandboxResume);
+sandbox
+  .command("fork")
+  .description("fork a running sandbox into N copies (disk and memory)")
+  .argument("<id>")
+  .addOption(new Option("--count <n>", "number of copies").argParser(int("--count", 1, 16)).default(1))
+  .option("--json", "print JSON")
+  .action(sandboxFork);
+sandbox
+  .command("timeout")
+  .description("set a sandbox's remaining lifetime")
+  .argument("<id>")
+  .argument("<ms>", "milliseconds from now", int("<ms>", 1000, 30 * 24 * 3600_000))
+  .action(sandboxTimeout);
+sandbox
+  .command("events")
+  .description("a sandbox's path through the platform: scheduling, start path, state changes, end")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(sandboxEvents);
+
+const keys = program.command("keys").description("create, list and revoke API keys");
+keys
+  .command("create")
+  .description("create an API key (the secret is printed once)")
+  .argument("<name>")
+  .option("--scope <scope>", "sandboxes, templates or admin (repeatable; default: sandboxes)", list)
+  .option("--tenant <id>", "tenant the key belongs to (admin only; default: yours)")
+  .option("--json", "print JSON")
+  .action(keysCreate);
+keys.command("list").description("list API keys").option("--json", "print JSON").action(keysList);
+keys
+  .command("revoke")
+  .description("revoke an API key (exits 1 when there is no such key)")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(keysRevoke);
+
+program
+  .command("usage")
+  .description("usage totals by tenant, template, root sandbox or metadata key; --records for the ledger")
+  .addOption(
+    new Option("--group-by <key>", "tenant, template, root or metadata.KEY (default: tenant)").argParser(
+      groupBy,
+    ),
+  )
+  .addOption(new Option("--from <time>", "start of the range (ISO 8601)").argParser(isoTime))
+  .addOption(new Option("--to <time>", "end of the range (ISO 8601)").argParser(isoTime))
+  .option("--records", "per-sandbox usage records instead of totals")
+  .option("--sandbox <id>", "with --records: only this sandbox")
+  .addOption(
+    new Option("--limit <n>", "with --records: at most this many").argParser(int("--limit", 1, 10_000)),
+  )
+  .option("--json", "print JSON")
+  .action(usageCommand);
 
 program
   .command("doctor")
@@ -105,6 +272,11 @@ program
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
+  if (e instanceof FirebreakApiError) {
+    const id = e.requestId ? ` (request ${e.requestId})` : "";
+    process.stderr.write(`error [${e.code}]: ${e.message}${id}\n`);
+    process.exit(e.code === "CONFIG_MISSING" || e.code === "VALIDATION_FAILED" ? EXIT_USAGE : 1);
+  }
   if (e instanceof FirebreakError) {
     process.stderr.write(`error [${e.code}]: ${e.message}\n`);
     process.exit(e.code === "SHAPE_INVALID" || e.code === "TEMPLATE_SPEC_INVALID" ? EXIT_USAGE : 1);

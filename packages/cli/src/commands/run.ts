@@ -1,7 +1,10 @@
 import fs from "node:fs/promises";
 import { activeBuildDirs, type NodeRuntime, type Sandbox, type StartTimings } from "@firebreak/node-agent";
+import { Sandbox as ApiSandbox } from "@firebreak/sdk";
 import { localRuntime, resolveTemplate } from "../local.ts";
 import { progressPrinter } from "../output.ts";
+import { onInterrupt, useServer } from "./api-client.ts";
+import { execIn } from "./sandbox.ts";
 
 interface RunOpts {
   template: string;
@@ -15,6 +18,7 @@ interface RunOpts {
 }
 
 export async function runCommand(argv: string[], opts: RunOpts): Promise<void> {
+  if (useServer()) return runOnServer(argv, opts);
   let rt: NodeRuntime | undefined;
   let sb: Sandbox | undefined;
   let interrupted = false;
@@ -57,6 +61,52 @@ export async function runCommand(argv: string[], opts: RunOpts): Promise<void> {
     process.exitCode = exitCode;
   } finally {
     if (!interrupted) await rt?.close();
+  }
+}
+
+/** The same over the API (FIREBREAK_URL and FIREBREAK_API_KEY set): create, exec, kill. */
+async function runOnServer(argv: string[], opts: RunOpts): Promise<void> {
+  let sb: ApiSandbox | undefined;
+  const creating = ApiSandbox.create({
+    template: opts.template,
+    vcpus: opts.cpus,
+    memoryMib: opts.memory,
+    ...(opts.env ? { envVars: opts.env } : {}),
+  });
+  // Ctrl-C while the VM starts: let the create finish, then kill what it made.
+  const off = onInterrupt(async () => {
+    process.stderr.write("interrupted; removing the sandbox being created\n");
+    await (await creating.catch(() => undefined))?.kill();
+  });
+  try {
+    sb = await creating.finally(off);
+    if (opts.timing) {
+      const t = sb.info.timings;
+      const phases = Object.entries(t?.phases ?? {})
+        .map(([k, v]) => `${k}=${v}ms`)
+        .join(" ");
+      process.stderr.write(
+        `sandbox ${sb.id}: path=${sb.info.startPath ?? "?"} total=${t?.totalMs ?? "?"}ms ${phases}\n`,
+      );
+    }
+    const t0 = performance.now();
+    const created = sb;
+    const exitCode = await execIn(
+      sb,
+      argv,
+      {
+        ...(opts.user ? { user: opts.user } : {}),
+        ...(opts.workdir ? { workdir: opts.workdir } : {}),
+      },
+      () => created.kill(),
+    );
+    if (opts.timing)
+      process.stderr.write(`command: ${(performance.now() - t0).toFixed(1)}ms, exit ${exitCode}\n`);
+    process.exitCode = exitCode;
+  } finally {
+    await sb?.kill().catch((e: unknown) => {
+      process.stderr.write(`warning: could not kill sandbox ${sb?.id}: ${(e as Error).message}\n`);
+    });
   }
 }
 
