@@ -252,7 +252,7 @@ program
   .description(
     "measure warm claim, snapshot restore and cold boot, concurrency, command round trip and memory; compare with bare QEMU and gVisor",
   )
-  .addOption(new Option("--boots <n>", "cold boots").argParser(int("--boots", 1, 1000)).default(10))
+  .addOption(new Option("--boots <n>", "cold boots").argParser(int("--boots", 1, 1000)).default(20))
   .addOption(
     new Option("--restores <n>", "snapshot restores").argParser(int("--restores", 1, 1000)).default(20),
   )
@@ -265,6 +265,12 @@ program
     new Option("--idle <n>", "idle sandboxes for the memory figures")
       .argParser(int("--idle", 1, 500))
       .default(5),
+  )
+  .addOption(
+    new Option(
+      "--density <n>",
+      "also start up to n idle sandboxes and report how many the node holds",
+    ).argParser(int("--density", 1, 1000)),
   )
   .option("--json", "print JSON")
   .action(benchCommand);

@@ -23,6 +23,8 @@ export interface BenchOptions {
   concurrent: number;
   execs: number;
   idle: number;
+  /** Start this many idle sandboxes and report how many one node holds. */
+  density?: number;
   json?: boolean;
 }
 
@@ -163,7 +165,47 @@ export async function benchCommand(opts: BenchOptions) {
     });
     await Promise.all(idle.map((s) => rt.kill(s.id)));
 
-    // 5. Reference points on this machine.
+    // 5. Density: idle 256 MiB sandboxes on this node, until the count or a failure.
+    if (opts.density) {
+      section(`density: up to ${opts.density} idle 256 MiB sandboxes`);
+      const held: Sandbox[] = [];
+      const start = await memAvailableMib();
+      let failure = "";
+      for (let i = 0; i < opts.density; i++) {
+        try {
+          held.push(await rt.create({ template }));
+        } catch (e) {
+          failure = (e as Error).message.split("\n")[0] ?? "";
+          break;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 5000));
+      const used = start - (await memAvailableMib());
+      say({
+        name: "idle sandboxes held",
+        value: held.length,
+        unit: "sandboxes",
+        ...(failure ? { note: failure } : {}),
+      });
+      say({
+        name: "host MiB per idle sandbox at that density",
+        value: Math.round(used / held.length),
+        unit: "MiB",
+      });
+      const probe = held[held.length - 1];
+      if (probe) {
+        const t0 = performance.now();
+        await probe.exec(["true"]);
+        say({
+          name: "command round trip at that density",
+          value: Math.round(performance.now() - t0),
+          unit: "ms",
+        });
+      }
+      await Promise.all(held.map((s) => rt.kill(s.id)));
+    }
+
+    // 6. Reference points on this machine.
     section("reference points, same machine");
     const bare: number[] = [];
     for (let i = 0; i < Math.min(opts.boots, 10); i++) bare.push(await bareBoot(rt));
