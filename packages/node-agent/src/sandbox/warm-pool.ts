@@ -89,7 +89,11 @@ export class WarmPools {
     while (pool.ready.length + pool.filling < pool.target && this.#total() < this.maxTotal) {
       pool.filling++;
       try {
-        pool.ready.push(await pool.factory());
+        // Not `pool.ready.push(await ...)`: that reads pool.ready before the
+        // await, and remove() replaces the array meanwhile (any kill), which
+        // stranded the new VM outside the pool, running until close().
+        const sb = await pool.factory();
+        pool.ready.push(sb);
         pool.lastError = undefined;
       } catch (e) {
         pool.lastError = (e as Error).message;
