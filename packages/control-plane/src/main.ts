@@ -8,11 +8,13 @@ const { values } = parseArgs({
   options: {
     listen: { type: "string", default: process.env["FIREBREAK_LISTEN"] ?? "127.0.0.1:3000" },
     "state-dir": { type: "string" },
+    db: { type: "string" },
   },
 });
 const server = await startServer({
   listen: values.listen!,
   ...(values["state-dir"] ? { stateDir: values["state-dir"] } : {}),
+  ...(values.db ? { dbFile: values.db } : {}),
   ...(process.env["FIREBREAK_USAGE_INTERVAL_MS"]
     ? { config: { usageIntervalMs: Number(process.env["FIREBREAK_USAGE_INTERVAL_MS"]) } }
     : {}),

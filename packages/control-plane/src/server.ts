@@ -1,6 +1,7 @@
 // startServer: the whole control plane in one process (what `firebreak up`
 // runs): SQLite store in the state dir, the local node, the sandbox service
 // (reaper, usage sampler, recovery), the HTTP API and the envd proxy.
+import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import { loadConfig } from "@firebreak/node-agent";
@@ -20,6 +21,11 @@ export interface ServerOptions {
   listen?: string;
   /** @default FIREBREAK_STATE_DIR or /var/lib/firebreak */
   stateDir?: string;
+  /**
+   * The control plane's database (one process at a time: a lock file beside it).
+   * @default <stateDir>/control-plane.db
+   */
+  dbFile?: string;
   /** An admin key to ensure exists (fb_<64 hex> or e2b_<64 hex>). @default FIREBREAK_ADMIN_KEY */
   adminKey?: string;
   /** Overrides of the control plane settings (timeouts, sampling, limits). */
@@ -93,6 +99,47 @@ async function bootstrap(
   return key;
 }
 
+/**
+ * INVARIANT: one control plane per database. A second one would end the first
+ * one's sandboxes as lost (its node does not know them). The lock file holds
+ * the owner's pid; a dead owner's lock is taken over.
+ */
+function lockDb(dbFile: string): () => void {
+  const lock = `${dbFile}.lock`;
+  fs.mkdirSync(path.dirname(lock), { recursive: true, mode: 0o700 });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(lock, String(process.pid), { flag: "wx", mode: 0o600 });
+      return () => {
+        try {
+          if (fs.readFileSync(lock, "utf8") === String(process.pid)) fs.rmSync(lock);
+        } catch {
+          // already gone
+        }
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const pid = Number(fs.readFileSync(lock, "utf8"));
+      if (pid && pid !== process.pid && isAlive(pid)) {
+        throw new Error(
+          `another control plane (pid ${pid}) is using ${dbFile}; stop it first, or give this one its own state dir`,
+        );
+      }
+      fs.rmSync(lock, { force: true });
+    }
+  }
+  throw new Error(`could not lock ${dbFile}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
   const env = process.env;
   const { host, port } = parseListen(opts.listen ?? "127.0.0.1:3000");
@@ -103,7 +150,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     pino.destination({ dest: 2, sync: true }),
   );
 
-  const store = new SqliteStore(path.join(nodeConfig.stateDir, "control-plane.db"));
+  const dbFile = path.resolve(opts.dbFile ?? path.join(nodeConfig.stateDir, "control-plane.db"));
+  const releaseLock = lockDb(dbFile);
+  let store: SqliteStore;
+  try {
+    store = new SqliteStore(dbFile);
+  } catch (e) {
+    releaseLock();
+    throw e;
+  }
   let node: LocalNode | undefined;
   try {
     const createdAdminKey = await bootstrap(store, config, opts.adminKey ?? env["FIREBREAK_ADMIN_KEY"], log);
@@ -151,6 +206,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
           await sandboxes.close();
           await localNode.close();
           store.close();
+          releaseLock();
           log.info("control plane stopped");
         })();
         return closing;
@@ -159,6 +215,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   } catch (e) {
     await node?.close().catch(() => {});
     store.close();
+    releaseLock();
     throw e;
   }
 }

@@ -5,8 +5,9 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import fs from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { paths } from "../../node-agent/src/index.ts";
@@ -31,6 +32,11 @@ export {
 } from "../../node-agent/test/helpers.ts";
 
 export const ADMIN_KEY = `fb_${randomBytes(32).toString("hex")}`;
+/**
+ * This test process's own database: other suites (and other engineers' runs)
+ * may run a control plane on the same test state dir at the same time.
+ */
+export const DB_FILE = path.join(mkdtempSync(path.join(os.tmpdir(), "fb-cp-test-")), "control-plane.db");
 const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
 
 /** The control plane in this process, on a free port, with an admin client. */
@@ -42,6 +48,7 @@ export async function server(cfg: Parameters<typeof startServer>[0] = {}): Promi
     listen: "127.0.0.1:0",
     stateDir: STATE_DIR,
     adminKey: ADMIN_KEY,
+    dbFile: DB_FILE,
     logLevel: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "warn",
     ...cfg,
   });
@@ -93,15 +100,19 @@ export class ServerProcess {
   output = "";
 
   async start(): Promise<void> {
-    const child = spawn(process.execPath, [MAIN, "--listen", "127.0.0.1:0", "--state-dir", STATE_DIR], {
-      env: {
-        ...process.env,
-        FIREBREAK_ADMIN_KEY: ADMIN_KEY,
-        FIREBREAK_LOG_LEVEL: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "warn",
-        FIREBREAK_USAGE_INTERVAL_MS: "500",
+    const child = spawn(
+      process.execPath,
+      [MAIN, "--listen", "127.0.0.1:0", "--state-dir", STATE_DIR, "--db", DB_FILE],
+      {
+        env: {
+          ...process.env,
+          FIREBREAK_ADMIN_KEY: ADMIN_KEY,
+          FIREBREAK_LOG_LEVEL: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "warn",
+          FIREBREAK_USAGE_INTERVAL_MS: "500",
+        },
+        stdio: ["ignore", "pipe", "pipe"],
       },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    );
     this.child = child;
     child.stdout!.on("data", (b: Buffer) => {
       this.output += b.toString();

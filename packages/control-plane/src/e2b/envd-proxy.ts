@@ -43,7 +43,9 @@ function sameHash(a: string, b: string | null): boolean {
 }
 
 export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  // No keep-alive upstream: sandbox addresses are reused by later sandboxes, and
+  // a pooled socket to a dead sandbox's address would fail the next request.
+  const agent = new http.Agent({ keepAlive: false, maxSockets: 256 });
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const token = String(req.headers["x-access-token"] ?? "");
     const id = req.headers["e2b-sandbox-id"] ? String(req.headers["e2b-sandbox-id"]) : undefined;
@@ -56,6 +58,7 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
     }
     // SECURITY: the token is checked here too (the agent checks it again), so
     // traffic for a sandbox never reaches its VM without the sandbox's token.
+    log.debug({ method: req.method, url: req.url, sandboxId: id, hasToken: token !== "" }, "envd proxy");
     if (!rec || !sameHash(sha256(token), rec.envdTokenHash)) {
       return fail(res, 401, "unknown sandbox or wrong X-Access-Token");
     }

@@ -1,0 +1,95 @@
+// The real E2B SDK (e2b@2.51.0), unmodified, against the control plane: the
+// SDK's API calls hit the E2B-compatible routes and its envd traffic goes
+// through the server's proxy to the sandbox's guest agent.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import type { RunningServer } from "../src/index.ts";
+import type { ApiClient } from "../src/testing/api-client.ts";
+import { assertNoLeftovers, nodeIds, server, skipUnlessRoot, tenant } from "./helpers.ts";
+
+describe("E2B SDK against the control plane", { skip: skipUnlessRoot }, () => {
+  let srv: RunningServer;
+  let admin: ApiClient;
+  const ours: string[] = [];
+
+  before(async () => {
+    ({ srv, admin } = await server());
+  });
+  after(async () => {
+    const ids = await nodeIds(srv, ours);
+    await srv.close();
+    await assertNoLeftovers(ids);
+  });
+
+  test("Sandbox.create, commands.run, files.write/read, Sandbox.list, kill", async () => {
+    const t = await tenant(admin);
+    process.env["E2B_API_KEY"] = t.key.replace(/^fb_/, "e2b_");
+    process.env["E2B_API_URL"] = srv.url;
+    process.env["E2B_SANDBOX_URL"] = srv.url;
+    const { Sandbox, CommandExitError } = await import("e2b");
+
+    const sandbox = await Sandbox.create({ metadata: { via: "e2b" }, timeoutMs: 120_000 });
+    ours.push(sandbox.sandboxId);
+    const hi = await sandbox.commands.run("echo hi");
+    assert.equal(hi.stdout, "hi\n");
+    assert.equal(hi.exitCode, 0);
+
+    const chunks: string[] = [];
+    const streamed = await sandbox.commands.run("for i in 1 2 3; do echo line $i; done; whoami", {
+      onStdout: (d) => {
+        chunks.push(d);
+      },
+    });
+    assert.equal(streamed.stdout, "line 1\nline 2\nline 3\nuser\n");
+    assert.ok(chunks.join("").includes("line 2"));
+    await assert.rejects(
+      sandbox.commands.run("exit 3"),
+      (e: unknown) => e instanceof CommandExitError && e.exitCode === 3,
+    );
+
+    await sandbox.files.write("/home/user/hello.txt", "hello from e2b");
+    assert.equal(await sandbox.files.read("/home/user/hello.txt"), "hello from e2b");
+    const entries = await sandbox.files.list("/home/user");
+    assert.ok(entries.some((e) => e.name === "hello.txt"));
+
+    const paginator = Sandbox.list({ query: { metadata: { via: "e2b" } } });
+    const listed = await paginator.nextItems();
+    assert.deepEqual(
+      listed.map((s) => s.sandboxId),
+      [sandbox.sandboxId],
+    );
+    assert.equal(listed[0]!.state, "running");
+
+    // The same sandbox through the native API.
+    const native = await t.api.get(`/v1/sandboxes/${sandbox.sandboxId}`);
+    assert.equal(native.json.metadata.via, "e2b");
+
+    assert.equal(await sandbox.isRunning(), true);
+    await sandbox.kill();
+    assert.equal(await Sandbox.kill(sandbox.sandboxId), false, "killing again answers false, not an error");
+    assert.equal((await t.api.get(`/v1/sandboxes/${sandbox.sandboxId}`)).json.state, "killed");
+    const recs = (await t.api.get(`/v1/usage/records?sandboxId=${sandbox.sandboxId}`)).json.records;
+    assert.equal(recs.length, 1);
+    assert.equal(recs[0].final, true);
+  });
+
+  test("the envd proxy refuses a wrong access token and unknown sandboxes", async () => {
+    const t = await tenant(admin);
+    const sb = (await t.api.post("/v1/sandboxes", {})).json;
+    ours.push(sb.id);
+    const health = (headers: Record<string, string>) => fetch(`${srv.url}/health`, { headers });
+    assert.equal(
+      (await health({ "e2b-sandbox-id": sb.id, "x-access-token": sb.envdAccessToken })).status,
+      204,
+    );
+    assert.equal((await health({ "e2b-sandbox-id": sb.id, "x-access-token": "wrong" })).status, 401);
+    assert.equal((await health({ "e2b-sandbox-id": "nosuchsandbox", "x-access-token": "x" })).status, 401);
+    // SDK 2.7-2.14 REST calls carry only the token.
+    assert.equal((await health({ "x-access-token": sb.envdAccessToken })).status, 204);
+    await t.api.delete(`/v1/sandboxes/${sb.id}`);
+    assert.equal(
+      (await health({ "e2b-sandbox-id": sb.id, "x-access-token": sb.envdAccessToken })).status,
+      502,
+    );
+  });
+});
