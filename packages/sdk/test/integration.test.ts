@@ -3,6 +3,7 @@
 // create, stream a command's output, files, list, kill, usage. Root only.
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import http from "node:http";
 import { after, before, describe, test } from "node:test";
 import { assertNoLeftovers, STATE_DIR, skipUnlessRoot, waitFor } from "../../node-agent/test/helpers.ts";
 import {
@@ -28,6 +29,9 @@ async function create(opts: Parameters<typeof Sandbox.create>[0] = {}): Promise<
 
 describe("SDK against the real server", { skip: skipUnlessRoot, timeout: 240_000 }, () => {
   before(async () => {
+    // Same workaround as `firebreak up` (see packages/cli/src/commands/up.ts):
+    // stale keep-alive sockets to reused sandbox addresses reset first commands.
+    http.globalAgent = new http.Agent({ keepAlive: false });
     const { startServer } = await import("@firebreak/control-plane");
     server = await startServer({
       listen: "127.0.0.1:0",

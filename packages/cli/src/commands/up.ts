@@ -1,6 +1,7 @@
 // firebreak up: the control plane in this process (API, local node, embedded
 // store) until Ctrl-C. The control plane package is imported only here, so the
 // rest of the CLI works without it.
+import http from "node:http";
 import { FirebreakError } from "@firebreak/node-agent";
 
 interface ControlPlane {
@@ -23,6 +24,13 @@ export async function upCommand(opts: { listen: string; stateDir?: string }): Pr
       { cause: e },
     );
   }
+  // WORKAROUND (node-agent envd-client.ts): the Connect transport to each guest
+  // agent uses http.globalAgent, whose keep-alive pool (on by default since
+  // Node 19) keeps sockets to a killed sandbox's address; the next sandbox
+  // given that address (slots are reused) fails its first command with
+  // ECONNRESET (AGENT_ERROR). Until each envd client has its own agent, this
+  // process keeps no idle connections.
+  http.globalAgent = new http.Agent({ keepAlive: false });
   let adminKey: string | undefined;
   const server = await cp.startServer({
     listen: opts.listen,
