@@ -149,7 +149,14 @@ function transportError(
       cause: e,
     });
   }
-  const cause = (e as { cause?: { code?: string } }).cause;
+  const cause = (e as { cause?: { code?: string; cause?: { code?: string } } }).cause;
+  if (cause?.code === "UND_ERR_BODY_TIMEOUT" || cause?.cause?.code === "UND_ERR_BODY_TIMEOUT") {
+    return new FirebreakApiError({
+      code: "CONNECTION_FAILED",
+      message: `${method} ${url}: the stream sent nothing for 300 s and Node's fetch gave up on it; a silent command may still be running (see commands.list())`,
+      cause: e,
+    });
+  }
   return new FirebreakApiError({
     code: "CONNECTION_FAILED",
     message: `cannot reach the Firebreak server at ${conn.baseUrl} (${cause?.code ?? (e as Error).message}); start one with \`firebreak up\` or fix FIREBREAK_URL`,
