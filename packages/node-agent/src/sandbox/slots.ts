@@ -1,5 +1,6 @@
 // Network slots claimed on disk, so several processes on one node (CLI runs,
 // tests, the server) never hand out the same slot. A claim is an atomic mkdir.
+import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { FirebreakError } from "../errors.ts";
@@ -16,6 +17,9 @@ export class SlotRegistry {
   async claim(sandboxId: string): Promise<number> {
     await fs.mkdir(this.dir, { recursive: true });
     for (let slot = 0; slot < MAX_SLOTS; slot++) {
+      // A veth left behind by a crashed owner still holds the slot's name
+      // until the reconciler removes it: skip it rather than fail the create.
+      if (existsSync(`/sys/class/net/fbh-${slot}`)) continue;
       const p = path.join(this.dir, String(slot));
       try {
         await fs.mkdir(p);
