@@ -198,30 +198,85 @@ export async function assertNoLeftovers(ids: Iterable<string>): Promise<void> {
   assert.deepEqual(all, [], `leftovers of finished sandboxes:\n${all.join("\n")}`);
 }
 
+export interface OwnerRecord {
+  id: string;
+  ownerPid: number;
+  ownerStartTime?: number;
+  stateDir?: string;
+}
+
+/** Host-wide owner records (runDir/owners): id -> record. */
+export async function ownerRecords(): Promise<Map<string, OwnerRecord>> {
+  const out = new Map<string, OwnerRecord>();
+  for (const f of await fs.readdir(paths.ownersDir(config)).catch(() => [] as string[])) {
+    if (!f.endsWith(".json")) continue;
+    const raw = await fs.readFile(path.join(paths.ownersDir(config), f), "utf8").catch(() => "");
+    try {
+      out.set(f.slice(0, -5), JSON.parse(raw) as OwnerRecord);
+    } catch {
+      // being written
+    }
+  }
+  return out;
+}
+
+/** Whether a process is alive (and, when given, started at `startTime`: no pid reuse). */
+export async function processAlive(pid: number, startTime?: number): Promise<boolean> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  if (!stat || /\) Z /.test(stat)) return false;
+  return (
+    startTime === undefined || Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]) === startTime
+  );
+}
+
 /**
- * Host-wide check: nothing attributable to the test state dir remains (owner
- * records naming it, sandbox directories in it), no firewall table was ever
- * put in the root namespace, and nothing of the given ids remains.
+ * Another live process owns this sandbox (someone else using the test state
+ * dir at the same time, e.g. a developer's probe): not ours to judge.
+ */
+async function ownedByAnotherLiveProcess(rec: OwnerRecord | undefined): Promise<boolean> {
+  return (
+    rec !== undefined &&
+    rec.ownerPid !== process.pid &&
+    (await processAlive(rec.ownerPid, rec.ownerStartTime))
+  );
+}
+
+/**
+ * Host-wide check: nothing attributable to this process or to a dead owner in
+ * the test state dir remains (owner records naming it, sandbox directories in
+ * it, build staging dirs), no firewall table is in the root namespace, and
+ * nothing of the given ids remains. Sandboxes of other live processes that
+ * use the test state dir concurrently are skipped.
  */
 export async function assertNoLeaks(ids: Iterable<string> = createdIds): Promise<void> {
   const problems: string[] = [];
+  const records = await ownerRecords();
   const ours = new Set(ids);
-  for (const f of await fs.readdir(paths.ownersDir(config)).catch(() => [] as string[])) {
-    if (!f.endsWith(".json")) continue;
-    const rec = JSON.parse(
-      await fs.readFile(path.join(paths.ownersDir(config), f), "utf8").catch(() => "{}"),
-    ) as {
-      stateDir?: string;
-    };
-    if (rec.stateDir === STATE_DIR) ours.add(f.slice(0, -5));
+  for (const [id, rec] of records) {
+    if (rec.stateDir === STATE_DIR && !(await ownedByAnotherLiveProcess(rec))) ours.add(id);
   }
-  for (const id of await fs.readdir(paths.sandboxesDir(config)).catch(() => [] as string[])) ours.add(id);
+  for (const id of await fs.readdir(paths.sandboxesDir(config)).catch(() => [] as string[])) {
+    // Created after the records were read: its own state.json names the owner.
+    const rec =
+      records.get(id) ??
+      (JSON.parse(
+        await fs
+          .readFile(path.join(paths.sandboxesDir(config), id, "state.json"), "utf8")
+          .catch(() => "null"),
+      ) as OwnerRecord | null) ??
+      undefined;
+    if (!(await ownedByAnotherLiveProcess(rec))) ours.add(id);
+  }
   for (const id of ours) problems.push(...(await leftovers(id)));
   const tables = await run("nft", ["list", "tables"], { allowFailure: true });
   if (/\bfirebreak\b/.test(tables.stdout))
     problems.push(`nftables table in the root namespace: ${tables.stdout}`);
   for (const e of await fs.readdir(paths.imagesDir(config)).catch(() => [] as string[])) {
-    if (e.startsWith(".build-")) problems.push(`build staging dir ${path.join(paths.imagesDir(config), e)}`);
+    const m = /^\.build-(\d+)-/.exec(e);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid === process.pid || !(await processAlive(pid)))
+      problems.push(`build staging dir ${path.join(paths.imagesDir(config), e)}`);
   }
   assert.deepEqual(problems, [], `leaks:\n${problems.join("\n")}`);
 }

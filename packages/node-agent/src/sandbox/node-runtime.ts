@@ -563,7 +563,7 @@ export class NodeRuntime {
       const killedWhileStarting = this.#teardownStarted.has(sb);
       sb.endReason ??= `start failed: ${(e as Error).message}`;
       await this.#teardown(sb);
-      if (killedWhileStarting && process.env["FB_NO_SWEEP"] === undefined) await this.#sweepAfterKill(sb);
+      if (killedWhileStarting) await this.#sweepAfterKill(sb);
       if (e instanceof FirebreakError || e instanceof SnapshotRestoreError) throw e;
       throw new FirebreakError(
         "SANDBOX_BOOT_FAILED",
