@@ -118,7 +118,7 @@ const sandbox = program
   .description("create, list, inspect, run commands in and kill sandboxes on a server (FIREBREAK_URL)");
 sandbox
   .command("create")
-  .description("start a sandbox and print it (its id first)")
+  .description("start a sandbox and print it, id included (--json: the whole sandbox)")
   .option("-t, --template <name>", "template to start from (default: base)")
   .addOption(new Option("--cpus <n>", "vCPUs (default: 1)").argParser(int("--cpus", 1, 64)))
   .addOption(
