@@ -102,7 +102,7 @@ export class Sandbox {
     });
   }
 
-  /** Kills a sandbox by id; false when there is no such sandbox. */
+  /** Kills a sandbox by id; false when there is no such sandbox (true when it had already ended). */
   static async kill(id: string, opts: ConnectionOptions = {}): Promise<boolean> {
     return killById(new HttpClient(resolveConnection(opts)), id);
   }
@@ -123,7 +123,7 @@ export class Sandbox {
     }
   }
 
-  /** Kills the sandbox; false when it no longer exists. */
+  /** Kills the sandbox; false when the server does not know it (true when it had already ended). */
   kill(): Promise<boolean> {
     return killById(this.#http, this.id);
   }
