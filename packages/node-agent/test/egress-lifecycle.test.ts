@@ -27,6 +27,7 @@ describe("egress policy object", () => {
       allowDomains: [],
       services: [],
       bandwidthKBps: undefined,
+      networks: [],
     });
     const p = normalizePolicy({
       allow: [{ cidr: "10.1.2.3/8", ports: [443, 80, 443], protocol: "tcp" }, { cidr: "192.0.2.7" }],
@@ -76,7 +77,7 @@ describe("egress policy object", () => {
     for (const line of text.trim().split("\n")) {
       assert.match(
         line,
-        /^(flush chain inet firebreak policy_(nat|services|egress|limit)|flush set inet firebreak dns_allowed|add rule inet firebreak policy_(nat|services|egress|limit) |add element inet firebreak dns_allowed )/,
+        /^(flush chain inet firebreak policy_(nat|services|egress|limit)|flush set inet firebreak (dns_allowed|peers)|add rule inet firebreak policy_(nat|services|egress|limit) |add element inet firebreak (dns_allowed|peers) )/,
         line,
       );
     }
@@ -198,7 +199,7 @@ describe("egress lifecycle on stand-in guests", { skip }, () => {
     const ids: string[] = [];
     const hostAddrs: string[] = [];
     for (let batch = 0; batch < n; batch += 10) {
-      const made = await Promise.all(
+      const settled = await Promise.allSettled(
         Array.from({ length: Math.min(10, n - batch) }, (_, i) => {
           const id = `c${tag}${batch + i}`;
           ids.push(id);
@@ -212,6 +213,12 @@ describe("egress lifecycle on stand-in guests", { skip }, () => {
           });
         }),
       );
+      const made = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+      const failed = settled.find((r) => r.status === "rejected");
+      if (failed) {
+        await Promise.all(made.map((sb) => sb.close()));
+        throw failed.reason;
+      }
       // Exercise the resolver (an nft set entry) and a service on one of each batch.
       const r = await probe(made[0]!.guestNs, {
         dns: { server: GATEWAY_ADDRESS, names: ["api.good.test", "db.internal"] },

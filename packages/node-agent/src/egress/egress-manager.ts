@@ -26,7 +26,13 @@ import {
   type NormalizedPolicy,
   normalizePolicy,
 } from "./policy.ts";
-import { type DnsElement, renderDnsElements, renderPolicy, type ServiceRoute } from "./policy-nft.ts";
+import {
+  type DnsElement,
+  type PeerRoute,
+  renderDnsElements,
+  renderPolicy,
+  type ServiceRoute,
+} from "./policy-nft.ts";
 import { type PrivateService, ServiceRegistry } from "./service-registry.ts";
 
 /** The parts of a sandbox network the manager needs (a `SandboxNetwork` has them all). */
@@ -88,11 +94,22 @@ interface State {
   dnsAddrs: Map<string, { names: Set<string>; expiresAt: number }>;
   dnsRefused: number;
   queue: Promise<unknown>;
+  /** Sandbox networks this sandbox is a member of (tenant-scoped keys). */
+  netKeys: Set<string>;
+  /** Peer sandbox id -> the address this sandbox reaches it at. */
+  peerAddrs: Map<string, string>;
+  nextPeerIndex: number;
 }
 
 /** Per-sandbox service addresses: 169.254.16.1 upwards (a wall: reachable only through their DNAT). */
 const SERVICE_BASE = parseIpv4("169.254.16.0");
 const SERVICE_MAX = 4_000;
+/** Per-sandbox addresses of peers on sandbox networks: 169.254.32.1 upwards. */
+const PEER_BASE = parseIpv4("169.254.32.0");
+const PEER_MAX = 4_000;
+/** Peers are named `<sandboxId>.<network>.fb`. */
+export const PEER_DOMAIN = "fb";
+const netKey = (tenant: string | undefined, network: string) => `${tenant ?? ""}/${network}`;
 /** TTL the resolver gives private service names. */
 const SERVICE_TTL_S = 30;
 const MAX_ANSWER_TTL_S = 86_400;
@@ -118,6 +135,8 @@ export class EgressManager {
   readonly #states = new Map<string, State>();
   /** Policies of sandboxes whose network is gone for a while (paused), to re-attach with. */
   readonly #parked = new Map<string, { policy: NormalizedPolicy; tenant: string | undefined }>();
+  /** Sandbox networks: tenant/name -> member sandbox ids. */
+  readonly #networks = new Map<string, Set<string>>();
 
   private constructor(registry: ServiceRegistry, opts: EgressManagerOptions) {
     this.registry = registry;
@@ -184,6 +203,9 @@ export class EgressManager {
       dnsAddrs: new Map(),
       dnsRefused: 0,
       queue: Promise.resolve(),
+      netKeys: new Set(),
+      peerAddrs: new Map(),
+      nextPeerIndex: 0,
     };
     this.#states.set(target.sandboxId, st);
     try {
@@ -235,6 +257,8 @@ export class EgressManager {
     this.#states.delete(sandboxId);
     if (opts.keepPolicy) this.#parked.set(sandboxId, { policy: st.policy, tenant: st.tenant });
     await st.queue.catch(() => {});
+    const affected = this.#leaveNetworks(st);
+    await this.#refresh(affected);
     await st.dns.close();
     await Promise.all([...st.bindings.values()].map((b) => b.proxy?.close()));
     st.bindings.clear();
@@ -308,8 +332,47 @@ export class EgressManager {
     }
   }
 
-  #apply(st: State, policy: NormalizedPolicy): Promise<void> {
-    return this.#serial(st, async () => {
+  /** Removes a sandbox from its networks; returns the members that must drop it. */
+  #leaveNetworks(st: State): Set<string> {
+    const affected = new Set<string>();
+    for (const key of st.netKeys) {
+      const members = this.#networks.get(key);
+      members?.delete(st.target.sandboxId);
+      for (const m of members ?? []) affected.add(m);
+      if (members && members.size === 0) this.#networks.delete(key);
+    }
+    st.netKeys = new Set();
+    return affected;
+  }
+
+  /** Re-renders the policy of other sandboxes whose peer list changed. */
+  async #refresh(ids: Iterable<string>): Promise<void> {
+    await Promise.all(
+      [...ids].map(async (id) => {
+        const other = this.#states.get(id);
+        if (other)
+          await this.#apply(other, other.policy, false).catch((e) =>
+            this.#log(`refreshing peers of ${id}: ${(e as Error).message}`),
+          );
+      }),
+    );
+  }
+
+  async #apply(st: State, policy: NormalizedPolicy, refreshPeers = true): Promise<void> {
+    const before = new Set<string>();
+    for (const key of st.netKeys) for (const m of this.#networks.get(key) ?? []) before.add(m);
+    await this.#serial(st, () => this.#applyLocked(st, policy));
+    if (!refreshPeers) return;
+    const after = new Set<string>();
+    for (const key of st.netKeys) for (const m of this.#networks.get(key) ?? []) after.add(m);
+    const changed = new Set([...before, ...after]);
+    changed.delete(st.target.sandboxId);
+    await this.#refresh(changed);
+  }
+
+  /** Preconditions: runs inside st's serial queue. */
+  #applyLocked(st: State, policy: NormalizedPolicy): Promise<void> {
+    return (async () => {
       // Bindings: keep the address (and proxy) of every service still bound.
       const old = st.bindings;
       const next = new Map<string, Binding>();
@@ -348,7 +411,40 @@ export class EgressManager {
             keep.push({ address, timeoutS: left });
           } else st.dnsAddrs.delete(address);
         }
-        await this.#nft(st, renderPolicy(policy, routes, keep));
+        // Peers: the other members of every network this policy joins (same tenant).
+        const keys = new Set(policy.networks.map((n) => netKey(st.tenant, n)));
+        const peerIds = new Set<string>();
+        for (const key of keys) {
+          for (const m of this.#networks.get(key) ?? []) if (m !== st.target.sandboxId) peerIds.add(m);
+        }
+        const peers: PeerRoute[] = [];
+        for (const id of peerIds) {
+          const other = this.#states.get(id);
+          if (!other) continue;
+          let addr = st.peerAddrs.get(id);
+          if (!addr) {
+            if (st.nextPeerIndex >= PEER_MAX)
+              throw new EgressError("EGRESS_APPLY_FAILED", "too many peers over this sandbox's life");
+            addr = formatIpv4(PEER_BASE + 1 + st.nextPeerIndex++);
+            st.peerAddrs.set(id, addr);
+          }
+          peers.push({ peerAddress: addr, targetAddress: other.target.sandboxAddress });
+        }
+        if (this.#states.get(st.target.sandboxId) !== st) return;
+        await this.#nft(st, renderPolicy(policy, routes, keep, peers));
+        // Membership changes only once the rules are in.
+        for (const key of st.netKeys) {
+          if (keys.has(key)) continue;
+          const members = this.#networks.get(key);
+          members?.delete(st.target.sandboxId);
+          if (members && members.size === 0) this.#networks.delete(key);
+        }
+        for (const key of keys) {
+          const members = this.#networks.get(key) ?? new Set<string>();
+          this.#networks.set(key, members);
+          members.add(st.target.sandboxId);
+        }
+        st.netKeys = keys;
       } catch (e) {
         await Promise.all(made.map((p) => p.close()));
         throw e;
@@ -356,7 +452,17 @@ export class EgressManager {
       for (const [name, b] of old) if (next.get(name) !== b) await b.proxy?.close();
       st.bindings = next;
       st.policy = policy;
-    });
+    })();
+  }
+
+  /** `<sandboxId>.<network>.fb` -> the address `st` reaches that peer at, if it is one. */
+  #peerFor(st: State, name: string): string | undefined {
+    const parts = name.split(".");
+    if (parts.length !== 3 || parts[2] !== PEER_DOMAIN) return undefined;
+    const [id, network] = parts as [string, string, string];
+    const key = netKey(st.tenant, network);
+    if (!st.netKeys.has(key) || !this.#networks.get(key)?.has(id)) return undefined;
+    return st.peerAddrs.get(id);
   }
 
   #newServiceAddress(st: State): string {
@@ -376,6 +482,11 @@ export class EgressManager {
       return reply(q, RCODE.NOERROR, [
         { type: "A", name: question.name, ttl: SERVICE_TTL_S, class: "IN", data: binding.serviceAddress },
       ]);
+    }
+    const peer = this.#peerFor(st, name);
+    if (peer) {
+      if (question.type !== "A") return reply(q, RCODE.NOERROR);
+      return reply(q, RCODE.NOERROR, [{ type: "A", name: question.name, ttl: 5, class: "IN", data: peer }]);
     }
     if (!domainAllowed(st.policy.allowDomains, name)) {
       st.dnsRefused++;

@@ -4,7 +4,14 @@
 // walls, is never touched, so no policy text can weaken a wall.
 import { formatIpv4, parseIpv4 } from "../network/address-pool.ts";
 import { TAP_NAME } from "../network/guest-addressing.ts";
-import { CT_MARK, DNS_ALLOWED_SET, NFT_TABLE, POLICY_CHAINS, PRIVATE_SET } from "../network/nft-ruleset.ts";
+import {
+  CT_MARK,
+  DNS_ALLOWED_SET,
+  NFT_TABLE,
+  PEERS_SET,
+  POLICY_CHAINS,
+  PRIVATE_SET,
+} from "../network/nft-ruleset.ts";
 import type { NormalizedPolicy } from "./policy.ts";
 
 /** One bound service as the namespace sees it. */
@@ -15,6 +22,14 @@ export interface ServiceRoute {
   /** Where the namespace sends it: the real service, or the host-side proxy. */
   targetAddress: string;
   targetPort: number;
+}
+
+/** Another sandbox of one of this sandbox's networks. */
+export interface PeerRoute {
+  /** Per-sandbox address the resolver answers for `<id>.<network>.fb` (169.254.32.0/20). */
+  peerAddress: string;
+  /** The peer's namespace address (its host-dialled address). */
+  targetAddress: string;
 }
 
 export interface DnsElement {
@@ -40,6 +55,7 @@ export function renderPolicy(
   policy: NormalizedPolicy,
   services: readonly ServiceRoute[],
   dns: readonly DnsElement[],
+  peers: readonly PeerRoute[] = [],
 ): string {
   // INVARIANT: everything interpolated is a canonical address, a validated CIDR
   // (policy.ts) or an integer in range; names never reach nft.
@@ -52,7 +68,19 @@ export function renderPolicy(
     `flush chain ${t} ${P.egress}`,
     `flush chain ${t} ${P.limit}`,
     `flush set ${t} ${DNS_ALLOWED_SET}`,
+    `flush set ${t} ${PEERS_SET}`,
   ];
+  if (peers.length) {
+    out.push(`add element ${t} ${PEERS_SET} { ${peers.map((p) => ip(p.targetAddress)).join(", ")} }`);
+  }
+  for (const p of peers) {
+    const pa = ip(p.peerAddress);
+    // Every port but the peer's guest agent (its API belongs to the node).
+    out.push(
+      `add rule ${t} ${P.nat} ip daddr ${pa} meta l4proto { tcp, udp } th dport != 49983 ct mark set ${CT_MARK.sandbox} dnat ip to ${ip(p.targetAddress)}`,
+      `add rule ${t} ${P.services} ct mark ${CT_MARK.sandbox} ct status dnat ct original ip daddr ${pa} accept`,
+    );
+  }
   if (policy.bandwidthKBps !== undefined) {
     const rate = int(policy.bandwidthKBps, 1, 10_000_000);
     // Policing per direction; TCP backs off when packets over the rate are dropped.

@@ -24,6 +24,11 @@ export interface EgressPolicy {
   services?: string[];
   /** Optional cap on each direction, in kilobytes per second. @default unlimited */
   bandwidthKBps?: number;
+  /**
+   * Sandbox networks (per tenant) this sandbox joins: members reach each other
+   * at `<sandboxId>.<network>.fb` on every port but the guest agent's. @default []
+   */
+  networks?: string[];
 }
 
 /** A validated policy with every default filled and every CIDR canonical. */
@@ -33,6 +38,7 @@ export interface NormalizedPolicy {
   allowDomains: string[];
   services: string[];
   bandwidthKBps: number | undefined;
+  networks: string[];
 }
 
 export const DEFAULT_POLICY: NormalizedPolicy = Object.freeze({
@@ -41,6 +47,7 @@ export const DEFAULT_POLICY: NormalizedPolicy = Object.freeze({
   allowDomains: [],
   services: [],
   bandwidthKBps: undefined,
+  networks: [],
 });
 
 const LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
@@ -85,6 +92,17 @@ const schema = z
       .max(64)
       .optional(),
     bandwidthKBps: z.number().int().min(1).max(10_000_000).optional(),
+    networks: z
+      .array(
+        z
+          .string()
+          .regex(
+            /^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$/,
+            "must be 1-32 lowercase letters, digits or dashes",
+          ),
+      )
+      .max(8)
+      .optional(),
   })
   .strict();
 
@@ -129,6 +147,7 @@ export function normalizePolicy(input: unknown): NormalizedPolicy {
     allowDomains: [...new Set(p.allowDomains ?? [])],
     services: [...new Set(p.services ?? [])],
     bandwidthKBps: p.bandwidthKBps,
+    networks: [...new Set(p.networks ?? [])],
   };
 }
 

@@ -12,6 +12,7 @@ test("the ruleset DNATs the namespace address to the guest and denies guest egre
   assert.match(rs, /^table inet firebreak \{/);
   assert.match(rs, /iifname "eth0" ip daddr 10\.211\.0\.7 ct mark set 5 dnat ip to 169\.254\.0\.21/);
   assert.match(rs, /iifname "eth0" ct state new ip saddr != 10\.211\.0\.6 counter name uplink_dropped drop/);
+  assert.match(rs, /iifname "eth0" ct state new ip saddr @peers ip daddr 10\.211\.0\.7 accept/);
   assert.match(rs, /chain forward \{\n\s+type filter hook forward priority filter; policy drop;/);
   assert.match(rs, /iifname "tap0" ip saddr != 169\.254\.0\.21 counter name spoof_dropped drop/);
   assert.equal((rs.match(/# SECURITY:/g) ?? []).length, 7);

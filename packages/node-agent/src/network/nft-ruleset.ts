@@ -34,7 +34,7 @@ export const CT_MARK = {
   dns: 1,
   /** Guest connection to a bound private service (DNATed). */
   service: 2,
-  /** Guest connection to another sandbox of its network (reserved). */
+  /** Connection between two sandboxes of one sandbox network (both ends). */
   sandbox: 3,
   /** Host-initiated connection to a guest port (ingress). */
   ingress: 5,
@@ -68,6 +68,8 @@ export const POLICY_CHAINS = {
 export const DNS_ALLOWED_SET = "dns_allowed";
 export const PRIVATE_SET = "private";
 export const WALLS_SET = "walls";
+/** Namespace addresses of the other sandboxes on this sandbox's networks (may open connections to it). */
+export const PEERS_SET = "peers";
 /** The platform resolver listens on the host end of the veth, this port. */
 export const RESOLVER_PORT = 53;
 /** Agent port: host connections to it count as control traffic, not ingress. */
@@ -117,6 +119,9 @@ ${counters.join("\n")}
   set ${DNS_ALLOWED_SET} {
     type ipv4_addr; flags timeout;
   }
+  set ${PEERS_SET} {
+    type ipv4_addr;
+  }
 
   chain prerouting_raw {
     type filter hook prerouting priority raw; policy accept;
@@ -133,6 +138,8 @@ ${counters.join("\n")}
     # SECURITY: on the uplink only this sandbox's root-namespace veth end may
     # open connections into the namespace (not another host or sandbox routed
     # here). Other peers may only answer connections the guest opened.
+    # Sandboxes on the same sandbox network (the egress policy fills @${PEERS_SET}).
+    iifname ${up} ct state new ip saddr @${PEERS_SET} ip daddr ${sandbox} accept
     iifname ${up} ct state new ip saddr != ${host} counter name ${c.uplinkDropped} drop
     iifname ${up} ct state invalid counter name ${c.uplinkDropped} drop
   }
@@ -140,6 +147,7 @@ ${counters.join("\n")}
   chain prerouting_nat {
     type nat hook prerouting priority dstnat; policy accept;
     # The host dials ${sandbox}:<port>; deliver it to the guest, same port.
+    iifname ${up} ip saddr @${PEERS_SET} ip daddr ${sandbox} ct mark set ${m.sandbox} dnat ip to ${GUEST_ADDRESS}
     iifname ${up} ip daddr ${sandbox} tcp dport ${CONTROL_PORT} ct mark set ${m.control} dnat ip to ${GUEST_ADDRESS}
     iifname ${up} ip daddr ${sandbox} ct mark set ${m.ingress} dnat ip to ${GUEST_ADDRESS}
     # SECURITY: every DNS query of the guest, whatever server it names, goes to

@@ -5,10 +5,13 @@
 // an HTTP API, a database-like TCP service and a forbidden service. Traffic
 // only ever goes to these addresses, loopback or namespaces the tests made.
 import type { ChildProcess } from "node:child_process";
-import { writeFile } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadConfig, paths } from "../../config.ts";
 import { run, start } from "../../host/exec.ts";
 import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../../network/index.ts";
+import { processStartTime } from "../../sandbox/reconciler.ts";
 import type { AttachOptions, EgressManager } from "../egress-manager.ts";
 
 const WORLD = fileURLToPath(new URL("./world-servers.ts", import.meta.url));
@@ -41,7 +44,11 @@ function rnd(): number {
 }
 
 export async function createFakeWorld(id: string): Promise<FakeWorld> {
-  const r = rnd();
+  // Another test process may have a world too: take a /24 nobody routes.
+  const routes = (await run("ip", ["-4", "route"])).stdout;
+  let r = rnd();
+  while (routes.includes(`198.18.${r}.`) || routes.includes(`10.77.${r}.`) || routes.includes(`10.255.${r}.`))
+    r = rnd();
   const ns = `fbt-w${id}`;
   const link = `fbtw${id}`.slice(0, 15);
   const hostSide = `10.255.${r}.0`;
@@ -174,12 +181,30 @@ export async function createStandIn(
   opts: AttachOptions = {},
 ): Promise<StandIn> {
   const guestNs = `fbt-g${id}`;
+  // An owner record (this process), so reconcilers of other Firebreak processes
+  // on the host leave this stand-in's fb-* namespace and veth alone.
+  const config = loadConfig();
+  const ownerFile = path.join(paths.ownersDir(config), `${id}.json`);
+  await mkdir(paths.ownersDir(config), { recursive: true });
+  await writeFile(
+    ownerFile,
+    JSON.stringify({
+      id,
+      ownerPid: process.pid,
+      ownerStartTime: await processStartTime(process.pid),
+      stateDir: "/nonexistent/firebreak-egress-stand-ins",
+      createdAt: new Date().toISOString(),
+      template: "stand-in",
+      slot,
+    }),
+  );
   await run("ip", ["netns", "add", guestNs]);
   let net: SandboxNetwork | undefined;
   const close = async () => {
     await egress.detach(id);
     if (net) await destroySandboxNetwork(net);
     await run("ip", ["netns", "del", guestNs], { allowFailure: true });
+    await rm(ownerFile, { force: true });
   };
   try {
     net = await createSandboxNetwork({
