@@ -19,6 +19,7 @@ import {
 import {
   addNetns,
   delNetns,
+  holdOwner,
   isRoot,
   nftCounter,
   probeFrom,
@@ -46,12 +47,16 @@ describe("sandbox network with a stand-in guest", { skip }, () => {
   const FORBIDDEN_NS_SIDE = "10.213.0.0";
   const FORBIDDEN_HOST = "10.213.0.1";
 
+  let release = async () => {};
+
   before(async () => {
     await addNetns(guestNs);
     await addNetns(forbiddenNs);
+    const slot = randomSlot();
+    release = await holdOwner(id, slot);
     net = await createSandboxNetwork({
       sandboxId: id,
-      slot: randomSlot(),
+      slot,
       tapUid: 0,
       tapGid: 0,
       guestLink: "veth-for-tests",
@@ -97,6 +102,7 @@ describe("sandbox network with a stand-in guest", { skip }, () => {
     if (net) await destroySandboxNetwork(net);
     await delNetns(guestNs);
     await delNetns(forbiddenNs);
+    await release();
   });
 
   test("the host reaches guest services at sandboxAddress:port, seen from the gateway", async () => {
@@ -192,13 +198,16 @@ describe("several sandbox networks", { skip }, () => {
     const base = randomSlot();
     const nets: SandboxNetwork[] = [];
     const children: ChildProcess[] = [];
+    const releases: (() => Promise<void>)[] = [];
     t.after(async () => {
       for (const c of children) stop(c);
       for (const n of nets) await destroySandboxNetwork(n);
       for (const id of ids) await delNetns(`fbt-g${id}`);
+      for (const r of releases) await r();
     });
     for (const [i, id] of ids.entries()) {
       await addNetns(`fbt-g${id}`);
+      releases.push(await holdOwner(id, base + i));
       nets.push(
         await createSandboxNetwork({
           sandboxId: id,

@@ -3,9 +3,13 @@
 // Traffic only ever goes to loopback or to namespaces the tests created.
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadConfig, paths } from "../../config.ts";
 import { run, start } from "../../host/exec.ts";
+import { processStartTime } from "../../sandbox/reconciler.ts";
 
 export const PROBE = fileURLToPath(new URL("./net-probe.ts", import.meta.url));
 export const isRoot = process.getuid?.() === 0;
@@ -120,4 +124,29 @@ export async function nftCounter(netns: string, counter: string): Promise<number
 
 export function stop(child: ChildProcess | undefined): void {
   if (child && child.exitCode === null && child.pid) child.kill("SIGKILL");
+}
+
+/**
+ * Writes an owner record naming this process for a test network, so the
+ * reconciler of another Firebreak process on the host (a test suite running
+ * beside this one) does not remove its fb-* namespace and veth as orphans.
+ * Returns the function that removes the record.
+ */
+export async function holdOwner(sandboxId: string, slot: number): Promise<() => Promise<void>> {
+  const dir = paths.ownersDir(loadConfig());
+  const file = path.join(dir, `${sandboxId}.json`);
+  await mkdir(dir, { recursive: true });
+  await writeFile(
+    file,
+    JSON.stringify({
+      id: sandboxId,
+      ownerPid: process.pid,
+      ownerStartTime: await processStartTime(process.pid),
+      stateDir: "/nonexistent/firebreak-network-tests",
+      createdAt: new Date().toISOString(),
+      template: "stand-in",
+      slot,
+    }),
+  );
+  return () => rm(file, { force: true });
 }
