@@ -65,6 +65,17 @@ describe("E2B SDK against the control plane", { skip: skipUnlessRoot }, () => {
     assert.equal(native.json.metadata.via, "e2b");
 
     assert.equal(await sandbox.isRunning(), true);
+    await sandbox.setTimeout(90_000);
+    const info = await sandbox.getInfo();
+    assert.ok(Date.parse(info.endAt.toString()) > Date.now() + 60_000);
+
+    // pause, then connect resumes it with its files
+    assert.equal(await sandbox.pause(), true);
+    assert.equal((await t.api.get(`/v1/sandboxes/${sandbox.sandboxId}`)).json.state, "paused");
+    const again = await Sandbox.connect(sandbox.sandboxId, { timeoutMs: 60_000 });
+    assert.equal(await again.files.read("/home/user/hello.txt"), "hello from e2b");
+    assert.equal((await again.commands.run("echo back")).stdout, "back\n");
+
     await sandbox.kill();
     assert.equal(await Sandbox.kill(sandbox.sandboxId), false, "killing again answers false, not an error");
     assert.equal((await t.api.get(`/v1/sandboxes/${sandbox.sandboxId}`)).json.state, "killed");

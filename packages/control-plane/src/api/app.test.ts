@@ -255,6 +255,13 @@ describe("lifecycle and usage", () => {
 
   test("pause, resume, kill; wrong-state actions answer 409 CONFLICT; kill is idempotent", async () => {
     const t = await env.tenant();
+    const noBody = await t.api.call("POST", "/v1/sandboxes");
+    assert.equal(noBody.status, 201, "a create without a body takes every default");
+    assert.deepEqual(
+      [noBody.json.template, noBody.json.vcpus, noBody.json.memoryMib, noBody.json.timeoutMs],
+      ["base", 1, 256, 300_000],
+    );
+    await t.api.delete(`/v1/sandboxes/${noBody.json.id}`);
     const sb = (await t.api.post("/v1/sandboxes", {})).json;
     assert.equal(sb.state, "running");
     assert.ok(sb.envdAccessToken);

@@ -11,21 +11,11 @@ import { authenticate, RateLimiter } from "../auth/middleware.ts";
 import { e2bRoutes } from "../e2b/routes.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import type { AppEnv, Deps } from "./context.ts";
+import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { commandRoutes } from "./routes/commands.ts";
 import { fileRoutes } from "./routes/files.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
-
-export function formatZodError(e: ZodError): string {
-  return e.issues
-    .slice(0, 10)
-    .map((i) => {
-      const where = i.path.length ? i.path.join(".") : "body";
-      if (i.code === "unrecognized_keys") return `${where}: unknown field(s) ${i.keys.join(", ")}`;
-      return `${where}: ${i.message}`;
-    })
-    .join("; ");
-}
 
 /** Any error as an ApiError (framework errors included). */
 export function asApiError(err: unknown): ApiError {

@@ -1,5 +1,6 @@
 // Small helpers for declaring routes: JSON bodies and the error response every route can give.
-import type { ZodType } from "zod";
+import type { output, ZodError, ZodType } from "zod";
+import { ApiError } from "../errors.ts";
 import { ErrorSchema } from "./schemas.ts";
 
 export const json = <T extends ZodType>(schema: T, description = "OK") => ({
@@ -22,3 +23,17 @@ export const errors = {
 export const noContent = { description: "Done" };
 
 export const security: Record<string, string[]>[] = [{ bearer: [] }, { apiKey: [] }];
+
+/**
+ * An optional JSON body: the validator skips a request without one, so the
+ * schema (and its defaults) is applied here to `{}`.
+ */
+export function optionalBody<T extends ZodType>(
+  schema: T,
+  value: unknown,
+  format: (e: ZodError) => string,
+): output<T> {
+  const r = schema.safeParse(value ?? {});
+  if (!r.success) throw new ApiError("VALIDATION_FAILED", format(r.error));
+  return r.data;
+}

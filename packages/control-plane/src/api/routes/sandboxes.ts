@@ -5,7 +5,8 @@ import { ApiError } from "../../errors.ts";
 import type { SandboxService } from "../../sandboxes/service.ts";
 import { SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
 import type { AppEnv, Deps } from "../context.ts";
-import { body, errors, json, noContent, security } from "../openapi-helpers.ts";
+import { formatZodError } from "../format-zod-error.ts";
+import { body, errors, json, noContent, optionalBody, security } from "../openapi-helpers.ts";
 import {
   CreateSandboxBody,
   EventsSchema,
@@ -68,7 +69,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     }),
     async (c) => {
       const caller = requireScope(c, "sandboxes");
-      const b = c.req.valid("json");
+      const b = optionalBody(CreateSandboxBody, c.req.valid("json"), formatZodError);
       const rec = await sb.create(
         { keyId: caller.keyId, tenant: caller.tenant },
         {
@@ -207,7 +208,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       const rec = await sb.resume(
         { keyId: caller.keyId, tenant: caller.tenant },
         c.req.valid("param").id,
-        c.req.valid("json").timeoutMs,
+        optionalBody(ResumeBody, c.req.valid("json"), formatZodError).timeoutMs,
       );
       return c.json(sandboxJson(sb, rec, true), 200);
     },
@@ -228,7 +229,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       const kids = await sb.fork(
         { keyId: caller.keyId, tenant: caller.tenant },
         c.req.valid("param").id,
-        c.req.valid("json").count,
+        optionalBody(ForkBody, c.req.valid("json"), formatZodError).count,
       );
       return c.json({ sandboxes: kids.map((k) => sandboxJson(sb, k, true)) }, 201);
     },
