@@ -183,6 +183,7 @@ export class Sandbox {
 
   /** Forgets cached clients (their token changed). */
   resetClients(): void {
+    for (const c of this.#clients.values()) c.close();
     this.#clients.clear();
   }
 

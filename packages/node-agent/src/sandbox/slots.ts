@@ -13,10 +13,17 @@ export class SlotRegistry {
     this.dir = dir;
   }
 
-  /** Claims the lowest free slot for a sandbox. */
+  /**
+   * Claims a free slot for a sandbox, round-robin from where the last claim on
+   * this host ended: a slot (its host address, and any connection a client
+   * pooled to it) is reused as late as possible.
+   */
   async claim(sandboxId: string): Promise<number> {
     await fs.mkdir(this.dir, { recursive: true });
-    for (let slot = 0; slot < MAX_SLOTS; slot++) {
+    const cursorFile = path.join(this.dir, "next");
+    const start = Number(await fs.readFile(cursorFile, "utf8").catch(() => "0")) % MAX_SLOTS || 0;
+    for (let i = 0; i < MAX_SLOTS; i++) {
+      const slot = (start + i) % MAX_SLOTS;
       // A veth left behind by a crashed owner still holds the slot's name
       // until the reconciler removes it: skip it rather than fail the create.
       if (existsSync(`/sys/class/net/fbh-${slot}`)) continue;
@@ -28,6 +35,9 @@ export class SlotRegistry {
         throw e;
       }
       await fs.writeFile(path.join(p, "owner"), sandboxId);
+      // The cursor is a hint; the mkdir above is the lock.
+      await fs.writeFile(`${cursorFile}.${process.pid}`, String((slot + 1) % MAX_SLOTS));
+      await fs.rename(`${cursorFile}.${process.pid}`, cursorFile);
       return slot;
     }
     throw new FirebreakError("CAPACITY_EXHAUSTED", `all ${MAX_SLOTS} network slots are in use on this node`);
