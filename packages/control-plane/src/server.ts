@@ -11,6 +11,8 @@ import { createApp } from "./api/app.ts";
 import { hashApiKey, newApiKey, newId } from "./auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "./config.ts";
 import { envdProxy, isEnvdRequest } from "./e2b/envd-proxy.ts";
+import { ingressDomain } from "./ingress/config.ts";
+import { createIngress } from "./ingress/proxy.ts";
 import { LocalNode } from "./node/local-node.ts";
 import { SandboxService } from "./sandboxes/service.ts";
 import { SqliteStore } from "./store/sqlite-store.ts";
@@ -172,9 +174,25 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const app = createApp({ store, node, sandboxes, config, log });
     const api = getRequestListener(app.fetch);
     const proxy = envdProxy(store, sandboxes, log);
-    const server = http.createServer((req, res) => {
-      if (isEnvdRequest(req)) void proxy(req, res);
-      else void api(req, res);
+    // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
+    // go to a port inside the sandbox, before the envd proxy and the API; only
+    // WebSocket (Upgrade) requests for an ingress target are upgraded.
+    const ingress = createIngress({ store, sandboxes, log, domain: ingressDomain(env) });
+    const server = http.createServer(
+      {
+        shouldUpgradeCallback: (req) => req.headers.upgrade !== undefined && ingress.match(req) !== undefined,
+      },
+      (req, res) => {
+        const target = ingress.match(req);
+        if (target) void ingress.handle(req, res, target);
+        else if (isEnvdRequest(req)) void proxy(req, res);
+        else void api(req, res);
+      },
+    );
+    server.on("upgrade", (req, socket, head) => {
+      const target = ingress.match(req);
+      if (target) void ingress.upgrade(req, socket, head, target);
+      else socket.destroy();
     });
     server.requestTimeout = 0; // long command streams and uploads
     await new Promise<void>((resolve, reject) => {

@@ -10,6 +10,7 @@ import type { ZodError } from "zod";
 import { authenticate, RateLimiter } from "../auth/middleware.ts";
 import { e2bRoutes } from "../e2b/routes.ts";
 import { ApiError, toApiError } from "../errors.ts";
+import { ingressRoutes } from "../ingress/routes.ts";
 import type { AppEnv, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
@@ -123,6 +124,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   commandRoutes(app, deps);
   fileRoutes(app, deps);
   adminRoutes(app, deps);
+  ingressRoutes(app, deps); // /v1/sandboxes/{id}/ports (src/ingress)
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.openAPIRegistry.registerComponent("securitySchemes", "apiKey", {
