@@ -8,6 +8,7 @@ import { z } from "zod";
 import type { AppEnv, Deps } from "../api/context.ts";
 import { authenticate, hasScope, type RateLimiter } from "../auth/middleware.ts";
 import { ApiError, toApiError } from "../errors.ts";
+import { ingressDomain } from "../ingress/config.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord } from "../store/store.ts";
 
@@ -38,7 +39,7 @@ function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
     envdVersion: ENVD_VERSION,
     metadata: r.metadata,
     ...(token ? { envdAccessToken: token } : {}),
-    domain: null,
+    domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
 
@@ -51,7 +52,7 @@ function created(sb: SandboxService, r: SandboxRecord) {
     clientID: r.nodeId,
     envdVersion: ENVD_VERSION,
     ...(token ? { envdAccessToken: token } : {}),
-    domain: null,
+    domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
 
