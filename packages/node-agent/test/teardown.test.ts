@@ -152,6 +152,16 @@ describe("teardown leaves nothing behind", { skip: skipUnlessRoot }, () => {
       if (outcome.ok) await rt.kill(outcome.sb.id);
       await assertNoLeftovers([id]);
     }
+    // Nothing held in this process either (listeners, slot bookkeeping): the
+    // next sandbox, which reuses the lowest free slot, starts and works.
+    const next = await rt.create({ template: base });
+    createdIds.add(next.id);
+    try {
+      assert.equal((await exec(next, ["echo", "next"])).stdout, "next\n");
+    } finally {
+      await rt.kill(next.id);
+    }
+    await assertNoLeftovers([next.id]);
   });
 
   for (const forceCold of [true, false]) {

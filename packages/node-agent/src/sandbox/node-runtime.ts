@@ -1045,6 +1045,7 @@ export class NodeRuntime {
   async #sweepAfterKill(sb: Sandbox): Promise<void> {
     const quiet = (p: Promise<unknown>) => p.catch(() => {});
     if (sb.vm) await quiet(sb.vm.stop(1000));
+    await quiet(this.egress.detach(sb.id));
     await quiet(destroySandboxNetwork({ sandboxId: sb.id, slot: sb.slot ?? MAX_SLOTS }));
     await quiet(SandboxCgroup.open(`fb-${sb.id}`).then((c) => c.destroy()));
     await quiet(fs.rm(sb.dir, { recursive: true, force: true }));
