@@ -106,13 +106,18 @@ async function bootstrap(
  * one's sandboxes as lost (its node does not know them). The lock file holds
  * the owner's pid; a dead owner's lock is taken over.
  */
+const heldLocks = new Set<string>();
+
 function lockDb(dbFile: string): () => void {
   const lock = `${dbFile}.lock`;
+  if (heldLocks.has(lock)) throw new Error(`another control plane in this process is using ${dbFile}`);
   fs.mkdirSync(path.dirname(lock), { recursive: true, mode: 0o700 });
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       fs.writeFileSync(lock, String(process.pid), { flag: "wx", mode: 0o600 });
+      heldLocks.add(lock);
       return () => {
+        heldLocks.delete(lock);
         try {
           if (fs.readFileSync(lock, "utf8") === String(process.pid)) fs.rmSync(lock);
         } catch {
