@@ -34,6 +34,12 @@ export interface ServerOptions {
   config?: Partial<ControlPlaneConfig>;
   /** @default FIREBREAK_LOG_LEVEL or "info" (JSON lines on stderr) */
   logLevel?: string;
+  /**
+   * Warm pools to keep: template name -> VMs restored ahead of time (refilled
+   * after every claim). Filled in the background after the server listens.
+   * @default none (`firebreak up` asks for base:2)
+   */
+  warmPools?: Record<string, number>;
   /** Where the first-start admin key is printed. @default stdout */
   printAdminKey?: (key: string) => void;
 }
@@ -208,6 +214,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const boundPort = typeof addr === "object" && addr ? addr.port : port;
     const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
     log.info({ url, accelerator: node.info().accelerator }, "control plane listening");
+    for (const [template, size] of Object.entries(opts.warmPools ?? {})) {
+      if (size > 0) {
+        void node
+          .warm(template, size)
+          .then(() => log.info({ template, size }, "warm pool filled"))
+          .catch((e: Error) => log.warn({ template, err: e.message }, "warm pool not filled"));
+      }
+    }
     if (createdAdminKey) {
       (
         opts.printAdminKey ??

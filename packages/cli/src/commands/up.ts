@@ -1,7 +1,6 @@
 // firebreak up: the control plane in this process (API, local node, embedded
 // store) until Ctrl-C. The control plane package is imported only here, so the
 // rest of the CLI works without it.
-import http from "node:http";
 import { FirebreakError } from "@firebreak/node-agent";
 
 interface ControlPlane {
@@ -10,6 +9,7 @@ interface ControlPlane {
     stateDir?: string;
     adminKey?: string;
     printAdminKey?: (key: string) => void;
+    warmPools?: Record<string, number>;
   }): Promise<{ url: string; createdAdminKey?: string; close(): Promise<void> }>;
 }
 
@@ -24,16 +24,10 @@ export async function upCommand(opts: { listen: string; stateDir?: string }): Pr
       { cause: e },
     );
   }
-  // WORKAROUND (node-agent envd-client.ts): the Connect transport to each guest
-  // agent uses http.globalAgent, whose keep-alive pool (on by default since
-  // Node 19) keeps sockets to a killed sandbox's address; the next sandbox
-  // given that address (slots are reused) fails its first command with
-  // ECONNRESET (AGENT_ERROR). Until each envd client has its own agent, this
-  // process keeps no idle connections.
-  http.globalAgent = new http.Agent({ keepAlive: false });
   let adminKey: string | undefined;
   const server = await cp.startServer({
     listen: opts.listen,
+    warmPools: warmPoolsFromEnv(process.env["FIREBREAK_WARM_POOL"]),
     ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
     printAdminKey: (k) => {
       adminKey = k;
@@ -55,11 +49,36 @@ export async function upCommand(opts: { listen: string; stateDir?: string }): Pr
   await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = () => {
-      if (stopping) return;
+      if (stopping) {
+        process.stderr.write("stopping now (a second signal skips the orderly shutdown)\n");
+        process.exit(130);
+      }
       stopping = true;
       process.stderr.write("stopping...\n");
       void server.close().finally(resolve);
     };
     for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(s, stop);
   });
+}
+
+/**
+ * Warm pools `firebreak up` keeps: FIREBREAK_WARM_POOL="base:2,py:1"; an empty
+ * value disables them. @default base:2
+ */
+export function warmPoolsFromEnv(v: string | undefined): Record<string, number> {
+  const spec = v ?? "base:2";
+  const out: Record<string, number> = {};
+  for (const part of spec
+    .split(",")
+    .map((p) => p.trim())
+    .filter(Boolean)) {
+    const m = /^([a-z0-9][a-z0-9-]{0,39}):(\d{1,3})$/.exec(part);
+    if (!m)
+      throw new FirebreakError(
+        "INTERNAL",
+        `FIREBREAK_WARM_POOL wants template:size[,template:size], got ${part}`,
+      );
+    out[m[1]!] = Number(m[2]);
+  }
+  return out;
 }

@@ -48,6 +48,14 @@ export class LocalNode implements NodeClient {
     return node;
   }
 
+  /** Keeps `size` VMs of a template restored ahead of time (snapshot made if missing). */
+  async warm(templateName: string, size: number): Promise<void> {
+    const template = await getTemplate(this.config, templateName);
+    if (!template) throw new FirebreakError("TEMPLATE_NOT_FOUND", `no built template named ${templateName}`);
+    await this.runtime.prepareSnapshot(template);
+    await this.runtime.fillPool(template, size);
+  }
+
   info() {
     return { accelerator: this.runtime.accel.accel, acceleratorReason: this.runtime.accel.reason };
   }
@@ -215,15 +223,14 @@ export class LocalNode implements NodeClient {
   }
 
   async close(): Promise<void> {
-    this.runtime.pools.stop();
+    await this.runtime.pools.close();
     await Promise.all(
       [...this.#known.values()]
         .filter((sb) => sb.state !== "paused")
         .map((sb) => this.runtime.kill(sb.id, "control plane shutdown")),
     );
     // Pool VMs (never handed out) go with the runtime; paused sandboxes stay on disk.
-    for (const sb of this.runtime.list())
-      if (sb.state !== "paused") await this.runtime.kill(sb.id, "shutdown");
+    await this.runtime.close();
   }
 }
 

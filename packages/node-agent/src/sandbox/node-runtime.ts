@@ -1003,10 +1003,17 @@ export class NodeRuntime {
     sb.state = "stopped";
   }
 
-  /** Kills every sandbox this runtime owns, pool VMs included. */
+  /**
+   * Kills every running sandbox this runtime owns, pool VMs included. Paused
+   * sandboxes are only files: they stay, for the next runtime to adopt.
+   */
   async close(): Promise<void> {
-    this.pools.stop();
-    await Promise.all([...this.#sandboxes.values()].map((sb) => this.kill(sb.id, "node shutdown")));
+    await this.pools.close();
+    await Promise.all(
+      [...this.#sandboxes.values()]
+        .filter((sb) => sb.state !== "paused")
+        .map((sb) => this.kill(sb.id, "node shutdown")),
+    );
     await this.egress.close();
   }
 

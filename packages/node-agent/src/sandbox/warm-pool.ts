@@ -27,6 +27,8 @@ export interface PoolStatus {
 export class WarmPools {
   readonly #pools = new Map<string, Pool>();
   readonly #log: (line: string) => void;
+  readonly #inFlight = new Set<Promise<unknown>>();
+  #closed = false;
   /** Most pool VMs this node may hold in total (capacity bound). */
   maxTotal: number;
 
@@ -86,13 +88,20 @@ export class WarmPools {
   async fill(key: string, shape: Shape): Promise<void> {
     const pool = this.#pools.get(WarmPools.id(key, shape));
     if (!pool) return;
-    while (pool.ready.length + pool.filling < pool.target && this.#total() < this.maxTotal) {
+    while (!this.#closed && pool.ready.length + pool.filling < pool.target && this.#total() < this.maxTotal) {
       pool.filling++;
       try {
         // Not `pool.ready.push(await ...)`: that reads pool.ready before the
         // await, and remove() replaces the array meanwhile (any kill), which
         // stranded the new VM outside the pool, running until close().
-        const sb = await pool.factory();
+        const starting = pool.factory();
+        this.#inFlight.add(starting);
+        const sb = await starting.finally(() => this.#inFlight.delete(starting));
+        // INVARIANT: a VM that finished starting after close() is not kept.
+        if (this.#closed) {
+          sb.discard?.();
+          return;
+        }
         pool.ready.push(sb);
         pool.lastError = undefined;
       } catch (e) {
@@ -121,9 +130,16 @@ export class WarmPools {
     }));
   }
 
-  /** Stops refilling (node shutdown). */
+  /** Stops refilling (claims still work on what is ready). */
   stop(): void {
     for (const p of this.#pools.values()) p.target = 0;
+  }
+
+  /** Stops for good (node shutdown) and waits for starts in flight. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.stop();
+    await Promise.allSettled([...this.#inFlight]);
   }
 
   #total(): number {
