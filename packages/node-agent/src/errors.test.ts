@@ -7,15 +7,24 @@ import { ERROR_CODES } from "./errors.ts";
 
 const DOC = new URL("../../../docs/ERRORS.md", import.meta.url);
 const NETWORK_ERRORS = new URL("./network/errors.ts", import.meta.url);
+const EGRESS_ERRORS = new URL("./egress/errors.ts", import.meta.url);
 
-/** NetworkErrorCode is a type, so its members are read from the source. */
-async function networkErrorCodes(): Promise<string[]> {
-  const source = await fs.readFile(NETWORK_ERRORS, "utf8");
-  const union = /export type NetworkErrorCode\s*=([^;]+);/.exec(source)?.[1];
-  assert.ok(union, "NetworkErrorCode not found in network/errors.ts");
+/** NetworkErrorCode and EgressErrorCode are types, so their members are read from the source. */
+async function unionCodes(file: URL, typeName: string): Promise<string[]> {
+  const source = await fs.readFile(file, "utf8");
+  const union = new RegExp(`export type ${typeName}\\s*=([^;]+);`).exec(source)?.[1];
+  assert.ok(union, `${typeName} not found in ${file.pathname}`);
   const codes = [...union.matchAll(/"([A-Z0-9_]+)"/g)].map((m) => m[1]!);
-  assert.ok(codes.length > 0, "NetworkErrorCode has no members");
+  assert.ok(codes.length > 0, `${typeName} has no members`);
   return codes;
+}
+
+async function allCodes(): Promise<string[]> {
+  return [
+    ...Object.keys(ERROR_CODES),
+    ...(await unionCodes(NETWORK_ERRORS, "NetworkErrorCode")),
+    ...(await unionCodes(EGRESS_ERRORS, "EgressErrorCode")),
+  ];
 }
 
 /** Codes documented as `### CODE` headings. */
@@ -24,15 +33,15 @@ async function documentedCodes(): Promise<Set<string>> {
   return new Set([...doc.matchAll(/^### ([A-Z0-9_]+)\s*$/gm)].map((m) => m[1]!));
 }
 
-test("every node and network error code has a section in docs/ERRORS.md", async () => {
+test("every node, network and egress error code has a section in docs/ERRORS.md", async () => {
   const documented = await documentedCodes();
-  const codes = [...Object.keys(ERROR_CODES), ...(await networkErrorCodes())];
+  const codes = await allCodes();
   const missing = codes.filter((c) => !documented.has(c));
   assert.deepEqual(missing, [], `add a "### CODE" section to docs/ERRORS.md for: ${missing.join(", ")}`);
 });
 
 test("docs/ERRORS.md documents no code that does not exist", async () => {
-  const known = new Set([...Object.keys(ERROR_CODES), ...(await networkErrorCodes())]);
+  const known = new Set(await allCodes());
   const stale = [...(await documentedCodes())].filter((c) => !known.has(c));
   assert.deepEqual(stale, [], `remove or rename these sections of docs/ERRORS.md: ${stale.join(", ")}`);
 });
