@@ -120,10 +120,10 @@ sandbox
   .command("create")
   .description("start a sandbox and print it, id included (--json: the whole sandbox)")
   .option("-t, --template <name>", "template to start from (default: base)")
-  .addOption(new Option("--cpus <n>", "vCPUs (default: 1)").argParser(int("--cpus", 1, 64)))
+  .addOption(new Option("--cpus <n>", "vCPUs (default: 1)").argParser(int("--cpus", 1, 8)))
   .addOption(
     new Option("--memory <MiB>", "guest memory in MiB (default: 256)").argParser(
-      int("--memory", 128, 1 << 20),
+      int("--memory", 128, 16384),
     ),
   )
   .addOption(
