@@ -32,7 +32,7 @@ APT_PACKAGES=(
   iproute2 nftables util-linux      # namespaces, veth, tap, firewall, nsenter, setpriv
   procps psmisc                     # pgrep, fuser (tests and reconciler)
   bubblewrap runsc                  # peers for the benchmark (bwrap, gVisor)
-  ca-certificates git
+  ca-certificates git curl
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
