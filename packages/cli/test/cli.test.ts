@@ -3,6 +3,7 @@
 // it, a non-zero exit code, and leave nothing behind.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -11,9 +12,12 @@ import { run } from "../../node-agent/src/host/exec.ts";
 import { paths } from "../../node-agent/src/index.ts";
 import {
   assertNoLeaks,
+  assertNoLeftovers,
   CLI,
   config,
   listDir,
+  ownerRecords,
+  qemuProcesses,
   REPO_ROOT,
   runCli,
   STATE_DIR,
@@ -116,16 +120,56 @@ describe("firebreak CLI", { skip: skipUnlessRoot }, () => {
   });
 
   test("an unknown template: error names it and says how to build one; nothing is left", async () => {
-    const sandboxesBefore = await listDir(paths.sandboxesDir(config));
-    const imagesBefore = await listDir(paths.imagesDir(config));
     const r = await runCli(["run", "--template", "nope", "--", "true"]);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /TEMPLATE_NOT_FOUND/);
     assert.match(r.stderr, /\bnope\b/);
     assert.match(r.stderr, /firebreak template build/);
     assert.equal(r.stdout, "");
-    assert.deepEqual(await listDir(paths.sandboxesDir(config)), sandboxesBefore);
-    assert.deepEqual(await listDir(paths.imagesDir(config)), imagesBefore);
+    assert.ok(!existsSync(path.join(paths.templatesDir(config), "nope.json")));
+    // The CLI has exited: anything it made would now have a dead owner.
+    await assertNoLeaks();
+  });
+
+  test("Ctrl-C while the sandbox is still starting exits 130 and leaves nothing", async () => {
+    const child = spawn(CLI, ["run", "--", "echo", "should not run"], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, FIREBREAK_STATE_DIR: STATE_DIR },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (b: Buffer) => {
+      out += b.toString();
+    });
+    child.stderr.on("data", (b: Buffer) => {
+      err += b.toString();
+    });
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    let id: string | undefined;
+    try {
+      // The moment its QEMU process exists, the create is in flight.
+      id = await waitFor(
+        "the CLI's sandbox to have a QEMU process",
+        async () => {
+          for (const [qid] of await qemuProcesses()) {
+            const rec = (await ownerRecords()).get(qid);
+            if (rec?.ownerPid === child.pid) return qid;
+          }
+          return undefined;
+        },
+        120_000,
+      );
+      child.kill("SIGINT");
+      const code = await exited;
+      // The create may win the race (the command then runs first); either way
+      // the CLI ends by the signal or normally, and leaves nothing.
+      if (out === "") assert.equal(code, 130, err);
+      else assert.ok(code === 130 || code === 0, `exit ${code}: ${err}`);
+    } finally {
+      child.kill("SIGKILL");
+    }
+    await assertNoLeftovers([id]);
     await assertNoLeaks();
   });
 
@@ -142,14 +186,13 @@ describe("firebreak CLI", { skip: skipUnlessRoot }, () => {
   test("a spec with invalid fields: each field is named with its fix", async () => {
     const file = path.join(scratch, "invalid.json");
     await fs.writeFile(file, JSON.stringify({ name: "Bad Name!", diskMib: 10, pakages: ["python3"] }));
-    const imagesBefore = await listDir(paths.imagesDir(config));
     const r = await runCli(["template", "build", file]);
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /TEMPLATE_SPEC_INVALID/);
     assert.match(r.stderr, /- name: use 1-40 lowercase letters/);
     assert.match(r.stderr, /- diskMib: .*512/);
     assert.match(r.stderr, /pakages/);
-    assert.deepEqual(await listDir(paths.imagesDir(config)), imagesBefore);
+    await assertNoLeaks();
   });
 
   test("a spec file that does not exist: TEMPLATE_NOT_FOUND naming the path", async () => {
