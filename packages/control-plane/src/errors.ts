@@ -2,7 +2,7 @@
 // `{ error: { code, message, requestId } }` with one of these codes and its
 // status. docs/API.md lists them all (errors.test.ts keeps the two in sync).
 // Codes never change meaning; new ones may be added.
-import { FirebreakError } from "@firebreak/node-agent";
+import { EgressError, FirebreakError } from "@firebreak/node-agent";
 
 export const API_ERRORS = {
   UNAUTHENTICATED: { status: 401, description: "The API key is missing, unknown or revoked." },
@@ -83,11 +83,23 @@ const NODE_CODES: Record<FirebreakError["code"], ApiErrorCode> = {
   INTERNAL: "INTERNAL",
 };
 
+/** The egress module's codes (EgressError) on the wire. */
+const EGRESS_CODES: Record<EgressError["code"], ApiErrorCode> = {
+  EGRESS_POLICY_INVALID: "VALIDATION_FAILED",
+  EGRESS_SERVICE_UNKNOWN: "VALIDATION_FAILED",
+  EGRESS_SERVICE_FORBIDDEN: "VALIDATION_FAILED",
+  EGRESS_SERVICE_INVALID: "VALIDATION_FAILED",
+  EGRESS_SANDBOX_UNKNOWN: "CONFLICT",
+  EGRESS_APPLY_FAILED: "INTERNAL",
+};
+
 /** Any error as an ApiError: node errors keep their message; unknown errors become INTERNAL. */
 export function toApiError(e: unknown): ApiError {
   if (e instanceof ApiError) return e;
   if (e instanceof FirebreakError)
     return new ApiError(NODE_CODES[e.code] ?? "INTERNAL", e.message, { cause: e });
+  if (e instanceof EgressError && EGRESS_CODES[e.code] !== "INTERNAL")
+    return new ApiError(EGRESS_CODES[e.code], e.message, { cause: e });
   return new ApiError("INTERNAL", "internal error; the server log has the details under this request id", {
     cause: e,
   });

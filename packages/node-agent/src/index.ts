@@ -1,4 +1,15 @@
 export { loadConfig, type NodeConfig, paths } from "./config.ts";
+export {
+  EgressError,
+  type EgressErrorCode,
+  type EgressPolicy,
+  EgressPolicySchema,
+  type NormalizedPolicy,
+  normalizePolicy,
+  type PrivateService,
+  type SandboxTraffic,
+  ServiceRegistry,
+} from "./egress/index.ts";
 export { ERROR_CODES, type ErrorCode, FirebreakError } from "./errors.ts";
 export {
   activeBuildDirs,

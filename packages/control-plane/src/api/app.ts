@@ -17,6 +17,7 @@ import { adminRoutes } from "./routes/admin.ts";
 import { commandRoutes } from "./routes/commands.ts";
 import { fileRoutes } from "./routes/files.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
+import { serviceRoutes } from "./routes/services.ts";
 
 /** Any error as an ApiError (framework errors included). */
 export function asApiError(err: unknown): ApiError {
@@ -124,6 +125,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   commandRoutes(app, deps);
   fileRoutes(app, deps);
   adminRoutes(app, deps);
+  serviceRoutes(app, deps);
   ingressRoutes(app, deps); // /v1/sandboxes/{id}/ports (src/ingress)
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });

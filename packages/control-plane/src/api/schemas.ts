@@ -1,6 +1,7 @@
 // The wire schemas. The same zod objects validate requests and generate
 // /openapi.json, so the document cannot drift from what the server accepts.
 // Request bodies are strict: unknown fields are VALIDATION_FAILED.
+import { EgressPolicySchema } from "@firebreak/node-agent";
 import { z } from "@hono/zod-openapi";
 import { API_ERRORS, type ApiErrorCode } from "../errors.ts";
 import { SANDBOX_STATES, SCOPES } from "../store/store.ts";
@@ -52,9 +53,83 @@ export const CreateSandboxBody = z
       }),
     envVars: EnvVars.default({}),
     metadata: Metadata.default({}),
+    network: z
+      .object({
+        // Not .openapi(): the node agent's zod objects may load before zod-openapi extends zod.
+        policy: EgressPolicySchema.optional().describe(
+          "Egress policy (default: deny all); see docs/API.md, Network.",
+        ),
+        networks: EgressPolicySchema.shape.networks.describe(
+          "Sandbox networks of the caller's tenant to join (merged into policy.networks)",
+        ),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
   .openapi("CreateSandbox");
+
+// Network (egress policy, private services)
+
+/** A policy as the node enforces it: every default filled, CIDRs canonical. */
+export const NormalizedPolicySchema = z
+  .object({
+    internet: z.boolean(),
+    allow: z.array(
+      z.object({
+        cidr: z.string(),
+        ports: z.union([z.literal("any"), z.array(z.number().int())]),
+        protocol: z.enum(["tcp", "udp", "any"]),
+      }),
+    ),
+    allowDomains: z.array(z.string()),
+    services: z.array(z.string()),
+    bandwidthKBps: z.number().int().optional(),
+    networks: z.array(z.string()),
+  })
+  .openapi("EgressPolicy");
+export const NetworkSchema = z.object({ policy: NormalizedPolicySchema }).openapi("SandboxNetwork");
+export const PutNetworkBody = z.object({ policy: EgressPolicySchema }).strict().openapi("SetSandboxNetwork");
+
+export const ServiceBody = z
+  .object({
+    name: z.string(),
+    address: z.string(),
+    port: z.number().int(),
+    protocol: z.enum(["tcp", "http"]),
+    tenants: z
+      .array(z.string())
+      .optional()
+      .openapi({ description: "Tenant ids allowed to bind it; absent: all" }),
+    inject: z
+      .object({ header: z.string(), value: z.string() })
+      .strict()
+      .optional()
+      .openapi({
+        description: "http only: a header the node's proxy adds to every request (never enters the guest)",
+      }),
+  })
+  .strict()
+  .openapi("CreateService");
+export const ServiceSchema = z
+  .object({
+    name: z.string(),
+    address: z.string(),
+    port: z.number().int(),
+    protocol: z.enum(["tcp", "http"]),
+    tenants: z.array(z.string()).optional(),
+    inject: z
+      .object({
+        header: z.string(),
+        value: z.string().openapi({ description: '"***" unless the caller is an admin' }),
+      })
+      .optional(),
+  })
+  .openapi("PrivateService");
+export const ServiceListSchema = z.object({ services: z.array(ServiceSchema) }).openapi("PrivateServiceList");
+export const ServiceNameParam = z.object({
+  name: z.string().openapi({ param: { name: "name", in: "path" }, example: "postgres.internal" }),
+});
 
 export const SandboxStateSchema = z.enum(SANDBOX_STATES as [string, ...string[]]).openapi("SandboxState");
 export const StartPathSchema = z.enum(["warm", "snapshot", "cold"]);
@@ -324,6 +399,13 @@ export const UsageQuery = z.object({
   from: z.iso.datetime({ offset: true }).optional(),
   to: z.iso.datetime({ offset: true }).optional(),
 });
+const Bytes = z.object({ tx: z.number().int(), rx: z.number().int() });
+export const TrafficSchema = z
+  .object({ internet: Bytes, private: Bytes, sandbox: Bytes, ingress: Bytes })
+  .openapi("Traffic", {
+    description:
+      "Network bytes per destination class: tx from the guest, rx to it. private: allowed private ranges and bound services; sandbox: sandbox networks; ingress: connections into the sandbox through the ingress proxy. DNS and the platform's own agent traffic are not counted.",
+  });
 export const UsageGroupsSchema = z
   .object({
     groups: z.array(
@@ -334,6 +416,7 @@ export const UsageGroupsSchema = z
         cpuSeconds: z.number(),
         memoryGibSeconds: z.number(),
         peakMemoryMib: z.number(),
+        traffic: TrafficSchema,
       }),
     ),
   })
@@ -362,6 +445,7 @@ export const UsageRecordSchema = z
     parentId: z.string().nullable(),
     rootId: z.string(),
     final: z.boolean(),
+    traffic: TrafficSchema,
   })
   .openapi("UsageRecord");
 export const UsageRecordsSchema = z.object({ records: z.array(UsageRecordSchema) }).openapi("UsageRecords");

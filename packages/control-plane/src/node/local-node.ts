@@ -6,11 +6,14 @@ import { buildAgentBundle } from "@firebreak/guest-agent";
 import {
   buildTemplate,
   deleteTemplate,
+  type EgressPolicy,
   FirebreakError,
   getTemplate,
   listTemplates,
   type NodeConfig,
   NodeRuntime,
+  type NormalizedPolicy,
+  type PrivateService,
   paths,
   readTemplateSpec,
   resolveSpecFile,
@@ -26,6 +29,7 @@ import type {
   NodeSandboxStatus,
   TemplateBuildProgress,
   TemplateInfo,
+  TrafficBytes,
   UsageSample,
 } from "./node-client.ts";
 
@@ -77,6 +81,7 @@ export class LocalNode implements NodeClient {
     vcpus: number;
     memoryMib: number;
     envVars: Record<string, string>;
+    network?: { policy: EgressPolicy; tenant: string };
   }): Promise<NodeSandboxInfo> {
     const template = await getTemplate(this.config, req.template);
     if (!template) {
@@ -89,6 +94,7 @@ export class LocalNode implements NodeClient {
       template,
       shape: { vcpus: req.vcpus, memoryMib: req.memoryMib },
       envVars: req.envVars,
+      ...(req.network ? { network: req.network } : {}),
     });
     this.#known.set(sb.id, sb);
     return info(sb);
@@ -100,7 +106,42 @@ export class LocalNode implements NodeClient {
     if (!cg) return undefined;
     const u = await cg.usage();
     if (!u.cpuNanos && !u.memoryBytes) return undefined; // the cgroup is already gone
-    return { at: Date.now(), ...u };
+    const traffic = await this.#traffic(id);
+    return { at: Date.now(), ...u, ...(traffic ? { traffic } : {}) };
+  }
+
+  async #traffic(id: string): Promise<TrafficBytes | undefined> {
+    try {
+      const t = await this.runtime.traffic(id);
+      const both = (...cs: (keyof typeof t.tx)[]) => ({
+        tx: cs.reduce((n, c) => n + t.tx[c].bytes, 0),
+        rx: cs.reduce((n, c) => n + t.rx[c].bytes, 0),
+      });
+      return {
+        internet: both("internet"),
+        private: both("private", "service"),
+        sandbox: both("sandbox"),
+        ingress: both("ingress"),
+      };
+    } catch {
+      return undefined; // no network (paused, gone)
+    }
+  }
+
+  updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy> {
+    return this.runtime.updatePolicy(id, policy);
+  }
+
+  async listServices(): Promise<PrivateService[]> {
+    return this.runtime.egress.registry.list();
+  }
+
+  putService(s: PrivateService): Promise<PrivateService> {
+    return this.runtime.egress.registry.put(s);
+  }
+
+  removeService(name: string): Promise<boolean> {
+    return this.runtime.egress.registry.remove(name);
   }
 
   async kill(id: string, reason: string): Promise<UsageSample | undefined> {

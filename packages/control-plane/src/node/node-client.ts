@@ -2,7 +2,10 @@
 // reports. LocalNode implements it in-process over NodeRuntime; a network
 // client can implement it later. Nothing outside src/node/ touches node internals.
 import type { Client } from "@connectrpc/connect";
+import type { EgressPolicy, NormalizedPolicy, PrivateService } from "@firebreak/node-agent";
 import type { Filesystem, Process } from "@firebreak/protocol";
+
+export type { EgressPolicy, NormalizedPolicy, PrivateService };
 
 export type NodeStartPath = "warm" | "snapshot" | "cold";
 
@@ -17,11 +20,19 @@ export interface NodeSandboxInfo {
   fallback?: string;
 }
 
+/** Billed traffic classes: internet, private (allowed private ranges and bound services), sandbox (sandbox networks), ingress. */
+export const TRAFFIC_CLASSES = ["internet", "private", "sandbox", "ingress"] as const;
+export type BilledTrafficClass = (typeof TRAFFIC_CLASSES)[number];
+/** Cumulative bytes per class since the sandbox's network was made: tx from the guest, rx to it. */
+export type TrafficBytes = Record<BilledTrafficClass, { tx: number; rx: number }>;
+
 export interface UsageSample {
   at: number;
   cpuNanos: number;
   memoryBytes: number;
   memoryPeakBytes: number;
+  /** Network counters, when the node has them (absent: unchanged). */
+  traffic?: TrafficBytes;
 }
 
 export type NodeSandboxStatus =
@@ -72,7 +83,16 @@ export interface NodeClient {
     vcpus: number;
     memoryMib: number;
     envVars: Record<string, string>;
+    /** Egress policy, and the tenant whose private services it may bind. */
+    network?: { policy: EgressPolicy; tenant: string };
   }): Promise<NodeSandboxInfo>;
+  /** Replaces a running sandbox's egress policy; in force when it resolves. */
+  updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy>;
+  /** Private services the operator declared (with their injected credentials). */
+  listServices(): Promise<PrivateService[]>;
+  putService(s: PrivateService): Promise<PrivateService>;
+  /** False when there was no such service. */
+  removeService(name: string): Promise<boolean>;
   /** Stops a sandbox; resolves with its last usage sample (taken just before it stopped). */
   kill(id: string, reason: string): Promise<UsageSample | undefined>;
   /** Pauses to disk; resolves with the last usage sample before the pause (the cgroup goes away). */

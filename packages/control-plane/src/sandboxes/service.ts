@@ -1,11 +1,18 @@
 // Sandbox lifecycle: the typed actions routes call (create, get, list, kill,
 // setTimeout, pause, resume, fork), the reaper, the usage sampler, and the
 // recovery pass after a restart. Routes never reach the node directly.
+
+import {
+  EgressError,
+  type EgressPolicy,
+  type NormalizedPolicy,
+  normalizePolicy,
+} from "@firebreak/node-agent";
 import type { Logger } from "pino";
 import { newId, newSandboxToken, sha256 } from "../auth/keys.ts";
 import type { ControlPlaneConfig } from "../config.ts";
 import { ApiError, toApiError } from "../errors.ts";
-import type { EnvdAccess, NodeClient, UsageSample } from "../node/node-client.ts";
+import type { EnvdAccess, NodeClient, PrivateService, UsageSample } from "../node/node-client.ts";
 import {
   isFinalState,
   type ListSandboxesQuery,
@@ -32,6 +39,8 @@ export interface CreateRequest {
   metadata: Record<string, string>;
   /** X-Firebreak-Sandbox-Token of the sandbox this request came from. */
   parentToken?: string | undefined;
+  /** Egress policy (validated again here); the tenant is always the caller's. */
+  networkPolicy?: EgressPolicy | undefined;
 }
 
 const iso = (ms = Date.now()) => new Date(ms).toISOString();
@@ -165,6 +174,9 @@ export class SandboxService {
         `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates {"name": "${req.template}"}`,
       );
     }
+    const networkPolicy = req.networkPolicy
+      ? await this.#checkPolicy(caller.tenant.id, req.networkPolicy, "network.policy")
+      : null;
     const id = newId();
     const { token, hash } = newSandboxToken();
     const now = iso();
@@ -192,6 +204,7 @@ export class SandboxService {
       tokenHash: hash,
       envdTokenHash: null,
       createdByKey: caller.keyId,
+      networkPolicy,
     };
     const quota = await this.#store.insertSandboxWithinQuota(rec, caller.tenant.limits);
     if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
@@ -216,6 +229,7 @@ export class SandboxService {
           vcpus: req.vcpus,
           memoryMib: req.memoryMib,
           envVars: { ...req.envVars, FIREBREAK_SANDBOX_ID: id, FIREBREAK_SANDBOX_TOKEN: token },
+          ...(networkPolicy ? { network: { policy: networkPolicy, tenant: caller.tenant.id } } : {}),
         });
         const ready = Date.now();
         await this.#event(id, "started", {
@@ -275,6 +289,7 @@ export class SandboxService {
       parentId: rec.parentId,
       rootId: rec.rootId,
       final,
+      traffic: meter.traffic,
     };
   }
 
@@ -323,6 +338,69 @@ export class SandboxService {
         this.#log.error({ sandboxId: id, err: e }, "node kill failed");
       }
       await this.#end(rec, "killed", reason, by, sample);
+    });
+  }
+
+  // ---------------------------------------------------------------- network
+
+  /**
+   * A validated, normalized policy whose services the tenant may bind.
+   * INVARIANT: a service the tenant may not bind answers exactly like one that
+   * does not exist (VALIDATION_FAILED naming it), so tenants cannot probe names.
+   */
+  async #checkPolicy(tenantId: string, input: EgressPolicy, field: string): Promise<NormalizedPolicy> {
+    let policy: NormalizedPolicy;
+    try {
+      policy = normalizePolicy(input);
+    } catch (e) {
+      if (e instanceof EgressError) {
+        throw new ApiError("VALIDATION_FAILED", `${field}: ${e.message.replace(/^egress policy: /, "")}`);
+      }
+      throw e;
+    }
+    if (policy.services.length) {
+      const visible = new Set((await this.services(tenantId)).map((s) => s.name));
+      for (const name of policy.services) {
+        if (!visible.has(name)) {
+          throw new ApiError(
+            "VALIDATION_FAILED",
+            `${field}.services: no private service named ${JSON.stringify(name)} is available to this tenant; list them with GET /v1/services`,
+          );
+        }
+      }
+    }
+    return policy;
+  }
+
+  /** Private services a tenant may bind (null: every service, for admins). */
+  async services(tenantId: string | null): Promise<PrivateService[]> {
+    const all = await this.#node.listServices();
+    return tenantId === null ? all : all.filter((s) => !s.tenants || s.tenants.includes(tenantId));
+  }
+
+  async networkPolicy(tenantId: string, id: string): Promise<NormalizedPolicy> {
+    const rec = await this.get(tenantId, id);
+    return rec.networkPolicy ?? normalizePolicy({});
+  }
+
+  /** Replaces the egress policy of a running sandbox; in force when this resolves. */
+  async updateNetworkPolicy(tenantId: string, id: string, input: EgressPolicy): Promise<NormalizedPolicy> {
+    await this.get(tenantId, id);
+    const policy = await this.#checkPolicy(tenantId, input, "policy");
+    return this.#withLock(id, async () => {
+      const rec = await this.get(tenantId, id);
+      if (rec.state !== "running" || !rec.nodeSandboxId) {
+        throw new ApiError(
+          "CONFLICT",
+          `sandbox ${id} is ${rec.state}; its egress policy changes only while it runs`,
+        );
+      }
+      const applied = await this.#node.updatePolicy(rec.nodeSandboxId, policy).catch((e) => {
+        throw toApiError(e);
+      });
+      await this.#store.updateSandbox(id, { networkPolicy: applied }, ["running"]);
+      await this.#event(id, "network_policy", { policy: applied });
+      return applied;
     });
   }
 
@@ -427,6 +505,7 @@ export class SandboxService {
           tokenHash: newSandboxToken().hash,
           envdTokenHash: sha256(c.accessToken),
           createdByKey: caller.keyId,
+          networkPolicy: null, // the node gives forks its default policy
         };
         // Checked above for the whole fork; the children exist already.
         await this.#store.insertSandboxWithinQuota(child, unlimited);

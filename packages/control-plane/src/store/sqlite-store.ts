@@ -3,6 +3,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { TRAFFIC_CLASSES, type TrafficBytes } from "../node/node-client.ts";
 import type {
   ApiKeyRecord,
   ListSandboxesQuery,
@@ -17,6 +18,9 @@ import type {
   UsageGroupBy,
   UsageRecord,
 } from "./store.ts";
+
+/** usage_records columns: <class>_tx_bytes, <class>_rx_bytes. */
+const TRAFFIC_COLS = TRAFFIC_CLASSES.flatMap((c) => [`${c}_tx_bytes`, `${c}_rx_bytes`]);
 
 const MIGRATIONS: string[] = [
   `
@@ -94,6 +98,11 @@ const MIGRATIONS: string[] = [
     final INTEGER NOT NULL
   );
   CREATE INDEX usage_records_tenant ON usage_records(tenant_id, created_at);
+  `,
+  // 2: egress policy per sandbox; traffic bytes per destination class in the ledger.
+  `
+  ALTER TABLE sandboxes ADD COLUMN network_policy TEXT;
+  ${TRAFFIC_COLS.map((c) => `ALTER TABLE usage_records ADD COLUMN ${c} INTEGER NOT NULL DEFAULT 0;`).join("\n  ")}
   `,
 ];
 
@@ -438,7 +447,8 @@ export class SqliteStore implements Store {
     const rows = this.db
       .prepare(
         `SELECT ${keyExpr} AS key, COUNT(*) AS sandboxes, SUM(lifetime_seconds) AS lifetime, SUM(cpu_seconds) AS cpu,
-                SUM(memory_gib_seconds) AS gib, MAX(memory_peak_mib) AS peak
+                SUM(memory_gib_seconds) AS gib, MAX(memory_peak_mib) AS peak,
+                ${TRAFFIC_COLS.map((c) => `SUM(${c}) AS ${c}`).join(", ")}
          FROM usage_records ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
          GROUP BY 1 ORDER BY 1`,
       )
@@ -450,8 +460,17 @@ export class SqliteStore implements Store {
       cpuSeconds: round3(Number(r["cpu"])),
       memoryGibSeconds: round3(Number(r["gib"])),
       peakMemoryMib: round3(Number(r["peak"])),
+      traffic: trafficFrom(r),
     }));
   }
+}
+
+function trafficFrom(r: Row): TrafficBytes {
+  const out = {} as TrafficBytes;
+  for (const c of TRAFFIC_CLASSES) {
+    out[c] = { tx: Number(r[`${c}_tx_bytes`] ?? 0), rx: Number(r[`${c}_rx_bytes`] ?? 0) };
+  }
+  return out;
 }
 
 function round3(n: number): number {
@@ -508,8 +527,9 @@ const SANDBOX_FIELDS: Record<keyof SandboxRecord, string> = {
   tokenHash: "token_hash",
   envdTokenHash: "envd_token_hash",
   createdByKey: "created_by_key",
+  networkPolicy: "network_policy",
 };
-const JSON_SANDBOX_FIELDS = new Set(["metadata", "timings"]);
+const JSON_SANDBOX_FIELDS = new Set(["metadata", "timings", "networkPolicy"]);
 
 function sandboxCols(s: Partial<SandboxRecord>): Record<string, SQLInputValue> {
   const out: Record<string, SQLInputValue> = {};
@@ -550,13 +570,19 @@ const USAGE_FIELDS: Record<keyof UsageRecord, string> = {
   parentId: "parent_id",
   rootId: "root_id",
   final: "final",
+  traffic: "",
 };
 
 function usageCols(u: UsageRecord): Record<string, SQLInputValue> {
   const out: Record<string, SQLInputValue> = {};
   for (const [k, col] of Object.entries(USAGE_FIELDS)) {
     const v = (u as unknown as Record<string, unknown>)[k];
-    if (k === "metadata") out[col] = JSON.stringify(v);
+    if (k === "traffic") {
+      for (const c of TRAFFIC_CLASSES) {
+        out[`${c}_tx_bytes`] = Math.round(u.traffic?.[c]?.tx ?? 0);
+        out[`${c}_rx_bytes`] = Math.round(u.traffic?.[c]?.rx ?? 0);
+      }
+    } else if (k === "metadata") out[col] = JSON.stringify(v);
     else if (k === "final") out[col] = v ? 1 : 0;
     else out[col] = (v ?? null) as SQLInputValue;
   }
@@ -567,6 +593,7 @@ function usageFrom(r: Row): UsageRecord {
   const out: Record<string, unknown> = {};
   for (const [k, col] of Object.entries(USAGE_FIELDS)) out[k] = r[col];
   out["metadata"] = JSON.parse(String(r["metadata"]));
+  out["traffic"] = trafficFrom(r);
   out["final"] = Number(r["final"]) === 1;
   return out as unknown as UsageRecord;
 }

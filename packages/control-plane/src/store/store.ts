@@ -6,6 +6,8 @@
 //
 // Times are ISO-8601 strings (UTC, millisecond precision).
 
+import type { NormalizedPolicy, TrafficBytes } from "../node/node-client.ts";
+
 export type Scope = "sandboxes" | "templates" | "admin";
 export const SCOPES: readonly Scope[] = ["sandboxes", "templates", "admin"];
 
@@ -91,6 +93,8 @@ export interface SandboxRecord {
   /** sha256 of the guest agent's access token (envd proxy lookup); set when started. */
   envdTokenHash: string | null;
   createdByKey: string;
+  /** Egress policy in force (last set); null: the node's default (deny all). */
+  networkPolicy: NormalizedPolicy | null;
 }
 
 export interface SandboxEvent {
@@ -119,6 +123,8 @@ export interface UsageRecord {
   parentId: string | null;
   rootId: string;
   final: boolean;
+  /** Network bytes per destination class (tx from the guest, rx to it), up to the last sample. */
+  traffic: TrafficBytes;
 }
 
 export interface UsageGroup {
@@ -128,6 +134,7 @@ export interface UsageGroup {
   cpuSeconds: number;
   memoryGibSeconds: number;
   peakMemoryMib: number;
+  traffic: TrafficBytes;
 }
 
 export type UsageGroupBy = "tenant" | "template" | "root" | { metadata: string };

@@ -1,5 +1,12 @@
 // Test support: a NodeClient without VMs, for in-process API tests.
-import { FirebreakError } from "@firebreak/node-agent";
+import {
+  type EgressPolicy,
+  FirebreakError,
+  type NormalizedPolicy,
+  normalizePolicy,
+  type PrivateService,
+  ServiceRegistry,
+} from "@firebreak/node-agent";
 import type {
   EnvdAccess,
   EnvdEndpoint,
@@ -21,6 +28,9 @@ export class FakeNode implements NodeClient {
   failNextCreate: FirebreakError | undefined;
   /** Env of the last create (the platform adds FIREBREAK_SANDBOX_TOKEN). */
   lastEnv: Record<string, string> = {};
+  /** Egress policy and tenant of each sandbox (as the node would enforce them). */
+  readonly policies = new Map<string, { policy: NormalizedPolicy; tenant: string }>();
+  #registry: ServiceRegistry | undefined;
   #n = 0;
 
   info() {
@@ -29,8 +39,14 @@ export class FakeNode implements NodeClient {
   capacity() {
     return { vcpus: 2, memoryMib: 4096, sandboxes: this.sandboxes.size };
   }
-  async create(req: { template: string; envVars?: Record<string, string> }): Promise<NodeSandboxInfo> {
+  async create(req: {
+    template: string;
+    envVars?: Record<string, string>;
+    network?: { policy: EgressPolicy; tenant: string };
+  }): Promise<NodeSandboxInfo> {
     this.lastEnv = req.envVars ?? {};
+    const policy = normalizePolicy(req.network?.policy ?? {});
+    for (const name of policy.services) (await this.#services()).resolveBinding(name, req.network?.tenant);
     if (!this.templates.has(req.template)) throw new FirebreakError("TEMPLATE_NOT_FOUND", "no such template");
     await new Promise((r) => setTimeout(r, this.createDelayMs));
     if (this.failNextCreate) {
@@ -41,6 +57,7 @@ export class FakeNode implements NodeClient {
     const id = `fake${++this.#n}`;
     const token = `tok${this.#n}`;
     this.sandboxes.set(id, { state: "running", token, born: Date.now() });
+    this.policies.set(id, { policy, tenant: req.network?.tenant ?? "" });
     return { id, accessToken: token, path: "snapshot", totalMs: 1, phases: { restore: 1 } };
   }
   async kill(id: string): Promise<UsageSample | undefined> {
@@ -76,7 +93,42 @@ export class FakeNode implements NodeClient {
     if (!sb || sb.state !== "running") return undefined;
     const ms = Date.now() - sb.born;
     // 10% of a CPU, 100 MiB.
-    return { at: Date.now(), cpuNanos: ms * 1e5, memoryBytes: 100 * 2 ** 20, memoryPeakBytes: 100 * 2 ** 20 };
+    // 10% of a CPU, 100 MiB; 1 kB/s out and 2 kB/s in to the internet.
+    return {
+      at: Date.now(),
+      cpuNanos: ms * 1e5,
+      memoryBytes: 100 * 2 ** 20,
+      memoryPeakBytes: 100 * 2 ** 20,
+      traffic: {
+        internet: { tx: ms, rx: 2 * ms },
+        private: { tx: 0, rx: 0 },
+        sandbox: { tx: 0, rx: 0 },
+        ingress: { tx: 0, rx: 0 },
+      },
+    };
+  }
+  async updatePolicy(id: string, input: EgressPolicy): Promise<NormalizedPolicy> {
+    const sb = this.sandboxes.get(id);
+    const cur = this.policies.get(id);
+    if (!sb || sb.state !== "running" || !cur)
+      throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
+    const policy = normalizePolicy(input);
+    for (const name of policy.services) (await this.#services()).resolveBinding(name, cur.tenant);
+    cur.policy = policy;
+    return policy;
+  }
+  async #services(): Promise<ServiceRegistry> {
+    this.#registry ??= await ServiceRegistry.open();
+    return this.#registry;
+  }
+  async listServices(): Promise<PrivateService[]> {
+    return (await this.#services()).list();
+  }
+  async putService(s: PrivateService): Promise<PrivateService> {
+    return (await this.#services()).put(s);
+  }
+  async removeService(name: string): Promise<boolean> {
+    return (await this.#services()).remove(name);
   }
   accessToken(id: string) {
     return this.sandboxes.get(id)?.token;

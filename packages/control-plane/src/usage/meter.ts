@@ -4,7 +4,16 @@
 //
 // A pause destroys the cgroup (its counters restart on resume), so the CPU used
 // before a pause is carried in `cpuBaseNanos`.
-import type { UsageSample } from "../node/node-client.ts";
+//
+// Traffic counters are cumulative per network namespace, which a pause also
+// destroys: the same base + last scheme carries them.
+import { TRAFFIC_CLASSES, type TrafficBytes, type UsageSample } from "../node/node-client.ts";
+
+export function zeroTraffic(): TrafficBytes {
+  const t = {} as TrafficBytes;
+  for (const c of TRAFFIC_CLASSES) t[c] = { tx: 0, rx: 0 };
+  return t;
+}
 
 const GIB = 2 ** 30;
 const MIB = 2 ** 20;
@@ -16,9 +25,17 @@ export class Meter {
   peakBytes = 0;
   lastAt: number | null = null;
   lastMemoryBytes = 0;
+  trafficBase: TrafficBytes = zeroTraffic();
+  lastTraffic: TrafficBytes = zeroTraffic();
 
-  static restore(u: { cpuSeconds: number; memoryGibSeconds: number; memoryPeakMib: number }): Meter {
+  static restore(u: {
+    cpuSeconds: number;
+    memoryGibSeconds: number;
+    memoryPeakMib: number;
+    traffic?: TrafficBytes;
+  }): Meter {
     const m = new Meter();
+    if (u.traffic) m.trafficBase = structuredClone(u.traffic);
     m.cpuBaseNanos = Math.round(u.cpuSeconds * 1e9);
     m.gibSeconds = u.memoryGibSeconds;
     m.peakBytes = u.memoryPeakMib * MIB;
@@ -34,6 +51,14 @@ export class Meter {
     this.peakBytes = Math.max(this.peakBytes, s.memoryPeakBytes, s.memoryBytes);
     this.lastAt = s.at;
     this.lastMemoryBytes = s.memoryBytes;
+    if (s.traffic) {
+      for (const c of TRAFFIC_CLASSES) {
+        this.lastTraffic[c] = {
+          tx: Math.max(this.lastTraffic[c].tx, s.traffic[c].tx),
+          rx: Math.max(this.lastTraffic[c].rx, s.traffic[c].rx),
+        };
+      }
+    }
   }
 
   /** The cgroup is going away (pause): bank its CPU time; no memory is held until resumed. */
@@ -42,6 +67,20 @@ export class Meter {
     this.lastCpuNanos = 0;
     this.lastAt = null;
     this.lastMemoryBytes = 0;
+    this.trafficBase = this.traffic;
+    this.lastTraffic = zeroTraffic();
+  }
+
+  /** Bytes per class so far (tx from the guest, rx to it). */
+  get traffic(): TrafficBytes {
+    const t = zeroTraffic();
+    for (const c of TRAFFIC_CLASSES) {
+      t[c] = {
+        tx: this.trafficBase[c].tx + this.lastTraffic[c].tx,
+        rx: this.trafficBase[c].rx + this.lastTraffic[c].rx,
+      };
+    }
+    return t;
   }
 
   get cpuSeconds(): number {

@@ -13,6 +13,7 @@ export {
   DEFAULT_POLICY,
   domainAllowed,
   type EgressPolicy,
+  EgressPolicySchema,
   type NormalizedPolicy,
   normalizePolicy,
 } from "./policy.ts";

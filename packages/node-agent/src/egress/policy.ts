@@ -55,7 +55,8 @@ export const DOMAIN_RE = new RegExp(`^${LABEL}(?:\\.${LABEL})+$`);
 const DOMAIN_PATTERN_RE = new RegExp(`^(?:\\*\\.)?${LABEL}(?:\\.${LABEL})+$`);
 
 const port = z.number().int().min(1).max(65_535);
-const schema = z
+/** The policy's wire schema (also used by the control plane's API); CIDRs are checked by normalizePolicy. */
+export const EgressPolicySchema = z
   .object({
     internet: z.boolean().optional(),
     allow: z
@@ -128,7 +129,7 @@ export function canonicalCidr(text: string): string {
 
 /** Validates a policy from a caller (API, SDK); fills defaults. Throws EgressError. */
 export function normalizePolicy(input: unknown): NormalizedPolicy {
-  const parsed = schema.safeParse(input ?? {});
+  const parsed = EgressPolicySchema.safeParse(input ?? {});
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     throw new EgressError(

@@ -12,6 +12,8 @@ import {
   EventsSchema,
   ForkBody,
   ListSandboxesQuery,
+  NetworkSchema,
+  PutNetworkBody,
   ResumeBody,
   SandboxIdParam,
   SandboxListSchema,
@@ -80,6 +82,12 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           envVars: b.envVars,
           metadata: b.metadata,
           parentToken: c.req.header("x-firebreak-sandbox-token"),
+          networkPolicy: b.network
+            ? {
+                ...b.network.policy,
+                networks: [...(b.network.policy?.networks ?? []), ...(b.network.networks ?? [])],
+              }
+            : undefined,
         },
       );
       return c.json(sandboxJson(sb, rec, true), 201);
@@ -232,6 +240,45 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         optionalBody(ForkBody, c.req.valid("json"), formatZodError).count,
       );
       return c.json({ sandboxes: kids.map((k) => sandboxJson(sb, k, true)) }, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/sandboxes/{id}/network",
+      tags,
+      security,
+      summary: "The sandbox's egress policy (normalized; default: deny all)",
+      request: { params: SandboxIdParam },
+      responses: { 200: json(NetworkSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      return c.json({ policy: await sb.networkPolicy(caller.tenant.id, c.req.valid("param").id) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "put",
+      path: "/v1/sandboxes/{id}/network",
+      tags,
+      security,
+      summary: "Replace the egress policy of a running sandbox",
+      description:
+        "In force when the response is sent (one firewall transaction on the node; established flows the new policy forbids are cut). 409 CONFLICT unless the sandbox is running.",
+      request: { params: SandboxIdParam, ...body(PutNetworkBody) },
+      responses: { 200: json(NetworkSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const policy = await sb.updateNetworkPolicy(
+        caller.tenant.id,
+        c.req.valid("param").id,
+        c.req.valid("json").policy,
+      );
+      return c.json({ policy }, 200);
     },
   );
 
