@@ -8,6 +8,7 @@ import type {
   BuildProgress,
   CreatedApiKey,
   KeyScope,
+  PrivateService,
   TemplateInfo,
   UsageGroup,
   UsageRecord,
@@ -196,18 +197,49 @@ export class Usage {
   }
 }
 
+/** Private services sandboxes bind by name in their egress policy. */
+export class Services {
+  readonly #http: HttpClient;
+  /** @internal */
+  constructor(http: HttpClient) {
+    this.#http = http;
+  }
+
+  /** Declares or replaces a service (admin scope). */
+  create(service: PrivateService): Promise<PrivateService> {
+    return this.#http.json<PrivateService>("POST", "/v1/services", { json: service });
+  }
+
+  /** Admin keys: every service. Others: the ones their tenant may bind, credentials redacted. */
+  async list(): Promise<PrivateService[]> {
+    return (await this.#http.json<{ services: PrivateService[] }>("GET", "/v1/services")).services;
+  }
+
+  /** Removes a service (admin scope); false when there is no such service. */
+  async delete(name: string): Promise<boolean> {
+    try {
+      await this.#http.empty("DELETE", `/v1/services/${encodeURIComponent(name)}`);
+      return true;
+    } catch (e) {
+      if (e instanceof NotFoundError) return false;
+      throw e;
+    }
+  }
+}
+
 export interface HealthInfo {
   ok: boolean;
   accelerator: "tcg" | "kvm";
   node: Record<string, unknown>;
 }
 
-/** Server-wide operations: templates, API keys, tenants, usage. */
+/** Server-wide operations: templates, API keys, tenants, usage, private services. */
 export class Firebreak {
   readonly templates: Templates;
   readonly keys: Keys;
   readonly tenants: Tenants;
   readonly usage: Usage;
+  readonly services: Services;
   readonly #http: HttpClient;
 
   constructor(opts: ConnectionOptions = {}) {
@@ -216,6 +248,7 @@ export class Firebreak {
     this.keys = new Keys(this.#http);
     this.tenants = new Tenants(this.#http);
     this.usage = new Usage(this.#http);
+    this.services = new Services(this.#http);
   }
 
   /** The server's health and accelerator. */

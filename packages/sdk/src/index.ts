@@ -31,6 +31,7 @@ export {
   type HealthInfo,
   type KeyCreateOptions,
   Keys,
+  Services,
   type TemplateBuildOptions,
   type TemplateSpec,
   Templates,
@@ -43,5 +44,10 @@ export {
 } from "./firebreak.ts";
 export { ndjson } from "./ndjson.ts";
 export { Paginator } from "./paginator.ts";
-export { Sandbox, type SandboxCreateOptions, type SandboxListOptions } from "./sandbox.ts";
+export {
+  Sandbox,
+  type SandboxCreateOptions,
+  type SandboxListOptions,
+  SandboxNetwork,
+} from "./sandbox.ts";
 export type * from "./types.ts";

@@ -6,7 +6,13 @@ import { FirebreakApiError, NotFoundError } from "./errors.ts";
 import { Files } from "./files.ts";
 import { HttpClient } from "./http.ts";
 import { cursorPaginator, type Paginator } from "./paginator.ts";
-import type { SandboxEvent, SandboxInfo, SandboxState } from "./types.ts";
+import type {
+  EgressPolicy,
+  NormalizedEgressPolicy,
+  SandboxEvent,
+  SandboxInfo,
+  SandboxState,
+} from "./types.ts";
 
 export interface SandboxCreateOptions extends ConnectionOptions {
   /** Template to start from. @default "base" */
@@ -24,6 +30,8 @@ export interface SandboxCreateOptions extends ConnectionOptions {
   envVars?: Record<string, string>;
   /** Labels for listing and usage grouping (`Sandbox.list({ metadata })`, `usage --group-by metadata.KEY`). */
   metadata?: Record<string, string>;
+  /** Egress policy (default: deny all) and sandbox networks to join. */
+  network?: { policy?: EgressPolicy; networks?: string[] };
   signal?: AbortSignal;
 }
 
@@ -38,10 +46,36 @@ export interface SandboxListOptions extends ConnectionOptions {
 
 const path = (id: string) => `/v1/sandboxes/${encodeURIComponent(id)}`;
 
+/** A sandbox's egress policy. */
+export class SandboxNetwork {
+  readonly #http: HttpClient;
+  readonly #id: string;
+  /** @internal */
+  constructor(http: HttpClient, id: string) {
+    this.#http = http;
+    this.#id = id;
+  }
+
+  /** The policy in force (normalized; the default denies everything). */
+  async get(): Promise<NormalizedEgressPolicy> {
+    return (await this.#http.json<{ policy: NormalizedEgressPolicy }>("GET", `${path(this.#id)}/network`))
+      .policy;
+  }
+
+  /** Replaces the policy of the running sandbox; in force when this resolves (CONFLICT unless running). */
+  async update(policy: EgressPolicy): Promise<NormalizedEgressPolicy> {
+    const r = await this.#http.json<{ policy: NormalizedEgressPolicy }>("PUT", `${path(this.#id)}/network`, {
+      json: { policy },
+    });
+    return r.policy;
+  }
+}
+
 export class Sandbox {
   readonly id: string;
   readonly commands: Commands;
   readonly files: Files;
+  readonly network: SandboxNetwork;
   #info: SandboxInfo;
   readonly #http: HttpClient;
 
@@ -52,6 +86,7 @@ export class Sandbox {
     this.#http = http;
     this.commands = new Commands(http, info.id);
     this.files = new Files(http, info.id);
+    this.network = new SandboxNetwork(http, info.id);
   }
 
   /** What the server last said about this sandbox (refresh with getInfo()). */
@@ -74,6 +109,7 @@ export class Sandbox {
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
       ...(opts.envVars ? { envVars: opts.envVars } : {}),
       ...(opts.metadata ? { metadata: opts.metadata } : {}),
+      ...(opts.network ? { network: opts.network } : {}),
     };
     const headers: Record<string, string> = http.conn.sandboxToken
       ? { "x-firebreak-sandbox-token": http.conn.sandboxToken }

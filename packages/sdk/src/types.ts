@@ -89,6 +89,8 @@ export interface UsageGroup {
   cpuSeconds: number;
   memoryGibSeconds: number;
   peakMemoryMib: number;
+  /** Network bytes per destination class, summed over the group. */
+  traffic: Traffic;
 }
 
 export interface UsageRecord {
@@ -111,6 +113,56 @@ export interface UsageRecord {
   rootId: string;
   /** False for interim records of a sandbox still running. */
   final: boolean;
+  /** Network bytes per destination class, up to the last sample. */
+  traffic: Traffic;
+}
+
+/**
+ * Network bytes per destination class: `tx` from the guest, `rx` to it.
+ * private: allowed private ranges and bound services; sandbox: sandbox
+ * networks; ingress: connections into the sandbox through the ingress proxy.
+ */
+export interface Traffic {
+  internet: { tx: number; rx: number };
+  private: { tx: number; rx: number };
+  sandbox: { tx: number; rx: number };
+  ingress: { tx: number; rx: number };
+}
+
+/** What a sandbox's guest may reach (default: nothing). See docs/API.md, Network. */
+export interface EgressPolicy {
+  /** Public internet. @default false */
+  internet?: boolean;
+  /** CIDR/port rules, e.g. { cidr: "10.0.0.0/8", ports: [5432], protocol: "tcp" }. */
+  allow?: { cidr: string; ports?: number[] | "any"; protocol?: "tcp" | "udp" | "any" }[];
+  /** Names the platform resolver answers: "api.example.com" or "*.example.com". */
+  allowDomains?: string[];
+  /** Private services (GET /v1/services) to bind. */
+  services?: string[];
+  /** Cap per direction, kilobytes per second. */
+  bandwidthKBps?: number;
+  /** Sandbox networks of the tenant to join. */
+  networks?: string[];
+}
+
+/** A policy as enforced: every default filled, CIDRs canonical. */
+export interface NormalizedEgressPolicy {
+  internet: boolean;
+  allow: { cidr: string; ports: number[] | "any"; protocol: "tcp" | "udp" | "any" }[];
+  allowDomains: string[];
+  services: string[];
+  bandwidthKBps?: number;
+  networks: string[];
+}
+
+/** A private service the operator declared. `inject.value` is "***" for non-admin keys. */
+export interface PrivateService {
+  name: string;
+  address: string;
+  port: number;
+  protocol: "tcp" | "http";
+  tenants?: string[];
+  inject?: { header: string; value: string };
 }
 
 /** One line of a template build's progress stream. */

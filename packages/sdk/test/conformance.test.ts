@@ -129,4 +129,42 @@ describe("SDK conformance with the control plane's routes", { timeout: 60_000 },
     assert.ok(Array.isArray(await fb.usage.records({ limit: 10 })));
     assert.equal((await fb.health()).ok, true);
   });
+  test("network: create with a policy, get, update; services create/list/delete; traffic in usage", async () => {
+    const fb = new Firebreak(admin);
+    const svc = await fb.services.create({
+      name: "pg.internal",
+      address: "10.20.0.5",
+      port: 5432,
+      protocol: "tcp",
+    });
+    assert.equal(svc.name, "pg.internal");
+    assert.deepEqual(
+      (await new Firebreak(a).services.list()).map((s) => s.name),
+      ["pg.internal"],
+    );
+    await assert.rejects(new Firebreak(a).services.create({ ...svc, name: "x.internal" }), PermissionError);
+
+    const sb = await Sandbox.create({
+      ...a,
+      network: { policy: { allowDomains: ["api.good.test"], services: ["pg.internal"] }, networks: ["team"] },
+    });
+    const p = await sb.network.get();
+    assert.deepEqual(p.allowDomains, ["api.good.test"]);
+    assert.deepEqual(p.networks, ["team"]);
+    assert.equal((await sb.network.update({ internet: true })).internet, true);
+    assert.equal((await sb.network.get()).internet, true);
+    await assert.rejects(sb.network.update({ allow: [{ cidr: "nope" }] }), ValidationError);
+    await assert.rejects(
+      Sandbox.create({ ...a, network: { policy: { services: ["missing.internal"] } } }),
+      (e: unknown) =>
+        isFirebreakApiError(e) && e.code === "VALIDATION_FAILED" && /missing\.internal/.test(e.message),
+    );
+    await sb.pause();
+    await assert.rejects(sb.network.update({}), ConflictError);
+    await sb.kill();
+    const [rec] = await new Firebreak(a).usage.records({ sandboxId: sb.id });
+    assert.ok(rec && rec.final && rec.traffic.internet.rx >= 0 && "ingress" in rec.traffic);
+    assert.equal(await fb.services.delete("pg.internal"), true);
+    assert.equal(await fb.services.delete("pg.internal"), false);
+  });
 });
