@@ -10,6 +10,14 @@ import { useServer } from "./commands/api-client.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { doctorCommand } from "./commands/doctor.ts";
 import { keysCreate, keysList, keysRevoke } from "./commands/keys.ts";
+import {
+  allowCidr,
+  sandboxNetworkGet,
+  sandboxNetworkSet,
+  servicesCreate,
+  servicesDelete,
+  servicesList,
+} from "./commands/network.ts";
 import { runCommand } from "./commands/run.ts";
 import {
   sandboxCreate,
@@ -55,6 +63,25 @@ function serverOr<A extends unknown[]>(
   local: (...a: A) => Promise<void>,
 ): (...a: A) => Promise<void> {
   return (...a) => (useServer() ? api(...a) : local(...a));
+}
+
+/** The egress policy flags of `sandbox create` and `sandbox network set` (default: deny all). */
+function withPolicyFlags(cmd: Command): Command {
+  return cmd
+    .option("--policy-file <file>", "egress policy JSON (the flags below add to it)")
+    .option(
+      "--allow-domain <name>",
+      "a name the sandbox may resolve and reach: api.example.com, *.example.com (repeatable)",
+      list,
+    )
+    .option(
+      "--allow-cidr <CIDR[:PORTS]>",
+      "addresses it may reach, e.g. 10.0.0.0/8:5432 (repeatable)",
+      allowCidr,
+    )
+    .option("--internet", "allow the public internet")
+    .option("--service <name>", "bind a private service (see: firebreak services list; repeatable)", list)
+    .option("--network <name>", "join a sandbox network of your tenant (repeatable)", list);
 }
 
 const program = new Command()
@@ -122,9 +149,7 @@ sandbox
   .option("-t, --template <name>", "template to start from (default: base)")
   .addOption(new Option("--cpus <n>", "vCPUs (default: 1)").argParser(int("--cpus", 1, 8)))
   .addOption(
-    new Option("--memory <MiB>", "guest memory in MiB (default: 256)").argParser(
-      int("--memory", 128, 16384),
-    ),
+    new Option("--memory <MiB>", "guest memory in MiB (default: 256)").argParser(int("--memory", 128, 16384)),
   )
   .addOption(
     new Option("--timeout-ms <ms>", "lifetime before it is killed (default: 300000)").argParser(
@@ -132,9 +157,8 @@ sandbox
     ),
   )
   .option("-e, --env <KEY=VALUE>", "environment variable for every command (repeatable)", keyValue)
-  .option("--metadata <key=value>", "label for listing and usage (repeatable)", keyValue)
-  .option("--json", "print the sandbox as JSON")
-  .action(sandboxCreate);
+  .option("--metadata <key=value>", "label for listing and usage (repeatable)", keyValue);
+withPolicyFlags(sandbox.commands.at(-1)!).option("--json", "print the sandbox as JSON").action(sandboxCreate);
 sandbox
   .command("list")
   .description("list your sandboxes, newest first")
@@ -205,6 +229,59 @@ sandbox
   .argument("<id>")
   .option("--json", "print JSON")
   .action(sandboxEvents);
+
+const network = sandbox.command("network").description("a sandbox's egress policy");
+network
+  .command("get")
+  .description("show the egress policy in force")
+  .argument("<id>")
+  .option("--json", "print JSON ({ policy })")
+  .action(sandboxNetworkGet);
+withPolicyFlags(
+  network
+    .command("set")
+    .description("replace the egress policy of a running sandbox (in force when the command returns)")
+    .argument("<id>"),
+)
+  .option("--json", "print JSON ({ policy })")
+  .action(sandboxNetworkSet);
+
+const services = program
+  .command("services")
+  .description("private services sandboxes bind by name (create and delete need an admin key)");
+services
+  .command("create")
+  .description("declare or replace a private service")
+  .argument("<name>", "the DNS name sandboxes use, e.g. postgres.internal")
+  .requiredOption("--address <ipv4>", "address the node reaches the service at")
+  .addOption(
+    new Option("--port <n>", "service port").argParser(int("--port", 1, 65535)).makeOptionMandatory(),
+  )
+  .addOption(
+    new Option("--protocol <p>", "tcp or http (default: http with --inject-header, else tcp)").choices([
+      "tcp",
+      "http",
+    ]),
+  )
+  .option("--tenant <id>", "tenant allowed to bind it (repeatable; default: every tenant)", list)
+  .option("--inject-header <name>", "http: header the node's proxy adds to every request")
+  .option(
+    "--inject-value-env <VAR>",
+    "environment variable holding the header's value (never enters the guest)",
+  )
+  .option("--json", "print JSON (the credential redacted)")
+  .action(servicesCreate);
+services
+  .command("list")
+  .description("list private services")
+  .option("--json", "print JSON")
+  .action(servicesList);
+services
+  .command("delete")
+  .description("remove a private service (exits 1 when there is no such service)")
+  .argument("<name>")
+  .option("--json", "print JSON")
+  .action(servicesDelete);
 
 const keys = program.command("keys").description("create, list and revoke API keys");
 keys

@@ -11,8 +11,9 @@ import {
   printTable,
   stdinText,
 } from "./api-client.ts";
+import { type PolicyFlags, policyFromFlags } from "./network.ts";
 
-export interface CreateOpts {
+export interface CreateOpts extends PolicyFlags {
   template?: string;
   cpus?: number;
   memory?: number;
@@ -23,7 +24,9 @@ export interface CreateOpts {
 }
 
 export async function sandboxCreate(opts: CreateOpts): Promise<void> {
+  const policy = await policyFromFlags(opts);
   const sb = await Sandbox.create({
+    ...(policy ? { network: { policy } } : {}),
     ...(opts.template !== undefined ? { template: opts.template } : {}),
     ...(opts.cpus !== undefined ? { vcpus: opts.cpus } : {}),
     ...(opts.memory !== undefined ? { memoryMib: opts.memory } : {}),
