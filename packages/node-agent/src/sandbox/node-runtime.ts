@@ -164,6 +164,8 @@ export class Sandbox {
   layers: string[] = [];
   /** The on-disk record (state.json and the host-wide owner registry). */
   record: SandboxRecord | undefined;
+  /** Started for a warm pool and not claimed yet: not a user's sandbox. */
+  pooled = false;
   /** Set by the runtime: tears the sandbox down (warm pool discards). */
   discard: (() => void) | undefined;
   /** Settles when every resource of this sandbox is gone. */
@@ -352,7 +354,7 @@ export class NodeRuntime {
 
   /** Sandboxes users see (pool VMs waiting for a claim are not listed). */
   list(): Sandbox[] {
-    return [...this.#sandboxes.values()].filter((s) => s.state !== "warm");
+    return [...this.#sandboxes.values()].filter((s) => !s.pooled);
   }
 
   get(id: string): Sandbox {
@@ -421,7 +423,10 @@ export class NodeRuntime {
     this.egress.validate(opts.network?.policy, opts.network?.tenant);
     const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
     if (key) {
-      const warm = await this.pools.claim(key, shape, (sb) => this.#personalize(sb, opts, { fresh: false }));
+      const warm = await this.pools.claim(key, shape, async (sb) => {
+        await this.#personalize(sb, opts, { fresh: false });
+        sb.pooled = false;
+      });
       if (warm) {
         if (opts.network) {
           await this.egress.update(warm.id, opts.network.policy ?? {}, {
@@ -474,6 +479,7 @@ export class NodeRuntime {
     const id = newSandboxId();
     const dir = path.join(paths.sandboxesDir(this.config), id);
     const sb = new Sandbox(id, opts.template, shape, dir);
+    sb.pooled = how.pool === true;
     sb.discard = () => void this.kill(id, "discarded from the warm pool");
     this.#sandboxes.set(id, sb);
     const record: SandboxRecord = {
@@ -523,7 +529,14 @@ export class NodeRuntime {
       await sb.cgroup.create(cgroupLimits(shape));
       lap("cgroup");
 
-      await this.#launchVm(sb, record, rootDisk, rootDiskFormat, how.snapshot !== undefined);
+      try {
+        await this.#launchVm(sb, record, rootDisk, rootDiskFormat, how.snapshot !== undefined);
+      } catch (e) {
+        // QEMU refusing the snapshot's files (unreadable disk layer, ...) is a
+        // snapshot problem: the create falls back to a cold boot.
+        if (how.snapshot && sb.state === "starting") throw new SnapshotRestoreError((e as Error).message);
+        throw e;
+      }
       lap("spawn");
 
       let guestUptimeMs: number | undefined;
@@ -531,6 +544,15 @@ export class NodeRuntime {
         try {
           await sb.vm!.loadState(how.snapshot.memoryPath);
         } catch (e) {
+          // A sandbox killed while restoring, or a QEMU killed from outside, says
+          // nothing about the snapshot: fail this create, keep the snapshot.
+          const exit = sb.vm?.exitStatus;
+          if (sb.state !== "starting" || exit?.signal) {
+            throw new FirebreakError(
+              "SANDBOX_BOOT_FAILED",
+              `sandbox ${id} ended while restoring (${sb.endReason ?? exit?.signal ?? "killed"})`,
+            );
+          }
           throw new SnapshotRestoreError((e as Error).message);
         }
         lap("restore");

@@ -295,7 +295,11 @@ export class QemuVm {
         ["completed", "failed", "cancelled"].includes(String(e.data?.["status"])),
       );
       await this.qmp.execute("migrate", { uri: `unix:${sockPath}` });
-      const [sock] = (await conn) as [net.Socket];
+      const gone = this.exited.then((e) => {
+        throw new Error(`QEMU exited while saving its state (${e.signal ?? `code ${e.code}`})`);
+      });
+      gone.catch(() => {});
+      const [sock] = (await Promise.race([conn, gone])) as [net.Socket];
       const out = createWriteStream(file, { mode: 0o644 });
       const written = pipeline(sock, out);
       const ev = await done;

@@ -86,20 +86,34 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     timeoutMs: number,
     match: (e: QmpEvent) => boolean = () => true,
   ): Promise<QmpEvent> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+    const waiting = new Promise<QmpEvent>((resolve, reject) => {
+      const cleanup = () => {
+        clearTimeout(timer);
         this.off("event", on);
+        this.off("close", onClose);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
         reject(new Error(`timed out after ${timeoutMs} ms waiting for QMP event ${name}`));
       }, timeoutMs);
       const on = (e: QmpEvent) => {
         if (e.event === name && match(e)) {
-          clearTimeout(timer);
-          this.off("event", on);
+          cleanup();
           resolve(e);
         }
       };
+      // QEMU gone: the event will never come.
+      const onClose = () => {
+        cleanup();
+        reject(new Error(`QMP connection closed while waiting for ${name}`));
+      };
+      if (this.#closed) return onClose();
       this.on("event", on);
+      this.on("close", onClose);
     });
+    // Callers may never await it (an earlier step failed): never unhandled.
+    waiting.catch(() => {});
+    return waiting;
   }
 
   get closed(): boolean {
