@@ -101,13 +101,9 @@ export const ServiceBody = z
       .array(z.string())
       .optional()
       .openapi({ description: "Tenant ids allowed to bind it; absent: all" }),
-    inject: z
-      .object({ header: z.string(), value: z.string() })
-      .strict()
-      .optional()
-      .openapi({
-        description: "http only: a header the node's proxy adds to every request (never enters the guest)",
-      }),
+    inject: z.object({ header: z.string(), value: z.string() }).strict().optional().openapi({
+      description: "http only: a header the node's proxy adds to every request (never enters the guest)",
+    }),
   })
   .strict()
   .openapi("CreateService");
