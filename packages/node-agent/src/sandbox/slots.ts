@@ -35,9 +35,13 @@ export class SlotRegistry {
         throw e;
       }
       await fs.writeFile(path.join(p, "owner"), sandboxId);
-      // The cursor is a hint; the mkdir above is the lock.
-      await fs.writeFile(`${cursorFile}.${process.pid}`, String((slot + 1) % MAX_SLOTS));
-      await fs.rename(`${cursorFile}.${process.pid}`, cursorFile);
+      // The cursor is only a hint (the mkdir above is the lock): concurrent
+      // claims may race on it, and losing that race costs nothing.
+      const tmp = `${cursorFile}.${process.pid}.${slot}`;
+      await fs
+        .writeFile(tmp, String((slot + 1) % MAX_SLOTS))
+        .then(() => fs.rename(tmp, cursorFile))
+        .catch(() => fs.rm(tmp, { force: true }));
       return slot;
     }
     throw new FirebreakError("CAPACITY_EXHAUSTED", `all ${MAX_SLOTS} network slots are in use on this node`);
