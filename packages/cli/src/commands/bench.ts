@@ -115,10 +115,17 @@ export async function benchCommand(opts: BenchOptions) {
         rt.pools.stop();
       }
       const t0 = performance.now();
-      const results = await Promise.all(
+      // allSettled: a failed create must not leave the others running untracked.
+      const settled = await Promise.allSettled(
         Array.from({ length: opts.concurrent }, () => timed(() => rt.create({ template }))),
       );
       const all = performance.now() - t0;
+      const results = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+      const failed = settled.flatMap((r) => (r.status === "rejected" ? [String(r.reason)] : []));
+      if (failed.length) {
+        await Promise.all(results.map((r) => rt.kill(r.sb.id)));
+        throw new Error(`${failed.length} of ${opts.concurrent} concurrent creates failed: ${failed[0]}`);
+      }
       const xs = results.map((r) => r.ms);
       const paths = [...new Set(results.map((r) => r.sb.timings?.path))].join("+");
       const label = pooled ? `pool of ${opts.concurrent}` : "empty pool";
