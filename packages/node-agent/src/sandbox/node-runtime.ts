@@ -570,6 +570,11 @@ export class NodeRuntime {
         // Pool VMs get their own entropy and clock now, so a claim only swaps identity.
         await this.#init(sb, { envVars: {}, fresh: true, accessToken: sb.accessToken });
         lap("init");
+        // One throwaway command while nobody waits: under emulation the first
+        // command after a restore pays for translating the spawn path (1-3 s).
+        await sb.exec(["/bin/true"], { user: "root" });
+        sb.resetClients();
+        lap("warmup");
         assertTransition(id, sb.state, "warm");
         sb.state = "warm";
         sb.timings.totalMs = Math.round((performance.now() - t0) * 10) / 10;
