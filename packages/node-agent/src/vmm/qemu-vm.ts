@@ -267,11 +267,14 @@ export class QemuVm {
     opts: { onSpawn?: (pid: number) => void; incoming?: string } = {},
   ): Promise<QemuVm> {
     // SECURITY: every file QEMU uses is opened here, by root, and inherited as
-    // a descriptor; O_NOFOLLOW so a planted symlink is never followed.
+    // a descriptor; O_NOFOLLOW so a planted symlink is never followed. The
+    // console log too, before QEMU exists: a failure here leaves no process.
     const opened: fs.FileHandle[] = [];
     const stdio: StdioOptions = ["ignore", "pipe", "pipe", "ignore", "pipe", "pipe"];
     let incomingFd: number | undefined;
+    let consoleLog: fs.FileHandle | undefined;
     try {
+      consoleLog = await openNoFollow(path.join(spec.dir, "console.log"), 0o600);
       for (const [i, layer] of spec.disk.entries()) {
         const writable = i === spec.disk.length - 1 && !spec.diskReadOnly;
         const fh = await fs.open(layer.path, (writable ? O.O_RDWR : O.O_RDONLY) | O.O_NOFOLLOW);
@@ -286,8 +289,10 @@ export class QemuVm {
       }
     } catch (e) {
       await Promise.all(opened.map((f) => f.close()));
+      await consoleLog?.close();
       throw e;
     }
+    const consoleFile = consoleLog;
     // -incoming defer: wait for a saved state instead of booting (snapshot restore).
     const qemu = ["qemu-system-x86_64", ...qemuArgs(spec), ...(opts.incoming ? ["-incoming", "defer"] : [])];
     // SECURITY: QEMU never runs as root. The jailer joins the cgroup, the
@@ -307,7 +312,7 @@ export class QemuVm {
       proc.on("error", () => resolve({ code: -1, signal: null }));
     });
     if (proc.pid) opts.onSpawn?.(proc.pid);
-    await pipeCapped(proc, path.join(spec.dir, "console.log"), spec.consoleCapBytes ?? 1024 * 1024);
+    pipeCapped(proc, consoleFile, spec.consoleCapBytes ?? 1024 * 1024);
 
     const abort = exited.then((e) => {
       throw new Error(
@@ -428,8 +433,7 @@ function listen(server: net.Server, p: string): Promise<void> {
 }
 
 /** Copies QEMU's stdout+stderr (the guest console) to a file, up to a cap. */
-async function pipeCapped(proc: ChildProcess, file: string, cap: number): Promise<void> {
-  const fh = await openNoFollow(file, 0o600);
+function pipeCapped(proc: ChildProcess, fh: fs.FileHandle, cap: number): void {
   const out = fh.createWriteStream();
   let written = 0;
   const onData = (b: Buffer) => {
