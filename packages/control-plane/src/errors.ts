@@ -86,6 +86,7 @@ const NODE_CODES: Record<FirebreakError["code"], ApiErrorCode> = {
 /** The egress module's codes (EgressError) on the wire. */
 const EGRESS_CODES: Record<EgressError["code"], ApiErrorCode> = {
   EGRESS_POLICY_INVALID: "VALIDATION_FAILED",
+  EGRESS_CIDR_RESERVED: "VALIDATION_FAILED",
   EGRESS_SERVICE_UNKNOWN: "VALIDATION_FAILED",
   EGRESS_SERVICE_FORBIDDEN: "VALIDATION_FAILED",
   EGRESS_SERVICE_INVALID: "VALIDATION_FAILED",
