@@ -86,6 +86,10 @@ export const NormalizedPolicySchema = z
     services: z.array(z.string()),
     bandwidthKBps: z.number().int().optional(),
     networks: z.array(z.string()),
+    grantedBy: z
+      .literal("admin")
+      .optional()
+      .describe("Present when an admin key made the policy (it may allow private ranges)"),
   })
   .openapi("EgressPolicy");
 export const NetworkSchema = z.object({ policy: NormalizedPolicySchema }).openapi("SandboxNetwork");

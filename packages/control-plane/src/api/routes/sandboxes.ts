@@ -1,6 +1,8 @@
 // /v1/sandboxes: create, list, get, kill, timeout, pause, resume, fork, events.
+
+import type { EgressPolicy } from "@firebreak/node-agent";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import { requireScope } from "../../auth/middleware.ts";
+import { hasScope, requireScope } from "../../auth/middleware.ts";
 import { ApiError } from "../../errors.ts";
 import type { SandboxService } from "../../sandboxes/service.ts";
 import { SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
@@ -49,6 +51,27 @@ export function sandboxJson(sb: SandboxService, r: SandboxRecord, withToken: boo
   };
 }
 
+/**
+ * The policy with who made it. SECURITY: `grantedBy: "admin"` (private ranges
+ * may be allowed) comes only from a key with the admin scope; any other key's
+ * policy is a tenant's (public addresses only), and asking for "admin" is
+ * refused rather than silently narrowed.
+ */
+function granted<P extends EgressPolicy>(
+  caller: Parameters<typeof hasScope>[0],
+  policy: P | undefined,
+  field: string,
+): P {
+  const admin = hasScope(caller, "admin");
+  if (policy?.grantedBy === "admin" && !admin) {
+    throw new ApiError(
+      "FORBIDDEN",
+      `${field}.grantedBy: only an admin key makes admin policies (private ranges); leave grantedBy out`,
+    );
+  }
+  return { ...(policy ?? ({} as P)), grantedBy: admin ? (policy?.grantedBy ?? "admin") : "tenant" };
+}
+
 function listParam(v: string | string[] | undefined): string[] {
   if (v === undefined) return [];
   return (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(",")).filter(Boolean);
@@ -84,7 +107,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           parentToken: c.req.header("x-firebreak-sandbox-token"),
           networkPolicy: b.network
             ? {
-                ...b.network.policy,
+                ...granted(caller, b.network.policy, "network.policy"),
                 networks: [...(b.network.policy?.networks ?? []), ...(b.network.networks ?? [])],
               }
             : undefined,
@@ -276,7 +299,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       const policy = await sb.updateNetworkPolicy(
         caller.tenant.id,
         c.req.valid("param").id,
-        c.req.valid("json").policy,
+        granted(caller, c.req.valid("json").policy, "policy"),
       );
       return c.json({ policy }, 200);
     },
