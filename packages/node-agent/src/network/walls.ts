@@ -3,6 +3,7 @@
 // rule an admin made). See ../egress/README.md. The walls are evaluated in the
 // sandbox namespace's forward chain before any policy rule; the whole list is
 // the table's `private` set (everything outside it is "the internet").
+import { readFileSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import { formatIpv4, parseIpv4, parsePool } from "./address-pool.ts";
 
@@ -115,13 +116,40 @@ function canonical(cidr: string): string {
   return `${formatIpv4(first)}/${32 - Math.log2(last - first + 1)}`;
 }
 
-/** Every IPv4 address on a host interface (the node process runs in the root namespace). */
+/**
+ * Every IPv4 address of this host (the node process runs in the root
+ * namespace). SECURITY: Node lists only interfaces that are up and running;
+ * the kernel also delivers locally to addresses on an interface without
+ * carrier (an empty bridge), so the kernel's local table
+ * (`/proc/net/fib_trie`, "/32 host LOCAL") is read too.
+ */
 export function hostIpv4Addresses(): string[] {
   const out = new Set<string>();
   for (const list of Object.values(networkInterfaces())) {
     for (const a of list ?? []) if (a.family === "IPv4") out.add(formatIpv4(parseIpv4(a.address)));
   }
+  let trie = "";
+  try {
+    trie = readFileSync("/proc/net/fib_trie", "utf8");
+  } catch {}
+  for (const a of localAddressesFromFibTrie(trie)) out.add(a);
   return [...out].sort();
+}
+
+/** The addresses `/proc/net/fib_trie` marks "/32 host LOCAL" (each after its "|-- a.b.c.d" line). */
+export function localAddressesFromFibTrie(text: string): string[] {
+  const out = new Set<string>();
+  let last: string | undefined;
+  for (const line of text.split("\n")) {
+    const leaf = /\|-- (\d+\.\d+\.\d+\.\d+)\s*$/.exec(line);
+    if (leaf) last = leaf[1];
+    else if (last && /^\s*\/32 host LOCAL\s*$/.test(line)) {
+      try {
+        out.add(formatIpv4(parseIpv4(last)));
+      } catch {}
+    }
+  }
+  return [...out];
 }
 
 /**
