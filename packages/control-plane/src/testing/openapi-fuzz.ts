@@ -483,7 +483,8 @@ export async function sendFuzzRequest(
 
 /**
  * What every answer must satisfy; a message when it does not.
- * INVARIANT (docs/API.md, Errors): no 5xx but 503 CAPACITY_EXHAUSTED, and with
+ * INVARIANT (docs/API.md, Errors): no 5xx but the documented 503s (CAPACITY_EXHAUSTED,
+ * NODE_UNAVAILABLE), and with
  * `allowSandbox502` the 502s that come from a sandbox itself; errors in the
  * native or E2B shape; /v1 answers as /openapi.json documents them.
  */
@@ -500,7 +501,8 @@ export function checkOutcome(
   const native = j?.["error"] as Record<string, unknown> | undefined;
   const code = native?.["code"] ?? j?.["code"];
   if (o.status >= 500) {
-    const capacity = o.status === 503 && (code === "CAPACITY_EXHAUSTED" || code === 503);
+    const capacity =
+      o.status === 503 && (code === "CAPACITY_EXHAUSTED" || code === "NODE_UNAVAILABLE" || code === 503);
     const sandbox =
       opts.allowSandbox502 === true &&
       o.status === 502 &&
