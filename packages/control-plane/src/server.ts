@@ -8,7 +8,8 @@ import { loadConfig } from "@firebreak/node-agent";
 import { getRequestListener } from "@hono/node-server";
 import pino, { type Logger } from "pino";
 import { createApp } from "./api/app.ts";
-import { hashApiKey, newApiKey, newId } from "./auth/keys.ts";
+import { DEFAULT_TENANT_ID, ensureDefaultTenant, mintAdminKey } from "./auth/admin-recovery.ts";
+import { hashApiKey, newId } from "./auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "./config.ts";
 import { envdProxy, isEnvdRequest } from "./e2b/envd-proxy.ts";
 import { ingressDomain } from "./ingress/config.ts";
@@ -52,7 +53,7 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export const DEFAULT_TENANT_ID = "default";
+export { DEFAULT_TENANT_ID };
 
 function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[?([^\]]*)\]?:)?(\d{1,5})$/.exec(listen);
@@ -67,19 +68,19 @@ async function bootstrap(
   adminKey: string | undefined,
   log: Logger,
 ) {
-  if (!(await store.getTenant(DEFAULT_TENANT_ID))) {
-    await store.createTenant({
-      id: DEFAULT_TENANT_ID,
-      name: "default",
-      limits: config.defaultLimits,
-      createdAt: new Date().toISOString(),
-    });
-  }
+  await ensureDefaultTenant(store, config.defaultLimits);
   if (adminKey !== undefined) {
     const hash = hashApiKey(adminKey);
     if (!hash)
       throw new Error("FIREBREAK_ADMIN_KEY must look like fb_<64 hex digits> (openssl rand -hex 32)");
-    if (!(await store.findKeyByHash(hash))) {
+    const existing = await store.findKeyByHash(hash);
+    if (existing?.revokedAt) {
+      log.warn(
+        { keyId: existing.id },
+        "FIREBREAK_ADMIN_KEY was revoked and stays revoked; mint a new admin key on this host with `firebreak admin-key` and use that",
+      );
+    }
+    if (!existing) {
       await store.createKey({
         id: newId("key"),
         tenantId: DEFAULT_TENANT_ID,
@@ -88,23 +89,14 @@ async function bootstrap(
         scopes: ["admin"],
         createdAt: new Date().toISOString(),
         revokedAt: null,
+        createdByKey: null,
       });
       log.info("admin key from FIREBREAK_ADMIN_KEY registered");
     }
     return undefined;
   }
   if ((await store.listKeys(null)).length > 0) return undefined;
-  const { key, hash } = newApiKey();
-  await store.createKey({
-    id: newId("key"),
-    tenantId: DEFAULT_TENANT_ID,
-    name: "admin",
-    hash,
-    scopes: ["admin"],
-    createdAt: new Date().toISOString(),
-    revokedAt: null,
-  });
-  return key;
+  return (await mintAdminKey(store, "admin")).key;
 }
 
 /**

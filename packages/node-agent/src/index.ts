@@ -34,7 +34,13 @@ export {
 } from "./image/builder.ts";
 export { ensureInitramfs } from "./image/initramfs.ts";
 export { ensureKernel, type KernelManifest } from "./image/kernel.ts";
-export { readTemplateSpec, type TemplateSpec } from "./image/template-spec.ts";
+export {
+  isTemplateName,
+  parseTemplateSpec,
+  readTemplateSpec,
+  TEMPLATE_NAME_RE,
+  type TemplateSpec,
+} from "./image/template-spec.ts";
 export {
   BUILTIN_TEMPLATES_DIR,
   builtinTemplates,

@@ -63,6 +63,8 @@ export interface TemplateInfo {
   imageBytes: number;
   /** Locked Debian packages (name=version). */
   packages: string[];
+  /** The tenant that owns it; null for an operator template, which every tenant may use. */
+  tenantId?: string | null;
 }
 
 export type KeyScope = "sandboxes" | "templates" | "admin";
@@ -74,6 +76,8 @@ export interface ApiKeyInfo {
   scopes: KeyScope[];
   createdAt: string;
   revokedAt: string | null;
+  /** The key that minted it: revoking that key revokes this one too. null for keys made on the host. */
+  createdByKey?: string | null;
 }
 
 /** A key as returned once, at creation: `key` is the secret. */

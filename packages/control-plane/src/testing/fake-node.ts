@@ -1,4 +1,5 @@
 // Test support: a NodeClient without VMs, for in-process API tests.
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type EgressPolicy,
   FirebreakError,
@@ -26,6 +27,7 @@ export class FakeNode implements NodeClient {
   templates = new Set(["base"]);
   createDelayMs = 0;
   failNextCreate: FirebreakError | undefined;
+  failNextBuild: FirebreakError | undefined;
   /** Env of the last create (the platform adds FIREBREAK_SANDBOX_TOKEN). */
   lastEnv: Record<string, string> = {};
   /** Egress policy and tenant of each sandbox (as the node would enforce them). */
@@ -36,8 +38,10 @@ export class FakeNode implements NodeClient {
   info() {
     return { accelerator: "tcg", acceleratorReason: "fake node" };
   }
+  /** What capacity() reports (tests shrink it to exercise node admission). */
+  hostCapacity = { vcpus: 16, memoryMib: 65_536 };
   capacity() {
-    return { vcpus: 2, memoryMib: 4096, sandboxes: this.sandboxes.size };
+    return { ...this.hostCapacity, sandboxes: this.sandboxes.size };
   }
   async create(req: {
     template: string;
@@ -133,8 +137,31 @@ export class FakeNode implements NodeClient {
   accessToken(id: string) {
     return this.sandboxes.get(id)?.token;
   }
+  /**
+   * A guest agent that knows nothing: every RPC fails with Connect's
+   * not_found (as the real agent does for a missing path or pid), every REST
+   * call answers 404.
+   */
   envd(): EnvdAccess {
-    throw new FirebreakError("AGENT_ERROR", "the fake node has no guest agent");
+    const missing = () => new ConnectError("the fake node's agent has nothing", Code.NotFound);
+    // Unary calls await it (or .catch it); streaming calls iterate it: both fail.
+    // The rejected promise is made only when awaited, so iterating leaves no unhandled rejection.
+    const failing = () => {
+      const settled = () => Promise.reject(missing());
+      return {
+        // biome-ignore lint/suspicious/noThenProperty: a lazy rejected promise, like a failed unary call
+        then: (ok: (v: never) => unknown, fail: (e: unknown) => unknown) => settled().then(ok, fail),
+        catch: (fail: (e: unknown) => unknown) => settled().catch(fail),
+        finally: (fn: () => void) => settled().finally(fn),
+        [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(missing()) }),
+      };
+    };
+    const client = new Proxy({}, { get: () => failing }) as never;
+    return {
+      process: client,
+      filesystem: client,
+      fetch: async () => new Response(JSON.stringify({ message: "not found" }), { status: 404 }),
+    };
   }
   envdEndpoint(): EnvdEndpoint {
     throw new FirebreakError("SANDBOX_STATE_INVALID", "the fake node has no guest agent");
@@ -155,8 +182,13 @@ export class FakeNode implements NodeClient {
     source: { name: string } | { spec: unknown },
     onProgress: (p: { step: string; index: number; total: number }) => void,
   ) {
-    const name = "name" in source ? source.name : "custom";
+    const name = "name" in source ? source.name : String((source.spec as { name?: unknown }).name);
     onProgress({ step: "resolve inputs", index: 1, total: 1 });
+    if (this.failNextBuild) {
+      const e = this.failNextBuild;
+      this.failNextBuild = undefined;
+      throw e;
+    }
     this.templates.add(name);
     return (await this.listTemplates()).find((t) => t.name === name)!;
   }

@@ -14,7 +14,8 @@ import { FakeNode } from "./fake-node.ts";
 
 export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fb-cp-"));
-  const store = new SqliteStore(path.join(dir, "cp.db"));
+  const dbFile = path.join(dir, "cp.db");
+  const store = new SqliteStore(dbFile);
   const node = new FakeNode();
   const cfg = { ...defaultConfig({}), ...config };
   const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
@@ -43,6 +44,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
       scopes,
       createdAt: new Date().toISOString(),
       revokedAt: null,
+      createdByKey: null,
     });
     return { id, key, keyId: `k${n}`, api: api.withKey(key) };
   }
@@ -51,6 +53,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     app,
     api,
     store,
+    dbFile,
     node,
     sandboxes,
     config: cfg,

@@ -2,7 +2,7 @@
 
 import type { EgressPolicy } from "@firebreak/node-agent";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import { hasScope, requireScope } from "../../auth/middleware.ts";
+import { actor, hasScope, requireScope } from "../../auth/middleware.ts";
 import { ApiError } from "../../errors.ts";
 import type { SandboxService } from "../../sandboxes/service.ts";
 import { SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
@@ -95,24 +95,21 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const b = optionalBody(CreateSandboxBody, c.req.valid("json"), formatZodError);
-      const rec = await sb.create(
-        { keyId: caller.keyId, tenant: caller.tenant },
-        {
-          template: b.template,
-          vcpus: b.vcpus,
-          memoryMib: b.memoryMib,
-          timeoutMs: b.timeoutMs ?? deps.config.defaultTimeoutMs,
-          envVars: b.envVars,
-          metadata: b.metadata,
-          parentToken: c.req.header("x-firebreak-sandbox-token"),
-          networkPolicy: b.network
-            ? {
-                ...granted(caller, b.network.policy, "network.policy"),
-                networks: [...(b.network.policy?.networks ?? []), ...(b.network.networks ?? [])],
-              }
-            : undefined,
-        },
-      );
+      const rec = await sb.create(actor(caller), {
+        template: b.template,
+        vcpus: b.vcpus,
+        memoryMib: b.memoryMib,
+        timeoutMs: b.timeoutMs ?? deps.config.defaultTimeoutMs,
+        envVars: b.envVars,
+        metadata: b.metadata,
+        parentToken: c.req.header("x-firebreak-sandbox-token"),
+        networkPolicy: b.network
+          ? {
+              ...granted(caller, b.network.policy, "network.policy"),
+              networks: [...(b.network.policy?.networks ?? []), ...(b.network.networks ?? [])],
+            }
+          : undefined,
+      });
       return c.json(sandboxJson(sb, rec, true), 201);
     },
   );
@@ -214,12 +211,14 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       tags,
       security,
       summary: "Pause to disk (no CPU or memory held; paused sandboxes do not time out)",
+      description:
+        "Counts against the tenant's maxPausedMib (429 QUOTA_EXCEEDED). A sandbox paused longer than the paused retention (FIREBREAK_PAUSED_RETENTION_MS, default 7 days) is killed (endReason paused_retention).",
       request: { params: SandboxIdParam },
       responses: { 200: json(SandboxSchema), ...errors },
     }),
     async (c) => {
       const caller = requireScope(c, "sandboxes");
-      const rec = await sb.pause(caller.tenant.id, c.req.valid("param").id);
+      const rec = await sb.pause(actor(caller), c.req.valid("param").id);
       return c.json(sandboxJson(sb, rec, false), 200);
     },
   );
@@ -237,7 +236,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.resume(
-        { keyId: caller.keyId, tenant: caller.tenant },
+        actor(caller),
         c.req.valid("param").id,
         optionalBody(ResumeBody, c.req.valid("json"), formatZodError).timeoutMs,
       );
@@ -258,7 +257,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const kids = await sb.fork(
-        { keyId: caller.keyId, tenant: caller.tenant },
+        actor(caller),
         c.req.valid("param").id,
         optionalBody(ForkBody, c.req.valid("json"), formatZodError).count,
       );
