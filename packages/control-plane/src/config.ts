@@ -14,6 +14,11 @@ export interface ControlPlaneConfig {
   defaultLimits: TenantLimits;
   /** Largest JSON body accepted. @default 1 MiB */
   maxJsonBytes: number;
+  /**
+   * How long a command may take to start (the agent's `start` event) before
+   * the request fails with AGENT_ERROR. @default 60_000
+   */
+  commandStartTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -31,5 +36,6 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     reaperIntervalMs: 250,
     defaultLimits: DEFAULT_LIMITS,
     maxJsonBytes: 1024 * 1024,
+    commandStartTimeoutMs: 60_000,
   };
 }

@@ -9,6 +9,7 @@ import type { AppEnv, Deps } from "../api/context.ts";
 import { authenticate, hasScope, type RateLimiter } from "../auth/middleware.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressDomain } from "../ingress/config.ts";
+import type { IngressTokens } from "../ingress/ingress-token.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord } from "../store/store.ts";
 
@@ -23,7 +24,7 @@ const NewSandbox = z
   .loose();
 const Timeout = z.object({ timeout: z.number().int().min(1).optional() }).loose();
 
-function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
+function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean, ingress: IngressTokens) {
   const token = withToken ? sb.accessToken(r) : undefined;
   return {
     sandboxID: r.id,
@@ -39,11 +40,12 @@ function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
     envdVersion: ENVD_VERSION,
     metadata: r.metadata,
     ...(token ? { envdAccessToken: token } : {}),
+    ...(withToken && !isFinalState(r.state) ? { trafficAccessToken: ingress.tokenFor(r.id) } : {}),
     domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
 
-function created(sb: SandboxService, r: SandboxRecord) {
+function created(sb: SandboxService, r: SandboxRecord, ingress: IngressTokens) {
   const token = sb.accessToken(r);
   return {
     sandboxID: r.id,
@@ -52,6 +54,8 @@ function created(sb: SandboxService, r: SandboxRecord) {
     clientID: r.nodeId,
     envdVersion: ENVD_VERSION,
     ...(token ? { envdAccessToken: token } : {}),
+    // The ingress token, under E2B's name (its header e2b-traffic-access-token works too).
+    trafficAccessToken: ingress.tokenFor(r.id),
     domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
@@ -112,7 +116,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
         parentToken: c.req.header("x-firebreak-sandbox-token"),
       },
     );
-    return c.json(created(sb, rec), 201);
+    return c.json(created(sb, rec, deps.ingressTokens), 201);
   };
   e2b.post("/sandboxes", create);
   e2b.post("/v2/sandboxes", create);
@@ -142,7 +146,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     });
     if (page.nextCursor) c.header("x-next-token", page.nextCursor);
     return c.json(
-      page.sandboxes.map((r) => detail(sb, r, false)),
+      page.sandboxes.map((r) => detail(sb, r, false, deps.ingressTokens)),
       200,
     );
   };
@@ -158,7 +162,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
 
   e2b.get("/sandboxes/:id", async (c) => {
     const rec = await live(c.get("caller").tenant.id, c.req.param("id"));
-    return c.json(detail(sb, rec, true), 200);
+    return c.json(detail(sb, rec, true, deps.ingressTokens), 200);
   });
 
   e2b.delete("/sandboxes/:id", async (c) => {
@@ -195,13 +199,13 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     const timeoutMs = b.timeout !== undefined ? b.timeout * 1000 : undefined;
     if (rec.state === "paused") {
       rec = await sb.resume({ keyId: caller.keyId, tenant: caller.tenant }, rec.id, timeoutMs);
-      return c.json(created(sb, rec), 201);
+      return c.json(created(sb, rec, deps.ingressTokens), 201);
     }
     // Connecting never shortens a running sandbox's life.
     if (timeoutMs !== undefined && rec.timeoutAt && Date.parse(rec.timeoutAt) < Date.now() + timeoutMs) {
       rec = await sb.setTimeout(caller.tenant.id, rec.id, timeoutMs);
     }
-    return c.json(created(sb, rec), 200);
+    return c.json(created(sb, rec, deps.ingressTokens), 200);
   };
   e2b.post("/sandboxes/:id/connect", connect);
   e2b.post("/v2/sandboxes/:id/connect", connect);

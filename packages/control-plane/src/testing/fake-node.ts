@@ -1,6 +1,8 @@
 // Test support: a NodeClient without VMs, for in-process API tests.
 import {
   type EgressPolicy,
+  type EnvdClientOptions,
+  envdClient,
   FirebreakError,
   type NormalizedPolicy,
   normalizePolicy,
@@ -17,6 +19,12 @@ import type {
   UsageSample,
 } from "../node/node-client.ts";
 
+export interface FakeGuestAddress {
+  address: string;
+  envdPort: number;
+  options?: EnvdClientOptions;
+}
+
 export class FakeNode implements NodeClient {
   readonly id = "fake";
   readonly sandboxes = new Map<
@@ -24,6 +32,8 @@ export class FakeNode implements NodeClient {
     { state: "running" | "paused" | "gone"; token: string; born: number }
   >();
   templates = new Set(["base"]);
+  /** Output lines the next builds' run step prints. */
+  buildRunLines = 0;
   createDelayMs = 0;
   failNextCreate: FirebreakError | undefined;
   /** Env of the last create (the platform adds FIREBREAK_SANDBOX_TOKEN). */
@@ -133,11 +143,26 @@ export class FakeNode implements NodeClient {
   accessToken(id: string) {
     return this.sandboxes.get(id)?.token;
   }
-  envd(): EnvdAccess {
-    throw new FirebreakError("AGENT_ERROR", "the fake node has no guest agent");
+  /**
+   * A stand-in guest on loopback: with `guest` set, every sandbox's agent and
+   * served ports are reached at that address (the agent on `envdPort`), as the
+   * real node reaches `<sandboxAddress>:<port>`; `guests` overrides it per
+   * node sandbox id.
+   */
+  guest: FakeGuestAddress | undefined;
+  readonly guests = new Map<string, FakeGuestAddress>();
+  #guestOf(id: string): FakeGuestAddress | undefined {
+    return this.sandboxes.has(id) ? (this.guests.get(id) ?? this.guest) : undefined;
   }
-  envdEndpoint(): EnvdEndpoint {
-    throw new FirebreakError("SANDBOX_STATE_INVALID", "the fake node has no guest agent");
+  envd(id: string, user?: string): EnvdAccess {
+    const g = this.#guestOf(id);
+    if (!g) throw new FirebreakError("AGENT_ERROR", "the fake node has no guest agent");
+    return envdClient(g.address, this.sandboxes.get(id)!.token, user, { ...g.options, port: g.envdPort });
+  }
+  envdEndpoint(id: string): EnvdEndpoint {
+    const g = this.#guestOf(id);
+    if (!g) throw new FirebreakError("SANDBOX_STATE_INVALID", "the fake node has no guest agent");
+    return { host: g.address, port: g.envdPort, accessToken: this.sandboxes.get(id)!.token };
   }
   async listTemplates(): Promise<TemplateInfo[]> {
     return [...this.templates].map((name) => ({
@@ -153,10 +178,14 @@ export class FakeNode implements NodeClient {
   }
   async buildTemplate(
     source: { name: string } | { spec: unknown },
-    onProgress: (p: { step: string; index: number; total: number }) => void,
+    onProgress: (p: { step: string; index: number; total: number; detail?: string }) => void,
   ) {
     const name = "name" in source ? source.name : "custom";
     onProgress({ step: "resolve inputs", index: 1, total: 1 });
+    // A chatty run step: its output lines come as progress, as fast as it prints them.
+    for (let i = 0; i < this.buildRunLines; i++) {
+      onProgress({ step: "run", index: 1, total: 1, detail: `line ${i} ${"x".repeat(1000)}` });
+    }
     this.templates.add(name);
     return (await this.listTemplates()).find((t) => t.name === name)!;
   }
