@@ -72,7 +72,12 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
       `the agent of sandbox ${sandboxId}`,
       {
         fail: (f) => fail(res, 502, f.message),
-        onUpstreamError: (e) => log.warn({ sandboxId, err: e }, "envd proxy upstream error"),
+        // One short line per failed request (no stack): a hostile agent fails every request.
+        onUpstreamError: (e) =>
+          log.warn(
+            { sandboxId, error: (e as NodeJS.ErrnoException).code ?? e.message },
+            "envd proxy upstream error",
+          ),
       },
     );
   };
