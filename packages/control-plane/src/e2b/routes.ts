@@ -10,6 +10,7 @@ import { authenticate, hasScope, type RateLimiter } from "../auth/middleware.ts"
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressDomain } from "../ingress/config.ts";
 import type { IngressTokens } from "../ingress/ingress-token.ts";
+import { readBounded } from "../relay/read-bounded.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord } from "../store/store.ts";
 
@@ -81,9 +82,13 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
   // Only E2B's paths: a catch-all here would answer 401 for unknown native routes.
   for (const p of ["/sandboxes", "/sandboxes/*", "/v2/sandboxes", "/v2/sandboxes/*"]) e2b.use(p, auth);
 
-  const readJson = async <T>(c: { req: { text(): Promise<string> } }, schema: z.ZodType<T>): Promise<T> => {
-    const text = await c.req.text();
-    if (text.length > deps.config.maxJsonBytes) throw new ApiError("PAYLOAD_TOO_LARGE", "body too large");
+  const readJson = async <T>(c: Context<AppEnv>, schema: z.ZodType<T>): Promise<T> => {
+    // Read at most the limit: a larger body is refused without being buffered.
+    const { bytes, truncated } = await readBounded(c.req.raw.body, deps.config.maxJsonBytes);
+    if (truncated) {
+      throw new ApiError("PAYLOAD_TOO_LARGE", `JSON bodies are limited to ${deps.config.maxJsonBytes} bytes`);
+    }
+    const text = bytes.toString("utf8");
     let raw: unknown = {};
     if (text.trim()) {
       try {
