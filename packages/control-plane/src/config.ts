@@ -35,6 +35,11 @@ export interface ControlPlaneConfig {
    * usage record, reason `paused_retention`). @default FIREBREAK_PAUSED_RETENTION_MS or 7 days
    */
   pausedRetentionMs: number;
+  /**
+   * How long a command may take to start (the agent's `start` event) before
+   * the request fails with AGENT_ERROR. @default 60_000
+   */
+  commandStartTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -70,5 +75,6 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     sandboxOverheadMib: 256,
     capacityRetryAfterSeconds: 10,
     pausedRetentionMs: positive(env, "FIREBREAK_PAUSED_RETENTION_MS", 7 * 24 * 3600_000),
+    commandStartTimeoutMs: 60_000,
   };
 }

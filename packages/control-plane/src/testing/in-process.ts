@@ -6,6 +6,7 @@ import pino from "pino";
 import { createApp } from "../api/app.ts";
 import { newApiKey } from "../auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "../config.ts";
+import { IngressTokens } from "../ingress/ingress-token.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
@@ -20,7 +21,8 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
   const cfg = { ...defaultConfig({}), ...config };
   const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
   const sandboxes = new SandboxService(store, node, cfg, log);
-  const app = createApp({ store, node, sandboxes, config: cfg, log });
+  const ingressTokens = IngressTokens.open(path.join(dir, "ingress-secret"));
+  const app = createApp({ store, node, sandboxes, config: cfg, log, ingressTokens });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
   ).init();
@@ -56,6 +58,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     dbFile,
     node,
     sandboxes,
+    ingressTokens,
     config: cfg,
     tenant,
     async close() {
