@@ -6,6 +6,7 @@ import { FirebreakApiError } from "@firebreak/sdk";
 // server (FIREBREAK_URL, FIREBREAK_API_KEY), and so do `run` and `template`
 // when both are set.
 import { Command, InvalidArgumentError, Option } from "commander";
+import { adminKeyCommand } from "./commands/admin-key.ts";
 import { useServer } from "./commands/api-client.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { doctorCommand } from "./commands/doctor.ts";
@@ -156,6 +157,15 @@ program
   .option("--node-id <id>", "this node's id on first start (default: n-<random>)")
   .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
   .action(nodeCommand);
+
+program
+  .command("admin-key")
+  .description(
+    "mint a new admin API key straight into the state dir's database (root; works with or without a running server); prints only the key",
+  )
+  .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
+  .option("--name <name>", "the key's name", "admin (firebreak admin-key)")
+  .action(adminKeyCommand);
 
 const sandbox = program
   .command("sandbox")

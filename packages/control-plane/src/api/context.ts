@@ -1,6 +1,7 @@
 // What every route handler can reach: the request's id and caller, and the services.
 import type { Logger } from "pino";
 import type { ControlPlaneConfig } from "../config.ts";
+import type { IngressTokens } from "../ingress/ingress-token.ts";
 import type { NodeClient } from "../node/node-client.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import type { Scope, Store, Tenant } from "../store/store.ts";
@@ -25,4 +26,6 @@ export interface Deps {
   sandboxes: SandboxService;
   config: ControlPlaneConfig;
   log: Logger;
+  /** The sandboxes' ingress tokens (ingress/ingress-token.ts). */
+  ingressTokens: IngressTokens;
 }

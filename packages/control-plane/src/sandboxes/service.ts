@@ -16,18 +16,31 @@ import type { EnvdAccess, NodeClient, PrivateService, UsageSample } from "../nod
 import {
   isFinalState,
   type ListSandboxesQuery,
+  type NodeBudget,
+  type QuotaResult,
   type SandboxRecord,
   type SandboxState,
   type Store,
   type Tenant,
+  type TenantLimits,
   type UsageRecord,
 } from "../store/store.ts";
 import { Meter } from "../usage/meter.ts";
 import { assertTransition, stateAfterLoss } from "./state.ts";
+import { TemplateAccess } from "./templates.ts";
 
 export interface Caller {
   keyId: string;
   tenant: Tenant;
+  /** An admin key: may use every tenant's templates. */
+  admin?: boolean;
+}
+
+/** vCPUs and memory held back for resumes and forks in flight (not yet in the store as holding). */
+interface Reservation {
+  vcpus: number;
+  memoryMib: number;
+  sandboxes: number;
 }
 
 export interface CreateRequest {
@@ -56,12 +69,77 @@ export class SandboxService {
   #sampling = false;
   #reaping = false;
   #closed = false;
+  /** Node admission: resumes and forks between their check and their store update. */
+  readonly #reserved = new Set<Reservation>();
+  /** Paused-disk quota: pauses between their check and their store update. */
+  readonly #pausing = new Set<{ tenantId: string; memoryMib: number }>();
+  /** Who may read, build and delete which template. */
+  readonly templates: TemplateAccess;
 
   constructor(store: Store, node: NodeClient, config: ControlPlaneConfig, log: Logger) {
     this.#store = store;
     this.#node = node;
     this.#config = config;
     this.#log = log;
+    this.templates = new TemplateAccess(store, node);
+  }
+
+  // ---------------------------------------------------------------- admission
+
+  /**
+   * What the node may still commit: its capacity times the overcommit ratios,
+   * less the reservations of resumes and forks in flight (other than `own`).
+   */
+  #nodeBudget(own?: Reservation): NodeBudget {
+    const cap = this.#node.capacity();
+    let vcpus = cap.vcpus * this.#config.vcpuOvercommit;
+    let memoryMib = cap.memoryMib * this.#config.memoryOvercommit;
+    for (const r of this.#reserved) {
+      if (r === own) continue;
+      vcpus -= r.vcpus;
+      memoryMib -= r.memoryMib + r.sandboxes * this.#config.sandboxOverheadMib;
+    }
+    return { nodeId: this.#node.id, vcpus, memoryMib, overheadMib: this.#config.sandboxOverheadMib };
+  }
+
+  /** A failed quota or admission check as the error the caller gets. */
+  #quotaError(q: Exclude<QuotaResult, { ok: true }>): ApiError {
+    if (q.limit === "nodeVcpus" || q.limit === "nodeMemoryMib") {
+      return new ApiError("CAPACITY_EXHAUSTED", q.message, {
+        headers: { "retry-after": String(this.#config.capacityRetryAfterSeconds) },
+      });
+    }
+    return new ApiError("QUOTA_EXCEEDED", q.message);
+  }
+
+  /**
+   * Admits `count` sandboxes of a shape that are not yet holding (resume,
+   * fork): tenant limits, then the node's budget. The reservation is taken
+   * before the check (synchronously), so concurrent admissions see each
+   * other; release it once the store records them as holding (or on failure).
+   * INVARIANT: the node never commits more than capacity x overcommit.
+   */
+  async #admit(
+    tenantId: string,
+    shape: { vcpus: number; memoryMib: number },
+    count: number,
+    limits: TenantLimits,
+  ): Promise<() => void> {
+    const r: Reservation = {
+      vcpus: shape.vcpus * count,
+      memoryMib: shape.memoryMib * count,
+      sandboxes: count,
+    };
+    this.#reserved.add(r);
+    const release = () => this.#reserved.delete(r);
+    try {
+      const q = await this.#store.checkQuota(tenantId, shape, count, limits, this.#nodeBudget(r));
+      if (!q.ok) throw this.#quotaError(q);
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return release;
   }
 
   /** Serializes actions on one sandbox (a kill during a create waits for the create). */
@@ -168,10 +246,11 @@ export class SandboxService {
         );
       }
     }
-    if (!(await this.#node.hasTemplate(req.template))) {
+    // INVARIANT: another tenant's template answers exactly like a missing one.
+    if (!(await this.templates.readable(req.template, caller))) {
       throw new ApiError(
         "TEMPLATE_NOT_FOUND",
-        `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates {"name": "${req.template}"}`,
+        `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates`,
       );
     }
     const networkPolicy = req.networkPolicy
@@ -205,9 +284,15 @@ export class SandboxService {
       envdTokenHash: null,
       createdByKey: caller.keyId,
       networkPolicy,
+      pausedAt: null,
     };
-    const quota = await this.#store.insertSandboxWithinQuota(rec, caller.tenant.limits);
-    if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
+    const quota = await this.#store.insertSandboxWithinQuota(
+      rec,
+      caller.tenant.limits,
+      0,
+      this.#nodeBudget(),
+    );
+    if (!quota.ok) throw this.#quotaError(quota);
     await this.#event(id, "requested", {
       template: req.template,
       vcpus: req.vcpus,
@@ -421,20 +506,60 @@ export class SandboxService {
     });
   }
 
-  async pause(tenantId: string, id: string): Promise<SandboxRecord> {
+  /**
+   * Takes room in the tenant's paused-disk quota (maxPausedMib: paused
+   * sandboxes' guest memory, the size their memory file can reach). Taken
+   * before the check, like #admit; release once the store has it paused.
+   */
+  async #admitPause(tenant: Tenant, memoryMib: number): Promise<() => void> {
+    const mine = { tenantId: tenant.id, memoryMib };
+    this.#pausing.add(mine);
+    const release = () => this.#pausing.delete(mine);
+    try {
+      const used = await this.#store.pausedUsage(tenant.id);
+      let inFlight = 0;
+      for (const p of this.#pausing) if (p !== mine && p.tenantId === tenant.id) inFlight += p.memoryMib;
+      const limit = tenant.limits.maxPausedMib;
+      if (used.memoryMib + inFlight + memoryMib > limit) {
+        throw new ApiError(
+          "QUOTA_EXCEEDED",
+          `quota exceeded: maxPausedMib is ${limit}, ${used.memoryMib + inFlight} MiB paused (${used.sandboxes} sandboxes), ${memoryMib} MiB more requested; kill a paused sandbox or ask for a higher limit`,
+        );
+      }
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return release;
+  }
+
+  async pause(caller: Caller, id: string): Promise<SandboxRecord> {
+    const tenantId = caller.tenant.id;
     await this.get(tenantId, id);
     return this.#withLock(id, async () => {
       let rec = await this.get(tenantId, id);
       assertTransition(id, rec.state, "paused", "pause");
-      const sample = await this.#node.pause(rec.nodeSandboxId!).catch((e) => {
-        throw toApiError(e);
-      });
+      const release = await this.#admitPause(caller.tenant, rec.memoryMib);
       const meter = this.#meters.get(id) ?? new Meter();
-      if (sample) meter.add(sample);
-      meter.suspend();
-      this.#meters.set(id, meter);
-      // INVARIANT: paused sandboxes do not expire (timeoutAt null); resume restarts the timeout.
-      rec = await this.#transition(rec, "paused", { timeoutAt: null }, "paused by request", "pause");
+      try {
+        const sample = await this.#node.pause(rec.nodeSandboxId!).catch((e) => {
+          throw toApiError(e);
+        });
+        if (sample) meter.add(sample);
+        meter.suspend();
+        this.#meters.set(id, meter);
+        // INVARIANT: paused sandboxes do not time out (timeoutAt null); resume restarts the
+        // timeout. The reaper ends them after the paused retention instead (reap).
+        rec = await this.#transition(
+          rec,
+          "paused",
+          { timeoutAt: null, pausedAt: iso() },
+          "paused by request",
+          "pause",
+        );
+      } finally {
+        release();
+      }
       await this.#store.putInterimUsage(this.#usage(rec, meter, Date.now(), false));
       return rec;
     });
@@ -448,20 +573,23 @@ export class SandboxService {
       assertTransition(id, rec.state, "running", "resume");
       // It already counts towards maxSandboxes; its vCPUs and memory come back.
       const limits = { ...caller.tenant.limits, maxSandboxes: Number.MAX_SAFE_INTEGER };
-      const quota = await this.#store.checkQuota(rec.tenantId, rec, 1, limits);
-      if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
-      const r = await this.#node.resume(rec.nodeSandboxId!).catch((e) => {
-        throw toApiError(e);
-      });
-      const t = timeoutMs ?? rec.timeoutMs;
-      await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs });
-      rec = await this.#transition(
-        rec,
-        "running",
-        { timeoutMs: t, timeoutAt: iso(Date.now() + t) },
-        "resumed by request",
-        "resume",
-      );
+      const release = await this.#admit(rec.tenantId, rec, 1, limits);
+      try {
+        const r = await this.#node.resume(rec.nodeSandboxId!).catch((e) => {
+          throw toApiError(e);
+        });
+        const t = timeoutMs ?? rec.timeoutMs;
+        await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs });
+        rec = await this.#transition(
+          rec,
+          "running",
+          { timeoutMs: t, timeoutAt: iso(Date.now() + t), pausedAt: null },
+          "resumed by request",
+          "resume",
+        );
+      } finally {
+        release();
+      }
       return rec;
     });
   }
@@ -472,18 +600,30 @@ export class SandboxService {
       const parent = await this.get(caller.tenant.id, id);
       if (parent.state !== "running")
         throw new ApiError("CONFLICT", `cannot fork sandbox ${id}: it is ${parent.state}`);
-      const quota = await this.#store.checkQuota(parent.tenantId, parent, count, caller.tenant.limits);
-      if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
+      const release = await this.#admit(parent.tenantId, parent, count, caller.tenant.limits);
+      try {
+        return await this.#forkAdmitted(caller, parent, count);
+      } finally {
+        release();
+      }
+    });
+  }
+
+  async #forkAdmitted(caller: Caller, parent: SandboxRecord, count: number): Promise<SandboxRecord[]> {
+    {
+      const id = parent.id;
       await this.#event(id, "fork", { count });
       const children = await this.#node.fork(parent.nodeSandboxId!, count).catch((e) => {
         throw toApiError(e);
       });
       const out: SandboxRecord[] = [];
-      const unlimited = {
+      const unlimited: TenantLimits = {
         maxSandboxes: Number.MAX_SAFE_INTEGER,
         maxVcpus: Number.MAX_SAFE_INTEGER,
         maxMemoryMib: Number.MAX_SAFE_INTEGER,
         requestsPerMinute: 0,
+        maxKeys: 0,
+        maxPausedMib: 0,
       };
       for (const c of children) {
         const now = Date.now();
@@ -506,6 +646,7 @@ export class SandboxService {
           envdTokenHash: sha256(c.accessToken),
           createdByKey: caller.keyId,
           networkPolicy: null, // the node gives forks its default policy
+          pausedAt: null,
         };
         // Checked above for the whole fork; the children exist already.
         await this.#store.insertSandboxWithinQuota(child, unlimited);
@@ -518,7 +659,7 @@ export class SandboxService {
         out.push(child);
       }
       return out;
-    });
+    }
   }
 
   // ---------------------------------------------------------------- background: reaper, sampler, recovery
@@ -587,22 +728,39 @@ export class SandboxService {
     }
   }
 
-  /** One reaper pass: kills every running sandbox whose timeout has passed. */
+  /**
+   * One reaper pass: kills every running sandbox whose timeout has passed,
+   * and every paused one paused longer than the paused retention (reason
+   * `paused_retention`; its final usage record is written like any end).
+   */
   async reap(): Promise<void> {
     if (this.#reaping) return;
     this.#reaping = true;
     try {
       const now = Date.now();
-      const expired = (await this.#store.listLiveSandboxes()).filter(
+      const live = await this.#store.listLiveSandboxes();
+      const expired = live.filter(
         (r) => r.state === "running" && r.timeoutAt !== null && Date.parse(r.timeoutAt) <= now,
       );
-      await Promise.all(
-        expired.map((r) =>
+      // INVARIANT: nothing stays paused (holding disk) longer than pausedRetentionMs.
+      const stale = live.filter(
+        (r) =>
+          r.state === "paused" &&
+          r.pausedAt !== null &&
+          Date.parse(r.pausedAt) + this.#config.pausedRetentionMs <= now,
+      );
+      await Promise.all([
+        ...expired.map((r) =>
           this.#kill(r.id, "reaper", "timeout").catch((e) =>
             this.#log.error({ sandboxId: r.id, err: e }, "reaper kill failed"),
           ),
         ),
-      );
+        ...stale.map((r) =>
+          this.#kill(r.id, "reaper", "paused_retention").catch((e) =>
+            this.#log.error({ sandboxId: r.id, err: e }, "reaper kill of a paused sandbox failed"),
+          ),
+        ),
+      ]);
     } finally {
       this.#reaping = false;
     }

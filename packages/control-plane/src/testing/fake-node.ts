@@ -1,6 +1,9 @@
 // Test support: a NodeClient without VMs, for in-process API tests.
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type EgressPolicy,
+  type EnvdClientOptions,
+  envdClient,
   FirebreakError,
   type NormalizedPolicy,
   normalizePolicy,
@@ -17,6 +20,12 @@ import type {
   UsageSample,
 } from "../node/node-client.ts";
 
+export interface FakeGuestAddress {
+  address: string;
+  envdPort: number;
+  options?: EnvdClientOptions;
+}
+
 export class FakeNode implements NodeClient {
   readonly id = "fake";
   readonly sandboxes = new Map<
@@ -24,8 +33,11 @@ export class FakeNode implements NodeClient {
     { state: "running" | "paused" | "gone"; token: string; born: number }
   >();
   templates = new Set(["base"]);
+  /** Output lines the next builds' run step prints. */
+  buildRunLines = 0;
   createDelayMs = 0;
   failNextCreate: FirebreakError | undefined;
+  failNextBuild: FirebreakError | undefined;
   /** Env of the last create (the platform adds FIREBREAK_SANDBOX_TOKEN). */
   lastEnv: Record<string, string> = {};
   /** Egress policy and tenant of each sandbox (as the node would enforce them). */
@@ -36,8 +48,10 @@ export class FakeNode implements NodeClient {
   info() {
     return { accelerator: "tcg", acceleratorReason: "fake node" };
   }
+  /** What capacity() reports (tests shrink it to exercise node admission). */
+  hostCapacity = { vcpus: 16, memoryMib: 65_536 };
   capacity() {
-    return { vcpus: 2, memoryMib: 4096, sandboxes: this.sandboxes.size };
+    return { ...this.hostCapacity, sandboxes: this.sandboxes.size };
   }
   async create(req: {
     template: string;
@@ -133,11 +147,53 @@ export class FakeNode implements NodeClient {
   accessToken(id: string) {
     return this.sandboxes.get(id)?.token;
   }
-  envd(): EnvdAccess {
-    throw new FirebreakError("AGENT_ERROR", "the fake node has no guest agent");
+  /**
+   * A stand-in guest on loopback: with `guest` set, every sandbox's agent and
+   * served ports are reached at that address (the agent on `envdPort`), as the
+   * real node reaches `<sandboxAddress>:<port>`; `guests` overrides it per
+   * node sandbox id.
+   */
+  guest: FakeGuestAddress | undefined;
+  readonly guests = new Map<string, FakeGuestAddress>();
+  #guestOf(id: string): FakeGuestAddress | undefined {
+    return this.sandboxes.has(id) ? (this.guests.get(id) ?? this.guest) : undefined;
   }
-  envdEndpoint(): EnvdEndpoint {
-    throw new FirebreakError("SANDBOX_STATE_INVALID", "the fake node has no guest agent");
+  /**
+   * A guest agent that knows nothing (no stand-in guest set): every RPC fails
+   * with Connect's not_found (as the real agent does for a missing path or
+   * pid), every REST call answers 404.
+   */
+  #emptyAgent(): EnvdAccess {
+    const missing = () => new ConnectError("the fake node's agent has nothing", Code.NotFound);
+    // Unary calls await it (or .catch it); streaming calls iterate it: both fail.
+    // The rejected promise is made only when awaited, so iterating leaves no unhandled rejection.
+    const failing = () => {
+      const settled = () => Promise.reject(missing());
+      return {
+        // biome-ignore lint/suspicious/noThenProperty: a lazy rejected promise, like a failed unary call
+        then: (ok: (v: never) => unknown, fail: (e: unknown) => unknown) => settled().then(ok, fail),
+        catch: (fail: (e: unknown) => unknown) => settled().catch(fail),
+        finally: (fn: () => void) => settled().finally(fn),
+        [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(missing()) }),
+      };
+    };
+    const client = new Proxy({}, { get: () => failing }) as never;
+    return {
+      process: client,
+      filesystem: client,
+      fetch: async () => new Response(JSON.stringify({ message: "not found" }), { status: 404 }),
+    };
+  }
+  envd(id: string, user?: string): EnvdAccess {
+    const g = this.#guestOf(id);
+    if (g)
+      return envdClient(g.address, this.sandboxes.get(id)!.token, user, { ...g.options, port: g.envdPort });
+    return this.#emptyAgent();
+  }
+  envdEndpoint(id: string): EnvdEndpoint {
+    const g = this.#guestOf(id);
+    if (!g) throw new FirebreakError("SANDBOX_STATE_INVALID", "the fake node has no guest agent");
+    return { host: g.address, port: g.envdPort, accessToken: this.sandboxes.get(id)!.token };
   }
   async listTemplates(): Promise<TemplateInfo[]> {
     return [...this.templates].map((name) => ({
@@ -153,10 +209,19 @@ export class FakeNode implements NodeClient {
   }
   async buildTemplate(
     source: { name: string } | { spec: unknown },
-    onProgress: (p: { step: string; index: number; total: number }) => void,
+    onProgress: (p: { step: string; index: number; total: number; detail?: string }) => void,
   ) {
-    const name = "name" in source ? source.name : "custom";
+    const name = "name" in source ? source.name : String((source.spec as { name?: unknown }).name);
     onProgress({ step: "resolve inputs", index: 1, total: 1 });
+    if (this.failNextBuild) {
+      const e = this.failNextBuild;
+      this.failNextBuild = undefined;
+      throw e;
+    }
+    // A chatty run step: its output lines come as progress, as fast as it prints them.
+    for (let i = 0; i < this.buildRunLines; i++) {
+      onProgress({ step: "run", index: 1, total: 1, detail: `line ${i} ${"x".repeat(1000)}` });
+    }
     this.templates.add(name);
     return (await this.listTemplates()).find((t) => t.name === name)!;
   }

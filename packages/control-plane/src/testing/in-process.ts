@@ -6,6 +6,7 @@ import pino from "pino";
 import { createApp } from "../api/app.ts";
 import { newApiKey } from "../auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "../config.ts";
+import { IngressTokens } from "../ingress/ingress-token.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
@@ -14,12 +15,14 @@ import { FakeNode } from "./fake-node.ts";
 
 export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fb-cp-"));
-  const store = new SqliteStore(path.join(dir, "cp.db"));
+  const dbFile = path.join(dir, "cp.db");
+  const store = new SqliteStore(dbFile);
   const node = new FakeNode();
   const cfg = { ...defaultConfig({}), ...config };
   const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
   const sandboxes = new SandboxService(store, node, cfg, log);
-  const app = createApp({ store, node, sandboxes, config: cfg, log });
+  const ingressTokens = IngressTokens.open(path.join(dir, "ingress-secret"));
+  const app = createApp({ store, node, sandboxes, config: cfg, log, ingressTokens });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
   ).init();
@@ -43,6 +46,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
       scopes,
       createdAt: new Date().toISOString(),
       revokedAt: null,
+      createdByKey: null,
     });
     return { id, key, keyId: `k${n}`, api: api.withKey(key) };
   }
@@ -51,8 +55,10 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     app,
     api,
     store,
+    dbFile,
     node,
     sandboxes,
+    ingressTokens,
     config: cfg,
     tenant,
     async close() {

@@ -11,7 +11,7 @@ import { pipeline } from "node:stream/promises";
 import { start } from "../host/exec.ts";
 import { openNoFollow } from "../host/safe-fs.ts";
 import { ControlChannel } from "./control-channel.ts";
-import { QmpClient } from "./qmp.ts";
+import { QmpClient, type QmpEvent } from "./qmp.ts";
 
 export type Accelerator = "kvm" | "tcg";
 
@@ -361,9 +361,7 @@ export class QemuVm {
       });
       // The default cap (32 MiB/s) would make a save take seconds.
       await this.qmp.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 ** 3 });
-      const done = this.qmp.waitEvent("MIGRATION", 120_000, (e) =>
-        ["completed", "failed", "cancelled"].includes(String(e.data?.["status"])),
-      );
+      const done = this.qmp.waitEvent("MIGRATION", 120_000, migrationEnded);
       await this.qmp.execute("migrate", { uri: `unix:${sockPath}` });
       const gone = this.exited.then((e) => {
         throw new Error(`QEMU exited while saving its state (${e.signal ?? `code ${e.code}`})`);
@@ -394,9 +392,7 @@ export class QemuVm {
     await this.qmp.execute("migrate-set-capabilities", {
       capabilities: [{ capability: "events", state: true }],
     });
-    const done = this.qmp.waitEvent("MIGRATION", timeoutMs, (e) =>
-      ["completed", "failed", "cancelled"].includes(String(e.data?.["status"])),
-    );
+    const done = this.qmp.waitEvent("MIGRATION", timeoutMs, migrationEnded);
     await this.qmp.execute("migrate-incoming", { uri: `fd:${this.#incomingFd}` });
     const exited = this.exited.then((e) => {
       throw new Error(`QEMU exited while loading the snapshot (${e.signal ?? `code ${e.code}`})`);
@@ -430,6 +426,12 @@ function listen(server: net.Server, p: string): Promise<void> {
     server.once("error", reject);
     server.listen(p, () => resolve());
   });
+}
+
+/** A MIGRATION event that ends a migration. `data` comes from QEMU: read it as unknown. */
+function migrationEnded(e: QmpEvent): boolean {
+  const status = e.data?.["status"];
+  return status === "completed" || status === "failed" || status === "cancelled";
 }
 
 /** Copies QEMU's stdout+stderr (the guest console) to a file, up to a cap. */
