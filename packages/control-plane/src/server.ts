@@ -15,7 +15,8 @@ import { ingressDomain } from "./ingress/config.ts";
 import { INGRESS_SECRET_FILE, IngressTokens } from "./ingress/ingress-token.ts";
 import { createIngress } from "./ingress/proxy.ts";
 import { createListener } from "./listener.ts";
-import { LocalNode } from "./node/local-node.ts";
+import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
+import { type InProcessNode, startInProcessNode } from "./node/in-process-node.ts";
 import { SandboxService } from "./sandboxes/service.ts";
 import { SqliteStore } from "./store/sqlite-store.ts";
 import type { Store } from "./store/store.ts";
@@ -165,19 +166,25 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     releaseLock();
     throw e;
   }
-  let node: LocalNode | undefined;
+  let node: InProcessNode | undefined;
+  let nodes: NodeDirectory | undefined;
   try {
     // Ingress tokens are derived from a secret beside the database (ingress-token.ts).
     const ingressTokens = IngressTokens.open(path.join(path.dirname(dbFile), INGRESS_SECRET_FILE));
     const createdAdminKey = await bootstrap(store, config, opts.adminKey ?? env["FIREBREAK_ADMIN_KEY"], log);
-    node = await LocalNode.open(nodeConfig, (line) => log.info({ component: "node" }, line));
-    const sandboxes = new SandboxService(store, node, config, log);
+    // This machine's node: the node daemon in this process, reached over its
+    // unix socket through the node API, as a node elsewhere would be.
+    node = await startInProcessNode(nodeConfig, (line) => log.info({ component: "node" }, line));
+    nodes = new StaticNodes([node.client]);
+    await nodes.poll();
+    nodes.start();
+    const sandboxes = new SandboxService(store, nodes, config, log);
     const recovered = await sandboxes.recover();
     if (recovered.ended.length || recovered.adopted.length)
       log.info(recovered, "recovered sandboxes after restart");
     sandboxes.start();
 
-    const app = createApp({ store, node, sandboxes, config, log, ingressTokens });
+    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens });
     const api = getRequestListener(app.fetch);
     // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
     // go to a port inside the sandbox, before the envd proxy and the API
@@ -197,11 +204,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const addr = server.address();
     const boundPort = typeof addr === "object" && addr ? addr.port : port;
     const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
-    log.info({ url, accelerator: node.info().accelerator }, "control plane listening");
+    log.info({ url, accelerator: node.client.info().accelerator }, "control plane listening");
+    const localClient = node.client;
     for (const [template, size] of Object.entries(opts.warmPools ?? {})) {
       if (size > 0) {
-        void node
-          .warm(template, size)
+        void localClient
+          .setPool(template, size)
           .then(() => log.info({ template, size }, "warm pool filled"))
           .catch((e: Error) => log.warn({ template, err: e.message }, "warm pool not filled"));
       }
@@ -213,6 +221,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       )(createdAdminKey);
     }
     const localNode = node;
+    const directory = nodes;
     let closing: Promise<void> | undefined;
     return {
       url,
@@ -225,6 +234,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
             server.closeAllConnections();
           });
           await sandboxes.close();
+          await directory.close();
           await localNode.close();
           store.close();
           releaseLock();
@@ -234,6 +244,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       },
     };
   } catch (e) {
+    await nodes?.close().catch(() => {});
     await node?.close().catch(() => {});
     store.close();
     releaseLock();

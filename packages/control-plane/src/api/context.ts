@@ -2,7 +2,7 @@
 import type { Logger } from "pino";
 import type { ControlPlaneConfig } from "../config.ts";
 import type { IngressTokens } from "../ingress/ingress-token.ts";
-import type { NodeClient } from "../node/node-client.ts";
+import type { NodesFacade } from "../node/directory.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import type { Scope, Store, Tenant } from "../store/store.ts";
 
@@ -22,7 +22,8 @@ export interface AppEnv {
 
 export interface Deps {
   store: Store;
-  node: NodeClient;
+  /** The nodes as a whole (health, capacity, services, template builds): `sandboxes.nodes`. */
+  node: NodesFacade;
   sandboxes: SandboxService;
   config: ControlPlaneConfig;
   log: Logger;

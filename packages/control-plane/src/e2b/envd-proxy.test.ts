@@ -25,7 +25,8 @@ describe("envd proxy against a hostile agent", () => {
   async function agentAnswers(answer: Parameters<Harness["guest"]["raw"]>[0]) {
     const port = await h.guest.raw(answer);
     h.node.guest = { address: h.guest.address, envdPort: port };
-    return { "e2b-sandbox-id": id, "e2b-sandbox-port": String(port), "x-access-token": token };
+    // The agent is always port 49983 to the client; the (fake) node maps it to the guest.
+    return { "e2b-sandbox-id": id, "e2b-sandbox-port": "49983", "x-access-token": token };
   }
 
   test("bad statuses, bad headers, garbage and silence are 502 {code, message}; the server keeps serving", async () => {

@@ -7,6 +7,7 @@
 // answer (relay/http-relay.ts): a hostile agent fails its own requests only.
 import { timingSafeEqual } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import { ENVD_PORT } from "@firebreak/protocol";
 import type { Logger } from "pino";
 import { sha256 } from "../auth/keys.ts";
 import { HOP_BY_HOP, relayHttp } from "../relay/http-relay.ts";
@@ -37,7 +38,6 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
   // No keep-alive upstream: sandbox addresses are reused by later sandboxes, and
   // a pooled socket to a dead sandbox's address would fail the next request.
   // maxSockets is per upstream address, so per sandbox.
-  const agent = new http.Agent({ keepAlive: false, maxSockets: 256 });
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const token = String(req.headers["x-access-token"] ?? "");
     const id = req.headers["e2b-sandbox-id"] ? String(req.headers["e2b-sandbox-id"]) : undefined;
@@ -55,9 +55,8 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
       return fail(res, 401, "unknown sandbox or wrong X-Access-Token");
     }
     const port = Number(req.headers["e2b-sandbox-port"] ?? 49983);
-    const target = sandboxes.envdEndpoint(rec);
-    if (!target) return fail(res, 502, `sandbox ${rec.id} is ${rec.state}, not running`);
-    if (port !== target.port) return fail(res, 502, `port ${port} is not served in sandbox ${rec.id}`);
+    if (rec.state !== "running") return fail(res, 502, `sandbox ${rec.id} is ${rec.state}, not running`);
+    if (port !== ENVD_PORT) return fail(res, 502, `port ${port} is not served in sandbox ${rec.id}`);
 
     const headers: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) {
@@ -65,10 +64,20 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
       headers[k] = v;
     }
     const sandboxId = rec.id;
+    const target = rec;
     relayHttp(
       req,
       res,
-      { host: target.host, port: target.port, path: req.url ?? "/", headers, agent },
+      {
+        // Through the sandbox's node, which adds the agent's token itself.
+        open: (init) => {
+          const r = sandboxes.portRequest(target, port, init.path, init);
+          if (!r) throw new Error(`sandbox ${sandboxId} is not running`);
+          return r;
+        },
+        path: req.url ?? "/",
+        headers,
+      },
       `the agent of sandbox ${sandboxId}`,
       {
         fail: (f) => fail(res, 502, f.message),

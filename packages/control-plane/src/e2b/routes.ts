@@ -63,8 +63,8 @@ export const E2B_ROUTES = [
 
 type E2bRouteKey = `${(typeof E2B_ROUTES)[number]["method"]} ${(typeof E2B_ROUTES)[number]["path"]}`;
 
-function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean, ingress: IngressTokens) {
-  const token = withToken ? sb.accessToken(r) : undefined;
+async function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean, ingress: IngressTokens) {
+  const token = withToken ? await sb.accessToken(r) : undefined;
   return {
     sandboxID: r.id,
     templateID: r.template,
@@ -84,8 +84,8 @@ function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean, ingres
   };
 }
 
-function created(sb: SandboxService, r: SandboxRecord, ingress: IngressTokens) {
-  const token = sb.accessToken(r);
+async function created(sb: SandboxService, r: SandboxRecord, ingress: IngressTokens) {
+  const token = await sb.accessToken(r);
   return {
     sandboxID: r.id,
     templateID: r.template,
@@ -166,7 +166,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
       metadata: b.metadata ?? {},
       parentToken: c.req.header("x-firebreak-sandbox-token"),
     });
-    return c.json(created(sb, rec, deps.ingressTokens), 201);
+    return c.json(await created(sb, rec, deps.ingressTokens), 201);
   };
   const handlers: Partial<Record<E2bRouteKey, (c: Context<AppEnv>) => Promise<Response>>> = {};
   const on = (key: E2bRouteKey, h: (c: Context<AppEnv>) => Promise<Response>) => {
@@ -204,7 +204,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     });
     if (page.nextCursor) c.header("x-next-token", page.nextCursor);
     return c.json(
-      page.sandboxes.map((r) => detail(sb, r, false, deps.ingressTokens)),
+      await Promise.all(page.sandboxes.map((r) => detail(sb, r, false, deps.ingressTokens))),
       200,
     );
   };
@@ -220,7 +220,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
 
   on("GET /sandboxes/:id", async (c) => {
     const rec = await live(c.get("caller").tenant.id, c.req.param("id") ?? "");
-    return c.json(detail(sb, rec, true, deps.ingressTokens), 200);
+    return c.json(await detail(sb, rec, true, deps.ingressTokens), 200);
   });
 
   on("DELETE /sandboxes/:id", async (c) => {
@@ -257,13 +257,13 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     const timeoutMs = b.timeout !== undefined ? b.timeout * 1000 : undefined;
     if (rec.state === "paused") {
       rec = await sb.resume(actor(caller), rec.id, timeoutMs);
-      return c.json(created(sb, rec, deps.ingressTokens), 201);
+      return c.json(await created(sb, rec, deps.ingressTokens), 201);
     }
     // Connecting never shortens a running sandbox's life.
     if (timeoutMs !== undefined && rec.timeoutAt && Date.parse(rec.timeoutAt) < Date.now() + timeoutMs) {
       rec = await sb.setTimeout(caller.tenant.id, rec.id, timeoutMs);
     }
-    return c.json(created(sb, rec, deps.ingressTokens), 200);
+    return c.json(await created(sb, rec, deps.ingressTokens), 200);
   };
   on("POST /sandboxes/:id/connect", connect);
   on("POST /v2/sandboxes/:id/connect", connect);

@@ -11,14 +11,14 @@ import { isEnvdRequest } from "../e2b/envd-proxy.ts";
 import { API_ERRORS, type ApiErrorCode } from "../errors.ts";
 import {
   checkResponseHead,
-  guestRequestOptions,
   HOP_BY_HOP,
+  openGuest,
   type RelayTarget,
   relayHttp,
   upstreamFailure,
 } from "../relay/http-relay.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
-import { isFinalState, type Store } from "../store/store.ts";
+import { isFinalState, type SandboxRecord, type Store } from "../store/store.ts";
 import { AGENT_PORT, E2B_TOKEN_HEADER, ENVD_TOKEN_HEADER, TOKEN_COOKIE, TOKEN_HEADER } from "./config.ts";
 import type { IngressTokens } from "./ingress-token.ts";
 import { cookieRequestRefusal } from "./origin.ts";
@@ -44,7 +44,7 @@ interface Failure {
 }
 
 interface Allowed {
-  host: string;
+  rec: SandboxRecord;
   port: number;
   /** Set-Cookie for a browser that authenticated with `?token=`. */
   setCookie?: string;
@@ -75,7 +75,6 @@ export function createIngress(deps: IngressDeps) {
   const publicPorts = publicPortsOf(store);
   // No keep-alive upstream: sandbox addresses are reused by later sandboxes
   // (as in the envd proxy).
-  const agent = new http.Agent({ keepAlive: false, maxSockets: 1024 });
 
   /** The sandbox and port a request may reach, or why not. */
   async function authorize(
@@ -127,9 +126,7 @@ export function createIngress(deps: IngressDeps) {
         message: `sandbox ${rec.id} is ${rec.state}; ${rec.state === "paused" ? "resume it first" : "try again when it runs"}`,
       };
     }
-    const endpoint = sandboxes.envdEndpoint(rec);
-    if (!endpoint) return { code: "AGENT_ERROR", message: `sandbox ${rec.id} has no network endpoint` };
-    return { host: endpoint.host, port: t.port, ...(setCookie ? { setCookie } : {}) };
+    return { rec, port: t.port, ...(setCookie ? { setCookie } : {}) };
   }
 
   /** Request headers for the sandbox: no hop-by-hop headers and no ingress token. */
@@ -176,11 +173,14 @@ export function createIngress(deps: IngressDeps) {
 
   const what = (t: IngressTarget) => `sandbox ${t.sandboxId} port ${t.port}`;
   const target = (req: IncomingMessage, t: IngressTarget, a: Allowed, upgrade: boolean): RelayTarget => ({
-    host: a.host,
-    port: a.port,
+    // Through the sandbox's node, which reaches <sandboxAddress>:<port>.
+    open: (init) => {
+      const r = sandboxes.portRequest(a.rec, a.port, init.path, init);
+      if (!r) throw new Error(`sandbox ${a.rec.id} is not running`);
+      return r;
+    },
     path: t.upstreamPath,
     headers: upstreamHeaders(req, t, upgrade),
-    agent,
   });
 
   /** Set-Cookie headers of the app that would replace or shadow the ingress cookie are dropped. */
@@ -261,7 +261,7 @@ export function createIngress(deps: IngressDeps) {
         return failRaw(socket, { code: "INTERNAL", message: "internal error" }, requestId);
       }
       if ("code" in allowed) return failRaw(socket, allowed, requestId);
-      const upstream = http.request(guestRequestOptions(target(req, t, allowed, true), req.method));
+      const upstream = openGuest(target(req, t, allowed, true), req.method);
       // INVARIANT: set once the client has been answered (relayed head or error).
       let answered = false;
       const failOnce = (f: Failure) => {

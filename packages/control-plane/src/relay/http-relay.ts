@@ -34,13 +34,19 @@ export interface RelayFailure {
   message: string;
 }
 
+/** How to open the upstream request: through the sandbox's node, to one of its ports. */
+export type OpenUpstream = (init: {
+  method: string | undefined;
+  path: string;
+  headers: OutgoingHttpHeaders;
+  maxHeaderSize: number;
+}) => http.ClientRequest;
+
 export interface RelayTarget {
-  host: string;
-  port: number;
+  open: OpenUpstream;
   /** Path and query sent upstream. */
   path: string;
   headers: OutgoingHttpHeaders;
-  agent: http.Agent;
 }
 
 export interface RelayHooks {
@@ -96,18 +102,9 @@ export function upstreamFailure(e: NodeJS.ErrnoException, what: string): RelayFa
   return { code: "AGENT_ERROR", message: `${what} did not answer: ${code || e.message}` };
 }
 
-/** Options every upstream request to a guest uses: strict parser, capped head. */
-export function guestRequestOptions(t: RelayTarget, method: string | undefined): http.RequestOptions {
-  return {
-    host: t.host,
-    port: t.port,
-    method,
-    path: t.path,
-    headers: t.headers,
-    agent: t.agent,
-    maxHeaderSize: MAX_GUEST_HEADER_BYTES,
-    insecureHTTPParser: false,
-  };
+/** Opens the upstream request to a guest: strict parser, capped head. */
+export function openGuest(t: RelayTarget, method: string | undefined): http.ClientRequest {
+  return t.open({ method, path: t.path, headers: t.headers, maxHeaderSize: MAX_GUEST_HEADER_BYTES });
 }
 
 /**
@@ -138,7 +135,7 @@ export function relayHttp(
     hooks.fail(f);
   };
 
-  const upstream = http.request(guestRequestOptions(target, req.method));
+  const upstream = openGuest(target, req.method);
   upstream.on("response", (up) => {
     const head = checkResponseHead(up);
     if ("problem" in head) {

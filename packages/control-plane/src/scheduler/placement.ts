@@ -109,13 +109,13 @@ export function place(
     const vcpuCap = r.vcpus * capacity.vcpuOvercommit;
     const memCap = Math.max(0, r.memoryMib - capacity.reservedMemoryMib) * capacity.memoryOvercommit;
     if (r.committedVcpus + req.vcpus > vcpuCap) {
-      excluded.push({ nodeId: n.id, reason: `full: ${r.committedVcpus} of ${vcpuCap} vCPUs committed` });
+      excluded.push({ nodeId: n.id, reason: `full: ${r.committedVcpus} vCPUs committed of ${vcpuCap}` });
       continue;
     }
     if (r.committedMemoryMib + req.memoryMib > memCap) {
       excluded.push({
         nodeId: n.id,
-        reason: `full: ${r.committedMemoryMib} of ${memCap} MiB committed`,
+        reason: `full: ${r.committedMemoryMib} MiB committed of ${memCap}`,
       });
       continue;
     }

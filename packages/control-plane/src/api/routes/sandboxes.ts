@@ -31,13 +31,13 @@ const tags = ["sandboxes"];
  * `withToken`; the ingress token (derived, see ingress/ingress-token.ts) where
  * `ingress` is given and the sandbox has not ended.
  */
-export function sandboxJson(
+export async function sandboxJson(
   sb: SandboxService,
   r: SandboxRecord,
   withToken: boolean,
   ingress?: IngressTokens,
 ) {
-  const token = withToken ? sb.accessToken(r) : undefined;
+  const token = withToken ? await sb.accessToken(r) : undefined;
   const ingressToken = ingress && !isFinalState(r.state) ? ingress.tokenFor(r.id) : undefined;
   return {
     id: r.id,
@@ -122,7 +122,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
             }
           : undefined,
       });
-      return c.json(sandboxJson(sb, rec, true, deps.ingressTokens), 201);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 201);
     },
   );
 
@@ -159,7 +159,10 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         ...(q.cursor ? { cursor: q.cursor } : {}),
       });
       return c.json(
-        { sandboxes: page.sandboxes.map((r) => sandboxJson(sb, r, false)), nextCursor: page.nextCursor },
+        {
+          sandboxes: await Promise.all(page.sandboxes.map((r) => sandboxJson(sb, r, false))),
+          nextCursor: page.nextCursor,
+        },
         200,
       );
     },
@@ -178,7 +181,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.get(caller.tenant.id, c.req.valid("param").id);
-      return c.json(sandboxJson(sb, rec, true, deps.ingressTokens), 200);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 200);
     },
   );
 
@@ -231,7 +234,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.pause(actor(caller), c.req.valid("param").id);
-      return c.json(sandboxJson(sb, rec, false), 200);
+      return c.json(await sandboxJson(sb, rec, false), 200);
     },
   );
 
@@ -252,7 +255,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         c.req.valid("param").id,
         optionalBody(ResumeBody, c.req.valid("json"), formatZodError).timeoutMs,
       );
-      return c.json(sandboxJson(sb, rec, true, deps.ingressTokens), 200);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 200);
     },
   );
 
@@ -273,7 +276,10 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         c.req.valid("param").id,
         optionalBody(ForkBody, c.req.valid("json"), formatZodError).count,
       );
-      return c.json({ sandboxes: kids.map((k) => sandboxJson(sb, k, true, deps.ingressTokens)) }, 201);
+      return c.json(
+        { sandboxes: await Promise.all(kids.map((k) => sandboxJson(sb, k, true, deps.ingressTokens))) },
+        201,
+      );
     },
   );
 
