@@ -1,7 +1,8 @@
-import { stat } from "node:fs/promises";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { processPb } from "@firebreak/protocol";
+import { toFsOpError } from "../filesystem/fs-op-error.ts";
+import type { FileExecutors } from "../fs-worker/worker-pool.ts";
 import type { AgentState } from "../identity/agent-state.ts";
 import { resolveUserPath } from "../identity/paths.ts";
 import type { UserInfo } from "../identity/users.ts";
@@ -20,6 +21,8 @@ export type ProcessServiceDeps = {
   table: ProcessTable;
   /** The user the request acts as (from its Authorization header). */
   userFor: (ctx: HandlerContext) => Promise<UserInfo>;
+  /** Checks the cwd with the user's own rights. */
+  executors: FileExecutors;
 };
 
 /** Environment of a new process: login basics, then the sandbox's env, then the request's. */
@@ -122,8 +125,19 @@ export function createProcessService(deps: ProcessServiceDeps): Partial<ServiceI
       const user = await deps.userFor(ctx);
       const identity = state.identity;
       const cwd = resolveUserPath(cfg.cwd ?? (identity?.defaultWorkdir || user.home), user.home);
-      const cwdStat = await stat(cwd).catch(() => undefined);
-      if (!cwdStat?.isDirectory()) {
+      // SECURITY: the spawn changes directory before it drops to the user, so the
+      // cwd is checked first with the user's own rights (a symlink is followed as
+      // the user): a user cannot start in a directory it could not enter.
+      try {
+        await deps.executors.for(user).checkEnterable(cwd);
+      } catch (err) {
+        const code = toFsOpError(err, cwd).code;
+        if (code === "EACCES" || code === "EPERM") {
+          throw new ConnectError(
+            `permission denied: user '${user.name}' may not enter '${cwd}'`,
+            Code.PermissionDenied,
+          );
+        }
         throw new ConnectError(`cwd '${cwd}' does not exist or is not a directory`, Code.InvalidArgument);
       }
       const pty = req.pty?.size
