@@ -140,6 +140,8 @@ export function createProcessService(deps: ProcessServiceDeps): Partial<ServiceI
         }
         throw new ConnectError(`cwd '${cwd}' does not exist or is not a directory`, Code.InvalidArgument);
       }
+      // The client may have gone (or its deadline passed) during the check: start nothing then.
+      if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason);
       const pty = req.pty?.size
         ? { cols: req.pty.size.cols, rows: req.pty.size.rows }
         : req.pty
