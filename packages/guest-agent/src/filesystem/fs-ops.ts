@@ -33,6 +33,8 @@ import { type Metadata, readMetadata, writeMetadata } from "./xattr-metadata.ts"
 export const MAX_LIST_DEPTH = 64;
 /** Most entries one ListDir returns; more is an error (the answer is built in memory). */
 export const MAX_LIST_ENTRIES = 20_000;
+/** Download read size (the file worker's chunk size). */
+const READ_CHUNK_BYTES = 256 * 1024;
 /** Mode of directories created on the way (as envd; the umask applies). */
 const DIR_MODE = 0o755;
 /** Mode of new files (as envd: 0666 less the umask). */
@@ -161,7 +163,7 @@ export async function openRead(path: string): Promise<{ size: number; stream: Re
     const st = await fh.stat();
     if (st.isDirectory()) throw new FsOpError(FsCode.IS_DIR, path);
     if (st.isFIFO() || st.isSocket()) throw new FsOpError(FsCode.NOT_REGULAR, path);
-    return { size: st.size, stream: fh.createReadStream({ highWaterMark: 64 * 1024 }) };
+    return { size: st.size, stream: fh.createReadStream({ highWaterMark: READ_CHUNK_BYTES }) };
   } catch (err) {
     await fh.close().catch(() => {});
     throw toFsOpError(err, path);

@@ -27,18 +27,39 @@ export const FrameKind = {
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 
 export const HEADER_BYTES = 9;
-/** Largest payload either side accepts; download and upload chunks are 64 KiB. */
+/** Largest payload either side accepts. */
 export const MAX_PAYLOAD_BYTES = 1 << 20;
-export const CHUNK_BYTES = 64 * 1024;
+/** Largest download or upload chunk. Big chunks mean fewer round trips on an emulated CPU. */
+export const CHUNK_BYTES = 256 * 1024;
+
+export function encodeHeader(kind: FrameKind, id: number, payloadBytes: number): Buffer {
+  const out = Buffer.allocUnsafe(HEADER_BYTES);
+  out.writeUInt32BE(payloadBytes, 0);
+  out.writeUInt32BE(id >>> 0, 4);
+  out.writeUInt8(kind, 8);
+  return out;
+}
 
 export function encodeFrame(kind: FrameKind, id: number, payload?: Uint8Array): Buffer {
   const len = payload?.byteLength ?? 0;
   const out = Buffer.allocUnsafe(HEADER_BYTES + len);
-  out.writeUInt32BE(len, 0);
-  out.writeUInt32BE(id >>> 0, 4);
-  out.writeUInt8(kind, 8);
+  encodeHeader(kind, id, len).copy(out, 0);
   if (payload && len > 0) out.set(payload, HEADER_BYTES);
   return out;
+}
+
+/** Writes a bulk frame without copying its payload (header and payload as one corked write). */
+export function writeBulkFrame(
+  out: NodeJS.WritableStream & { cork(): void; uncork(): void },
+  kind: FrameKind,
+  id: number,
+  payload: Uint8Array,
+): boolean {
+  out.cork();
+  out.write(encodeHeader(kind, id, payload.byteLength));
+  const ok = out.write(payload);
+  out.uncork();
+  return ok;
 }
 
 export function encodeJson(kind: FrameKind, id: number, value: unknown): Buffer {

@@ -110,7 +110,7 @@ test("uploads wait for acknowledgements: a worker that stops acking stops the fl
   try {
     const body = Readable.from(
       (function* () {
-        for (let i = 0; i < 16; i++) yield Buffer.alloc(CHUNK_BYTES, i);
+        for (let i = 0; i < 3 * WRITE_WINDOW_CHUNKS; i++) yield Buffer.alloc(CHUNK_BYTES, i);
       })(),
     );
     const done = worker.writeFile("/f", body, undefined);

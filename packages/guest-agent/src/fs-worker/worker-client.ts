@@ -15,12 +15,13 @@ import {
   encodeJson,
   FrameDecoder,
   FrameKind,
+  writeBulkFrame,
 } from "./frames.ts";
 
 /** Download chunks the agent lets a worker send ahead of the consumer. */
 export const READ_WINDOW_CHUNKS = 4;
 /** Upload chunks the agent sends before the worker acknowledges them. */
-export const WRITE_WINDOW_CHUNKS = 4;
+export const WRITE_WINDOW_CHUNKS = 16;
 /** Most entries a worker may send for one listDir (the worker itself stops at MAX_LIST_ENTRIES). */
 const MAX_LIST_ENTRIES_ACCEPTED = 20_001;
 
@@ -401,7 +402,8 @@ export class FsWorker implements FsExecutor {
       const onData = (data: Buffer) => {
         for (let off = 0; off < data.length; off += CHUNK_BYTES) {
           unacked++;
-          this.#send(encodeFrame(FrameKind.Data, id, data.subarray(off, off + CHUNK_BYTES)));
+          if (!this.#exited)
+            writeBulkFrame(this.#child.stdin!, FrameKind.Data, id, data.subarray(off, off + CHUNK_BYTES));
         }
         if (unacked >= WRITE_WINDOW_CHUNKS) body.pause();
       };

@@ -21,10 +21,10 @@ import {
   decodeCount,
   decodeJson,
   encodeCount,
-  encodeFrame,
   encodeJson,
   FrameDecoder,
   FrameKind,
+  writeBulkFrame,
 } from "./frames.ts";
 
 /** listDir entries go out in frames of about this many JSON bytes. */
@@ -205,7 +205,7 @@ class WorkerServer {
         ) as Buffer | null;
         if (chunk === null) return;
         credits--;
-        this.send(encodeFrame(FrameKind.Chunk, id, chunk));
+        writeBulkFrame(process.stdout, FrameKind.Chunk, id, chunk);
       }
     };
     stream.on("readable", pump);
