@@ -11,6 +11,7 @@
  * user's own processes cannot ptrace this worker or read its memory; they can
  * only kill it (the agent then starts a new one on the next request).
  */
+import { Socket } from "node:net";
 import { Readable } from "node:stream";
 import { parseArgs } from "node:util";
 import { FsOpError, toFsOpError } from "../filesystem/fs-op-error.ts";
@@ -82,9 +83,9 @@ function metadataOf(v: unknown): Metadata | undefined {
 
 class WorkerServer {
   #active = new Map<number, Active>();
-  #out: NodeJS.WritableStream;
+  #out: Socket;
 
-  constructor(out: NodeJS.WritableStream) {
+  constructor(out: Socket) {
     this.#out = out;
   }
 
@@ -205,7 +206,7 @@ class WorkerServer {
         ) as Buffer | null;
         if (chunk === null) return;
         credits--;
-        writeBulkFrame(process.stdout, FrameKind.Chunk, id, chunk);
+        writeBulkFrame(this.#out, FrameKind.Chunk, id, chunk);
       }
     };
     stream.on("readable", pump);
@@ -312,7 +313,10 @@ async function main(): Promise<void> {
   await loadXattr();
   dropPrivileges(uid, gid, groups);
 
-  const server = new WorkerServer(process.stdout);
+  // Node writes process.stdout synchronously when it is a pipe: the worker would
+  // block in write(2) until the agent reads. A socket on fd 1 writes without blocking.
+  const out = new Socket({ fd: 1, readable: false, writable: true });
+  const server = new WorkerServer(out);
   const decoder = new FrameDecoder((kind, id, payload) => server.onFrame(kind, id, payload));
   process.stdin.on("data", (chunk: Buffer) => {
     const problem = decoder.push(chunk);
@@ -321,7 +325,7 @@ async function main(): Promise<void> {
   // The agent closed the pipe (or died): nothing left to serve.
   process.stdin.on("end", () => process.exit(0));
   process.stdin.on("error", () => process.exit(0));
-  process.stdout.on("error", () => process.exit(0));
+  out.on("error", () => process.exit(0));
   server.send(
     encodeJson(FrameKind.Hello, 0, {
       pid: process.pid,
