@@ -21,7 +21,7 @@ import {
 /** Download chunks the agent lets a worker send ahead of the consumer. */
 export const READ_WINDOW_CHUNKS = 4;
 /** Upload chunks the agent sends before the worker acknowledges them. */
-export const WRITE_WINDOW_CHUNKS = 16;
+export const WRITE_WINDOW_CHUNKS = 8;
 /** Most entries a worker may send for one listDir (the worker itself stops at MAX_LIST_ENTRIES). */
 const MAX_LIST_ENTRIES_ACCEPTED = 20_001;
 
@@ -379,7 +379,7 @@ export class FsWorker implements FsExecutor {
   }
 
   /**
-   * Streams `body` to the worker, at most WRITE_WINDOW_CHUNKS chunks ahead of its
+   * Streams `body` to the worker, at most WRITE_WINDOW_CHUNKS frames ahead of its
    * acknowledgements (the body is paused meanwhile). On failure the body is left
    * paused and unconsumed, so the caller can still answer on the same connection.
    */
@@ -399,16 +399,30 @@ export class FsWorker implements FsExecutor {
         body.off("error", onBodyError);
         body.pause();
       };
-      const onData = (data: Buffer) => {
+      // Small body chunks (TCP reads) are gathered into frames of up to CHUNK_BYTES:
+      // fewer frames, fewer acknowledgements, fewer wake-ups of the worker.
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = () => {
+        if (pendingBytes === 0 || this.#exited) return;
+        const data = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+        pending = [];
+        pendingBytes = 0;
         for (let off = 0; off < data.length; off += CHUNK_BYTES) {
           unacked++;
-          if (!this.#exited)
-            writeBulkFrame(this.#child.stdin!, FrameKind.Data, id, data.subarray(off, off + CHUNK_BYTES));
+          writeBulkFrame(this.#child.stdin!, FrameKind.Data, id, data.subarray(off, off + CHUNK_BYTES));
         }
+      };
+      const onData = (data: Buffer) => {
+        pending.push(data);
+        pendingBytes += data.length;
+        if (pendingBytes >= CHUNK_BYTES) flush();
         if (unacked >= WRITE_WINDOW_CHUNKS) body.pause();
       };
       const onEnd = () => {
-        if (!finished) this.#send(encodeFrame(FrameKind.End, id));
+        if (finished) return;
+        flush();
+        this.#send(encodeFrame(FrameKind.End, id));
       };
       const onBodyError = (err: Error) => {
         if (finished) return;
