@@ -9,6 +9,7 @@ import type { UserInfo } from "../identity/users.ts";
 import { AsyncQueue } from "./async-queue.ts";
 import { type ManagedProcess, type ProcessEvent, ProcessInputError } from "./managed-process.ts";
 import type { ProcessTable, Selector } from "./process-table.ts";
+import { onlyRootCanRedirect } from "./protected-path.ts";
 
 type Process = typeof processPb.Process;
 type EventInit = MessageInitShape<typeof processPb.ProcessEventSchema>;
@@ -128,8 +129,12 @@ export function createProcessService(deps: ProcessServiceDeps): Partial<ServiceI
       // SECURITY: the spawn changes directory before it drops to the user, so the
       // cwd is checked first with the user's own rights (a symlink is followed as
       // the user): a user cannot start in a directory it could not enter.
+      // The home needs no check when only root could redirect it (saves a round trip
+      // to the user's file worker on most commands).
       try {
-        await deps.executors.for(user).checkEnterable(cwd);
+        if (cwd !== user.home || !(await onlyRootCanRedirect(cwd))) {
+          await deps.executors.for(user).checkEnterable(cwd);
+        }
       } catch (err) {
         const code = toFsOpError(err, cwd).code;
         if (code === "EACCES" || code === "EPERM") {
