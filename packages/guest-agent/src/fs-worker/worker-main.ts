@@ -22,6 +22,7 @@ import {
   decodeCount,
   decodeJson,
   encodeCount,
+  encodeFrame,
   encodeJson,
   FrameDecoder,
   FrameKind,
@@ -173,18 +174,21 @@ class WorkerServer {
 
   async #listDir(id: number, path: string, depth: number): Promise<void> {
     const entries = await ops.listDir(path, depth);
-    let batch: unknown[] = [];
+    // Each entry is serialised once; batches are JSON arrays of about LIST_BATCH_BYTES.
+    let batch: string[] = [];
     let bytes = 0;
+    const flush = () => {
+      this.send(encodeFrame(FrameKind.Event, id, Buffer.from(`[${batch.join(",")}]`, "utf8")));
+      batch = [];
+      bytes = 0;
+    };
     for (const e of entries) {
-      batch.push(e);
-      bytes += JSON.stringify(e).length;
-      if (bytes >= LIST_BATCH_BYTES) {
-        this.send(encodeJson(FrameKind.Event, id, batch));
-        batch = [];
-        bytes = 0;
-      }
+      const json = JSON.stringify(e);
+      batch.push(json);
+      bytes += json.length;
+      if (bytes >= LIST_BATCH_BYTES) flush();
     }
-    if (batch.length > 0) this.send(encodeJson(FrameKind.Event, id, batch));
+    if (batch.length > 0) flush();
     this.send(encodeJson(FrameKind.Done, id, {}));
   }
 
