@@ -285,6 +285,7 @@ export class SandboxService {
       createdByKey: caller.keyId,
       networkPolicy,
       pausedAt: null,
+      placement: null,
     };
     const quota = await this.#store.insertSandboxWithinQuota(
       rec,
