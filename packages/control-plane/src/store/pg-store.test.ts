@@ -4,6 +4,8 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import pg from "pg";
+import { recoverAdminKey } from "../auth/admin-recovery.ts";
+import { hashApiKey } from "../auth/keys.ts";
 import { startPostgres, type TestPostgres } from "../testing/postgres.ts";
 import { PG_MIGRATIONS, PgStore, redactUrl } from "./pg-store.ts";
 import { storeContract } from "./store.contract.ts";
@@ -73,6 +75,21 @@ test("a value PostgreSQL text cannot hold is refused with a clear error, not sto
       store.createTenant({ id: "t\u0000", name: "t", limits: {} as never, createdAt: "x" }),
       /cannot hold NUL/,
     );
+  } finally {
+    await store.close();
+  }
+});
+
+test("recoverAdminKey (firebreak admin-key) mints into the PostgreSQL database a URL names", async () => {
+  const url = await server.createDatabase();
+  const made = await recoverAdminKey({ database: url, name: "recovered" });
+  assert.equal(made.tenantId, "default");
+  const store = await PgStore.open(url);
+  try {
+    const rec = await store.findKeyByHash(hashApiKey(made.key)!);
+    assert.equal(rec?.id, made.id);
+    assert.deepEqual(rec?.scopes, ["admin"]);
+    assert.equal((await store.getTenant("default"))?.id, "default");
   } finally {
     await store.close();
   }

@@ -139,8 +139,12 @@ async function external(url: string): Promise<TestPostgres> {
   };
 }
 
-/** Starts a private cluster (or uses FIREBREAK_TEST_DATABASE_URL). */
-export async function startPostgres(): Promise<TestPostgres> {
+/**
+ * Starts a private cluster (or uses FIREBREAK_TEST_DATABASE_URL). `durable`
+ * keeps PostgreSQL's defaults (fsync, synchronous commit: what production
+ * runs, for benchmarks); by default a test cluster skips them.
+ */
+export async function startPostgres(opts: { durable?: boolean } = {}): Promise<TestPostgres> {
   const ext = process.env["FIREBREAK_TEST_DATABASE_URL"];
   if (ext) return external(ext);
   const bin = serverBinDir();
@@ -177,15 +181,12 @@ export async function startPostgres(): Promise<TestPostgres> {
         sock,
         "-c",
         "listen_addresses=",
-        // A throwaway cluster: durability is not wanted, speed is.
-        "-c",
-        "fsync=off",
-        "-c",
-        "synchronous_commit=off",
-        "-c",
-        "full_page_writes=off",
         "-c",
         "max_connections=200",
+        // A throwaway cluster: durability is not wanted, speed is.
+        ...(opts.durable
+          ? []
+          : ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
       ],
       { ...as, cwd: dir, stdio: ["ignore", "ignore", "pipe"], env: { PATH: "/usr/bin:/bin", LANG: "C" } },
     );
