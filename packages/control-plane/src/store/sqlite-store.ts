@@ -140,10 +140,12 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE sandboxes ADD COLUMN paused_at TEXT;
   UPDATE sandboxes SET paused_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE state = 'paused';
   `,
-  // 4: several nodes: placement per sandbox, the node registry, join tokens, leases.
+  // 4: several nodes: placement per sandbox, the node registry, join tokens,
+  // leases; lists page by (tenant, seq) without sorting.
   `
   ALTER TABLE sandboxes ADD COLUMN placement TEXT;
   CREATE INDEX sandboxes_node_state ON sandboxes(node_id, state);
+  CREATE INDEX sandboxes_tenant_seq ON sandboxes(tenant_id, seq);
   CREATE TABLE nodes (
     id TEXT PRIMARY KEY,
     address TEXT NOT NULL,
