@@ -267,7 +267,15 @@ export class PgStore implements Store {
 
   /** Connects, runs the migrations this database lacks, and returns the store. */
   static async open(url: string, opts: PgStoreOptions = {}): Promise<PgStore> {
-    const pool = new pg.Pool({ connectionString: url, max: opts.maxConnections ?? 10, types: TYPES });
+    const pool = new pg.Pool({
+      connectionString: url,
+      max: opts.maxConnections ?? 10,
+      types: TYPES,
+      application_name: "firebreak-control-plane",
+      // A database that does not answer fails requests instead of hanging them.
+      connectionTimeoutMillis: 10_000,
+      statement_timeout: 30_000,
+    });
     // An idle connection that breaks emits 'error' on the pool; unhandled, that
     // would end the process. The next query gets a fresh connection.
     pool.on("error", (e) => opts.onIdleError?.(e));

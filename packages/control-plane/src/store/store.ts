@@ -7,9 +7,10 @@
 // several processes call it at once. One contract suite (store.contract.ts)
 // runs against both.
 //
-// Times are ISO-8601 strings (UTC, millisecond precision). Strings may hold
-// any character (NUL included); a lookup by a string that cannot exist finds
-// nothing rather than failing.
+// Times are ISO-8601 strings (UTC, millisecond precision). Free text (key
+// names, metadata, event details, every JSON field) may hold any character,
+// NUL included. Ids, hashes and names never hold NUL (PostgreSQL refuses to
+// store one); a lookup by one that does finds nothing rather than failing.
 
 import type { NormalizedPolicy, TrafficBytes } from "../node/node-client.ts";
 
