@@ -42,6 +42,11 @@ export interface ControlPlaneConfig {
    * @default FIREBREAK_LEASE_TTL_MS or 10_000
    */
   leaseTtlMs: number;
+  /**
+   * How long a command may take to start (the agent's `start` event) before
+   * the request fails with AGENT_ERROR. @default 60_000
+   */
+  commandStartTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -78,5 +83,6 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     capacityRetryAfterSeconds: 10,
     pausedRetentionMs: positive(env, "FIREBREAK_PAUSED_RETENTION_MS", 7 * 24 * 3600_000),
     leaseTtlMs: Math.max(3, Math.round(positive(env, "FIREBREAK_LEASE_TTL_MS", 10_000))),
+    commandStartTimeoutMs: 60_000,
   };
 }

@@ -5,7 +5,6 @@
 // database (replicas): any of them serves any request, and the background
 // passes run on the holder of their lease (store/leader.ts).
 import fs from "node:fs";
-import http from "node:http";
 import path from "node:path";
 import { loadConfig } from "@firebreak/node-agent";
 import { getRequestListener } from "@hono/node-server";
@@ -14,10 +13,13 @@ import { createApp } from "./api/app.ts";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant, mintAdminKey } from "./auth/admin-recovery.ts";
 import { hashApiKey, newId } from "./auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "./config.ts";
-import { envdProxy, isEnvdRequest } from "./e2b/envd-proxy.ts";
+import { envdProxy } from "./e2b/envd-proxy.ts";
 import { ingressDomain } from "./ingress/config.ts";
+import { INGRESS_SECRET_FILE, IngressTokens } from "./ingress/ingress-token.ts";
 import { createIngress } from "./ingress/proxy.ts";
-import { LocalNode } from "./node/local-node.ts";
+import { createListener } from "./listener.ts";
+import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
+import { type InProcessNode, startInProcessNode } from "./node/in-process-node.ts";
 import type { NodeClient } from "./node/node-client.ts";
 import { SandboxService } from "./sandboxes/service.ts";
 import { LeaseKeeper } from "./store/leader.ts";
@@ -225,21 +227,30 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         onError: (name, e) => log.warn({ lease: name, err: (e as Error).message }, "lease renewal failed"),
       })
     : undefined;
-  let localNode: LocalNode | undefined;
+  let node: InProcessNode | undefined;
+  let nodes: NodeDirectory | undefined;
   try {
+    // Ingress tokens are derived from a secret beside the SQLite database, or
+    // in the state dir with PostgreSQL (ingress-token.ts): replicas must share it.
+    const ingressTokens = IngressTokens.open(
+      path.join(db.kind === "sqlite" ? path.dirname(db.file) : nodeConfig.stateDir, INGRESS_SECRET_FILE),
+    );
     const adminKey = opts.adminKey ?? env["FIREBREAK_ADMIN_KEY"];
     const createdAdminKey = leases
       ? await underLease(store, "bootstrap", leases.holder, () => bootstrap(store, config, adminKey, log))
       : await bootstrap(store, config, adminKey, log);
+    // This machine's node: the node daemon in this process, reached over its
+    // unix socket through the node API, as a node elsewhere would be.
     if (!opts.node)
-      localNode = await LocalNode.open(nodeConfig, (line) => log.info({ component: "node" }, line));
-    const node: NodeClient = opts.node ?? localNode!;
-    const sandboxes = new SandboxService(store, node, config, log);
+      node = await startInProcessNode(nodeConfig, (line) => log.info({ component: "node" }, line));
+    nodes = new StaticNodes([opts.node ?? node!.client]);
+    await nodes.poll();
+    nodes.start();
+    const sandboxes = new SandboxService(store, nodes, config, log);
     await leases?.start();
-    // Recovery ends what the database has as live but the node lost. With
+    // Recovery ends what the database has as live but its node lost. With
     // replicas, only a replica that holds the reaper lease at its start runs
-    // it (never one starting beside a live holder). It still assumes the node
-    // lost every VM of the process before (true of the in-process node).
+    // it (never one starting beside a live holder).
     if (!leases || leases.isHolder("reaper")) {
       const recovered = await sandboxes.recover();
       if (recovered.ended.length || recovered.adopted.length)
@@ -247,30 +258,19 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     }
     sandboxes.start(leases ? { runsBackgroundWork: (pass) => leases.isHolder(pass) } : {});
 
-    const app = createApp({ store, node, sandboxes, config, log });
+    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens });
     const api = getRequestListener(app.fetch);
-    const proxy = envdProxy(store, sandboxes, log);
     // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
-    // go to a port inside the sandbox, before the envd proxy and the API; only
-    // WebSocket (Upgrade) requests for an ingress target are upgraded.
-    const ingress = createIngress({ store, sandboxes, log, domain: ingressDomain(env) });
-    const server = http.createServer(
-      {
-        shouldUpgradeCallback: (req) => req.headers.upgrade !== undefined && ingress.match(req) !== undefined,
-      },
-      (req, res) => {
-        const target = ingress.match(req);
-        if (target) void ingress.handle(req, res, target);
-        else if (isEnvdRequest(req)) void proxy(req, res);
-        else void api(req, res);
-      },
-    );
-    server.on("upgrade", (req, socket, head) => {
-      const target = ingress.match(req);
-      if (target) void ingress.upgrade(req, socket, head, target);
-      else socket.destroy();
+    // go to a port inside the sandbox, before the envd proxy and the API
+    // (listener.ts routes them).
+    const ingress = createIngress({
+      store,
+      sandboxes,
+      log,
+      domain: ingressDomain(env),
+      tokens: ingressTokens,
     });
-    server.requestTimeout = 0; // long command streams and uploads
+    const server = createListener({ ingress, envd: envdProxy(store, sandboxes, log), api, log });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => resolve());
@@ -278,14 +278,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const addr = server.address();
     const boundPort = typeof addr === "object" && addr ? addr.port : port;
     const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
+    const localClient = opts.node ?? node!.client;
     log.info(
-      { url, accelerator: node.info().accelerator, database: db.kind, holder: leases?.holder },
+      { url, accelerator: localClient.info().accelerator, database: db.kind, holder: leases?.holder },
       "control plane listening",
     );
     for (const [template, size] of Object.entries(opts.warmPools ?? {})) {
-      if (size > 0 && localNode) {
-        void localNode
-          .warm(template, size)
+      if (size > 0) {
+        void localClient
+          .setPool(template, size)
           .then(() => log.info({ template, size }, "warm pool filled"))
           .catch((e: Error) => log.warn({ template, err: e.message }, "warm pool not filled"));
       }
@@ -296,6 +297,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         ((k) => process.stdout.write(`Admin API key (shown once, store it now): ${k}\n`))
       )(createdAdminKey);
     }
+    const localNode = node;
+    const directory = nodes;
     let closing: Promise<void> | undefined;
     return {
       url,
@@ -309,6 +312,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
           });
           await leases?.stop();
           await sandboxes.close();
+          await directory.close();
           await localNode?.close();
           await store.close();
           releaseLock();
@@ -319,7 +323,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     };
   } catch (e) {
     await leases?.stop().catch(() => {});
-    await localNode?.close().catch(() => {});
+    await nodes?.close().catch(() => {});
+    await node?.close().catch(() => {});
     await store.close();
     releaseLock();
     throw e;

@@ -50,6 +50,12 @@ export {
   resolveSpecFile,
 } from "./image/template-store.ts";
 export {
+  type EnvdClient,
+  type EnvdClientOptions,
+  envdClient,
+  MAX_ENVD_MESSAGE_BYTES,
+} from "./sandbox/envd-client.ts";
+export {
   type ExecOptions,
   NodeRuntime,
   Sandbox,

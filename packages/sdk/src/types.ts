@@ -14,6 +14,12 @@ export interface SandboxInfo {
   metadata: Record<string, string>;
   /** Token for the sandbox's in-guest agent (returned by create, connect and get only). */
   envdAccessToken?: string;
+  /**
+   * Opens the sandbox's private ports through ingress (header
+   * `X-Firebreak-Ingress-Token`, or `?token=` in a browser). It cannot run
+   * commands: hand it to browsers, never the envd token. Absent once ended.
+   */
+  ingressToken?: string;
   createdAt: string;
   readyAt: string | null;
   endedAt?: string;

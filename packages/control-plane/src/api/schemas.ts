@@ -144,6 +144,8 @@ export const SandboxSchema = z
     memoryMib: z.number().int(),
     metadata: z.record(z.string(), z.string()),
     envdAccessToken: z.string().optional(),
+    /** Opens the sandbox's private ports through ingress (X-Firebreak-Ingress-Token, ?token=); never the envd token. */
+    ingressToken: z.string().optional(),
     createdAt: z.string(),
     readyAt: z.string().nullable(),
     endedAt: z.string().optional(),

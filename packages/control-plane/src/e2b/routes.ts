@@ -10,6 +10,8 @@ import type { AppEnv, Deps } from "../api/context.ts";
 import { actor, authenticate, hasScope, type RateLimiter } from "../auth/middleware.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressDomain } from "../ingress/config.ts";
+import type { IngressTokens } from "../ingress/ingress-token.ts";
+import { readBounded } from "../relay/read-bounded.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord } from "../store/store.ts";
 
@@ -61,8 +63,8 @@ export const E2B_ROUTES = [
 
 type E2bRouteKey = `${(typeof E2B_ROUTES)[number]["method"]} ${(typeof E2B_ROUTES)[number]["path"]}`;
 
-function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
-  const token = withToken ? sb.accessToken(r) : undefined;
+async function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean, ingress: IngressTokens) {
+  const token = withToken ? await sb.accessToken(r) : undefined;
   return {
     sandboxID: r.id,
     templateID: r.template,
@@ -77,12 +79,13 @@ function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
     envdVersion: ENVD_VERSION,
     metadata: r.metadata,
     ...(token ? { envdAccessToken: token } : {}),
+    ...(withToken && !isFinalState(r.state) ? { trafficAccessToken: ingress.tokenFor(r.id) } : {}),
     domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
 
-function created(sb: SandboxService, r: SandboxRecord) {
-  const token = sb.accessToken(r);
+async function created(sb: SandboxService, r: SandboxRecord, ingress: IngressTokens) {
+  const token = await sb.accessToken(r);
   return {
     sandboxID: r.id,
     templateID: r.template,
@@ -90,6 +93,8 @@ function created(sb: SandboxService, r: SandboxRecord) {
     clientID: r.nodeId,
     envdVersion: ENVD_VERSION,
     ...(token ? { envdAccessToken: token } : {}),
+    // The ingress token, under E2B's name (its header e2b-traffic-access-token works too).
+    trafficAccessToken: ingress.tokenFor(r.id),
     domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
@@ -125,8 +130,13 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     e2b.use(p, limit);
   }
 
-  const readJson = async <T>(c: { req: { text(): Promise<string> } }, schema: z.ZodType<T>): Promise<T> => {
-    const text = await c.req.text();
+  const readJson = async <T>(c: Context<AppEnv>, schema: z.ZodType<T>): Promise<T> => {
+    // Read at most the limit: a larger body is refused without being buffered.
+    const { bytes, truncated } = await readBounded(c.req.raw.body, deps.config.maxJsonBytes);
+    if (truncated) {
+      throw new ApiError("PAYLOAD_TOO_LARGE", `JSON bodies are limited to ${deps.config.maxJsonBytes} bytes`);
+    }
+    const text = bytes.toString("utf8");
     let raw: unknown = {};
     if (text.trim()) {
       try {
@@ -156,7 +166,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
       metadata: b.metadata ?? {},
       parentToken: c.req.header("x-firebreak-sandbox-token"),
     });
-    return c.json(created(sb, rec), 201);
+    return c.json(await created(sb, rec, deps.ingressTokens), 201);
   };
   const handlers: Partial<Record<E2bRouteKey, (c: Context<AppEnv>) => Promise<Response>>> = {};
   const on = (key: E2bRouteKey, h: (c: Context<AppEnv>) => Promise<Response>) => {
@@ -194,7 +204,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     });
     if (page.nextCursor) c.header("x-next-token", page.nextCursor);
     return c.json(
-      page.sandboxes.map((r) => detail(sb, r, false)),
+      await Promise.all(page.sandboxes.map((r) => detail(sb, r, false, deps.ingressTokens))),
       200,
     );
   };
@@ -210,7 +220,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
 
   on("GET /sandboxes/:id", async (c) => {
     const rec = await live(c.get("caller").tenant.id, c.req.param("id") ?? "");
-    return c.json(detail(sb, rec, true), 200);
+    return c.json(await detail(sb, rec, true, deps.ingressTokens), 200);
   });
 
   on("DELETE /sandboxes/:id", async (c) => {
@@ -247,13 +257,13 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     const timeoutMs = b.timeout !== undefined ? b.timeout * 1000 : undefined;
     if (rec.state === "paused") {
       rec = await sb.resume(actor(caller), rec.id, timeoutMs);
-      return c.json(created(sb, rec), 201);
+      return c.json(await created(sb, rec, deps.ingressTokens), 201);
     }
     // Connecting never shortens a running sandbox's life.
     if (timeoutMs !== undefined && rec.timeoutAt && Date.parse(rec.timeoutAt) < Date.now() + timeoutMs) {
       rec = await sb.setTimeout(caller.tenant.id, rec.id, timeoutMs);
     }
-    return c.json(created(sb, rec), 200);
+    return c.json(await created(sb, rec, deps.ingressTokens), 200);
   };
   on("POST /sandboxes/:id/connect", connect);
   on("POST /v2/sandboxes/:id/connect", connect);

@@ -17,6 +17,7 @@ async function waitFor(what: string, fn: () => Promise<boolean>, timeoutMs = 10_
 async function smallNode() {
   const env = await inProcess({ vcpuOvercommit: 8, memoryOvercommit: 1, sandboxOverheadMib: 256 });
   env.node.hostCapacity = { vcpus: 1, memoryMib: 2048 };
+  await env.nodes.poll();
   return env;
 }
 

@@ -2,6 +2,7 @@
 // setTimeout, pause, resume, fork), the reaper, the usage sampler, and the
 // recovery pass after a restart. Routes never reach the node directly.
 
+import type http from "node:http";
 import {
   EgressError,
   type EgressPolicy,
@@ -12,7 +13,15 @@ import type { Logger } from "pino";
 import { newId, newSandboxToken, sha256 } from "../auth/keys.ts";
 import type { ControlPlaneConfig } from "../config.ts";
 import { ApiError, toApiError } from "../errors.ts";
-import type { EnvdAccess, NodeClient, PrivateService, UsageSample } from "../node/node-client.ts";
+import { type NodeDirectory, NodesFacade } from "../node/directory.ts";
+import type {
+  EnvdAccess,
+  NodeClient,
+  NodeSandboxStatus,
+  PrivateService,
+  UsageSample,
+} from "../node/node-client.ts";
+import { type Candidate, place } from "../scheduler/placement.ts";
 import {
   isFinalState,
   type ListSandboxesQuery,
@@ -38,6 +47,7 @@ export interface Caller {
 
 /** vCPUs and memory held back for resumes and forks in flight (not yet in the store as holding). */
 interface Reservation {
+  nodeId: string;
   vcpus: number;
   memoryMib: number;
   sandboxes: number;
@@ -60,7 +70,9 @@ const iso = (ms = Date.now()) => new Date(ms).toISOString();
 
 export class SandboxService {
   readonly #store: Store;
-  readonly #node: NodeClient;
+  readonly #nodes: NodeDirectory;
+  /** The nodes as a whole: health, capacity, services, template builds. */
+  readonly nodes: NodesFacade;
   readonly #config: ControlPlaneConfig;
   readonly #log: Logger;
   readonly #meters = new Map<string, Meter>();
@@ -76,12 +88,29 @@ export class SandboxService {
   /** Who may read, build and delete which template. */
   readonly templates: TemplateAccess;
 
-  constructor(store: Store, node: NodeClient, config: ControlPlaneConfig, log: Logger) {
+  constructor(store: Store, nodes: NodeDirectory, config: ControlPlaneConfig, log: Logger) {
     this.#store = store;
-    this.#node = node;
+    this.#nodes = nodes;
+    this.nodes = new NodesFacade(nodes);
     this.#config = config;
     this.#log = log;
-    this.templates = new TemplateAccess(store, node);
+    this.templates = new TemplateAccess(store, this.nodes.templates);
+  }
+
+  /** The node that holds a sandbox. */
+  #nodeOf(rec: SandboxRecord): NodeClient {
+    return this.#nodes.node(rec.nodeId);
+  }
+
+  /** A sandbox's meter: this replica's, or restored from the last interim record. */
+  async #meterOf(id: string): Promise<Meter> {
+    let meter = this.#meters.get(id);
+    if (!meter) {
+      const interim = await this.#store.getUsage(id);
+      meter = interim ? Meter.restore(interim) : new Meter();
+      this.#meters.set(id, meter);
+    }
+    return meter;
   }
 
   // ---------------------------------------------------------------- admission
@@ -90,16 +119,17 @@ export class SandboxService {
    * What the node may still commit: its capacity times the overcommit ratios,
    * less the reservations of resumes and forks in flight (other than `own`).
    */
-  #nodeBudget(own?: Reservation): NodeBudget {
-    const cap = this.#node.capacity();
+  #nodeBudget(nodeId: string, own?: Reservation): NodeBudget {
+    const report = this.#nodes.views().find((v) => v.id === nodeId)?.report;
+    const cap = { vcpus: report?.vcpus ?? 0, memoryMib: report?.memoryMib ?? 0 };
     let vcpus = cap.vcpus * this.#config.vcpuOvercommit;
     let memoryMib = cap.memoryMib * this.#config.memoryOvercommit;
     for (const r of this.#reserved) {
-      if (r === own) continue;
+      if (r === own || r.nodeId !== nodeId) continue;
       vcpus -= r.vcpus;
       memoryMib -= r.memoryMib + r.sandboxes * this.#config.sandboxOverheadMib;
     }
-    return { nodeId: this.#node.id, vcpus, memoryMib, overheadMib: this.#config.sandboxOverheadMib };
+    return { nodeId, vcpus, memoryMib, overheadMib: this.#config.sandboxOverheadMib };
   }
 
   /** A failed quota or admission check as the error the caller gets. */
@@ -124,8 +154,10 @@ export class SandboxService {
     shape: { vcpus: number; memoryMib: number },
     count: number,
     limits: TenantLimits,
+    nodeId: string,
   ): Promise<() => void> {
     const r: Reservation = {
+      nodeId,
       vcpus: shape.vcpus * count,
       memoryMib: shape.memoryMib * count,
       sandboxes: count,
@@ -133,7 +165,7 @@ export class SandboxService {
     this.#reserved.add(r);
     const release = () => this.#reserved.delete(r);
     try {
-      const q = await this.#store.checkQuota(tenantId, shape, count, limits, this.#nodeBudget(r));
+      const q = await this.#store.checkQuota(tenantId, shape, count, limits, this.#nodeBudget(nodeId, r));
       if (!q.ok) throw this.#quotaError(q);
     } catch (e) {
       release();
@@ -191,10 +223,23 @@ export class SandboxService {
     return this.#store.listEvents(id);
   }
 
-  /** The guest agent's access token while the sandbox lives. */
-  accessToken(rec: SandboxRecord): string | undefined {
+  /** Tokens this replica just learned (creates, forks), so their answers need no node call. */
+  readonly #recentTokens = new Map<string, string>();
+  #rememberToken(id: string, token: string): void {
+    this.#recentTokens.set(id, token);
+    if (this.#recentTokens.size > 1024) this.#recentTokens.delete(this.#recentTokens.keys().next().value!);
+  }
+
+  /** The guest agent's access token while the sandbox lives (asked of its node). */
+  async accessToken(rec: SandboxRecord): Promise<string | undefined> {
     if (isFinalState(rec.state) || !rec.nodeSandboxId) return undefined;
-    return this.#node.accessToken(rec.nodeSandboxId);
+    const recent = this.#recentTokens.get(rec.id);
+    if (recent) return recent;
+    try {
+      return await this.#nodeOf(rec).accessToken(rec.nodeSandboxId);
+    } catch {
+      return undefined; // its node does not answer: the caller gets no token
+    }
   }
 
   /** A client for the sandbox's guest agent; the sandbox must be running. */
@@ -207,16 +252,22 @@ export class SandboxService {
     if (rec.state !== "running" || !rec.nodeSandboxId) {
       throw new ApiError("CONFLICT", `sandbox ${rec.id} is ${rec.state}; commands and files need it running`);
     }
-    return this.#node.envd(rec.nodeSandboxId, user);
+    return this.#nodeOf(rec).envd(rec.nodeSandboxId, user);
   }
 
-  envdEndpoint(rec: SandboxRecord) {
+  /**
+   * An HTTP request to a port inside a running sandbox, through its node
+   * (the node adds the agent's token on its port); undefined when it is not
+   * running. The caller writes the body and reads the answer.
+   */
+  portRequest(
+    rec: SandboxRecord,
+    port: number,
+    pathAndQuery: string,
+    init: { method?: string; headers?: http.OutgoingHttpHeaders; maxHeaderSize?: number },
+  ): http.ClientRequest | undefined {
     if (rec.state !== "running" || !rec.nodeSandboxId) return undefined;
-    try {
-      return this.#node.envdEndpoint(rec.nodeSandboxId);
-    } catch {
-      return undefined;
-    }
+    return this.#nodeOf(rec).portRequest(rec.nodeSandboxId, port, pathAndQuery, init);
   }
 
   findByEnvdToken(token: string) {
@@ -256,13 +307,33 @@ export class SandboxService {
     const networkPolicy = req.networkPolicy
       ? await this.#checkPolicy(caller.tenant.id, req.networkPolicy, "network.policy")
       : null;
+    // Placement by activation cost (scheduler/placement.ts): best first, the
+    // rest are where the create goes if a node fails to start it.
+    const placement = place(
+      this.#nodes.views(),
+      { template: req.template, vcpus: req.vcpus, memoryMib: req.memoryMib, tenant: caller.tenant.id },
+      {
+        vcpuOvercommit: this.#config.vcpuOvercommit,
+        memoryOvercommit: this.#config.memoryOvercommit,
+        reservedMemoryMib: 0,
+      },
+    );
+    const candidates = placement.candidates;
+    if (!candidates.length) {
+      throw new ApiError(
+        "CAPACITY_EXHAUSTED",
+        `no node can take this sandbox now: ${placement.excluded.map((e) => `${e.nodeId}: ${e.reason}`).join("; ") || "no node has joined"}`,
+        { headers: { "retry-after": String(this.#config.capacityRetryAfterSeconds) } },
+      );
+    }
     const id = newId();
     const { token, hash } = newSandboxToken();
     const now = iso();
+    let chosen = candidates[0]!;
     let rec: SandboxRecord = {
       id,
       tenantId: caller.tenant.id,
-      nodeId: this.#node.id,
+      nodeId: chosen.nodeId,
       nodeSandboxId: null,
       template: req.template,
       state: "requested",
@@ -287,12 +358,28 @@ export class SandboxService {
       pausedAt: null,
       placement: null,
     };
-    const quota = await this.#store.insertSandboxWithinQuota(
+    // INVARIANT: admitted against the budget of the node it is placed on; a
+    // node over its budget is skipped for the next candidate.
+    let quota = await this.#store.insertSandboxWithinQuota(
       rec,
       caller.tenant.limits,
       0,
-      this.#nodeBudget(),
+      this.#nodeBudget(chosen.nodeId),
     );
+    for (
+      let i = 1;
+      !quota.ok && (quota.limit === "nodeVcpus" || quota.limit === "nodeMemoryMib") && i < candidates.length;
+      i++
+    ) {
+      chosen = candidates[i]!;
+      rec = { ...rec, nodeId: chosen.nodeId };
+      quota = await this.#store.insertSandboxWithinQuota(
+        rec,
+        caller.tenant.limits,
+        0,
+        this.#nodeBudget(chosen.nodeId),
+      );
+    }
     if (!quota.ok) throw this.#quotaError(quota);
     await this.#event(id, "requested", {
       template: req.template,
@@ -307,16 +394,52 @@ export class SandboxService {
     await this.#store.putInterimUsage(this.#usage(rec, meter, Date.now(), false));
 
     return this.#withLock(id, async () => {
-      await this.#event(id, "scheduled", { node: this.#node.id });
-      rec = await this.#transition(rec, "starting", {}, "scheduled on a node", "start");
+      const scheduled = (c: Candidate) => ({
+        node: c.nodeId,
+        path: c.path,
+        predictedMs: c.predictedMs,
+        reason: c.reason,
+      });
+      await this.#event(id, "scheduled", {
+        ...scheduled(chosen),
+        alternatives: candidates.filter((c) => c !== chosen).map(scheduled),
+        excluded: placement.excluded,
+      });
+      rec = await this.#transition(rec, "starting", {}, `scheduled on ${chosen.nodeId}`, "start");
       try {
-        const started = await this.#node.create({
+        const request = {
           template: req.template,
           vcpus: req.vcpus,
           memoryMib: req.memoryMib,
           envVars: { ...req.envVars, FIREBREAK_SANDBOX_ID: id, FIREBREAK_SANDBOX_TOKEN: token },
-          ...(networkPolicy ? { network: { policy: networkPolicy, tenant: caller.tenant.id } } : {}),
-        });
+          ...(networkPolicy
+            ? {
+                network: {
+                  policy: networkPolicy,
+                  tenant: caller.tenant.id,
+                  admin: networkPolicy.grantedBy === "admin",
+                },
+              }
+            : {}),
+          platformId: id,
+        };
+        // A node that does not answer, or has no room after all, hands the
+        // create to the next candidate (same sandbox record, billed once).
+        let started: Awaited<ReturnType<NodeClient["create"]>> | undefined;
+        for (let i = candidates.indexOf(chosen); !started; ) {
+          this.#nodes.notePlaced(chosen.nodeId, req.template, req, chosen.path === "warm");
+          try {
+            started = await this.#nodes.node(chosen.nodeId).create(request);
+          } catch (e) {
+            const code = toApiError(e).code;
+            const next = candidates[++i];
+            if (!next || (code !== "NODE_UNAVAILABLE" && code !== "CAPACITY_EXHAUSTED")) throw e;
+            await this.#event(id, "rescheduled", { from: chosen.nodeId, code, to: scheduled(next) });
+            chosen = next;
+            await this.#store.updateSandbox(id, { nodeId: chosen.nodeId }, ["starting"]);
+            rec = { ...rec, nodeId: chosen.nodeId };
+          }
+        }
         const ready = Date.now();
         await this.#event(id, "started", {
           path: started.path,
@@ -334,10 +457,12 @@ export class SandboxService {
             startPath: started.path,
             timings: { totalMs: started.totalMs, phases: started.phases },
             envdTokenHash: sha256(started.accessToken),
+            ...(started.policy ? { networkPolicy: started.policy } : {}),
           },
           "ready",
           "start",
         );
+        this.#rememberToken(id, started.accessToken);
         await this.#event(id, "ready", { path: started.path, timeoutAt: rec.timeoutAt });
         this.#log.info({ sandboxId: id, path: started.path, totalMs: started.totalMs }, "sandbox running");
         await this.#sample(rec).catch(() => {});
@@ -388,7 +513,7 @@ export class SandboxService {
     lastSample: UsageSample | undefined,
     endMs = Date.now(),
   ): Promise<boolean> {
-    const meter = this.#meters.get(rec.id) ?? new Meter();
+    const meter = await this.#meterOf(rec.id);
     if (lastSample) meter.add(lastSample);
     const endedAt = iso(endMs);
     const ended = await this.#store.endSandbox(
@@ -419,7 +544,7 @@ export class SandboxService {
       await this.#event(id, "kill", { by, reason });
       let sample: UsageSample | undefined;
       try {
-        if (rec.nodeSandboxId) sample = await this.#node.kill(rec.nodeSandboxId, reason);
+        if (rec.nodeSandboxId) sample = await this.#nodeOf(rec).kill(rec.nodeSandboxId, reason);
       } catch (e) {
         this.#log.error({ sandboxId: id, err: e }, "node kill failed");
       }
@@ -460,7 +585,7 @@ export class SandboxService {
 
   /** Private services a tenant may bind (null: every service, for admins). */
   async services(tenantId: string | null): Promise<PrivateService[]> {
-    const all = await this.#node.listServices();
+    const all = await this.nodes.listServices();
     return tenantId === null ? all : all.filter((s) => !s.tenants || s.tenants.includes(tenantId));
   }
 
@@ -481,9 +606,11 @@ export class SandboxService {
           `sandbox ${id} is ${rec.state}; its egress policy changes only while it runs`,
         );
       }
-      const applied = await this.#node.updatePolicy(rec.nodeSandboxId, policy).catch((e) => {
-        throw toApiError(e);
-      });
+      const applied = await this.#nodeOf(rec)
+        .updatePolicy(rec.nodeSandboxId, policy, tenantId, policy.grantedBy === "admin")
+        .catch((e) => {
+          throw toApiError(e);
+        });
       await this.#store.updateSandbox(id, { networkPolicy: applied }, ["running"]);
       await this.#event(id, "network_policy", { policy: applied });
       return applied;
@@ -541,11 +668,13 @@ export class SandboxService {
       let rec = await this.get(tenantId, id);
       assertTransition(id, rec.state, "paused", "pause");
       const release = await this.#admitPause(caller.tenant, rec.memoryMib);
-      const meter = this.#meters.get(id) ?? new Meter();
+      const meter = await this.#meterOf(id);
       try {
-        const sample = await this.#node.pause(rec.nodeSandboxId!).catch((e) => {
-          throw toApiError(e);
-        });
+        const sample = await this.#nodeOf(rec)
+          .pause(rec.nodeSandboxId!)
+          .catch((e) => {
+            throw toApiError(e);
+          });
         if (sample) meter.add(sample);
         meter.suspend();
         this.#meters.set(id, meter);
@@ -574,11 +703,13 @@ export class SandboxService {
       assertTransition(id, rec.state, "running", "resume");
       // It already counts towards maxSandboxes; its vCPUs and memory come back.
       const limits = { ...caller.tenant.limits, maxSandboxes: Number.MAX_SAFE_INTEGER };
-      const release = await this.#admit(rec.tenantId, rec, 1, limits);
+      const release = await this.#admit(rec.tenantId, rec, 1, limits, rec.nodeId);
       try {
-        const r = await this.#node.resume(rec.nodeSandboxId!).catch((e) => {
-          throw toApiError(e);
-        });
+        const r = await this.#nodeOf(rec)
+          .resume(rec.nodeSandboxId!)
+          .catch((e) => {
+            throw toApiError(e);
+          });
         const t = timeoutMs ?? rec.timeoutMs;
         await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs });
         rec = await this.#transition(
@@ -601,7 +732,7 @@ export class SandboxService {
       const parent = await this.get(caller.tenant.id, id);
       if (parent.state !== "running")
         throw new ApiError("CONFLICT", `cannot fork sandbox ${id}: it is ${parent.state}`);
-      const release = await this.#admit(parent.tenantId, parent, count, caller.tenant.limits);
+      const release = await this.#admit(parent.tenantId, parent, count, caller.tenant.limits, parent.nodeId);
       try {
         return await this.#forkAdmitted(caller, parent, count);
       } finally {
@@ -614,9 +745,11 @@ export class SandboxService {
     {
       const id = parent.id;
       await this.#event(id, "fork", { count });
-      const children = await this.#node.fork(parent.nodeSandboxId!, count).catch((e) => {
-        throw toApiError(e);
-      });
+      const children = await this.#nodeOf(parent)
+        .fork(parent.nodeSandboxId!, count)
+        .catch((e) => {
+          throw toApiError(e);
+        });
       const out: SandboxRecord[] = [];
       const unlimited: TenantLimits = {
         maxSandboxes: Number.MAX_SAFE_INTEGER,
@@ -646,11 +779,13 @@ export class SandboxService {
           tokenHash: newSandboxToken().hash,
           envdTokenHash: sha256(c.accessToken),
           createdByKey: caller.keyId,
-          networkPolicy: null, // the node gives forks its default policy
+          // INVARIANT: the policy recorded is the one the node enforces on the child.
+          networkPolicy: c.policy ?? parent.networkPolicy,
           pausedAt: null,
         };
         // Checked above for the whole fork; the children exist already.
         await this.#store.insertSandboxWithinQuota(child, unlimited);
+        this.#rememberToken(child.id, c.accessToken);
         await this.#event(child.id, "requested", { forkOf: parent.id, key: caller.keyId });
         await this.#event(child.id, "started", { path: "snapshot", totalMs: c.totalMs, phases: c.phases });
         await this.#event(child.id, "ready", { path: "snapshot", timeoutAt: child.timeoutAt });
@@ -665,12 +800,44 @@ export class SandboxService {
 
   // ---------------------------------------------------------------- background: reaper, sampler, recovery
 
+  /**
+   * Asks each node, in one call per node, for the state of the sandboxes the
+   * store has as live there. A node that does not answer is left out (its
+   * sandboxes are neither confirmed nor ended: its lease decides).
+   */
+  async #statusByNode(recs: SandboxRecord[]) {
+    const byNode = new Map<string, SandboxRecord[]>();
+    for (const r of recs) {
+      if (!r.nodeSandboxId) continue;
+      byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), r]);
+    }
+    const out = new Map<string, NodeSandboxStatus>();
+    await Promise.all(
+      [...byNode].map(async ([nodeId, rs]) => {
+        try {
+          const got = await this.#nodes.node(nodeId).status(rs.map((r) => r.nodeSandboxId!));
+          for (const r of rs) {
+            const st = got.get(r.nodeSandboxId!);
+            if (st) out.set(r.id, st);
+          }
+        } catch (e) {
+          this.#log.warn({ node: nodeId, err: (e as Error).message }, "node did not report its sandboxes");
+        }
+      }),
+    );
+    return out;
+  }
+
   /** Ends sandboxes the control plane recorded as live whose VM is gone; keeps adopted paused ones. */
   async recover(): Promise<{ ended: string[]; adopted: string[] }> {
     const ended: string[] = [];
     const adopted: string[] = [];
-    for (const rec of await this.#store.listLiveSandboxes()) {
-      const status = rec.nodeSandboxId ? this.#node.status(rec.nodeSandboxId) : undefined;
+    const live = await this.#store.listLiveSandboxes();
+    const statuses = await this.#statusByNode(live);
+    for (const rec of live) {
+      const status = statuses.get(rec.id);
+      // A node that did not answer keeps its sandboxes until its lease says otherwise.
+      if (!status && rec.nodeSandboxId && !this.#nodes.ids().includes(rec.nodeId) === false) continue;
       const interim = await this.#store.getUsage(rec.id);
       const meter = interim ? Meter.restore(interim) : new Meter();
       if (rec.state === "paused" && status?.state === "paused") {
@@ -678,6 +845,10 @@ export class SandboxService {
         await this.#event(rec.id, "adopted", { reason: "control plane restarted; paused sandbox kept" });
         adopted.push(rec.id);
         continue;
+      }
+      if (status && status.state !== "gone") {
+        this.#meters.set(rec.id, meter);
+        continue; // its node still runs it (a control plane restart beside a node that stayed up)
       }
       this.#meters.set(rec.id, meter);
       // Usage is known up to the last interim sample: bill until then.
@@ -693,11 +864,11 @@ export class SandboxService {
     return { ended, adopted };
   }
 
-  async #sample(rec: SandboxRecord): Promise<void> {
+  async #sample(rec: SandboxRecord, sample?: UsageSample): Promise<void> {
     if (!rec.nodeSandboxId) return;
-    const sample = await this.#node.usageSample(rec.nodeSandboxId);
-    const meter = this.#meters.get(rec.id);
-    if (!meter || !sample) return;
+    sample ??= await this.#nodeOf(rec).usageSample(rec.nodeSandboxId);
+    if (!sample) return;
+    const meter = await this.#meterOf(rec.id);
     meter.add(sample);
     await this.#store.putInterimUsage(this.#usage(rec, meter, sample.at, false));
   }
@@ -707,11 +878,14 @@ export class SandboxService {
     if (this.#sampling) return;
     this.#sampling = true;
     try {
-      for (const rec of await this.#store.listLiveSandboxes()) {
-        if (rec.state !== "running" || !rec.nodeSandboxId) continue;
-        if (this.#locks.has(rec.id)) continue; // an action is in progress
-        const status = this.#node.status(rec.nodeSandboxId);
-        if (status.state === "gone") {
+      const running = (await this.#store.listLiveSandboxes()).filter(
+        (r) => r.state === "running" && r.nodeSandboxId && !this.#locks.has(r.id),
+      );
+      const statuses = await this.#statusByNode(running);
+      const byNode = new Map<string, SandboxRecord[]>();
+      for (const rec of running) {
+        const status = statuses.get(rec.id);
+        if (status?.state === "gone") {
           await this.#withLock(rec.id, async () => {
             const now = await this.#store.getSandbox(rec.id);
             if (now?.state !== "running") return;
@@ -720,10 +894,21 @@ export class SandboxService {
           });
           continue;
         }
-        await this.#sample(rec).catch((e) =>
-          this.#log.warn({ sandboxId: rec.id, err: e }, "usage sample failed"),
-        );
+        if (status) byNode.set(rec.nodeId, [...(byNode.get(rec.nodeId) ?? []), rec]);
       }
+      await Promise.all(
+        [...byNode].map(async ([nodeId, recs]) => {
+          try {
+            const samples = await this.#nodes.node(nodeId).usage(recs.map((r) => r.nodeSandboxId!));
+            for (const rec of recs) {
+              const u = samples.get(rec.nodeSandboxId!);
+              if (u) await this.#sample(rec, u);
+            }
+          } catch (e) {
+            this.#log.warn({ node: nodeId, err: (e as Error).message }, "usage samples failed");
+          }
+        }),
+      );
     } finally {
       this.#sampling = false;
     }

@@ -15,6 +15,10 @@
 import { builtinTemplates } from "@firebreak/node-agent";
 import { ApiError } from "../errors.ts";
 import type { NodeClient, TemplateInfo } from "../node/node-client.ts";
+
+/** Where templates live: one node, or every node of the control plane. */
+export type TemplateSource = Pick<NodeClient, "hasTemplate" | "listTemplates">;
+
 import type { Store, TemplateOwner } from "../store/store.ts";
 
 export interface TemplateCaller {
@@ -38,11 +42,11 @@ const notFound = (name: string) =>
 
 export class TemplateAccess {
   readonly #store: Store;
-  readonly #node: NodeClient;
+  readonly #node: TemplateSource;
   /** Names with a build in flight in this process (one build per name at a time). */
   readonly #building = new Set<string>();
 
-  constructor(store: Store, node: NodeClient) {
+  constructor(store: Store, node: TemplateSource) {
     this.#store = store;
     this.#node = node;
   }

@@ -4,7 +4,7 @@
 // replica killed with SIGKILL leaves its sandboxes running here.
 import fs from "node:fs";
 import path from "node:path";
-import type { NodeSandboxInfo, NodeSandboxStatus, UsageSample } from "../node/node-client.ts";
+import type { NodeReport, NodeSandboxInfo, NodeSandboxStatus, UsageSample } from "../node/node-client.ts";
 import { FakeNode } from "./fake-node.ts";
 
 interface Entry {
@@ -17,8 +17,8 @@ export class SharedFakeNode extends FakeNode {
   readonly dir: string;
   readonly #prefix = `${process.pid}x${Math.random().toString(36).slice(2, 6)}`;
 
-  constructor(dir: string) {
-    super();
+  constructor(dir: string, id = "fake") {
+    super(id);
     this.dir = dir;
     fs.mkdirSync(dir, { recursive: true });
   }
@@ -42,8 +42,27 @@ export class SharedFakeNode extends FakeNode {
     fs.renameSync(tmp, this.#file(id));
   }
 
-  override capacity() {
-    return { ...this.hostCapacity, sandboxes: fs.readdirSync(this.dir).length };
+  #ids(): string[] {
+    return fs
+      .readdirSync(this.dir)
+      .filter((f) => f.endsWith(".json"))
+      .map((f) => f.slice(0, -5));
+  }
+
+  override async report(): Promise<NodeReport> {
+    const r = await super.report();
+    const live = this.#ids().filter((id) => this.#read(id)?.state === "running");
+    return {
+      ...r,
+      sandboxes: live.length,
+      committedVcpus: live.length,
+      committedMemoryMib: live.length * 256,
+      freeMemoryMib: this.hostCapacity.memoryMib - live.length * 256,
+    };
+  }
+
+  override async listSandboxes() {
+    return this.#ids().map((id) => ({ id, status: this.#status(id) }));
   }
 
   override async create(req: Parameters<FakeNode["create"]>[0]): Promise<NodeSandboxInfo> {
@@ -55,9 +74,13 @@ export class SharedFakeNode extends FakeNode {
     return { ...info, id };
   }
 
-  override status(id: string): NodeSandboxStatus {
+  #status(id: string): NodeSandboxStatus {
     const e = this.#read(id);
     return e ? { state: e.state } : { state: "gone", reason: "gone", crashed: true };
+  }
+
+  override async status(ids: string[]): Promise<Map<string, NodeSandboxStatus>> {
+    return new Map(ids.map((id) => [id, this.#status(id)]));
   }
 
   override async usageSample(id: string): Promise<UsageSample | undefined> {
@@ -88,7 +111,7 @@ export class SharedFakeNode extends FakeNode {
     return { path: "snapshot" as const, totalMs: 1 };
   }
 
-  override accessToken(id: string) {
+  override async accessToken(id: string) {
     return this.#read(id)?.token;
   }
 

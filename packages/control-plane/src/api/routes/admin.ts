@@ -36,6 +36,9 @@ const keyJson = (k: ApiKeyRecord) => ({
   createdByKey: k.createdByKey,
 });
 
+/** Build progress held for a slow client before run-step output lines are dropped. */
+const MAX_BUILD_STREAM_QUEUE_BYTES = 1024 * 1024;
+
 export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
   const { store, node } = deps;
   const templates = deps.sandboxes.templates;
@@ -91,36 +94,65 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       const build = await templates.beginBuild(name, caller);
       const log = c.get("log");
       const enc = new TextEncoder();
-      const out = new ReadableStream<Uint8Array>({
-        async start(ctl) {
-          const send = (o: unknown) => {
+      // SECURITY: run steps are untrusted and their output lines arrive as
+      // progress faster than a slow client may read. The build cannot wait for
+      // the client, so the queue is capped in bytes: output lines that do not
+      // fit are dropped (and counted in the next line that fits); step lines,
+      // `done` and `error` are always kept.
+      let dropped = 0;
+      const out = new ReadableStream<Uint8Array>(
+        {
+          async start(ctl) {
+            let last = { index: 0, total: 0 };
+            const send = (o: {
+              type: string;
+              step?: string;
+              index?: number;
+              total?: number;
+              [k: string]: unknown;
+            }) => {
+              try {
+                if (o.type === "progress" && o.step === "run" && (ctl.desiredSize ?? 0) <= 0) {
+                  dropped++;
+                  return;
+                }
+                if (o.index !== undefined && o.total !== undefined) last = { index: o.index, total: o.total };
+                if (dropped) {
+                  ctl.enqueue(
+                    enc.encode(
+                      `${JSON.stringify({ type: "progress", step: "run", ...last, detail: `(${dropped} output lines dropped: the client read too slowly)` })}\n`,
+                    ),
+                  );
+                  dropped = 0;
+                }
+                ctl.enqueue(enc.encode(`${JSON.stringify(o)}\n`));
+              } catch {
+                // the client went away; the build goes on
+              }
+            };
             try {
-              ctl.enqueue(enc.encode(`${JSON.stringify(o)}\n`));
-            } catch {
-              // the client went away; the build goes on
+              const t = await build.run(() =>
+                node.buildTemplate("name" in b ? { name: b.name } : { spec: b.spec }, (p) =>
+                  send({ type: "progress", ...p }),
+                ),
+              );
+              const owner = await store.getTemplateOwner(t.name);
+              send({ type: "done", template: { ...t, tenantId: owner?.tenantId ?? null } });
+            } catch (e) {
+              const err = toApiError(e);
+              log.warn({ err: e }, "template build failed");
+              send({ type: "error", error: { code: err.code, message: err.message } });
+            } finally {
+              try {
+                ctl.close();
+              } catch {
+                // closed
+              }
             }
-          };
-          try {
-            const t = await build.run(() =>
-              node.buildTemplate("name" in b ? { name: b.name } : { spec: b.spec }, (p) =>
-                send({ type: "progress", ...p }),
-              ),
-            );
-            const owner = await store.getTemplateOwner(t.name);
-            send({ type: "done", template: { ...t, tenantId: owner?.tenantId ?? null } });
-          } catch (e) {
-            const err = toApiError(e);
-            log.warn({ err: e }, "template build failed");
-            send({ type: "error", error: { code: err.code, message: err.message } });
-          } finally {
-            try {
-              ctl.close();
-            } catch {
-              // closed
-            }
-          }
+          },
         },
-      });
+        new ByteLengthQueuingStrategy({ highWaterMark: MAX_BUILD_STREAM_QUEUE_BYTES }),
+      );
       return new Response(out, { status: 200, headers: { "content-type": "application/x-ndjson" } }) as never;
     },
   );

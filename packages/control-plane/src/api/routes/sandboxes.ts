@@ -4,8 +4,9 @@ import type { EgressPolicy } from "@firebreak/node-agent";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { actor, hasScope, requireScope } from "../../auth/middleware.ts";
 import { ApiError } from "../../errors.ts";
+import type { IngressTokens } from "../../ingress/ingress-token.ts";
 import type { SandboxService } from "../../sandboxes/service.ts";
-import { SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
+import { isFinalState, SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
 import type { AppEnv, Deps } from "../context.ts";
 import { formatZodError } from "../format-zod-error.ts";
 import { body, errors, json, noContent, optionalBody, security } from "../openapi-helpers.ts";
@@ -25,9 +26,19 @@ import {
 
 const tags = ["sandboxes"];
 
-/** The wire form of a sandbox. The guest agent's token is included only where `withToken`. */
-export function sandboxJson(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
-  const token = withToken ? sb.accessToken(r) : undefined;
+/**
+ * The wire form of a sandbox. The guest agent's token is included only where
+ * `withToken`; the ingress token (derived, see ingress/ingress-token.ts) where
+ * `ingress` is given and the sandbox has not ended.
+ */
+export async function sandboxJson(
+  sb: SandboxService,
+  r: SandboxRecord,
+  withToken: boolean,
+  ingress?: IngressTokens,
+) {
+  const token = withToken ? await sb.accessToken(r) : undefined;
+  const ingressToken = ingress && !isFinalState(r.state) ? ingress.tokenFor(r.id) : undefined;
   return {
     id: r.id,
     tenantId: r.tenantId,
@@ -37,6 +48,7 @@ export function sandboxJson(sb: SandboxService, r: SandboxRecord, withToken: boo
     memoryMib: r.memoryMib,
     metadata: r.metadata,
     ...(token ? { envdAccessToken: token } : {}),
+    ...(ingressToken ? { ingressToken } : {}),
     createdAt: r.createdAt,
     readyAt: r.readyAt,
     ...(r.endedAt ? { endedAt: r.endedAt } : {}),
@@ -110,7 +122,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
             }
           : undefined,
       });
-      return c.json(sandboxJson(sb, rec, true), 201);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 201);
     },
   );
 
@@ -147,7 +159,10 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         ...(q.cursor ? { cursor: q.cursor } : {}),
       });
       return c.json(
-        { sandboxes: page.sandboxes.map((r) => sandboxJson(sb, r, false)), nextCursor: page.nextCursor },
+        {
+          sandboxes: await Promise.all(page.sandboxes.map((r) => sandboxJson(sb, r, false))),
+          nextCursor: page.nextCursor,
+        },
         200,
       );
     },
@@ -166,7 +181,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.get(caller.tenant.id, c.req.valid("param").id);
-      return c.json(sandboxJson(sb, rec, true), 200);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 200);
     },
   );
 
@@ -219,7 +234,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.pause(actor(caller), c.req.valid("param").id);
-      return c.json(sandboxJson(sb, rec, false), 200);
+      return c.json(await sandboxJson(sb, rec, false), 200);
     },
   );
 
@@ -240,7 +255,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         c.req.valid("param").id,
         optionalBody(ResumeBody, c.req.valid("json"), formatZodError).timeoutMs,
       );
-      return c.json(sandboxJson(sb, rec, true), 200);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 200);
     },
   );
 
@@ -261,7 +276,10 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         c.req.valid("param").id,
         optionalBody(ForkBody, c.req.valid("json"), formatZodError).count,
       );
-      return c.json({ sandboxes: kids.map((k) => sandboxJson(sb, k, true)) }, 201);
+      return c.json(
+        { sandboxes: await Promise.all(kids.map((k) => sandboxJson(sb, k, true, deps.ingressTokens))) },
+        201,
+      );
     },
   );
 
