@@ -32,6 +32,7 @@ APT_PACKAGES=(
   iproute2 nftables util-linux      # namespaces, veth, tap, firewall, nsenter, setpriv
   procps psmisc                     # pgrep, fuser (tests and reconciler)
   bubblewrap runsc                  # peers for the benchmark (bwrap, gVisor)
+  postgresql                        # the shared store's server; tests start private clusters (no service needed)
   ca-certificates git curl
 )
 missing=()

@@ -36,6 +36,13 @@ export interface ControlPlaneConfig {
    */
   pausedRetentionMs: number;
   /**
+   * With a shared (PostgreSQL) store: how long a replica's lease on a
+   * background pass (reaper, sampler) lasts unrenewed; renewed every third of
+   * it. A dead holder's work moves to another replica within this time.
+   * @default FIREBREAK_LEASE_TTL_MS or 10_000
+   */
+  leaseTtlMs: number;
+  /**
    * How long a command may take to start (the agent's `start` event) before
    * the request fails with AGENT_ERROR. @default 60_000
    */
@@ -75,6 +82,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     sandboxOverheadMib: 256,
     capacityRetryAfterSeconds: 10,
     pausedRetentionMs: positive(env, "FIREBREAK_PAUSED_RETENTION_MS", 7 * 24 * 3600_000),
+    leaseTtlMs: Math.max(3, Math.round(positive(env, "FIREBREAK_LEASE_TTL_MS", 10_000))),
     commandStartTimeoutMs: 60_000,
   };
 }

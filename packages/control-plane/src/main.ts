@@ -1,4 +1,4 @@
-// `node packages/control-plane/src/main.ts [--listen host:port] [--state-dir dir]`:
+// `node packages/control-plane/src/main.ts [--listen host:port] [--state-dir dir] [--db url-or-file]`:
 // runs the control plane until SIGINT/SIGTERM (what `firebreak up` runs).
 // Prints `Admin API key ...` on first start, then `listening on <url>` on stdout.
 import { parseArgs } from "node:util";
@@ -14,7 +14,7 @@ const { values } = parseArgs({
 const server = await startServer({
   listen: values.listen!,
   ...(values["state-dir"] ? { stateDir: values["state-dir"] } : {}),
-  ...(values.db ? { dbFile: values.db } : {}),
+  ...(values.db ? { database: values.db } : {}),
   ...(process.env["FIREBREAK_USAGE_INTERVAL_MS"]
     ? { config: { usageIntervalMs: Number(process.env["FIREBREAK_USAGE_INTERVAL_MS"]) } }
     : {}),

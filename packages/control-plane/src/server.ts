@@ -1,6 +1,9 @@
 // startServer: the whole control plane in one process (what `firebreak up`
-// runs): SQLite store in the state dir, the local node, the sandbox service
-// (reaper, usage sampler, recovery), the HTTP API and the envd proxy.
+// runs): the store (SQLite in the state dir, or a shared PostgreSQL), the
+// local node, the sandbox service (reaper, usage sampler, recovery), the HTTP
+// API and the envd proxy. Several processes may share one PostgreSQL
+// database (replicas): any of them serves any request, and the background
+// passes run on the holder of their lease (store/leader.ts).
 import fs from "node:fs";
 import path from "node:path";
 import { loadConfig } from "@firebreak/node-agent";
@@ -17,7 +20,11 @@ import { createIngress } from "./ingress/proxy.ts";
 import { createListener } from "./listener.ts";
 import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
 import { type InProcessNode, startInProcessNode } from "./node/in-process-node.ts";
+import type { NodeClient } from "./node/node-client.ts";
 import { SandboxService } from "./sandboxes/service.ts";
+import { LeaseKeeper } from "./store/leader.ts";
+import { type DatabaseChoice, resolveDatabase } from "./store/open.ts";
+import { PgStore } from "./store/pg-store.ts";
 import { SqliteStore } from "./store/sqlite-store.ts";
 import type { Store } from "./store/store.ts";
 
@@ -27,10 +34,19 @@ export interface ServerOptions {
   /** @default FIREBREAK_STATE_DIR or /var/lib/firebreak */
   stateDir?: string;
   /**
-   * The control plane's database (one process at a time: a lock file beside it).
-   * @default <stateDir>/control-plane.db
+   * The control plane's database: `postgres://...` or `postgresql://...` (a
+   * shared PostgreSQL: several control planes may use it at once), or
+   * `sqlite:<path>` or a path (a SQLite file: one process at a time, a lock
+   * file beside it). @default FIREBREAK_DATABASE_URL, else <stateDir>/control-plane.db
    */
+  database?: string;
+  /** A SQLite file (the same as `database` with a path). */
   dbFile?: string;
+  /**
+   * Test only: a node to use instead of opening this host's node runtime
+   * (the caller keeps it: close() does not close it; no warm pools).
+   */
+  node?: NodeClient;
   /** An admin key to ensure exists (fb_<64 hex> or e2b_<64 hex>). @default FIREBREAK_ADMIN_KEY */
   adminKey?: string;
   /** Overrides of the control plane settings (timeouts, sampling, limits). */
@@ -108,6 +124,44 @@ async function bootstrap(
  */
 const heldLocks = new Set<string>();
 
+/** Background passes that run once across replicas, each on the holder of its lease. */
+const LEASES = ["reaper", "sampler"] as const;
+
+/**
+ * Runs fn while holding `name` (waiting for it): replicas starting together
+ * bootstrap one at a time. A holder that dies mid-way blocks the others for
+ * the ttl at most.
+ */
+async function underLease<T>(store: Store, name: string, holder: string, fn: () => Promise<T>): Promise<T> {
+  while (!(await store.tryLease(name, holder, 30_000)).held) await new Promise((r) => setTimeout(r, 100));
+  try {
+    return await fn();
+  } finally {
+    await store.releaseLease(name, holder);
+  }
+}
+
+async function openStore(
+  db: DatabaseChoice,
+  log: Logger,
+): Promise<{ store: Store; release: () => void; shared: boolean }> {
+  if (db.kind === "postgres") {
+    // No lock file: replicas share the database; leases decide who runs what.
+    const store = await PgStore.open(db.url, {
+      onIdleError: (e) =>
+        log.warn({ err: e.message }, "PostgreSQL connection lost; reconnecting on next use"),
+    });
+    return { store, release: () => {}, shared: true };
+  }
+  const release = lockDb(db.file);
+  try {
+    return { store: new SqliteStore(db.file), release, shared: false };
+  } catch (e) {
+    release();
+    throw e;
+  }
+}
+
 function lockDb(dbFile: string): () => void {
   const lock = `${dbFile}.lock`;
   if (heldLocks.has(lock)) throw new Error(`another control plane in this process is using ${dbFile}`);
@@ -157,32 +211,52 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     pino.destination({ dest: 2, sync: true }),
   );
 
-  const dbFile = path.resolve(opts.dbFile ?? path.join(nodeConfig.stateDir, "control-plane.db"));
-  const releaseLock = lockDb(dbFile);
-  let store: SqliteStore;
-  try {
-    store = new SqliteStore(dbFile);
-  } catch (e) {
-    releaseLock();
-    throw e;
-  }
+  const db = resolveDatabase(
+    opts.database ?? opts.dbFile ?? env["FIREBREAK_DATABASE_URL"],
+    nodeConfig.stateDir,
+  );
+  const opened = await openStore(db, log);
+  const { store, release: releaseLock } = opened;
+  // With a shared store, the reaper and sampler run on their lease's holder only.
+  const leases = opened.shared
+    ? new LeaseKeeper({
+        store,
+        names: LEASES,
+        ttlMs: config.leaseTtlMs,
+        onChange: (name, held) => log.info({ lease: name, held }, held ? "lease acquired" : "lease lost"),
+        onError: (name, e) => log.warn({ lease: name, err: (e as Error).message }, "lease renewal failed"),
+      })
+    : undefined;
   let node: InProcessNode | undefined;
   let nodes: NodeDirectory | undefined;
   try {
-    // Ingress tokens are derived from a secret beside the database (ingress-token.ts).
-    const ingressTokens = IngressTokens.open(path.join(path.dirname(dbFile), INGRESS_SECRET_FILE));
-    const createdAdminKey = await bootstrap(store, config, opts.adminKey ?? env["FIREBREAK_ADMIN_KEY"], log);
+    // Ingress tokens are derived from a secret beside the SQLite database, or
+    // in the state dir with PostgreSQL (ingress-token.ts): replicas must share it.
+    const ingressTokens = IngressTokens.open(
+      path.join(db.kind === "sqlite" ? path.dirname(db.file) : nodeConfig.stateDir, INGRESS_SECRET_FILE),
+    );
+    const adminKey = opts.adminKey ?? env["FIREBREAK_ADMIN_KEY"];
+    const createdAdminKey = leases
+      ? await underLease(store, "bootstrap", leases.holder, () => bootstrap(store, config, adminKey, log))
+      : await bootstrap(store, config, adminKey, log);
     // This machine's node: the node daemon in this process, reached over its
     // unix socket through the node API, as a node elsewhere would be.
-    node = await startInProcessNode(nodeConfig, (line) => log.info({ component: "node" }, line));
-    nodes = new StaticNodes([node.client]);
+    if (!opts.node)
+      node = await startInProcessNode(nodeConfig, (line) => log.info({ component: "node" }, line));
+    nodes = new StaticNodes([opts.node ?? node!.client]);
     await nodes.poll();
     nodes.start();
     const sandboxes = new SandboxService(store, nodes, config, log);
-    const recovered = await sandboxes.recover();
-    if (recovered.ended.length || recovered.adopted.length)
-      log.info(recovered, "recovered sandboxes after restart");
-    sandboxes.start();
+    await leases?.start();
+    // Recovery ends what the database has as live but its node lost. With
+    // replicas, only a replica that holds the reaper lease at its start runs
+    // it (never one starting beside a live holder).
+    if (!leases || leases.isHolder("reaper")) {
+      const recovered = await sandboxes.recover();
+      if (recovered.ended.length || recovered.adopted.length)
+        log.info(recovered, "recovered sandboxes after restart");
+    }
+    sandboxes.start(leases ? { runsBackgroundWork: (pass) => leases.isHolder(pass) } : {});
 
     const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens });
     const api = getRequestListener(app.fetch);
@@ -204,8 +278,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const addr = server.address();
     const boundPort = typeof addr === "object" && addr ? addr.port : port;
     const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
-    log.info({ url, accelerator: node.client.info().accelerator }, "control plane listening");
-    const localClient = node.client;
+    const localClient = opts.node ?? node!.client;
+    log.info(
+      { url, accelerator: localClient.info().accelerator, database: db.kind, holder: leases?.holder },
+      "control plane listening",
+    );
     for (const [template, size] of Object.entries(opts.warmPools ?? {})) {
       if (size > 0) {
         void localClient
@@ -233,10 +310,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
             server.close(() => r());
             server.closeAllConnections();
           });
+          await leases?.stop();
           await sandboxes.close();
           await directory.close();
-          await localNode.close();
-          store.close();
+          await localNode?.close();
+          await store.close();
           releaseLock();
           log.info("control plane stopped");
         })();
@@ -244,9 +322,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       },
     };
   } catch (e) {
+    await leases?.stop().catch(() => {});
     await nodes?.close().catch(() => {});
     await node?.close().catch(() => {});
-    store.close();
+    await store.close();
     releaseLock();
     throw e;
   }

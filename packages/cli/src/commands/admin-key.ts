@@ -1,6 +1,7 @@
-// firebreak admin-key: root's way back in. Opens the state dir's control plane
-// database directly (no server needed; a running one sees the key at once)
-// and mints a new admin key of the default tenant. Only the key is printed on
+// firebreak admin-key: root's way back in. Opens the control plane's database
+// directly (FIREBREAK_DATABASE_URL, else the state dir's SQLite file; no
+// server needed, a running one sees the key at once) and mints a new admin
+// key of the default tenant. Only the key is printed on
 // stdout, so scripts can capture it: KEY=$(firebreak admin-key).
 import { existsSync } from "node:fs";
 import path from "node:path";
@@ -8,7 +9,8 @@ import { FirebreakError, loadConfig } from "@firebreak/node-agent";
 
 interface ControlPlane {
   recoverAdminKey(opts: {
-    dbFile: string;
+    dbFile?: string;
+    database?: string;
     name: string;
   }): Promise<{ id: string; key: string; tenantId: string }>;
 }
@@ -25,8 +27,10 @@ export async function adminKeyCommand(opts: { stateDir?: string; name?: string }
     ...process.env,
     ...(opts.stateDir ? { FIREBREAK_STATE_DIR: opts.stateDir } : {}),
   });
+  const url = process.env["FIREBREAK_DATABASE_URL"]?.trim();
+  const postgres = url !== undefined && /^postgres(ql)?:\/\//i.test(url);
   const dbFile = path.join(config.stateDir, "control-plane.db");
-  if (!existsSync(dbFile)) {
+  if (!url && !existsSync(dbFile)) {
     process.stderr.write(
       `error: no control plane database at ${dbFile}: start the control plane once (firebreak up; it prints an admin key on its first start), or pass the --state-dir it uses
 `,
@@ -44,9 +48,10 @@ export async function adminKeyCommand(opts: { stateDir?: string; name?: string }
       { cause: e },
     );
   }
-  const made = await cp.recoverAdminKey({ dbFile, name: opts.name ?? "admin (firebreak admin-key)" });
+  const name = opts.name ?? "admin (firebreak admin-key)";
+  const made = await cp.recoverAdminKey(url ? { database: url, name } : { dbFile, name });
   process.stdout.write(`${made.key}\n`);
   process.stderr.write(
-    `minted admin key ${made.id} (tenant ${made.tenantId}) in ${dbFile}; this is the only time it is shown\n`,
+    `minted admin key ${made.id} (tenant ${made.tenantId}) in ${postgres ? "the PostgreSQL database of FIREBREAK_DATABASE_URL" : (url ?? dbFile)}; this is the only time it is shown\n`,
   );
 }

@@ -4,6 +4,8 @@
 // not count against maxKeys.
 import fs from "node:fs";
 import { DEFAULT_LIMITS } from "../config.ts";
+import { resolveDatabase } from "../store/open.ts";
+import { PgStore } from "../store/pg-store.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Store, TenantLimits } from "../store/store.ts";
 import { newApiKey, newId } from "./keys.ts";
@@ -43,26 +45,36 @@ export async function mintAdminKey(store: Store, name: string): Promise<{ id: st
 
 /**
  * Opens a control plane database directly and mints an admin key in it.
- * Works whether or not a server is running on it: the store uses WAL and a
- * busy timeout, and a running server reads keys from the database on every
- * request, so the new key works at once.
- * SECURITY: the database is root-only (0600); only root on the host can do this.
+ * Works whether or not a server is running on it: SQLite uses WAL and a busy
+ * timeout, PostgreSQL is shared anyway, and a running server reads keys from
+ * the database on every request, so the new key works at once.
+ * `database` is what FIREBREAK_DATABASE_URL takes (a postgres:// URL, or a
+ * SQLite file); `dbFile` a SQLite file.
+ * SECURITY: a SQLite database is root-only (0600); only root on the host can
+ * do this. A PostgreSQL one needs its credentials.
  */
 export async function recoverAdminKey(opts: {
-  dbFile: string;
+  dbFile?: string;
+  database?: string;
   name: string;
 }): Promise<{ id: string; key: string; tenantId: string }> {
-  if (!fs.existsSync(opts.dbFile)) {
-    throw new Error(
-      `no control plane database at ${opts.dbFile}: start the control plane once (firebreak up; it prints an admin key on its first start), or pass the --state-dir it uses`,
-    );
+  const db = resolveDatabase(opts.database ?? opts.dbFile, ".");
+  let store: Store & { close(): void | Promise<void> };
+  if (db.kind === "postgres") {
+    store = await PgStore.open(db.url);
+  } else {
+    if (!fs.existsSync(db.file)) {
+      throw new Error(
+        `no control plane database at ${db.file}: start the control plane once (firebreak up; it prints an admin key on its first start), or pass the --state-dir it uses`,
+      );
+    }
+    store = new SqliteStore(db.file);
   }
-  const store = new SqliteStore(opts.dbFile);
   try {
     await ensureDefaultTenant(store);
     const made = await mintAdminKey(store, opts.name);
     return { ...made, tenantId: DEFAULT_TENANT_ID };
   } finally {
-    store.close();
+    await store.close();
   }
 }

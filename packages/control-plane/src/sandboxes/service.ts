@@ -356,6 +356,7 @@ export class SandboxService {
       createdByKey: caller.keyId,
       networkPolicy,
       pausedAt: null,
+      placement: null,
     };
     // INVARIANT: admitted against the budget of the node it is placed on; a
     // node over its budget is skipped for the next candidate.
@@ -951,16 +952,23 @@ export class SandboxService {
     }
   }
 
-  start(): void {
-    const every = (ms: number, fn: () => Promise<void>) => {
+  /**
+   * Starts the reaper and the sampler. With several replicas on one store,
+   * `runsBackgroundWork` says whether this one should run a pass now (it holds
+   * that pass's lease, store/leader.ts). @default every pass runs
+   */
+  start(opts: { runsBackgroundWork?: (pass: "reaper" | "sampler") => boolean } = {}): void {
+    const runs = opts.runsBackgroundWork ?? (() => true);
+    const every = (ms: number, pass: "reaper" | "sampler", fn: () => Promise<void>) => {
       const t = setInterval(() => {
-        if (!this.#closed) fn().catch((e) => this.#log.error({ err: e }, "background pass failed"));
+        if (!this.#closed && runs(pass))
+          fn().catch((e) => this.#log.error({ err: e }, "background pass failed"));
       }, ms);
       t.unref();
       this.#timers.push(t);
     };
-    every(this.#config.reaperIntervalMs, () => this.reap());
-    every(this.#config.usageIntervalMs, () => this.sampleAll());
+    every(this.#config.reaperIntervalMs, "reaper", () => this.reap());
+    every(this.#config.usageIntervalMs, "sampler", () => this.sampleAll());
   }
 
   /** Stops the background passes; ends running sandboxes (billed, reason shutdown); paused ones stay. */

@@ -1,4 +1,5 @@
-// The SQLite store: the key lineage migration and the atomic key rules.
+// The SQLite store: the Store contract (store.contract.ts) and SQLite's own
+// migrations.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
@@ -7,7 +8,7 @@ import { DatabaseSync } from "node:sqlite";
 import { test } from "node:test";
 import { DEFAULT_LIMITS } from "../config.ts";
 import { MIGRATIONS, SqliteStore } from "./sqlite-store.ts";
-import type { ApiKeyRecord } from "./store.ts";
+import { storeContract } from "./store.contract.ts";
 
 function tmpDb(t: { after(fn: () => void): void }): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fb-store-"));
@@ -15,16 +16,20 @@ function tmpDb(t: { after(fn: () => void): void }): string {
   return path.join(dir, "cp.db");
 }
 
-const key = (id: string, over: Partial<ApiKeyRecord> = {}): ApiKeyRecord => ({
-  id,
-  tenantId: "t1",
-  name: id,
-  hash: `h-${id}`,
-  scopes: ["sandboxes"],
-  createdAt: new Date().toISOString(),
-  revokedAt: null,
-  createdByKey: null,
-  ...over,
+storeContract("SQLite", {
+  async fresh(t) {
+    const file = tmpDb(t);
+    const stores: SqliteStore[] = [];
+    const open = async () => {
+      const s = new SqliteStore(file);
+      stores.push(s);
+      return s;
+    };
+    t.after(() => {
+      for (const s of stores) s.close();
+    });
+    return { store: await open(), another: open };
+  },
 });
 
 test("migration 3 on a database of version 2: paused sandboxes get a pause time, old tenants the new limits", async (t) => {
@@ -73,119 +78,35 @@ test("migration 3 on a database of version 2: paused sandboxes get a pause time,
   assert.deepEqual(await store.pausedUsage("t1"), { sandboxes: 1, memoryMib: 256 });
 });
 
-test("keys: the limit and the minter are checked in the insert's transaction; revocation cascades", async (t) => {
-  const store = new SqliteStore(tmpDb(t));
+test("migration 4 on a database of version 3: sandboxes get no placement; nodes, join tokens and leases start empty", async (t) => {
+  const file = tmpDb(t);
+  const old = new DatabaseSync(file);
+  for (const m of MIGRATIONS.slice(0, 3)) old.exec(m);
+  old.exec("PRAGMA user_version = 3");
+  old.exec(
+    "INSERT INTO tenants (id, name, limits, created_at) VALUES ('t1', 't1', '{}', '2026-01-01T00:00:00.000Z')",
+  );
+  old.exec(
+    `INSERT INTO sandboxes (id, tenant_id, node_id, template, state, vcpus, memory_mib, metadata, created_at, timeout_ms, root_id, token_hash, created_by_key)
+     VALUES ('s1', 't1', 'local', 'base', 'running', 1, 256, '{}', '2026-01-01T00:00:00.000Z', 1000, 's1', 'tok', 'k1')`,
+  );
+  old.close();
+  const store = new SqliteStore(file);
   t.after(() => store.close());
-  await store.createTenant({
-    id: "t1",
-    name: "t1",
-    limits: DEFAULT_LIMITS,
-    createdAt: new Date().toISOString(),
-  });
-  await store.createKey(key("root"));
-  assert.deepEqual(await store.createKeyWithinLimit(key("a", { createdByKey: "root" }), 3), { ok: true });
-  assert.deepEqual(await store.createKeyWithinLimit(key("b", { createdByKey: "a" }), 3), { ok: true });
-  const full = await store.createKeyWithinLimit(key("c", { createdByKey: "a" }), 3);
-  assert.equal(full.ok, false);
-  assert.equal(!full.ok && full.reason, "maxKeys");
-  assert.deepEqual((await store.revokeKeyTree("a", new Date().toISOString())).sort(), ["a", "b"]);
-  // A key minted by a revoked key is refused, even when the request got past authentication before.
-  const late = await store.createKeyWithinLimit(key("d", { createdByKey: "b" }), 10);
-  assert.equal(!late.ok && late.reason, "minter_revoked");
-  assert.equal(await store.getKey("d"), undefined);
-  assert.deepEqual(await store.revokeKeyTree("a", new Date().toISOString()), [], "already revoked");
-  assert.equal((await store.getKey("root"))?.revokedAt, null);
+  assert.equal((await store.getSandbox("s1"))?.placement, null);
+  assert.deepEqual(
+    (await store.listLiveSandboxesOnNode("local")).map((s) => s.id),
+    ["s1"],
+  );
+  assert.deepEqual(await store.listNodes(), []);
+  assert.equal(await store.getLease("reaper"), undefined);
+  assert.equal(await store.useJoinToken("x", "2026-01-01T00:00:00.000Z"), false);
 });
 
-test("metadata filters and groups match keys with any characters (quotes, dots, NUL)", async (t) => {
-  const store = new SqliteStore(tmpDb(t));
-  t.after(() => store.close());
-  await store.createTenant({
-    id: "t1",
-    name: "t1",
-    limits: DEFAULT_LIMITS,
-    createdAt: new Date().toISOString(),
-  });
-  const weird = ['a"b', "a.b", "a\u0000b", "$", "[0]"];
-  let n = 0;
-  for (const k of weird) {
-    n++;
-    await store.insertSandboxWithinQuota(
-      {
-        id: `s${n}`,
-        tenantId: "t1",
-        nodeId: "local",
-        nodeSandboxId: null,
-        template: "base",
-        state: "requested",
-        vcpus: 1,
-        memoryMib: 128,
-        metadata: { [k]: "v" },
-        createdAt: new Date().toISOString(),
-        readyAt: null,
-        endedAt: null,
-        endReason: null,
-        endedBy: null,
-        timeoutMs: 1000,
-        timeoutAt: null,
-        startPath: null,
-        timings: null,
-        parentId: null,
-        rootId: `s${n}`,
-        tokenHash: `t${n}`,
-        envdTokenHash: null,
-        createdByKey: "k",
-        networkPolicy: null,
-        pausedAt: null,
-      },
-      DEFAULT_LIMITS,
-    );
-  }
-  for (const [i, k] of weird.entries()) {
-    const page = await store.listSandboxes({ tenantId: "t1", metadata: { [k]: "v" }, limit: 10 });
-    assert.deepEqual(
-      page.sandboxes.map((s) => s.id),
-      [`s${i + 1}`],
-      JSON.stringify(k),
-    );
-  }
-  for (const [i, k] of weird.entries()) {
-    await store.putInterimUsage({
-      sandboxId: `s${i + 1}`,
-      tenantId: "t1",
-      template: "base",
-      vcpus: 1,
-      memoryMib: 128,
-      createdAt: new Date().toISOString(),
-      readyAt: null,
-      endedAt: null,
-      lifetimeSeconds: 1,
-      startPath: null,
-      cpuSeconds: 0,
-      memoryPeakMib: 0,
-      memoryGibSeconds: 0,
-      endReason: null,
-      metadata: { [k]: "v" },
-      parentId: null,
-      rootId: `s${i + 1}`,
-      final: false,
-      traffic: {
-        internet: { tx: 0, rx: 0 },
-        private: { tx: 0, rx: 0 },
-        sandbox: { tx: 0, rx: 0 },
-        ingress: { tx: 0, rx: 0 },
-      },
-    });
-  }
-  for (const k of weird) {
-    const groups = await store.usageGroups({ tenantId: null, groupBy: { metadata: k } });
-    assert.deepEqual(
-      groups.map((g) => [g.key, g.sandboxes]),
-      [
-        [null, 4],
-        ["v", 1],
-      ],
-      JSON.stringify(k),
-    );
-  }
+test("a database from a newer Firebreak is refused, not downgraded", (t) => {
+  const file = tmpDb(t);
+  const db = new DatabaseSync(file);
+  db.exec(`PRAGMA user_version = ${MIGRATIONS.length + 1}`);
+  db.close();
+  assert.throws(() => new SqliteStore(file), /schema version \d+, newer than this Firebreak/);
 });

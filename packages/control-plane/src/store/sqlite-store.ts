@@ -1,15 +1,35 @@
 // The embedded store: one SQLite file in the state dir (node:sqlite, no native
-// addon), WAL mode, migrations in code (PRAGMA user_version).
+// addon), WAL mode, migrations in code (PRAGMA user_version). One process owns
+// the file (server.ts locks it) and every write transaction is BEGIN
+// IMMEDIATE, so SQLite's single writer makes each method atomic.
 import fs from "node:fs";
 import path from "node:path";
 import { DatabaseSync, type SQLInputValue } from "node:sqlite";
-import { DEFAULT_LIMITS } from "../config.ts";
-import { TRAFFIC_CLASSES, type TrafficBytes } from "../node/node-client.ts";
+import { keyVerdict, nodeVerdict, tenantVerdict } from "./quota.ts";
+import {
+  checkTtl,
+  keyFrom,
+  nodeCols,
+  nodeFrom,
+  round3,
+  sandboxCols,
+  sandboxFrom,
+  TRAFFIC_COLS,
+  templateOwnerFrom,
+  tenantFrom,
+  trafficFrom,
+  usageCols,
+  usageFrom,
+} from "./rows.ts";
 import type {
   ApiKeyRecord,
+  JoinTokenRecord,
   KeyInsertResult,
+  LeaseState,
   ListSandboxesQuery,
   NodeBudget,
+  NodeRecord,
+  NodeState,
   QuotaResult,
   SandboxEvent,
   SandboxRecord,
@@ -22,9 +42,6 @@ import type {
   UsageGroupBy,
   UsageRecord,
 } from "./store.ts";
-
-/** usage_records columns: <class>_tx_bytes, <class>_rx_bytes. */
-const TRAFFIC_COLS = TRAFFIC_CLASSES.flatMap((c) => [`${c}_tx_bytes`, `${c}_rx_bytes`]);
 
 export const MIGRATIONS: readonly string[] = [
   `
@@ -123,6 +140,35 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE sandboxes ADD COLUMN paused_at TEXT;
   UPDATE sandboxes SET paused_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE state = 'paused';
   `,
+  // 4: several nodes: placement per sandbox, the node registry, join tokens,
+  // leases; lists page by (tenant, seq) without sorting.
+  `
+  ALTER TABLE sandboxes ADD COLUMN placement TEXT;
+  CREATE INDEX sandboxes_node_state ON sandboxes(node_id, state);
+  CREATE INDEX sandboxes_tenant_seq ON sandboxes(tenant_id, seq);
+  CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lease_until TEXT,
+    report TEXT,
+    joined_at TEXT NOT NULL,
+    last_seen_at TEXT
+  );
+  CREATE TABLE join_tokens (
+    hash TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    created_by_key TEXT,
+    used_at TEXT
+  );
+  CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+  );
+  `,
 ];
 
 const LIVE = "('requested','starting','running','paused','stopping')";
@@ -146,6 +192,11 @@ export class SqliteStore implements Store {
 
   #migrate(): void {
     const version = (this.db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version;
+    if (version > MIGRATIONS.length) {
+      throw new Error(
+        `the control plane database is at schema version ${version}, newer than this Firebreak (${MIGRATIONS.length}); run the newer Firebreak, or restore a backup`,
+      );
+    }
     for (let v = version; v < MIGRATIONS.length; v++) {
       this.#tx(() => {
         this.db.exec(MIGRATIONS[v]!);
@@ -212,30 +263,25 @@ export class SqliteStore implements Store {
 
   async createKeyWithinLimit(k: ApiKeyRecord, maxKeys: number): Promise<KeyInsertResult> {
     return this.#tx(() => {
-      if (k.createdByKey !== null) {
-        const minter = this.db.prepare("SELECT revoked_at FROM api_keys WHERE id = ?").get(k.createdByKey) as
-          | Row
-          | undefined;
-        // INVARIANT: no key outlives its minter's revocation (the cascade
-        // runs in a transaction too, so one of the two sees the other).
-        if (!minter || minter["revoked_at"] !== null) {
-          return {
-            ok: false,
-            reason: "minter_revoked",
-            message: `API key ${k.createdByKey} was revoked; use another key`,
-          };
-        }
-      }
+      // INVARIANT: no key outlives its minter's revocation (the cascade
+      // runs in a transaction too, so one of the two sees the other).
+      const minter =
+        k.createdByKey === null
+          ? undefined
+          : (this.db.prepare("SELECT revoked_at FROM api_keys WHERE id = ?").get(k.createdByKey) as
+              | Row
+              | undefined);
       const held = this.db
         .prepare("SELECT COUNT(*) AS n FROM api_keys WHERE tenant_id = ? AND revoked_at IS NULL")
         .get(k.tenantId) as { n: number };
-      if (held.n >= maxKeys) {
-        return {
-          ok: false,
-          reason: "maxKeys",
-          message: `quota exceeded: maxKeys is ${maxKeys} and tenant ${k.tenantId} holds ${held.n} unrevoked keys; revoke one (DELETE /v1/keys/{id}) or ask for a higher limit`,
-        };
-      }
+      const refused = keyVerdict(
+        minter === undefined ? undefined : minter["revoked_at"] !== null,
+        k.createdByKey,
+        held.n,
+        maxKeys,
+        k.tenantId,
+      );
+      if (refused) return refused;
       this.#insertKey(k);
       return { ok: true };
     });
@@ -326,55 +372,20 @@ export class SqliteStore implements Store {
         `SELECT COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mib), 0) AS mem FROM sandboxes WHERE tenant_id = ? AND state IN ${HOLDING}`,
       )
       .get(tenantId) as { vcpus: number; mem: number };
-    if (live.n + count > l.maxSandboxes) {
-      return {
-        ok: false,
-        limit: "maxSandboxes",
-        message: `quota exceeded: maxSandboxes is ${l.maxSandboxes} and this tenant has ${live.n} live sandboxes (paused ones count); kill one or ask for a higher limit`,
-      };
-    }
-    if (held.vcpus + shape.vcpus * count > l.maxVcpus) {
-      return {
-        ok: false,
-        limit: "maxVcpus",
-        message: `quota exceeded: maxVcpus is ${l.maxVcpus}, ${held.vcpus} in use, ${shape.vcpus * count} requested; use fewer vCPUs or kill a sandbox`,
-      };
-    }
-    if (held.mem + shape.memoryMib * count > l.maxMemoryMib) {
-      return {
-        ok: false,
-        limit: "maxMemoryMib",
-        message: `quota exceeded: maxMemoryMib is ${l.maxMemoryMib}, ${held.mem} MiB in use, ${shape.memoryMib * count} MiB requested; use less memory or kill a sandbox`,
-      };
-    }
-    return node ? this.#nodeBudget(shape, count, node) : { ok: true };
-  }
-
-  /** Every tenant's sandboxes that hold CPU and memory on the node, against its budget. */
-  #nodeBudget(shape: { vcpus: number; memoryMib: number }, count: number, node: NodeBudget): QuotaResult {
-    const held = this.db
+    const t = tenantVerdict({ live: live.n, vcpus: held.vcpus, memoryMib: held.mem }, shape, count, l);
+    if (!t.ok || !node) return t;
+    // Every tenant's sandboxes that hold CPU and memory on the node, against its budget.
+    const onNode = this.db
       .prepare(
         `SELECT COUNT(*) AS n, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mib), 0) AS mem FROM sandboxes WHERE node_id = ? AND state IN ${HOLDING}`,
       )
       .get(node.nodeId) as { n: number; vcpus: number; mem: number };
-    const wantVcpus = shape.vcpus * count;
-    if (held.vcpus + wantVcpus > node.vcpus) {
-      return {
-        ok: false,
-        limit: "nodeVcpus",
-        message: `node ${node.nodeId} is full: ${held.vcpus} vCPUs committed of ${Math.floor(node.vcpus)} it may commit, ${wantVcpus} requested; retry later or use fewer vCPUs`,
-      };
-    }
-    const committedMib = held.mem + held.n * node.overheadMib;
-    const wantMib = (shape.memoryMib + node.overheadMib) * count;
-    if (committedMib + wantMib > node.memoryMib) {
-      return {
-        ok: false,
-        limit: "nodeMemoryMib",
-        message: `node ${node.nodeId} is full: ${committedMib} MiB committed of ${Math.floor(node.memoryMib)} MiB it may commit, ${wantMib} MiB requested (guest memory + ${node.overheadMib} MiB each); retry later or use less memory`,
-      };
-    }
-    return { ok: true };
+    return nodeVerdict(
+      { sandboxes: onNode.n, vcpus: onNode.vcpus, memoryMib: onNode.mem },
+      shape,
+      count,
+      node,
+    );
   }
 
   async pausedUsage(tenantId: string): Promise<{ sandboxes: number; memoryMib: number }> {
@@ -472,6 +483,14 @@ export class SqliteStore implements Store {
     ).map(sandboxFrom);
   }
 
+  async listLiveSandboxesOnNode(nodeId: string): Promise<SandboxRecord[]> {
+    return (
+      this.db
+        .prepare(`SELECT * FROM sandboxes WHERE node_id = ? AND state IN ${LIVE} ORDER BY seq`)
+        .all(nodeId) as Row[]
+    ).map(sandboxFrom);
+  }
+
   async updateSandbox(id: string, patch: Partial<SandboxRecord>, from?: SandboxState[]): Promise<boolean> {
     const cols = sandboxCols(patch);
     const sets = Object.keys(cols).map((c) => `${c} = ?`);
@@ -502,6 +521,109 @@ export class SqliteStore implements Store {
       this.#writeUsage({ ...usage, final: true });
       return true;
     });
+  }
+
+  // Leases: one process owns a SQLite file (the db lock), so the process clock is the store's clock.
+
+  async tryLease(name: string, holder: string, ttlMs: number): Promise<LeaseState> {
+    checkTtl(ttlMs);
+    return this.#tx(() => {
+      const now = Date.now();
+      const expiresAt = new Date(now + ttlMs).toISOString();
+      // INVARIANT: taken only when free, expired, or already ours (one write transaction).
+      this.db
+        .prepare(
+          `INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)
+           ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+           WHERE leases.holder = excluded.holder OR leases.expires_at <= ?`,
+        )
+        .run(name, holder, expiresAt, new Date(now).toISOString());
+      const r = this.db.prepare("SELECT holder, expires_at FROM leases WHERE name = ?").get(name) as Row;
+      return {
+        held: String(r["holder"]) === holder,
+        holder: String(r["holder"]),
+        expiresAt: String(r["expires_at"]),
+      };
+    });
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    this.db.prepare("DELETE FROM leases WHERE name = ? AND holder = ?").run(name, holder);
+  }
+
+  async getLease(name: string): Promise<{ holder: string; expiresAt: string } | undefined> {
+    const r = this.db.prepare("SELECT holder, expires_at FROM leases WHERE name = ?").get(name) as
+      | Row
+      | undefined;
+    return r ? { holder: String(r["holder"]), expiresAt: String(r["expires_at"]) } : undefined;
+  }
+
+  // Nodes
+
+  async upsertNode(n: NodeRecord): Promise<void> {
+    const cols = nodeCols(n);
+    const names = Object.keys(cols);
+    this.db
+      .prepare(
+        `INSERT INTO nodes (${names.join(", ")}) VALUES (${names.map(() => "?").join(", ")})
+         ON CONFLICT(id) DO UPDATE SET ${names
+           .filter((c) => c !== "id")
+           .map((c) => `${c} = excluded.${c}`)
+           .join(", ")}`,
+      )
+      .run(...Object.values(cols));
+  }
+
+  async getNode(id: string): Promise<NodeRecord | undefined> {
+    const r = this.db.prepare("SELECT * FROM nodes WHERE id = ?").get(id) as Row | undefined;
+    return r ? nodeFrom(r) : undefined;
+  }
+
+  async listNodes(): Promise<NodeRecord[]> {
+    return (this.db.prepare("SELECT * FROM nodes ORDER BY id").all() as Row[]).map(nodeFrom);
+  }
+
+  async updateNode(
+    id: string,
+    patch: Partial<Omit<NodeRecord, "id">>,
+    fromStates?: NodeState[],
+  ): Promise<boolean> {
+    const { id: _ignored, ...rest } = patch as Partial<NodeRecord>;
+    const cols = nodeCols(rest);
+    const sets = Object.keys(cols).map((c) => `${c} = ?`);
+    const where = ["id = ?"];
+    const args: SQLInputValue[] = [id];
+    if (fromStates) {
+      where.push(`state IN (${fromStates.map(() => "?").join(", ") || "NULL"})`);
+      args.push(...fromStates);
+    }
+    if (!sets.length) {
+      return this.db.prepare(`SELECT 1 FROM nodes WHERE ${where.join(" AND ")}`).get(...args) !== undefined;
+    }
+    const r = this.db
+      .prepare(`UPDATE nodes SET ${sets.join(", ")} WHERE ${where.join(" AND ")}`)
+      .run(...Object.values(cols), ...args);
+    return Number(r.changes) === 1;
+  }
+
+  async removeNode(id: string): Promise<boolean> {
+    return Number(this.db.prepare("DELETE FROM nodes WHERE id = ?").run(id).changes) === 1;
+  }
+
+  // Join tokens
+
+  async createJoinToken(t: JoinTokenRecord): Promise<void> {
+    this.db
+      .prepare("INSERT INTO join_tokens (hash, created_at, expires_at, created_by_key) VALUES (?, ?, ?, ?)")
+      .run(t.hash, t.createdAt, t.expiresAt, t.createdByKey);
+  }
+
+  async useJoinToken(hash: string, at: string): Promise<boolean> {
+    // INVARIANT: single use: one UPDATE that only matches an unused, unexpired token.
+    const r = this.db
+      .prepare("UPDATE join_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?")
+      .run(at, hash, at);
+    return Number(r.changes) === 1;
   }
 
   // Events
@@ -613,144 +735,4 @@ export class SqliteStore implements Store {
       traffic: trafficFrom(r),
     }));
   }
-}
-
-function trafficFrom(r: Row): TrafficBytes {
-  const out = {} as TrafficBytes;
-  for (const c of TRAFFIC_CLASSES) {
-    out[c] = { tx: Number(r[`${c}_tx_bytes`] ?? 0), rx: Number(r[`${c}_rx_bytes`] ?? 0) };
-  }
-  return out;
-}
-
-function round3(n: number): number {
-  return Math.round(n * 1000) / 1000;
-}
-
-function tenantFrom(r: Row): Tenant {
-  return {
-    id: String(r["id"]),
-    name: String(r["name"]),
-    // Limits added later (maxKeys, maxPausedMib) take their defaults for older tenants.
-    limits: { ...DEFAULT_LIMITS, ...(JSON.parse(String(r["limits"])) as Partial<TenantLimits>) },
-    createdAt: String(r["created_at"]),
-  };
-}
-
-function keyFrom(r: Row): ApiKeyRecord {
-  return {
-    id: String(r["id"]),
-    tenantId: String(r["tenant_id"]),
-    name: String(r["name"]),
-    hash: String(r["hash"]),
-    scopes: JSON.parse(String(r["scopes"])) as ApiKeyRecord["scopes"],
-    createdAt: String(r["created_at"]),
-    revokedAt: r["revoked_at"] === null ? null : String(r["revoked_at"]),
-    createdByKey: r["created_by_key"] === null ? null : String(r["created_by_key"]),
-  };
-}
-
-function templateOwnerFrom(r: Row): TemplateOwner {
-  return {
-    name: String(r["name"]),
-    tenantId: r["tenant_id"] === null ? null : String(r["tenant_id"]),
-    createdAt: String(r["created_at"]),
-    createdByKey: r["created_by_key"] === null ? null : String(r["created_by_key"]),
-  };
-}
-
-const SANDBOX_FIELDS: Record<keyof SandboxRecord, string> = {
-  id: "id",
-  tenantId: "tenant_id",
-  nodeId: "node_id",
-  nodeSandboxId: "node_sandbox_id",
-  template: "template",
-  state: "state",
-  vcpus: "vcpus",
-  memoryMib: "memory_mib",
-  metadata: "metadata",
-  createdAt: "created_at",
-  readyAt: "ready_at",
-  endedAt: "ended_at",
-  endReason: "end_reason",
-  endedBy: "ended_by",
-  timeoutMs: "timeout_ms",
-  timeoutAt: "timeout_at",
-  startPath: "start_path",
-  timings: "timings",
-  parentId: "parent_id",
-  rootId: "root_id",
-  tokenHash: "token_hash",
-  envdTokenHash: "envd_token_hash",
-  createdByKey: "created_by_key",
-  networkPolicy: "network_policy",
-  pausedAt: "paused_at",
-};
-const JSON_SANDBOX_FIELDS = new Set(["metadata", "timings", "networkPolicy"]);
-
-function sandboxCols(s: Partial<SandboxRecord>): Record<string, SQLInputValue> {
-  const out: Record<string, SQLInputValue> = {};
-  for (const [k, col] of Object.entries(SANDBOX_FIELDS)) {
-    if (!(k in s)) continue;
-    const v = (s as Record<string, unknown>)[k];
-    if (v === undefined) continue;
-    out[col] = JSON_SANDBOX_FIELDS.has(k) ? (v === null ? null : JSON.stringify(v)) : (v as SQLInputValue);
-  }
-  return out;
-}
-
-function sandboxFrom(r: Row): SandboxRecord {
-  const out: Record<string, unknown> = {};
-  for (const [k, col] of Object.entries(SANDBOX_FIELDS)) {
-    const v = r[col];
-    out[k] = JSON_SANDBOX_FIELDS.has(k) && v !== null ? JSON.parse(String(v)) : v;
-  }
-  return out as unknown as SandboxRecord;
-}
-
-const USAGE_FIELDS: Record<keyof UsageRecord, string> = {
-  sandboxId: "sandbox_id",
-  tenantId: "tenant_id",
-  template: "template",
-  vcpus: "vcpus",
-  memoryMib: "memory_mib",
-  createdAt: "created_at",
-  readyAt: "ready_at",
-  endedAt: "ended_at",
-  lifetimeSeconds: "lifetime_seconds",
-  startPath: "start_path",
-  cpuSeconds: "cpu_seconds",
-  memoryPeakMib: "memory_peak_mib",
-  memoryGibSeconds: "memory_gib_seconds",
-  endReason: "end_reason",
-  metadata: "metadata",
-  parentId: "parent_id",
-  rootId: "root_id",
-  final: "final",
-  traffic: "",
-};
-
-function usageCols(u: UsageRecord): Record<string, SQLInputValue> {
-  const out: Record<string, SQLInputValue> = {};
-  for (const [k, col] of Object.entries(USAGE_FIELDS)) {
-    const v = (u as unknown as Record<string, unknown>)[k];
-    if (k === "traffic") {
-      for (const c of TRAFFIC_CLASSES) {
-        out[`${c}_tx_bytes`] = Math.round(u.traffic?.[c]?.tx ?? 0);
-        out[`${c}_rx_bytes`] = Math.round(u.traffic?.[c]?.rx ?? 0);
-      }
-    } else if (k === "metadata") out[col] = JSON.stringify(v);
-    else if (k === "final") out[col] = v ? 1 : 0;
-    else out[col] = (v ?? null) as SQLInputValue;
-  }
-  return out;
-}
-
-function usageFrom(r: Row): UsageRecord {
-  const out: Record<string, unknown> = {};
-  for (const [k, col] of Object.entries(USAGE_FIELDS)) out[k] = r[col];
-  out["metadata"] = JSON.parse(String(r["metadata"]));
-  out["traffic"] = trafficFrom(r);
-  out["final"] = Number(r["final"]) === 1;
-  return out as unknown as UsageRecord;
 }

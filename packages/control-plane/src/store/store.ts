@@ -1,10 +1,16 @@
-// The control plane's durable state behind one narrow interface, so another
-// backend (PostgreSQL, for several replicas) can be added without touching the
-// routes. Every method that must be atomic is one method here (quota check and
-// insert; ending a sandbox and writing its final usage record), so each backend
-// implements it with its own transaction.
+// The control plane's durable state behind one narrow interface with two
+// implementations: SqliteStore (one process, the default) and PgStore
+// (PostgreSQL, shared by several control-plane replicas). Every method that
+// must be atomic is one method here (quota check and insert; ending a sandbox
+// and writing its final usage record; key lineage; leases; join tokens), so
+// each backend implements it with its own transaction, and stays atomic when
+// several processes call it at once. One contract suite (store.contract.ts)
+// runs against both.
 //
-// Times are ISO-8601 strings (UTC, millisecond precision).
+// Times are ISO-8601 strings (UTC, millisecond precision). Free text (key
+// names, metadata, event details, every JSON field) may hold any character,
+// NUL included. Ids, hashes and names never hold NUL (PostgreSQL refuses to
+// store one); a lookup by one that does finds nothing rather than failing.
 
 import type { NormalizedPolicy, TrafficBytes } from "../node/node-client.ts";
 
@@ -115,6 +121,8 @@ export interface SandboxRecord {
   networkPolicy: NormalizedPolicy | null;
   /** When it was paused (null unless paused); the reaper ends it after the paused retention. */
   pausedAt: string | null;
+  /** The scheduler's placement decision (JSON, opaque to the store); null until placed. */
+  placement: unknown;
 }
 
 export interface SandboxEvent {
@@ -177,6 +185,47 @@ export type QuotaResult =
 export type KeyInsertResult =
   | { ok: true }
   | { ok: false; reason: "maxKeys" | "minter_revoked"; message: string };
+
+/** A held lease: background work that must run once across replicas (reaper, sampler). */
+export interface LeaseState {
+  /** True when the caller holds it now (acquired or renewed by this call). */
+  held: boolean;
+  /** The holder in force ("" when nobody holds it). */
+  holder: string;
+  /** When the holder's lease runs out, by the store's clock. */
+  expiresAt: string;
+}
+
+export type NodeState = "active" | "draining" | "lost";
+export const NODE_STATES: readonly NodeState[] = ["active", "draining", "lost"];
+
+/** A node daemon known to the control plane. */
+export interface NodeRecord {
+  id: string;
+  /** Where its API listens (host:port). */
+  address: string;
+  /**
+   * The node credential (bearer token and TLS-PSK key). SECURITY: stored as
+   * given, because TLS-PSK needs the key itself on both ends: the database is
+   * as secret as the credentials in it.
+   */
+  secret: string;
+  state: NodeState;
+  /** Until when its last heartbeat vouches for it (null: never reported). */
+  leaseUntil: string | null;
+  /** Its last report (capacity, warm slots, ...), JSON, opaque to the store. */
+  report: unknown | null;
+  joinedAt: string;
+  lastSeenAt: string | null;
+}
+
+/** A single-use join token for a node (only its sha256 is stored). */
+export interface JoinTokenRecord {
+  hash: string;
+  createdAt: string;
+  expiresAt: string;
+  createdByKey: string | null;
+}
 
 export interface ListSandboxesQuery {
   tenantId: string;
@@ -251,6 +300,8 @@ export interface Store {
   listSandboxes(q: ListSandboxesQuery): Promise<{ sandboxes: SandboxRecord[]; nextCursor: string | null }>;
   /** Every sandbox not in a final state (all tenants). */
   listLiveSandboxes(): Promise<SandboxRecord[]>;
+  /** Every sandbox not in a final state on one node (all tenants), oldest first. */
+  listLiveSandboxesOnNode(nodeId: string): Promise<SandboxRecord[]>;
   /**
    * Updates fields of a live sandbox; `from` (when given) must match its
    * current state. Returns false (and changes nothing) otherwise.
@@ -282,7 +333,42 @@ export interface Store {
     to?: string;
   }): Promise<UsageGroup[]>;
 
-  close(): void;
+  // Leases (table-based, with an expiry by the store's clock)
+  /**
+   * Acquires the lease when it is free or expired, renews it when `holder`
+   * holds it already (a new expiry `ttlMs` from now); otherwise leaves it.
+   * Atomic: of concurrent callers at most one holds it.
+   */
+  tryLease(name: string, holder: string, ttlMs: number): Promise<LeaseState>;
+  /** Gives the lease up at once, if `holder` holds it (else nothing). */
+  releaseLease(name: string, holder: string): Promise<void>;
+  /** The lease as recorded (expired ones included), or undefined when it was never taken or was released. */
+  getLease(name: string): Promise<{ holder: string; expiresAt: string } | undefined>;
+
+  // Nodes
+  /** Inserts the node, or replaces every field of an existing one with the same id. */
+  upsertNode(n: NodeRecord): Promise<void>;
+  getNode(id: string): Promise<NodeRecord | undefined>;
+  /** Every node, by id. */
+  listNodes(): Promise<NodeRecord[]>;
+  /**
+   * Updates fields of a node (not its id); `fromStates` (when given) must
+   * match its current state. False (and nothing changed) otherwise, or when
+   * there is no such node.
+   */
+  updateNode(id: string, patch: Partial<Omit<NodeRecord, "id">>, fromStates?: NodeState[]): Promise<boolean>;
+  /** False when there was no such node. */
+  removeNode(id: string): Promise<boolean>;
+
+  // Join tokens
+  createJoinToken(t: JoinTokenRecord): Promise<void>;
+  /**
+   * Uses a join token: true once, when it exists, has not been used and
+   * `at` is before its expiry. Atomic: of concurrent uses at most one wins.
+   */
+  useJoinToken(hash: string, at: string): Promise<boolean>;
+
+  close(): void | Promise<void>;
 }
 
 export function isFinalState(s: SandboxState): boolean {
