@@ -47,6 +47,15 @@ export interface ControlPlaneConfig {
    * the request fails with AGENT_ERROR. @default 60_000
    */
   commandStartTimeoutMs: number;
+  /** How often the `nodes` lease holder looks for lost and returned nodes. @default 1000 */
+  nodeWatchIntervalMs: number;
+  /** How often the `templates` lease holder copies templates to nodes that lack them. @default 10000 */
+  templateSyncIntervalMs: number;
+  /**
+   * A node that has not reported for this long is lost (its sandboxes end).
+   * @default FIREBREAK_NODE_LEASE_MS or 15000
+   */
+  nodeLeaseMs: number;
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -84,5 +93,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     pausedRetentionMs: positive(env, "FIREBREAK_PAUSED_RETENTION_MS", 7 * 24 * 3600_000),
     leaseTtlMs: Math.max(3, Math.round(positive(env, "FIREBREAK_LEASE_TTL_MS", 10_000))),
     commandStartTimeoutMs: 60_000,
+    nodeWatchIntervalMs: 1_000,
+    templateSyncIntervalMs: 10_000,
+    nodeLeaseMs: positive(env, "FIREBREAK_NODE_LEASE_MS", 15_000),
   };
 }

@@ -18,6 +18,7 @@ import { ingressDomain } from "./ingress/config.ts";
 import { INGRESS_SECRET_FILE, IngressTokens } from "./ingress/ingress-token.ts";
 import { createIngress } from "./ingress/proxy.ts";
 import { createListener } from "./listener.ts";
+import { Cluster } from "./node/cluster.ts";
 import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
 import { type InProcessNode, startInProcessNode } from "./node/in-process-node.ts";
 import type { NodeClient } from "./node/node-client.ts";
@@ -61,6 +62,12 @@ export interface ServerOptions {
   warmPools?: Record<string, number>;
   /** Where the first-start admin key is printed. @default stdout */
   printAdminKey?: (key: string) => void;
+  /**
+   * Run this machine's node in this process (one-machine mode). false: a
+   * control plane only, placing sandboxes on nodes that joined it.
+   * @default true
+   */
+  localNode?: boolean;
 }
 
 export interface RunningServer {
@@ -125,7 +132,7 @@ async function bootstrap(
 const heldLocks = new Set<string>();
 
 /** Background passes that run once across replicas, each on the holder of its lease. */
-const LEASES = ["reaper", "sampler"] as const;
+const LEASES = ["reaper", "sampler", "nodes", "templates"] as const;
 
 /**
  * Runs fn while holding `name` (waiting for it): replicas starting together
@@ -239,11 +246,30 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const createdAdminKey = leases
       ? await underLease(store, "bootstrap", leases.holder, () => bootstrap(store, config, adminKey, log))
       : await bootstrap(store, config, adminKey, log);
-    // This machine's node: the node daemon in this process, reached over its
-    // unix socket through the node API, as a node elsewhere would be.
-    if (!opts.node)
-      node = await startInProcessNode(nodeConfig, (line) => log.info({ component: "node" }, line));
-    nodes = new StaticNodes([opts.node ?? node!.client]);
+    if (opts.node) {
+      // Test only: a given node, outside the registry.
+      nodes = new StaticNodes([opts.node]);
+    } else {
+      // The registry in the store: nodes that joined (firebreak node --join),
+      // and this machine's own node unless told otherwise: the node daemon in
+      // this process, reached over its unix socket through the node API, as
+      // a node elsewhere would be.
+      const cluster = new Cluster(store, log, {
+        leaseMs: config.nodeLeaseMs,
+        reportIntervalMs: Math.min(2_000, config.nodeLeaseMs / 3),
+      });
+      nodes = cluster;
+      if (opts.localNode !== false) {
+        node = await startInProcessNode(nodeConfig, (line) => log.info({ component: "node" }, line));
+        await cluster.addLocal(node.client, {
+          id: node.daemon.identity.nodeId,
+          address: node.client.address,
+          secret: node.daemon.identity.secret,
+          joinedAt: new Date().toISOString(),
+        });
+      }
+      await cluster.sync();
+    }
     await nodes.poll();
     nodes.start();
     const sandboxes = new SandboxService(store, nodes, config, log);
@@ -278,13 +304,19 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const addr = server.address();
     const boundPort = typeof addr === "object" && addr ? addr.port : port;
     const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
-    const localClient = opts.node ?? node!.client;
+    const localClient = opts.node ?? node?.client;
     log.info(
-      { url, accelerator: localClient.info().accelerator, database: db.kind, holder: leases?.holder },
+      {
+        url,
+        accelerator: localClient?.info().accelerator ?? "none (no local node)",
+        database: db.kind,
+        holder: leases?.holder,
+        nodes: nodes.ids(),
+      },
       "control plane listening",
     );
     for (const [template, size] of Object.entries(opts.warmPools ?? {})) {
-      if (size > 0) {
+      if (size > 0 && localClient) {
         void localClient
           .setPool(template, size)
           .then(() => log.info({ template, size }, "warm pool filled"))
@@ -311,7 +343,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
             server.closeAllConnections();
           });
           await leases?.stop();
-          await sandboxes.close();
+          // Only this process's own node's sandboxes end with it (a test's
+          // given node counts as its own); joined nodes keep theirs.
+          await sandboxes.close({
+            endOn: opts.node ? [opts.node.id] : localNode ? [localNode.daemon.identity.nodeId] : [],
+          });
           await directory.close();
           await localNode?.close();
           await store.close();

@@ -140,6 +140,7 @@ describe("auth and validation", () => {
     }
     for (const [p, ops] of Object.entries(doc.paths)) {
       for (const [m, op] of Object.entries(ops)) {
+        // Health is public; a node joins with a join token (its own bearer scheme).
         if (p !== "/v1/health") assert.ok(op.security, `${m} ${p} declares security`);
       }
     }

@@ -16,6 +16,7 @@ import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { commandRoutes } from "./routes/commands.ts";
 import { fileRoutes } from "./routes/files.ts";
+import { nodeRoutes } from "./routes/nodes.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
 import { serviceRoutes } from "./routes/services.ts";
 
@@ -113,7 +114,9 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
 
   // Authentication and per-tenant rate limits (health and the document are public).
   app.use("/v1/*", async (c, next) => {
-    if (c.req.path === "/v1/health") return next();
+    // Health and the document are public; a node joins with a join token, not an API key.
+    if (c.req.path === "/v1/health" || (c.req.path === "/v1/nodes/join" && c.req.method === "POST"))
+      return next();
     const caller = await authenticate(deps.store, c.req.raw.headers);
     limiter.take(caller.tenant.id, caller.tenant.limits.requestsPerMinute);
     c.set("caller", caller);
@@ -127,8 +130,14 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   adminRoutes(app, deps);
   serviceRoutes(app, deps);
   ingressRoutes(app, deps); // /v1/sandboxes/{id}/ports (src/ingress)
+  nodeRoutes(app, deps);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
+  app.openAPIRegistry.registerComponent("securitySchemes", "joinToken", {
+    type: "http",
+    scheme: "bearer",
+    description: "A node's join token (fbj_...), from POST /v1/nodes/join-tokens",
+  });
   app.openAPIRegistry.registerComponent("securitySchemes", "apiKey", {
     type: "apiKey",
     in: "header",

@@ -492,3 +492,64 @@ export const HealthSchema = z
     }),
   })
   .openapi("Health");
+
+// Nodes (admin) and joining
+
+export const NodeIdParam = z.object({
+  id: z
+    .string()
+    .regex(/^[a-z0-9-]{1,40}$/)
+    .openapi({ param: { name: "id", in: "path" } }),
+});
+export const JoinTokenBody = z
+  .object({
+    ttlSeconds: z
+      .number()
+      .int()
+      .min(60)
+      .max(7 * 24 * 3600)
+      .default(3600),
+  })
+  .strict()
+  .openapi("CreateJoinToken");
+export const JoinTokenSchema = z.object({ token: z.string(), expiresAt: z.string() }).openapi("JoinToken");
+export const JoinBody = z
+  .object({
+    nodeId: z.string().regex(/^[a-z0-9-]{1,40}$/),
+    // TLS-PSK listener of the node (or, on the control plane's own host, its unix socket).
+    address: z.string().regex(/^(https:\/\/[a-zA-Z0-9.\-[\]:]{1,255}:\d{1,5}|unix:\/[\w./-]{1,200})$/),
+    secret: z.string().regex(/^[0-9a-f]{64}$/),
+  })
+  .strict()
+  .openapi("JoinNode");
+export const NodeSchema = z
+  .object({
+    id: z.string(),
+    address: z.string(),
+    state: z.enum(["active", "draining", "lost"]),
+    leaseUntil: z.string().nullable(),
+    lastSeenAt: z.string().nullable(),
+    joinedAt: z.string(),
+    accelerator: z.string().optional(),
+    vcpus: z.number().optional(),
+    memoryMib: z.number().optional(),
+    committedVcpus: z.number().optional(),
+    committedMemoryMib: z.number().optional(),
+    sandboxes: z.number().optional(),
+    templates: z
+      .array(
+        z.object({
+          name: z.string(),
+          key: z.string(),
+          snapshotShapes: z.array(z.string()),
+          warm: z.record(z.string(), z.number()),
+        }),
+      )
+      .optional(),
+  })
+  .openapi("Node");
+export const NodeListSchema = z.object({ nodes: z.array(NodeSchema) }).openapi("NodeList");
+export const DrainBody = z
+  .object({ draining: z.boolean().default(true) })
+  .strict()
+  .openapi("DrainNode");

@@ -127,6 +127,10 @@ export interface NodeClient {
     onProgress: (p: TemplateBuildProgress) => void,
   ): Promise<TemplateInfo>;
   deleteTemplate(name: string): Promise<boolean>;
+  /** A template's image as a stream (key, manifest and sha256 in its head), for another node. */
+  exportTemplate(name: string): Promise<http.IncomingMessage>;
+  /** Installs a template from another node's export (verified by its sha256). */
+  importTemplate(name: string, image: http.IncomingMessage): Promise<{ key: string; installed: boolean }>;
   /** Keeps `size` VMs of a template restored ahead of time on this node. */
   setPool(template: string, size: number, shape?: { vcpus: number; memoryMib: number }): Promise<void>;
   /** Refuse new sandboxes (running ones stay). */

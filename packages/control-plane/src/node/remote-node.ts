@@ -189,6 +189,14 @@ export class RemoteNode implements NodeClient {
     return this.#client.deleteTemplate(name);
   }
 
+  exportTemplate(name: string): Promise<http.IncomingMessage> {
+    return this.#client.exportTemplate(name);
+  }
+
+  importTemplate(name: string, image: http.IncomingMessage) {
+    return this.#client.importTemplate(name, image);
+  }
+
   setPool(template: string, size: number, shape?: { vcpus: number; memoryMib: number }): Promise<void> {
     return this.#client.setPool(template, size, shape);
   }

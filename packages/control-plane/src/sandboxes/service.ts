@@ -21,6 +21,7 @@ import type {
   PrivateService,
   UsageSample,
 } from "../node/node-client.ts";
+import { copyTemplate } from "../node/template-copy.ts";
 import { type Candidate, place } from "../scheduler/placement.ts";
 import {
   isFinalState,
@@ -957,9 +958,114 @@ export class SandboxService {
    * `runsBackgroundWork` says whether this one should run a pass now (it holds
    * that pass's lease, store/leader.ts). @default every pass runs
    */
-  start(opts: { runsBackgroundWork?: (pass: "reaper" | "sampler") => boolean } = {}): void {
+  // ---------------------------------------------------------------- nodes: leases, loss, return, templates
+
+  /**
+   * One pass over the node registry (on the `nodes` lease holder): a node
+   * whose lease ran out is lost and its live sandboxes end (a final usage
+   * record each, billed to their last sample, exactly once); a lost node that
+   * reports again is reconciled (what the store no longer wants is killed on
+   * it) and active again.
+   */
+  async watchNodes(): Promise<void> {
+    const cluster = this.#nodes;
+    if (!("expired" in cluster)) return;
+    const c = cluster as unknown as import("../node/cluster.ts").Cluster;
+    for (const n of await c.expired()) {
+      if (!(await this.#store.updateNode(n.id, { state: "lost" }, ["active", "draining"]))) continue;
+      this.#log.warn({ node: n.id, leaseUntil: n.leaseUntil }, "node lost: its lease ran out");
+      for (const rec of await this.#store.listLiveSandboxesOnNode(n.id)) {
+        await this.#withLock(rec.id, async () => {
+          const now = await this.#store.getSandbox(rec.id);
+          if (!now || isFinalState(now.state)) return;
+          const interim = await this.#store.getUsage(rec.id);
+          const lastSeen = Date.parse(interim?.endedAt ?? now.readyAt ?? now.createdAt);
+          await this.#event(rec.id, "lost", { reason: `node ${n.id} missed its lease`, was: now.state });
+          await this.#end(now, stateAfterLoss(now.state), "node_lost", "control-plane", undefined, lastSeen);
+        });
+      }
+    }
+    for (const n of await c.returned()) await this.reconcileNode(n.id);
+  }
+
+  /** The registry changed (a node joined or left): reload it now. */
+  async nodesChanged(): Promise<void> {
+    if ("sync" in this.#nodes) await (this.#nodes as unknown as { sync(): Promise<void> }).sync();
+    await this.#nodes.poll();
+  }
+
+  /** No new sandboxes on a node (running ones stay), or accept again. */
+  async drainNode(nodeId: string, draining: boolean): Promise<void> {
+    await this.#nodes
+      .node(nodeId)
+      .drain(draining)
+      .catch((e) => {
+        throw toApiError(e);
+      });
+    await this.#store.updateNode(nodeId, { state: draining ? "draining" : "active" }, ["active", "draining"]);
+    await this.nodesChanged();
+  }
+
+  /**
+   * What a node runs that the store no longer wants (ended while the node was
+   * away, or never recorded) is killed there; the node is active again.
+   */
+  async reconcileNode(nodeId: string): Promise<{ killed: string[] }> {
+    const node = this.#nodes.node(nodeId);
+    const wanted = new Set(
+      (await this.#store.listLiveSandboxesOnNode(nodeId)).map((r) => r.nodeSandboxId).filter(Boolean),
+    );
+    const killed: string[] = [];
+    for (const { id } of await node.listSandboxes()) {
+      if (wanted.has(id)) continue;
+      await node.kill(id, "not wanted: the control plane ended it while its node was away").catch(() => {});
+      killed.push(id);
+    }
+    await this.#store.updateNode(nodeId, { state: "active" }, ["lost"]);
+    this.#log.info({ node: nodeId, killed }, "node back: reconciled");
+    return { killed };
+  }
+
+  /**
+   * Every active node gets every template some node has, by content address
+   * (node/template-copy.ts), off the hot path (on the `templates` lease holder).
+   */
+  async distributeTemplates(): Promise<void> {
+    const views = this.#nodes.views().filter((v) => v.healthy && !v.report.draining);
+    const have = new Map<string, { key: string; from: string }>();
+    for (const v of views) {
+      for (const t of v.report.templates)
+        if (t.image && !have.has(t.name)) have.set(t.name, { key: t.key, from: v.id });
+    }
+    for (const [name, { key, from }] of have) {
+      for (const v of views) {
+        if (v.report.templates.some((t) => t.name === name && t.key === key)) continue;
+        try {
+          const t0 = performance.now();
+          await copyTemplate(this.#nodes.node(from), this.#nodes.node(v.id), name);
+          this.#log.info(
+            { template: name, key, from, to: v.id, ms: Math.round(performance.now() - t0) },
+            "template copied",
+          );
+        } catch (e) {
+          this.#log.warn(
+            { template: name, from, to: v.id, err: (e as Error).message },
+            "template copy failed",
+          );
+        }
+      }
+    }
+  }
+
+  start(
+    opts: { runsBackgroundWork?: (pass: "reaper" | "sampler" | "nodes" | "templates") => boolean } = {},
+  ): void {
     const runs = opts.runsBackgroundWork ?? (() => true);
-    const every = (ms: number, pass: "reaper" | "sampler", fn: () => Promise<void>) => {
+    const every = (
+      ms: number,
+      pass: "reaper" | "sampler" | "nodes" | "templates",
+      fn: () => Promise<void>,
+    ) => {
       const t = setInterval(() => {
         if (!this.#closed && runs(pass))
           fn().catch((e) => this.#log.error({ err: e }, "background pass failed"));
@@ -969,17 +1075,23 @@ export class SandboxService {
     };
     every(this.#config.reaperIntervalMs, "reaper", () => this.reap());
     every(this.#config.usageIntervalMs, "sampler", () => this.sampleAll());
+    every(this.#config.nodeWatchIntervalMs, "nodes", () => this.watchNodes());
+    every(this.#config.templateSyncIntervalMs, "templates", () => this.distributeTemplates());
   }
 
   /** Stops the background passes; ends running sandboxes (billed, reason shutdown); paused ones stay. */
-  async close(): Promise<void> {
+  async close(opts: { endOn?: string[] } = {}): Promise<void> {
     this.#closed = true;
     for (const t of this.#timers) clearInterval(t);
     await Promise.all([...this.#locks.values()]);
+    // INVARIANT: a control plane that stops ends only the sandboxes of the node
+    // it runs itself (firebreak up's own); nodes it shares with other replicas
+    // keep theirs.
+    const endOn = new Set(opts.endOn ?? []);
     const live = await this.#store.listLiveSandboxes();
     await Promise.all(
       live
-        .filter((r) => r.state === "running")
+        .filter((r) => r.state === "running" && endOn.has(r.nodeId))
         .map((r) => this.#kill(r.id, "control-plane", "shutdown").catch(() => {})),
     );
   }

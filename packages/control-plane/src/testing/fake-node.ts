@@ -301,6 +301,24 @@ export class FakeNode implements NodeClient {
       ...(init.maxHeaderSize ? { maxHeaderSize: init.maxHeaderSize } : {}),
     });
   }
+  /** Fake images: the template name in the body; another fake node installs it. */
+  async exportTemplate(name: string): Promise<http.IncomingMessage> {
+    this.#up();
+    if (!this.templates.has(name)) throw new FirebreakError("TEMPLATE_NOT_FOUND", `no template ${name}`);
+    const { Readable } = await import("node:stream");
+    const r = Readable.from([Buffer.from(name)]) as unknown as http.IncomingMessage;
+    r.headers = { "x-firebreak-template-key": `k-${name}` };
+    return r;
+  }
+  async importTemplate(name: string, image: http.IncomingMessage) {
+    this.#up();
+    for await (const _ of image) {
+      // drain
+    }
+    const installed = !this.templates.has(name);
+    this.templates.add(name);
+    return { key: `k-${name}`, installed };
+  }
   async setPool(template: string, size: number, shape = { vcpus: 1, memoryMib: 256 }): Promise<void> {
     this.#up();
     this.warm.set(template, {

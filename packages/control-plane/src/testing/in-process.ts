@@ -68,7 +68,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     config: cfg,
     tenant,
     async close() {
-      await sandboxes.close();
+      await sandboxes.close({ endOn: [node.id] });
       await nodes.close();
       store.close();
       fs.rmSync(dir, { recursive: true, force: true });
