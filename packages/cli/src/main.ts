@@ -140,6 +140,14 @@ program
   .description("start the control plane here: API, local node and store; prints the admin key on first start")
   .option("--listen <host:port>", "address to listen on", "127.0.0.1:3000")
   .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
+  .option(
+    "--database <url>",
+    "postgres://... to share the store with other control planes (default: FIREBREAK_DATABASE_URL, else SQLite in the state dir)",
+  )
+  .option(
+    "--no-local-node",
+    "run only the control plane: place sandboxes on nodes that joined it (firebreak node --join)",
+  )
   .action(upCommand);
 
 program

@@ -56,6 +56,12 @@ export interface ControlPlaneConfig {
    * @default FIREBREAK_NODE_LEASE_MS or 15000
    */
   nodeLeaseMs: number;
+  /**
+   * How creates are placed: by predicted activation time ("cost"), or at
+   * random among nodes with room (the benchmark's baseline).
+   * @default FIREBREAK_PLACEMENT or "cost"
+   */
+  placement: "cost" | "random";
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -96,5 +102,6 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     nodeWatchIntervalMs: 1_000,
     templateSyncIntervalMs: 10_000,
     nodeLeaseMs: positive(env, "FIREBREAK_NODE_LEASE_MS", 15_000),
+    placement: env["FIREBREAK_PLACEMENT"] === "random" ? "random" : "cost",
   };
 }

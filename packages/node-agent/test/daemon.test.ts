@@ -52,8 +52,8 @@ test("create, status, envd through the node's proxy, usage, kill: over the unix 
     createdIds.add(sb.id);
     assert.match(sb.accessToken, /^[0-9a-f]{64}$/);
     assert.deepEqual(await c.status([sb.id]), [{ id: sb.id, state: "running" }]);
-    // A command through the node's port proxy: the caller never sends the token.
-    const envd = c.envd(sb.id, "user");
+    // A command over a tunnel through the node to the guest agent.
+    const envd = c.envd(sb.id, async () => sb.accessToken, "user");
     let out = "";
     for await (const r of envd.process.start({
       process: { cmd: "/bin/sh", args: ["-c", "echo $GREETING $(id -un)"], envs: {} },

@@ -10,10 +10,17 @@ interface ControlPlane {
     adminKey?: string;
     printAdminKey?: (key: string) => void;
     warmPools?: Record<string, number>;
+    database?: string;
+    localNode?: boolean;
   }): Promise<{ url: string; createdAdminKey?: string; close(): Promise<void> }>;
 }
 
-export async function upCommand(opts: { listen: string; stateDir?: string }): Promise<void> {
+export async function upCommand(opts: {
+  listen: string;
+  stateDir?: string;
+  database?: string;
+  localNode?: boolean;
+}): Promise<void> {
   let cp: ControlPlane;
   try {
     cp = (await import("@firebreak/control-plane")) as unknown as ControlPlane;
@@ -29,6 +36,8 @@ export async function upCommand(opts: { listen: string; stateDir?: string }): Pr
     listen: opts.listen,
     warmPools: warmPoolsFromEnv(process.env["FIREBREAK_WARM_POOL"]),
     ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
+    ...(opts.database ? { database: opts.database } : {}),
+    ...(opts.localNode === false ? { localNode: false, warmPools: {} } : {}),
     printAdminKey: (k) => {
       adminKey = k;
     },

@@ -553,3 +553,12 @@ export const DrainBody = z
   .object({ draining: z.boolean().default(true) })
   .strict()
   .openapi("DrainNode");
+export const NodePoolBody = z
+  .object({
+    template: z.string().regex(/^[a-z0-9][a-z0-9-]{0,39}$/),
+    size: z.number().int().min(0).max(256),
+    vcpus: z.number().int().min(1).max(8).default(1),
+    memoryMib: z.number().int().min(128).max(16_384).default(256),
+  })
+  .strict()
+  .openapi("NodePool");

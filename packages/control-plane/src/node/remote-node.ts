@@ -5,6 +5,7 @@
 import type http from "node:http";
 import {
   type EgressPolicy,
+  FirebreakError,
   NodeDaemonClient,
   type NodeReport,
   type NormalizedPolicy,
@@ -72,6 +73,7 @@ export class RemoteNode implements NodeClient {
       ...(req.diskMib !== undefined ? { diskMib: req.diskMib } : {}),
       ...(req.platformId ? { platformId: req.platformId } : {}),
     });
+    this.#tokens.set(s.id, s.accessToken);
     return {
       id: s.id,
       accessToken: s.accessToken,
@@ -100,11 +102,19 @@ export class RemoteNode implements NodeClient {
   }
 
   async kill(id: string, reason: string): Promise<UsageSample | undefined> {
-    return sampleOf(await this.#client.kill(id, reason));
+    try {
+      return sampleOf(await this.#client.kill(id, reason));
+    } finally {
+      // Streams to it end now, not at their timeouts.
+      this.#client.closeSandbox(id);
+      this.#tokens.delete(id);
+    }
   }
 
   async pause(id: string): Promise<UsageSample | undefined> {
-    return sampleOf(await this.#client.pause(id));
+    const last = sampleOf(await this.#client.pause(id));
+    this.#client.closeSandbox(id); // its connections died with its network
+    return last;
   }
 
   resume(id: string) {
@@ -112,13 +122,15 @@ export class RemoteNode implements NodeClient {
   }
 
   async fork(id: string, count: number): Promise<NodeSandboxInfo[]> {
-    return (await this.#client.fork(id, count)).map((s) => ({
-      id: s.id,
-      accessToken: s.accessToken,
-      path: s.path,
-      totalMs: s.totalMs,
-      phases: s.phases,
-      policy: s.policy,
+    const children = await this.#client.fork(id, count);
+    for (const c of children) this.#tokens.set(c.id, c.accessToken);
+    return children.map((c) => ({
+      id: c.id,
+      accessToken: c.accessToken,
+      path: c.path,
+      totalMs: c.totalMs,
+      phases: c.phases,
+      policy: c.policy,
     }));
   }
 
@@ -149,8 +161,20 @@ export class RemoteNode implements NodeClient {
     return this.#client.accessToken(id);
   }
 
+  /** Tokens of this node's sandboxes, learned at create or asked once (the agent wants it on every call). */
+  readonly #tokens = new Map<string, string>();
+
+  async #token(id: string): Promise<string> {
+    const known = this.#tokens.get(id);
+    if (known) return known;
+    const t = await this.#client.accessToken(id);
+    if (!t) throw new FirebreakError("SANDBOX_NOT_FOUND", `node ${this.id} has no sandbox ${id}`);
+    this.#tokens.set(id, t);
+    return t;
+  }
+
   envd(id: string, user?: string): EnvdAccess {
-    return this.#client.envd(id, user);
+    return this.#client.envd(id, () => this.#token(id), user);
   }
 
   portRequest(

@@ -22,7 +22,7 @@ import type {
   UsageSample,
 } from "../node/node-client.ts";
 import { copyTemplate } from "../node/template-copy.ts";
-import { type Candidate, place } from "../scheduler/placement.ts";
+import { type Candidate, place, placeRandomly } from "../scheduler/placement.ts";
 import {
   isFinalState,
   type ListSandboxesQuery,
@@ -310,15 +310,21 @@ export class SandboxService {
       : null;
     // Placement by activation cost (scheduler/placement.ts): best first, the
     // rest are where the create goes if a node fails to start it.
-    const placement = place(
-      this.#nodes.views(),
-      { template: req.template, vcpus: req.vcpus, memoryMib: req.memoryMib, tenant: caller.tenant.id },
-      {
-        vcpuOvercommit: this.#config.vcpuOvercommit,
-        memoryOvercommit: this.#config.memoryOvercommit,
-        reservedMemoryMib: 0,
-      },
-    );
+    const want = {
+      template: req.template,
+      vcpus: req.vcpus,
+      memoryMib: req.memoryMib,
+      tenant: caller.tenant.id,
+    };
+    const capacity = {
+      vcpuOvercommit: this.#config.vcpuOvercommit,
+      memoryOvercommit: this.#config.memoryOvercommit,
+      reservedMemoryMib: 0,
+    };
+    const placement =
+      this.#config.placement === "random"
+        ? placeRandomly(this.#nodes.views(), want, Math.random, capacity)
+        : place(this.#nodes.views(), want, capacity);
     const candidates = placement.candidates;
     if (!candidates.length) {
       throw new ApiError(
@@ -994,6 +1000,17 @@ export class SandboxService {
     await this.#nodes.poll();
   }
 
+  /** Keeps a warm pool of a template on one node (its report shows the slots). */
+  async setPool(nodeId: string, template: string, size: number, shape: { vcpus: number; memoryMib: number }) {
+    // Not awaited: filling takes a restore per VM; the node's report shows progress.
+    const node = this.#nodes.node(nodeId);
+    node
+      .setPool(template, size, shape)
+      .catch((e) =>
+        this.#log.warn({ node: nodeId, template, err: (e as Error).message }, "warm pool not filled"),
+      );
+  }
+
   /** No new sandboxes on a node (running ones stay), or accept again. */
   async drainNode(nodeId: string, draining: boolean): Promise<void> {
     await this.#nodes
@@ -1030,6 +1047,8 @@ export class SandboxService {
    * Every active node gets every template some node has, by content address
    * (node/template-copy.ts), off the hot path (on the `templates` lease holder).
    */
+  readonly #copying = new Set<string>();
+
   async distributeTemplates(): Promise<void> {
     const views = this.#nodes.views().filter((v) => v.healthy && !v.report.draining);
     const have = new Map<string, { key: string; from: string }>();

@@ -3,11 +3,11 @@
 // Used by the control plane (RemoteNode) and by local CLI commands.
 import http from "node:http";
 import https from "node:https";
-import { Readable } from "node:stream";
+import { type Duplex, Readable } from "node:stream";
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { ENVD_PORT, Filesystem, nodePb, Process } from "@firebreak/protocol";
+import { ACCESS_TOKEN_HEADER, ENVD_PORT, Filesystem, nodePb, Process } from "@firebreak/protocol";
 import type { EgressPolicy, NormalizedPolicy, PrivateService } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
 import { fromConnectError } from "./errors.ts";
@@ -19,8 +19,14 @@ import type {
   TemplateInfo,
   Usage,
 } from "./node-service.ts";
-import { PSK_CIPHERS } from "./server.ts";
-import { HEADER_KEY, HEADER_MANIFEST, HEADER_SHA256 } from "./template-transfer.ts";
+import { PSK_CIPHERS, TUNNEL_ERROR_HEADER, TUNNEL_PROTOCOL } from "./server.ts";
+import {
+  HEADER_BYTES,
+  HEADER_KEY,
+  HEADER_MANIFEST,
+  HEADER_SHA256,
+  SPARSE_TYPE,
+} from "./template-transfer.ts";
 
 const { Node } = nodePb;
 
@@ -301,33 +307,102 @@ export class NodeDaemonClient {
     return this.#call(async () => (await this.#rpc.listSandboxes({})).sandboxes.map(statusIn));
   }
 
+  /** Opens a byte tunnel to a port inside a sandbox, through the node (server.ts `tunnel`). */
+  openTunnel(id: string, port: number): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      const req = this.#raw("GET", `/sandboxes/${encodeURIComponent(id)}/ports/${port}`, {
+        connection: "Upgrade",
+        upgrade: TUNNEL_PROTOCOL,
+      });
+      req.on("upgrade", (_res, socket, head) => {
+        if (head.length) socket.unshift(head);
+        resolve(socket);
+      });
+      req.on("response", (res) => {
+        res.resume();
+        const why = String(res.headers[TUNNEL_ERROR_HEADER] ?? res.statusCode);
+        const code =
+          why === "SANDBOX_NOT_FOUND"
+            ? "SANDBOX_NOT_FOUND"
+            : res.statusCode === 409
+              ? "SANDBOX_STATE_INVALID"
+              : "AGENT_ERROR";
+        const e = new FirebreakError(
+          code,
+          `no connection to port ${port} of sandbox ${id}: ${why}`,
+        ) as FirebreakError & {
+          code: string;
+        };
+        // What a socket error would say (the relay maps ECONNREFUSED to "nothing answered").
+        (e as unknown as { errno?: string }).errno = why;
+        reject(e);
+      });
+      req.on("error", (e) =>
+        reject(new FirebreakError("NODE_UNAVAILABLE", `node ${this.address}: ${e.message}`, { cause: e })),
+      );
+      req.end();
+    });
+  }
+
+  readonly #tunnels = new Map<string, http.Agent>();
+
   /**
-   * An HTTP request to a port inside a sandbox, through the node (the node
-   * adds the guest agent's token on its port). The caller writes the body.
+   * An HTTP agent whose connections are tunnels to a sandbox port (kept
+   * alive and reused). INVARIANT: one agent per sandbox and port, destroyed
+   * with the sandbox (closeSandbox), so a stream to an ended sandbox ends
+   * at once and a connection is never reused for another sandbox.
+   */
+  tunnelAgent(id: string, port: number): http.Agent {
+    const key = `${id}:${port}`;
+    const known = this.#tunnels.get(key);
+    if (known) return known;
+    const open = () => this.openTunnel(id, port);
+    const agent = new (class extends http.Agent {
+      override createConnection(
+        _options: http.ClientRequestArgs,
+        cb?: (err: Error | null, stream: Duplex) => void,
+      ): Duplex | null | undefined {
+        open().then(
+          (s) => cb?.(null, s),
+          (e: Error) => cb?.(e, undefined as unknown as Duplex),
+        );
+        return undefined;
+      }
+    })({ keepAlive: true, maxSockets: 64 });
+    this.#tunnels.set(key, agent);
+    return agent;
+  }
+
+  /** Closes every connection to a sandbox (it ended): in-flight streams end now. */
+  closeSandbox(id: string): void {
+    for (const [key, agent] of this.#tunnels) {
+      if (!key.startsWith(`${id}:`)) continue;
+      agent.destroy();
+      this.#tunnels.delete(key);
+    }
+  }
+
+  /**
+   * An HTTP request to a port inside a sandbox, over a tunnel through the
+   * node: the guest's answer arrives as it sent it. The caller writes the
+   * body (and, for the agent's port, its token).
    */
   portRequest(
     id: string,
     port: number,
     pathAndQuery: string,
-    init: { method?: string; headers?: http.OutgoingHttpHeaders } = {},
+    init: { method?: string; headers?: http.OutgoingHttpHeaders; maxHeaderSize?: number } = {},
   ): http.ClientRequest {
-    const headers: http.OutgoingHttpHeaders = { ...init.headers };
-    // The caller's Authorization (the envd user) travels under another name.
-    if (headers.authorization !== undefined) {
-      headers["x-firebreak-envd-authorization"] = headers.authorization;
-    }
-    headers.authorization = `Bearer ${this.#secret}`;
-    const opts: http.RequestOptions = {
-      ...this.#requestOptions,
+    return http.request({
+      agent: this.tunnelAgent(id, port),
+      host: "sandbox",
+      port,
       method: init.method ?? "GET",
-      path: `/sandboxes/${encodeURIComponent(id)}/ports/${port}${pathAndQuery.startsWith("/") ? "" : "/"}${pathAndQuery}`,
-      headers,
-    };
-    if (this.#baseUrl.startsWith("https:")) {
-      const u = new URL(this.#baseUrl);
-      return https.request({ ...opts, host: u.hostname, port: u.port });
-    }
-    return http.request(opts);
+      path: pathAndQuery.startsWith("/") ? pathAndQuery : `/${pathAndQuery}`,
+      headers: init.headers ?? {},
+      ...(init.maxHeaderSize ? { maxHeaderSize: init.maxHeaderSize } : {}),
+      insecureHTTPParser: false,
+    });
   }
 
   /** A raw request to the daemon itself (template transfer). */
@@ -372,8 +447,8 @@ export class NodeDaemonClient {
     from: http.IncomingMessage,
   ): Promise<{ name: string; key: string; installed: boolean }> {
     return new Promise((resolve, reject) => {
-      const headers: http.OutgoingHttpHeaders = { "content-type": "application/octet-stream" };
-      for (const h of ["content-length", HEADER_KEY, HEADER_MANIFEST, HEADER_SHA256]) {
+      const headers: http.OutgoingHttpHeaders = { "content-type": SPARSE_TYPE };
+      for (const h of [HEADER_BYTES, HEADER_KEY, HEADER_MANIFEST, HEADER_SHA256]) {
         if (from.headers[h] !== undefined) headers[h] = from.headers[h];
       }
       const req = this.#raw("PUT", `/templates/${encodeURIComponent(name)}/image`, headers);
@@ -409,40 +484,68 @@ export class NodeDaemonClient {
     });
   }
 
-  /** Clients for a sandbox's guest agent (envd) through this node. */
-  envd(id: string, user?: string): EnvdThroughNode {
-    const base = `${this.#baseUrl}/sandboxes/${encodeURIComponent(id)}/ports/${ENVD_PORT}`;
-    const asUser: Interceptor = (next) => async (req) => {
-      if (user) req.header.set("x-firebreak-envd-authorization", basic(user));
+  /** Clients for a sandbox's guest agent (envd), over tunnels through this node. */
+  envd(id: string, token: () => Promise<string>, user?: string): EnvdThroughNode {
+    const auth: Interceptor = (next) => async (req) => {
+      req.header.set(ACCESS_TOKEN_HEADER, await token());
+      if (user) req.header.set("authorization", basic(user));
       return next(req);
     };
-    const transport = this.#transport(base, [asUser]);
+    const transport = createConnectTransport({
+      baseUrl: `http://sandbox:${ENVD_PORT}`,
+      httpVersion: "1.1",
+      nodeOptions: { agent: this.tunnelAgent(id, ENVD_PORT) },
+      useBinaryFormat: false,
+      interceptors: [auth],
+      // SECURITY: the guest answers these; a hostile guest must not make the
+      // control plane buffer huge messages.
+      readMaxBytes: 16 * 1024 * 1024,
+    });
     return {
       process: createClient(Process, transport),
       filesystem: createClient(Filesystem, transport),
-      fetch: (p, init = {}) => this.#fetch(id, p, init, user),
+      fetch: async (p, init = {}) => this.#fetch(id, p, init, await token(), user),
     };
   }
 
-  #fetch(id: string, pathAndQuery: string, init: RequestInit, user?: string): Promise<Response> {
+  #fetch(
+    id: string,
+    pathAndQuery: string,
+    init: RequestInit,
+    token: string,
+    user?: string,
+  ): Promise<Response> {
     return new Promise((resolve, reject) => {
       const headers: http.OutgoingHttpHeaders = {};
       new Headers(init.headers).forEach((v, k) => {
         headers[k] = v;
       });
+      headers[ACCESS_TOKEN_HEADER] = token;
       if (user) headers.authorization = basic(user);
-      const req = this.portRequest(id, ENVD_PORT, pathAndQuery, { method: init.method ?? "GET", headers });
+      const req = this.portRequest(id, ENVD_PORT, pathAndQuery, {
+        method: init.method ?? "GET",
+        headers,
+        maxHeaderSize: 16 * 1024,
+      });
       req.on("response", (res) => {
         const h = new Headers();
-        for (let i = 0; i < res.rawHeaders.length; i += 2)
-          h.append(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
+        for (let i = 0; i < res.rawHeaders.length; i += 2) {
+          try {
+            h.append(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
+          } catch {
+            // a header a Response cannot carry: left out
+          }
+        }
         const status = res.statusCode ?? 502;
-        const body =
-          status === 204 || status === 304 || init.method === "HEAD"
-            ? null
-            : (Readable.toWeb(res) as ReadableStream<Uint8Array>);
+        const bodyless = status === 204 || status === 304 || init.method === "HEAD" || status < 200;
+        const body = bodyless ? null : (Readable.toWeb(res) as ReadableStream<Uint8Array>);
         if (!body) res.resume();
-        resolve(new Response(body, { status, headers: h }));
+        try {
+          resolve(new Response(body, { status: status >= 200 && status <= 599 ? status : 502, headers: h }));
+        } catch (e) {
+          res.destroy();
+          reject(e);
+        }
       });
       req.on("error", reject);
       init.signal?.addEventListener("abort", () => req.destroy(new Error("aborted")), { once: true });
@@ -459,6 +562,8 @@ export class NodeDaemonClient {
 
   close(): void {
     this.#agent.destroy();
+    for (const a of this.#tunnels.values()) a.destroy();
+    this.#tunnels.clear();
   }
 }
 

@@ -338,15 +338,21 @@ export class NodeService {
     await this.runtime.fillPool(template, size, shape);
   }
 
-  /** Prepares a template's snapshot for the default shape in the background (after an import). */
+  readonly #preparing = new Set<string>();
+
+  /** Prepares a template's snapshot for the default shape in the background (after an import); one at a time per template. */
   prepareSnapshotSoon(name: string): void {
+    if (this.#preparing.has(name)) return;
+    this.#preparing.add(name);
     setImmediate(() => {
       void (async () => {
         const template = await getTemplate(this.runtime.config, name);
         if (template) await this.runtime.prepareSnapshot(template);
-      })().catch(() => {
-        // the next create boots cold and the report says there is no snapshot
-      });
+      })()
+        .catch(() => {
+          // the next create boots cold and the report says there is no snapshot
+        })
+        .finally(() => this.#preparing.delete(name));
     });
   }
 

@@ -15,13 +15,12 @@ import { timingSafeEqual } from "node:crypto";
 import fs from "node:fs/promises";
 import http from "node:http";
 import https from "node:https";
-import type net from "node:net";
+import net from "node:net";
 import type { Duplex } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { create } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { ACCESS_TOKEN_HEADER, ENVD_PORT, nodePb } from "@firebreak/protocol";
+import { nodePb } from "@firebreak/protocol";
 import type { EgressPolicy, PrivateService } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
 import { toConnectError } from "./errors.ts";
@@ -325,125 +324,59 @@ function routes(svc: NodeService) {
     });
 }
 
-const PORT_PATH = /^\/sandboxes\/([a-z0-9]{1,64})\/ports\/(\d{1,5})(\/.*)?$/;
+const PORT_PATH = /^\/sandboxes\/([a-z0-9]{1,64})\/ports\/(\d{1,5})$/;
 
-/** Where a port request goes: the sandbox's address, and the token for the agent's port. */
-function portTarget(svc: NodeService, url: string) {
-  const m = PORT_PATH.exec(url.split("?")[0] ?? "");
-  if (!m) return undefined;
-  const port = Number(m[2]);
-  if (port < 1 || port > 65535) return undefined;
-  const query = url.includes("?") ? url.slice(url.indexOf("?")) : "";
-  return { id: m[1]!, port, path: `${m[3] ?? "/"}${query}` };
-}
+/** The protocol name of a tunnel to a sandbox port (an HTTP Upgrade). */
+export const TUNNEL_PROTOCOL = "firebreak-tunnel";
+/** On a refused tunnel: why (the node's error code, or the connect error). */
+export const TUNNEL_ERROR_HEADER = "x-firebreak-tunnel-error";
 
-function forwardHeaders(req: http.IncomingMessage, port: number, token: string): http.OutgoingHttpHeaders {
-  const headers: http.OutgoingHttpHeaders = { ...req.headers };
-  delete headers.authorization; // the node credential stays here
-  const user = req.headers["x-firebreak-envd-authorization"];
-  delete headers["x-firebreak-envd-authorization"];
-  if (typeof user === "string") headers.authorization = user; // the envd user (Basic <user>:)
-  delete headers.host;
-  delete headers[ACCESS_TOKEN_HEADER];
-  // INVARIANT: only the node knows and adds the guest agent's token.
-  if (port === ENVD_PORT) headers[ACCESS_TOKEN_HEADER] = token;
-  return headers;
-}
-
-function proxyRequest(svc: NodeService, req: http.IncomingMessage, res: http.ServerResponse): void {
-  const t = portTarget(svc, req.url ?? "");
-  if (!t) {
-    res.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
-    return;
+/**
+ * A tunnel to a port inside a sandbox: `GET /sandboxes/<id>/ports/<port>`
+ * with `Upgrade: firebreak-tunnel`. The node connects to the sandbox's
+ * address and, once connected, answers 101 and copies bytes both ways (TCP
+ * backpressure, nothing buffered beyond socket buffers). The node reads
+ * nothing of what flows: the control plane speaks HTTP to the guest through
+ * it and applies its own checks to the guest's answers (relay/http-relay.ts).
+ */
+function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+  const refuse = (status: number, why: string): void => {
+    socket.end(`HTTP/1.1 ${status} Refused\r\n${TUNNEL_ERROR_HEADER}: ${why}\r\nconnection: close\r\n\r\n`);
+  };
+  const m = PORT_PATH.exec(req.url ?? "");
+  const port = Number(m?.[2]);
+  if (!m || String(req.headers.upgrade).toLowerCase() !== TUNNEL_PROTOCOL || port < 1 || port > 65535) {
+    return refuse(400, "BAD_TUNNEL");
   }
-  let ep: { host: string; accessToken: string };
+  let host: string;
   try {
-    ep = svc.endpoint(t.id);
+    host = svc.endpoint(m[1]!).host;
   } catch (e) {
-    const code = e instanceof FirebreakError ? e.code : "INTERNAL";
-    res
-      .writeHead(code === "SANDBOX_NOT_FOUND" ? 404 : 409, { "content-type": "application/json" })
-      .end(JSON.stringify({ code, message: (e as Error).message }));
-    return;
+    return refuse(
+      e instanceof FirebreakError && e.code === "SANDBOX_NOT_FOUND" ? 404 : 409,
+      (e as FirebreakError).code ?? "SANDBOX_STATE_INVALID",
+    );
   }
-  const upstream = http.request({
-    host: ep.host,
-    port: t.port,
-    path: t.path,
-    method: req.method,
-    headers: forwardHeaders(req, t.port, ep.accessToken),
-    maxHeaderSize: MAX_HEADER_BYTES,
+  const upstream = net.connect({ host, port });
+  upstream.setNoDelay(true);
+  const onError = (e: NodeJS.ErrnoException) => {
+    upstream.destroy();
+    if (!socket.destroyed) refuse(502, e.code ?? "CONNECT_FAILED");
+  };
+  upstream.once("error", onError);
+  socket.on("error", () => upstream.destroy());
+  upstream.once("connect", () => {
+    upstream.off("error", onError);
+    upstream.on("error", () => socket.destroy());
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${TUNNEL_PROTOCOL}\r\nconnection: Upgrade\r\n\r\n`,
+    );
+    if (head.length) upstream.write(head);
+    upstream.on("close", () => socket.destroy());
+    socket.on("close", () => upstream.destroy());
+    socket.pipe(upstream);
+    upstream.pipe(socket);
   });
-  upstream.on("response", (up) => {
-    const status = up.statusCode ?? 0;
-    // SECURITY: a guest's status line or headers must not throw in writeHead.
-    if (status < 100 || status > 599) {
-      up.destroy();
-      if (!res.headersSent) res.writeHead(502, { "content-type": "text/plain" }).end("bad gateway\n");
-      else res.destroy();
-      return;
-    }
-    try {
-      res.writeHead(status, up.rawHeaders);
-    } catch {
-      up.destroy();
-      if (!res.headersSent) res.writeHead(502, { "content-type": "text/plain" }).end("bad gateway\n");
-      return;
-    }
-    // Backpressure both ways: a slow caller slows the guest, not the node's memory.
-    pipeline(up, res).catch(() => res.destroy());
-  });
-  upstream.on("error", () => {
-    if (!res.headersSent) res.writeHead(502, { "content-type": "text/plain" }).end("nothing answered\n");
-    else res.destroy();
-  });
-  pipeline(req, upstream).catch(() => upstream.destroy());
-}
-
-function proxyUpgrade(svc: NodeService, req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
-  const t = portTarget(svc, req.url ?? "");
-  let ep: { host: string; accessToken: string } | undefined;
-  try {
-    if (t) ep = svc.endpoint(t.id);
-  } catch {
-    ep = undefined;
-  }
-  if (!t || !ep) {
-    socket.end("HTTP/1.1 404 Not Found\r\nconnection: close\r\n\r\n");
-    return;
-  }
-  socket.on("error", () => {});
-  const upstream = http.request({
-    host: ep.host,
-    port: t.port,
-    path: t.path,
-    method: req.method,
-    headers: forwardHeaders(req, t.port, ep.accessToken),
-    maxHeaderSize: MAX_HEADER_BYTES,
-  });
-  upstream.on("upgrade", (up, upSocket, upHead) => {
-    const lines = [`HTTP/1.1 ${up.statusCode ?? 101} ${up.statusMessage ?? "Switching Protocols"}`];
-    for (let i = 0; i < up.rawHeaders.length; i += 2) {
-      const k = up.rawHeaders[i]!;
-      const v = up.rawHeaders[i + 1]!;
-      if (/[\r\n]/.test(k) || /[\r\n]/.test(v)) continue;
-      lines.push(`${k}: ${v}`);
-    }
-    socket.write(`${lines.join("\r\n")}\r\n\r\n`);
-    if (upHead.length) socket.write(upHead);
-    if (head.length) upSocket.write(head);
-    upSocket.on("error", () => socket.destroy());
-    socket.on("error", () => upSocket.destroy());
-    pipeline(upSocket, socket).catch(() => {});
-    pipeline(socket, upSocket).catch(() => {});
-  });
-  upstream.on("response", (up) => {
-    // Not upgraded: relay the refusal and close.
-    up.resume();
-    socket.end(`HTTP/1.1 ${up.statusCode ?? 502} Refused\r\nconnection: close\r\n\r\n`);
-  });
-  upstream.on("error", () => socket.end("HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\n"));
-  upstream.end();
 }
 
 const TEMPLATE_PATH = /^\/templates\/([a-z0-9][a-z0-9-]{0,39})\/image$/;
@@ -487,8 +420,11 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       res.writeHead(401, { "content-type": "text/plain" }).end("node credential required\n");
       return;
     }
-    if (req.url?.startsWith("/sandboxes/")) proxyRequest(opts.service, req, res);
-    else if (req.url?.startsWith("/templates/")) void templateTransfer(opts.service, req, res);
+    if (req.url?.startsWith("/sandboxes/")) {
+      res
+        .writeHead(426, { upgrade: TUNNEL_PROTOCOL, "content-type": "text/plain" })
+        .end("open a tunnel (Upgrade)\n");
+    } else if (req.url?.startsWith("/templates/")) void templateTransfer(opts.service, req, res);
     else connect(req, res);
   };
   const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -497,7 +433,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       socket.end("HTTP/1.1 401 Unauthorized\r\nconnection: close\r\n\r\n");
       return;
     }
-    proxyUpgrade(opts.service, req, socket, head);
+    tunnel(opts.service, req, socket, head);
   };
   let server: http.Server;
   let address: string;

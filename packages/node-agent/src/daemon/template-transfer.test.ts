@@ -10,6 +10,7 @@ import { loadConfig, type NodeConfig, paths } from "../config.ts";
 import { getTemplate } from "../image/template-store.ts";
 import {
   exportTemplate,
+  HEADER_BYTES,
   HEADER_KEY,
   HEADER_MANIFEST,
   HEADER_SHA256,
@@ -95,9 +96,22 @@ test("an exported image installs on another node under the same key, verified, s
   }
 });
 
+/** The wire form: data records of at most 1 MiB. */
+function framed(body: Buffer): Buffer {
+  const parts: Buffer[] = [];
+  for (let i = 0; i < body.length; i += 1024 * 1024) {
+    const chunk = body.subarray(i, i + 1024 * 1024);
+    const head = Buffer.alloc(5);
+    head.writeUInt8(0, 0);
+    head.writeUInt32BE(chunk.length, 1);
+    parts.push(head, chunk);
+  }
+  return Buffer.concat(parts);
+}
+
 function fakeUpload(body: Buffer, headers: Record<string, string>): http.IncomingMessage {
-  const r = Readable.from([body]) as unknown as http.IncomingMessage;
-  r.headers = { "content-length": String(body.length), ...headers };
+  const r = Readable.from([framed(body)]) as unknown as http.IncomingMessage;
+  r.headers = { [HEADER_BYTES]: String(body.length), ...headers };
   return r;
 }
 
@@ -118,6 +132,10 @@ test("a tampered image, a wrong length or a manifest for another key installs no
     importTemplate(other, "tiny", fakeUpload(Buffer.alloc(10), good)),
     /does not describe|bytes/,
   );
+  // A record longer than the image, or garbage, is refused before anything is written past it.
+  const garbage = Readable.from([Buffer.from([7, 0, 0, 0, 1, 0])]) as unknown as http.IncomingMessage;
+  garbage.headers = { [HEADER_BYTES]: String(SIZE), ...good };
+  await assert.rejects(importTemplate(other, "tiny", garbage), /malformed/);
   const wrongKey = {
     ...good,
     [HEADER_MANIFEST]: Buffer.from(JSON.stringify({ ...manifest, key: "f".repeat(32) })).toString(

@@ -3,7 +3,8 @@
 // off the hot path), checks it against its sha256 and installs it under the
 // same key. Raw HTTP on the daemon's listener, beside the node API:
 //
-//   GET /templates/<name>/image   body: rootfs.ext4; head: key, manifest, sha256, length
+//   GET /templates/<name>/image   body: rootfs.ext4 as records (zero blocks as
+//                                 a length only); head: key, manifest, sha256, size
 //   PUT /templates/<name>/image   the same head and body; answers {name, key}
 //
 // SECURITY: the receiving node trusts only bytes whose sha256 matches what
@@ -25,6 +26,11 @@ import { getTemplate } from "../image/template-store.ts";
 export const HEADER_KEY = "x-firebreak-template-key";
 export const HEADER_MANIFEST = "x-firebreak-template-manifest";
 export const HEADER_SHA256 = "x-firebreak-image-sha256";
+export const HEADER_BYTES = "x-firebreak-image-bytes";
+/** The body: records of [type u8][length u32 BE][data if type 0]; type 1 is a run of zeros. */
+export const SPARSE_TYPE = "application/x-firebreak-sparse";
+const RECORD_DATA = 0;
+const RECORD_ZERO = 1;
 
 const KEY_RE = /^[0-9a-f]{32}$/;
 const CHUNK = 1024 * 1024;
@@ -67,16 +73,35 @@ export async function exportTemplate(
   const fh = await fs.open(t.imagePath, O.O_RDONLY | O.O_NOFOLLOW);
   const size = (await fh.stat()).size;
   res.writeHead(200, {
-    "content-type": "application/octet-stream",
-    "content-length": String(size),
+    "content-type": SPARSE_TYPE,
+    [HEADER_BYTES]: String(size),
     [HEADER_KEY]: t.key,
     [HEADER_MANIFEST]: Buffer.from(JSON.stringify(t.manifest)).toString("base64url"),
     [HEADER_SHA256]: sha256,
   });
-  const stream = fh.createReadStream({ highWaterMark: CHUNK });
-  stream.on("error", () => res.destroy());
-  res.on("close", () => stream.destroy());
-  stream.pipe(res);
+  let gone = false;
+  res.on("close", () => {
+    gone = true;
+  });
+  try {
+    // Zero blocks go as a record with no payload: a mostly empty image is
+    // mostly headers on the wire. Writes wait for the receiver (backpressure).
+    const buf = Buffer.alloc(CHUNK);
+    for (let pos = 0; pos < size && !gone; ) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(CHUNK, size - pos), pos);
+      if (!bytesRead) break;
+      const chunk = buf.subarray(0, bytesRead);
+      const head = Buffer.alloc(5);
+      head.writeUInt8(isZero(chunk) ? RECORD_ZERO : RECORD_DATA, 0);
+      head.writeUInt32BE(bytesRead, 1);
+      const ok = res.write(isZero(chunk) ? head : Buffer.concat([head, chunk]));
+      if (!ok) await new Promise((r) => res.once("drain", r));
+      pos += bytesRead;
+    }
+    res.end();
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
@@ -91,12 +116,12 @@ export async function importTemplate(
 ): Promise<{ name: string; key: string; installed: boolean }> {
   const key = String(req.headers[HEADER_KEY] ?? "");
   const sha256 = String(req.headers[HEADER_SHA256] ?? "");
-  const length = Number(req.headers["content-length"]);
+  const length = Number(req.headers[HEADER_BYTES]);
   if (!isTemplateName(name) || !KEY_RE.test(key) || !/^[0-9a-f]{64}$/.test(sha256)) {
     throw new FirebreakError("TEMPLATE_SPEC_INVALID", "a template import needs a name, a key and a sha256");
   }
   if (!Number.isSafeInteger(length) || length <= 0 || length > 256 * 2 ** 30) {
-    throw new FirebreakError("TEMPLATE_SPEC_INVALID", "a template import needs its length (Content-Length)");
+    throw new FirebreakError("TEMPLATE_SPEC_INVALID", `a template import needs its length (${HEADER_BYTES})`);
   }
   let manifest: TemplateManifest;
   try {
@@ -134,14 +159,40 @@ export async function importTemplate(
     const h = createHash("sha256");
     let pos = 0;
     try {
+      // Records: [type u8][length u32 BE] then `length` bytes for data, none for a zero run.
+      let pending: Buffer = Buffer.alloc(0);
       for await (const chunk of req as AsyncIterable<Buffer>) {
-        h.update(chunk);
-        if (pos + chunk.length > length)
-          throw new FirebreakError("TEMPLATE_SPEC_INVALID", "more bytes than announced");
-        // Zero blocks become holes: an image of mostly free space stays small on disk.
-        if (!isZero(chunk)) await fh.write(chunk, 0, chunk.length, pos);
-        pos += chunk.length;
+        pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+        for (;;) {
+          if (pending.length < 5) break;
+          const type = pending.readUInt8(0);
+          const n = pending.readUInt32BE(1);
+          // SECURITY: bounded records, never past the announced size.
+          if ((type !== RECORD_DATA && type !== RECORD_ZERO) || n === 0 || n > CHUNK || pos + n > length) {
+            throw new FirebreakError("TEMPLATE_SPEC_INVALID", "the image stream is malformed");
+          }
+          if (type === RECORD_ZERO) {
+            h.update(zeros(n));
+            pos += n;
+            pending = pending.subarray(5);
+            continue;
+          }
+          if (pending.length < 5 + n) break;
+          const data = pending.subarray(5, 5 + n);
+          h.update(data);
+          // Only the non-zero 4 KiB blocks are written: the rest stay holes.
+          for (let off = 0; off < n; off += 4096) {
+            const block = data.subarray(off, Math.min(off + 4096, n));
+            if (!isZero(block)) await fh.write(block, 0, block.length, pos + off);
+          }
+          pos += n;
+          pending = pending.subarray(5 + n);
+        }
+        if (pending.length > CHUNK + 5)
+          throw new FirebreakError("TEMPLATE_SPEC_INVALID", "the image stream is malformed");
       }
+      if (pending.length)
+        throw new FirebreakError("TEMPLATE_SPEC_INVALID", "the image stream ended inside a record");
       await fh.truncate(length);
     } finally {
       await fh.close();
@@ -179,3 +230,8 @@ function isZero(b: Buffer): boolean {
 }
 
 const ZERO = Buffer.alloc(4096);
+const ZEROS = Buffer.alloc(CHUNK);
+
+function zeros(n: number): Buffer {
+  return ZEROS.subarray(0, n);
+}

@@ -17,6 +17,7 @@ import {
   JoinTokenSchema,
   NodeIdParam,
   NodeListSchema,
+  NodePoolBody,
   NodeSchema,
 } from "../schemas.ts";
 
@@ -154,6 +155,25 @@ export function nodeRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       if (!n) throw new ApiError("NOT_FOUND", `no node ${id}`);
       await sandboxes.drainNode(id, draining);
       return c.json(nodeJson((await store.getNode(id))!), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/v1/nodes/{id}/pools",
+      tags,
+      security,
+      summary: "Keep `size` VMs of a template and shape restored ahead of time on a node (admin; 0 stops)",
+      request: { params: NodeIdParam, ...body(NodePoolBody) },
+      responses: { 204: noContent, ...errors },
+    }),
+    async (c) => {
+      requireScope(c, "admin");
+      const { id } = c.req.valid("param");
+      const b = c.req.valid("json");
+      await sandboxes.setPool(id, b.template, b.size, { vcpus: b.vcpus, memoryMib: b.memoryMib });
+      return c.body(null, 204);
     },
   );
 
