@@ -189,7 +189,7 @@ export async function orphans(): Promise<string[]> {
     // Another test process's sandbox mid-teardown is not ours: only report
     // what the test state dir owns, or what nobody owns.
     const r = records.get(id);
-    if (r && r.stateDir && r.stateDir !== STATE_DIR) continue;
+    if (r?.stateDir && r.stateDir !== STATE_DIR) continue;
     const found = await leftovers(id);
     // A paused sandbox keeps its directory (and nothing host-global).
     const global = found.filter((f) => !f.startsWith("state dir"));

@@ -217,7 +217,7 @@ describe("many nodes: PostgreSQL, two replicas, three node daemons", { skip: ski
       "the other replica to hold the reaper lease",
       async () => {
         const l = await store.getLease("reaper");
-        return l && l.holder.includes(`/${alive.proc.pid}/`) && Date.parse(l.expiresAt) > Date.now();
+        return l?.holder.includes(`/${alive.proc.pid}/`) && Date.parse(l.expiresAt) > Date.now();
       },
       30_000,
     );

@@ -164,7 +164,7 @@ describe("SDK conformance with the control plane's routes", { timeout: 60_000 },
     await assert.rejects(sb.network.update({}), ConflictError);
     await sb.kill();
     const [rec] = await new Firebreak(a).usage.records({ sandboxId: sb.id });
-    assert.ok(rec && rec.final && rec.traffic.internet.rx >= 0 && "ingress" in rec.traffic);
+    assert.ok(rec?.final && rec.traffic.internet.rx >= 0 && "ingress" in rec.traffic);
     assert.equal(await fb.services.delete("pg.internal"), true);
     assert.equal(await fb.services.delete("pg.internal"), false);
   });

@@ -6,7 +6,7 @@
 // large files pass through). The agent's answer is checked like any guest
 // answer (relay/http-relay.ts): a hostile agent fails its own requests only.
 import { timingSafeEqual } from "node:crypto";
-import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { ENVD_PORT } from "@firebreak/protocol";
 import type { Logger } from "pino";
 import { sha256 } from "../auth/keys.ts";

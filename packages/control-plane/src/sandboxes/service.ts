@@ -1047,8 +1047,6 @@ export class SandboxService {
    * Every active node gets every template some node has, by content address
    * (node/template-copy.ts), off the hot path (on the `templates` lease holder).
    */
-  readonly #copying = new Set<string>();
-
   async distributeTemplates(): Promise<void> {
     const views = this.#nodes.views().filter((v) => v.healthy && !v.report.draining);
     const have = new Map<string, { key: string; from: string }>();

@@ -136,13 +136,13 @@ export class FakeNode implements NodeClient {
     this.#up();
     const s = await this.usageSample(id);
     const sb = this.sandboxes.get(id);
-    if (!sb || sb.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
+    if (sb?.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
     sb.state = "paused";
     return s;
   }
   async resume(id: string) {
     const sb = this.sandboxes.get(id);
-    if (!sb || sb.state !== "paused") throw new FirebreakError("SANDBOX_STATE_INVALID", "not paused");
+    if (sb?.state !== "paused") throw new FirebreakError("SANDBOX_STATE_INVALID", "not paused");
     sb.state = "running";
     return { path: "snapshot" as const, totalMs: 1 };
   }
@@ -188,7 +188,7 @@ export class FakeNode implements NodeClient {
   }
   async usageSample(id: string): Promise<UsageSample | undefined> {
     const sb = this.sandboxes.get(id);
-    if (!sb || sb.state !== "running") return undefined;
+    if (sb?.state !== "running") return undefined;
     const ms = Date.now() - sb.born;
     // 10% of a CPU, 100 MiB.
     // 10% of a CPU, 100 MiB; 1 kB/s out and 2 kB/s in to the internet.
@@ -209,8 +209,7 @@ export class FakeNode implements NodeClient {
     this.#up();
     const sb = this.sandboxes.get(id);
     const cur = this.policies.get(id);
-    if (!sb || sb.state !== "running" || !cur)
-      throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
+    if (sb?.state !== "running" || !cur) throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
     const policy = normalizePolicy(input);
     for (const name of policy.services) (await this.#services()).resolveBinding(name, cur.tenant);
     cur.policy = policy;

@@ -62,7 +62,7 @@ after(() => fs.rm(root, { recursive: true, force: true }));
 
 /** Serves exportTemplate of `from` and returns the response of a GET. */
 async function exported(name: string): Promise<{ res: http.IncomingMessage; close: () => void }> {
-  const server = http.createServer((req, res) => void exportTemplate(from, name, res));
+  const server = http.createServer((_req, res) => void exportTemplate(from, name, res));
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const { port } = server.address() as { port: number };
   const res = await new Promise<http.IncomingMessage>((resolve, reject) =>

@@ -40,7 +40,6 @@ import {
   reconcile,
   releaseUnusedLayers,
   removeOwner,
-  type SandboxRecord,
   writeRecord,
 } from "./reconciler.ts";
 import {
@@ -49,7 +48,6 @@ import {
   Sandbox,
   SET_HELD,
   type Shape,
-  type StartTimings,
   type TemplateImage,
 } from "./sandbox.ts";
 import { SlotRegistry } from "./slots.ts";
