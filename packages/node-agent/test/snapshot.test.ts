@@ -373,7 +373,8 @@ describe("template snapshots", { skip: skipUnlessRoot }, () => {
         id ??= rt.list().find((s) => !known.has(s.id))?.id;
         if (id) createdIds.add(id);
         try {
-          loading = id !== undefined && existsSync(path.join(rt.get(id).dir, "migrate-in.sock"));
+          // QEMU is up: the state load (from the memory file's descriptor) follows at once.
+          loading = id !== undefined && rt.get(id).vm !== undefined;
         } catch {
           break; // gone already
         }

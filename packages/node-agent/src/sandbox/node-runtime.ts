@@ -18,12 +18,14 @@ import {
 } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
 import { run } from "../host/exec.ts";
+import { writeFileAtomic } from "../host/safe-fs.ts";
 import { ensureInitramfs } from "../image/initramfs.ts";
 import { ensureKernel, type KernelManifest } from "../image/kernel.ts";
 import { type SandboxCgroup as Cgroup, SandboxCgroup } from "../jail/cgroup.ts";
+import { ensureLauncher } from "../jail/launcher.ts";
 import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../network/index.ts";
 import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
-import { hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
+import { type DiskLayer, hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
 import { type EnvdClient, envdClient } from "./envd-client.ts";
 import { newAccessToken, newSandboxId } from "./ids.ts";
 import {
@@ -119,6 +121,8 @@ interface PausedRecord {
   envVars: Record<string, string>;
   accessToken: string;
   layers: string[];
+  /** The root disk chain, base image first (the top is the sandbox's own disk.qcow2). */
+  disk?: DiskLayer[];
   createdAt: string;
   pausedAt: string;
 }
@@ -162,6 +166,8 @@ export class Sandbox {
   envVars: Record<string, string> = {};
   /** Fork layers this sandbox's disk and memory chain uses (stateDir/layers/<id>). */
   layers: string[] = [];
+  /** The root disk chain QEMU gets as descriptors, base image first, own layer last. */
+  disk: DiskLayer[] = [];
   /** The on-disk record (state.json and the host-wide owner registry). */
   record: SandboxRecord | undefined;
   /** Started for a warm pool and not claimed yet: not a user's sandbox. */
@@ -280,6 +286,8 @@ export class NodeRuntime {
   readonly kernel: KernelManifest;
   readonly initramfs: string;
   readonly accel: AccelProbe;
+  /** The QEMU jailer (jail/launcher.ts). */
+  readonly launcher: string;
   readonly slots: SlotRegistry;
   readonly tscKhz = hostTscKhz();
   readonly snapshots: SnapshotStore;
@@ -294,9 +302,11 @@ export class NodeRuntime {
     kernel: KernelManifest,
     initramfs: string,
     accel: AccelProbe,
+    launcher: string,
     log: (line: string) => void,
   ) {
     this.config = config;
+    this.launcher = launcher;
     this.kernel = kernel;
     this.initramfs = initramfs;
     this.accel = accel;
@@ -329,7 +339,8 @@ export class NodeRuntime {
         `FIREBREAK_VM_UID_BASE must be a whole number from 1000, got ${config.vmUidBase}`,
       );
     }
-    const rt = new NodeRuntime(config, kernel, initramfs, accel, log);
+    const launcher = await ensureLauncher(config);
+    const rt = new NodeRuntime(config, kernel, initramfs, accel, launcher, log);
     rt.egress = await EgressManager.open({ stateDir: config.stateDir, log });
     const report = await rt.reconcile();
     if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
@@ -340,8 +351,12 @@ export class NodeRuntime {
 
   /**
    * The uid (and gid) QEMU runs as for a slot.
-   * SECURITY: one uid per sandbox: sandbox directories are 0700 and owned by
-   * their own VMM, so an escaped QEMU cannot reach its neighbours' disks.
+   * SECURITY: one uid per sandbox, owning no file anywhere: sandbox
+   * directories and everything in them are root's (the directory's group is
+   * the VM's gid, mode 0710, only so QEMU can reach the socket a save makes),
+   * QEMU gets its disks as descriptors, and every mount is read-only for it,
+   * so an escaped QEMU cannot reach its neighbours' files nor leave any behind
+   * for the next user of its uid.
    */
   vmUid(slot: number): number {
     return this.config.vmUidBase + slot;
@@ -407,7 +422,7 @@ export class NodeRuntime {
       );
     }
     if (want === info["virtual-size"]) return;
-    await sb.vm!.qmp.execute("block_resize", { device: "root", size: want });
+    await sb.vm!.qmp.execute("block_resize", { "node-name": "root", size: want });
     const { exitCode } = await sb.exec(["resize2fs", "/dev/vda"], { user: "root" });
     if (exitCode !== 0)
       throw new FirebreakError(
@@ -441,7 +456,13 @@ export class NodeRuntime {
       const found = await this.snapshots.find(snapshotKey(key, shape, this.kernel, this.accel.accel));
       if (found.snapshot) {
         try {
-          return await this.#start(opts, shape, { snapshot: found.snapshot });
+          return await this.#start(opts, shape, {
+            snapshot: found.snapshot,
+            diskChain: [
+              { path: opts.template.imagePath, format: "raw" },
+              { path: found.snapshot.diskPath, format: "qcow2" },
+            ],
+          });
         } catch (e) {
           if (!(e instanceof SnapshotRestoreError)) throw e;
           fallback = `snapshot restore failed: ${e.message}`;
@@ -466,7 +487,7 @@ export class NodeRuntime {
   async #start(
     opts: CreateOptions,
     shape: Shape,
-    how: { snapshot?: LoadedSnapshot; pool?: boolean; layers?: string[] },
+    how: { snapshot?: LoadedSnapshot; diskChain?: DiskLayer[]; pool?: boolean; layers?: string[] },
   ): Promise<Sandbox> {
     const t0 = performance.now();
     let mark = t0;
@@ -492,6 +513,7 @@ export class NodeRuntime {
     };
     sb.record = record;
     try {
+      // SECURITY: root's, and stays root's (see vmUid).
       await fs.mkdir(dir, { mode: 0o700 });
       // INVARIANT: the owner record exists before any host-global resource.
       await writeRecord(this.config, dir, record);
@@ -503,7 +525,7 @@ export class NodeRuntime {
       record.slot = sb.slot;
       await writeRecord(this.config, dir, record);
       const uid = this.vmUid(sb.slot);
-      await fs.chown(dir, uid, uid);
+      await this.#grantDir(sb, uid);
 
       sb.network = await createSandboxNetwork(
         { sandboxId: id, slot: sb.slot, tapUid: uid, tapGid: uid },
@@ -512,17 +534,13 @@ export class NodeRuntime {
       await this.egress.attach(sb.network, opts.network ?? {});
       lap("network");
 
-      let rootDisk = opts.template.imagePath;
-      let rootDiskFormat: "qcow2" | "raw" = "raw";
-      if (!opts.writableImage) {
-        rootDisk = path.join(dir, "disk.qcow2");
-        rootDiskFormat = "qcow2";
-        const [backing, backingFormat] = how.snapshot
-          ? [how.snapshot.diskPath, "qcow2"]
-          : [opts.template.imagePath, "raw"];
-        await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", backingFormat, "-b", backing, rootDisk]);
+      const base: DiskLayer[] = how.diskChain ?? [{ path: opts.template.imagePath, format: "raw" }];
+      if (opts.writableImage) {
+        sb.disk = base;
+      } else {
+        const top = await this.#newLayer(dir, base.at(-1)!);
+        sb.disk = [...base, top];
       }
-      await fs.chown(rootDisk, uid, uid);
       lap("disk");
 
       sb.cgroup = await SandboxCgroup.open(`fb-${id}`);
@@ -530,7 +548,7 @@ export class NodeRuntime {
       lap("cgroup");
 
       try {
-        await this.#launchVm(sb, record, rootDisk, rootDiskFormat, how.snapshot !== undefined);
+        await this.#launchVm(sb, record, how.snapshot?.memoryPath);
       } catch (e) {
         // QEMU refusing the snapshot's files (unreadable disk layer, ...) is a
         // snapshot problem: the create falls back to a cold boot.
@@ -542,7 +560,7 @@ export class NodeRuntime {
       let guestUptimeMs: number | undefined;
       if (how.snapshot) {
         try {
-          await sb.vm!.loadState(how.snapshot.memoryPath);
+          await sb.vm!.loadState();
         } catch (e) {
           // A sandbox killed while restoring, or a QEMU killed from outside, says
           // nothing about the snapshot: fail this create, keep the snapshot.
@@ -602,21 +620,14 @@ export class NodeRuntime {
   }
 
   /** Spawns QEMU for a sandbox whose network and cgroup exist, and supervises it. */
-  async #launchVm(
-    sb: Sandbox,
-    record: SandboxRecord,
-    rootDisk: string,
-    rootDiskFormat: "qcow2" | "raw",
-    incoming: boolean,
-  ): Promise<void> {
+  async #launchVm(sb: Sandbox, record: SandboxRecord, incoming?: string): Promise<void> {
     sb.vm = await QemuVm.launch(
       {
         name: `fb-${sb.id}`,
         dir: sb.dir,
         vmlinux: this.kernel.vmlinux,
         initramfs: this.initramfs,
-        rootDisk,
-        rootDiskFormat,
+        disk: sb.disk,
         vcpus: sb.shape.vcpus,
         memoryMib: sb.shape.memoryMib,
         accel: this.accel.accel,
@@ -626,22 +637,42 @@ export class NodeRuntime {
         tscKhz: this.tscKhz,
         uid: this.vmUid(sb.slot!),
         gid: this.vmUid(sb.slot!),
+        launcher: this.launcher,
+        // INVARIANT: QEMU is inside its cgroup before its first instruction.
+        cgroupProcs: sb.cgroup!.dirs().map((d) => path.join(d, "cgroup.procs")),
       },
       {
-        incoming,
+        ...(incoming ? { incoming } : {}),
         // The reconciler finds QEMU by its -name, so the pid is recorded after launch.
         onSpawn: (pid) => {
           record.qemuPid = pid;
         },
       },
     );
-    await sb.cgroup!.add(sb.vm.pid);
     await writeRecord(this.config, sb.dir, record);
     const vm = sb.vm;
     void vm.exited.then((e) => {
       // A VM replaced on purpose (pause, fork) is not a crash.
       if (sb.vm === vm) this.#onVmExit(sb, e.signal ?? `code ${e.code}`);
     });
+  }
+
+  /**
+   * Lets the VM of `uid` traverse the sandbox directory (for the socket a save
+   * makes) and nothing more. SECURITY: the directory and its parent are root's,
+   * so the path cannot have been swapped.
+   */
+  async #grantDir(sb: Sandbox, uid: number): Promise<void> {
+    await fs.chown(sb.dir, 0, uid);
+    await fs.chmod(sb.dir, 0o710);
+  }
+
+  /** A new root-only qcow2 layer in `dir` over `backing`. */
+  async #newLayer(dir: string, backing: DiskLayer): Promise<DiskLayer> {
+    const file = path.join(dir, "disk.qcow2");
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", backing.format, "-b", backing.path, file]);
+    await fs.chmod(file, 0o600);
+    return { path: file, format: "qcow2" };
   }
 
   /** Gives a started VM its identity (token, env), then runs the template's start command. */
@@ -810,14 +841,13 @@ export class NodeRuntime {
         envVars: sb.envVars,
         accessToken: sb.accessToken,
         layers: sb.layers,
+        disk: sb.disk,
         createdAt: sb.createdAt.toISOString(),
         pausedAt: new Date().toISOString(),
       };
-      // SECURITY: the token and env may be secrets: root-only file (the directory
-      // belongs to the VM user, which may list but not read it).
+      // SECURITY: the token and env may be secrets: root-only file in a root-owned directory.
       const file = path.join(sb.dir, PAUSED_FILE);
-      await fs.writeFile(`${file}.tmp`, JSON.stringify(paused), { mode: 0o600 });
-      await fs.rename(`${file}.tmp`, file);
+      await writeFileAtomic(file, JSON.stringify(paused), 0o600);
       delete sb.record!.slot;
       delete sb.record!.qemuPid;
       await writeRecord(this.config, sb.dir, sb.record!);
@@ -857,6 +887,10 @@ export class NodeRuntime {
       sb.accessToken = paused.accessToken;
       sb.envVars = paused.envVars;
       sb.layers = paused.layers;
+      sb.disk = paused.disk ?? [
+        { path: paused.template.imagePath, format: "raw" },
+        { path: path.join(dir, "disk.qcow2"), format: "qcow2" },
+      ];
       sb.record = {
         id,
         ownerPid: process.pid,
@@ -881,8 +915,8 @@ export class NodeRuntime {
     const t0 = performance.now();
     try {
       await this.#attach(sb);
-      await this.#launchVm(sb, sb.record!, path.join(sb.dir, "disk.qcow2"), "qcow2", true);
-      await sb.vm!.loadState(path.join(sb.dir, "paused-memory.bin"));
+      await this.#launchVm(sb, sb.record!, path.join(sb.dir, "paused-memory.bin"));
+      await sb.vm!.loadState();
       // Same identity; the clock moved on while paused, and a reseed costs nothing.
       await this.#init(sb, { envVars: sb.envVars, fresh: true, accessToken: sb.accessToken });
       await fs.rm(path.join(sb.dir, "paused-memory.bin"), { force: true });
@@ -932,26 +966,26 @@ export class NodeRuntime {
     parent.state = "pausing";
     const layer = `l${newSandboxId().slice(0, 15)}`;
     const layerDir = path.join(this.config.stateDir, "layers", layer);
-    await fs.mkdir(path.join(layerDir, "users"), { recursive: true, mode: 0o755 });
+    // SECURITY: a fork layer holds the parent's memory (token, env) and disk:
+    // root-only; children's QEMUs get the files as descriptors.
+    await fs.mkdir(layerDir, { recursive: true, mode: 0o700 });
+    await fs.mkdir(path.join(layerDir, "users"), { mode: 0o700 });
     await fs.writeFile(path.join(layerDir, "users", parent.id), "");
     const memoryPath = path.join(layerDir, "memory.bin");
     const diskPath = path.join(layerDir, "disk.qcow2");
+    let frozen: DiskLayer[] = [];
     try {
       const vm = parent.vm!;
       await vm.saveState(memoryPath);
       parent.vm = undefined; // INVARIANT: a replaced VM's exit is not a crash
       await vm.stop(1000);
       await fs.rename(path.join(parent.dir, "disk.qcow2"), diskPath);
-      for (const f of [memoryPath, diskPath]) {
-        await fs.chown(f, 0, 0);
-        await fs.chmod(f, 0o444);
-      }
+      for (const f of [memoryPath, diskPath]) await fs.chmod(f, 0o400);
       parent.layers = [...parent.layers, layer];
-      const parentDisk = path.join(parent.dir, "disk.qcow2");
-      await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", diskPath, parentDisk]);
-      await fs.chown(parentDisk, this.vmUid(parent.slot!), this.vmUid(parent.slot!));
-      await this.#launchVm(parent, parent.record!, parentDisk, "qcow2", true);
-      await parent.vm!.loadState(memoryPath);
+      frozen = [...parent.disk.slice(0, -1), { path: diskPath, format: "qcow2" }];
+      parent.disk = [...frozen, await this.#newLayer(parent.dir, frozen.at(-1)!)];
+      await this.#launchVm(parent, parent.record!, memoryPath);
+      await parent.vm!.loadState();
       await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
       parent.state = "running";
     } catch (e) {
@@ -982,6 +1016,7 @@ export class NodeRuntime {
           parent.shape,
           {
             snapshot,
+            diskChain: frozen,
             layers: parent.layers,
           },
         );
@@ -1000,12 +1035,9 @@ export class NodeRuntime {
     sb.slot = await this.slots.claim(sb.id);
     sb.record!.slot = sb.slot;
     await writeRecord(this.config, sb.dir, sb.record!);
-    // A resumed sandbox may get another slot, so another uid: hand it its files.
+    // A resumed sandbox may get another slot, so another uid (it owns no file).
     const uid = this.vmUid(sb.slot);
-    await fs.chown(sb.dir, uid, uid);
-    for (const f of await fs.readdir(sb.dir)) {
-      if (f === "disk.qcow2" || f === "console.log") await fs.chown(path.join(sb.dir, f), uid, uid);
-    }
+    await this.#grantDir(sb, uid);
     sb.network = await createSandboxNetwork(
       { sandboxId: sb.id, slot: sb.slot, tapUid: uid, tapGid: uid },
       this.config.hostPool,

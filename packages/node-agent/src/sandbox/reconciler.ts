@@ -12,6 +12,7 @@
 import fs from "node:fs/promises";
 import path from "node:path";
 import { type NodeConfig, paths } from "../config.ts";
+import { writeFileAtomic } from "../host/safe-fs.ts";
 import { listSandboxCgroups, SandboxCgroup } from "../jail/cgroup.ts";
 import { destroySandboxNetwork, listNetworkResources, NETNS_PREFIX } from "../network/index.ts";
 import { MAX_SLOTS, type SlotRegistry } from "./slots.ts";
@@ -35,9 +36,7 @@ export interface ReconcileReport {
 }
 
 async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.${process.pid}.tmp`;
-  await fs.writeFile(tmp, JSON.stringify(value));
-  await fs.rename(tmp, file);
+  await writeFileAtomic(file, JSON.stringify(value), 0o644);
 }
 
 /** Writes the sandbox's record to its directory and to the host-wide owner registry. */

@@ -1,29 +1,45 @@
 // The QEMU microvm driver: builds the command line, spawns QEMU with the least
 // privilege that works, and supervises it. The VMM never sees HTTP or sandbox
 // semantics: it boots, stops, and reports exit.
-import type { ChildProcess } from "node:child_process";
+import type { ChildProcess, StdioOptions } from "node:child_process";
 import { once } from "node:events";
-import { createReadStream, createWriteStream, readFileSync } from "node:fs";
+import { constants as O, readFileSync } from "node:fs";
 import fs from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { start } from "../host/exec.ts";
+import { openNoFollow } from "../host/safe-fs.ts";
 import { ControlChannel } from "./control-channel.ts";
 import { QmpClient } from "./qmp.ts";
 
 export type Accelerator = "kvm" | "tcg";
 
+/** One file of a disk chain, opened by the node and handed to QEMU as a descriptor. */
+export interface DiskLayer {
+  path: string;
+  format: "qcow2" | "raw";
+}
+
 export interface VmSpec {
   /** Used in QEMU's -name so the reconciler can find the process. */
   name: string;
-  /** Directory for sockets and the console log; must be writable by the VM user. */
+  /**
+   * The sandbox's directory: root-owned, group the VM's gid, mode 0710 (QEMU
+   * may only reach a socket the node makes there while saving state).
+   */
   dir: string;
   vmlinux: string;
   initramfs: string;
-  /** Writable disk for /dev/vda (a qcow2 overlay over the read-only image). */
-  rootDisk: string;
-  rootDiskFormat?: "qcow2" | "raw";
+  /**
+   * The root disk as a chain, base image first and the sandbox's writable layer
+   * last. SECURITY: every file is opened by the node and passed to QEMU as a
+   * descriptor (`-add-fd`, `/dev/fdset/N`), so QEMU needs no access to any
+   * path, and a qcow2 header cannot make it open another file.
+   */
+  disk: DiskLayer[];
+  /** The top layer is read-only too (nothing in the chain is written). */
+  diskReadOnly?: boolean;
   vcpus: number;
   memoryMib: number;
   accel: Accelerator;
@@ -34,6 +50,10 @@ export interface VmSpec {
   /** Run QEMU as this uid/gid (never root). */
   uid: number;
   gid: number;
+  /** The jailer binary (jail/launcher.ts). */
+  launcher: string;
+  /** cgroup.procs files QEMU joins before its first instruction. */
+  cgroupProcs?: string[];
   /** Extra kernel command line. */
   extraCmdline?: string[];
   /** TCG translation cache in MiB. @default FIREBREAK_TCG_TB_MIB or DEFAULT_TCG_TB_MIB */
@@ -129,12 +149,12 @@ export function qemuArgs(spec: VmSpec): string[] {
     "stdio,id=con,signal=off",
     "-serial",
     "chardev:con",
+    // QMP and the control channel are socket pairs the node made (fds 4, 5).
     "-chardev",
-    `socket,id=qmp,path=${path.join(spec.dir, "qmp.sock")},server=off`,
+    `socket,id=qmp,fd=${FD.qmp},server=off`,
     "-mon",
     "chardev=qmp,mode=control",
-    "-drive",
-    `id=root,file=${spec.rootDisk},format=${spec.rootDiskFormat ?? "qcow2"},if=none,cache=unsafe,discard=unmap`,
+    ...diskArgs(spec.disk, spec.diskReadOnly === true),
     "-device",
     "virtio-blk-device,drive=root",
     "-device",
@@ -145,18 +165,53 @@ export function qemuArgs(spec: VmSpec): string[] {
     "-device",
     "virtio-serial-device,max_ports=2",
     "-chardev",
-    `socket,id=ctl,path=${path.join(spec.dir, "control.sock")},server=off`,
+    `socket,id=ctl,fd=${FD.control},server=off`,
     "-device",
     "virtserialport,chardev=ctl,name=fb.control",
   ];
   if (spec.tapName) {
     args.push(
       "-netdev",
-      `tap,id=net0,ifname=${spec.tapName},script=no,downscript=no`,
+      // The jailer opened the tap as root and left it at FD.tap.
+      `tap,id=net0,fd=${FD.tap}`,
       "-device",
       `virtio-net-device,netdev=net0${spec.mac ? `,mac=${spec.mac}` : ""}`,
     );
   }
+  return args;
+}
+
+/** Descriptor numbers QEMU inherits (0-2: stdio). */
+export const FD = { tap: 3, qmp: 4, control: 5, firstDisk: 6 } as const;
+
+/**
+ * `-add-fd` and `-blockdev` arguments for a disk chain whose files are
+ * descriptors FD.firstDisk + i. The top node is `root` (block_resize names it).
+ */
+export function diskArgs(chain: DiskLayer[], readOnly: boolean): string[] {
+  if (!chain.length) throw new Error("a VM needs at least one disk layer");
+  const args: string[] = [];
+  chain.forEach((layer, i) => {
+    const top = i === chain.length - 1;
+    const ro = !top || readOnly;
+    const common = ro ? { "read-only": true } : { discard: "unmap", cache: { "no-flush": true } };
+    args.push("-add-fd", `fd=${FD.firstDisk + i},set=${i + 1}`);
+    args.push(
+      "-blockdev",
+      JSON.stringify({ driver: "file", "node-name": `f${i}`, filename: `/dev/fdset/${i + 1}`, ...common }),
+    );
+    args.push(
+      "-blockdev",
+      JSON.stringify({
+        driver: layer.format,
+        "node-name": top ? "root" : `d${i}`,
+        file: `f${i}`,
+        ...common,
+        // SECURITY: the backing file is the node below, never a path from the qcow2 header.
+        ...(layer.format === "qcow2" ? { backing: i === 0 ? null : `d${i - 1}` } : {}),
+      }),
+    );
+  });
   return args;
 }
 
@@ -174,6 +229,7 @@ export class QemuVm {
   /** Settles when QEMU exits, however it exits. */
   readonly exited: Promise<VmExit>;
   #exit: VmExit | undefined;
+  #incomingFd: number | undefined;
 
   private constructor(
     spec: VmSpec,
@@ -202,73 +258,78 @@ export class QemuVm {
   }
 
   /**
-   * Spawns QEMU and waits until it has connected its QMP and control sockets
-   * (the guest has not booted yet when this returns).
+   * Spawns QEMU through the jailer and waits for the QMP handshake (the guest
+   * has not necessarily booted when this returns). `incoming`: QEMU waits for
+   * a saved state (`-incoming defer`), read from this file by loadState().
    */
   static async launch(
     spec: VmSpec,
-    opts: { onSpawn?: (pid: number) => void; incoming?: boolean } = {},
+    opts: { onSpawn?: (pid: number) => void; incoming?: string } = {},
   ): Promise<QemuVm> {
-    const qmpPath = path.join(spec.dir, "qmp.sock");
-    const ctlPath = path.join(spec.dir, "control.sock");
-    await fs.rm(qmpPath, { force: true });
-    await fs.rm(ctlPath, { force: true });
-    const qmpServer = net.createServer();
-    const ctlServer = net.createServer();
-    const qmpConn = once(qmpServer, "connection");
-    const ctlConn = once(ctlServer, "connection");
-    await Promise.all([listen(qmpServer, qmpPath), listen(ctlServer, ctlPath)]);
-    // QEMU runs as the VM user and must be able to connect.
-    await Promise.all([fs.chown(qmpPath, spec.uid, spec.gid), fs.chown(ctlPath, spec.uid, spec.gid)]);
-
+    // SECURITY: every file QEMU uses is opened here, by root, and inherited as
+    // a descriptor; O_NOFOLLOW so a planted symlink is never followed.
+    const opened: fs.FileHandle[] = [];
+    const stdio: StdioOptions = ["ignore", "pipe", "pipe", "ignore", "pipe", "pipe"];
+    let incomingFd: number | undefined;
+    try {
+      for (const [i, layer] of spec.disk.entries()) {
+        const writable = i === spec.disk.length - 1 && !spec.diskReadOnly;
+        const fh = await fs.open(layer.path, (writable ? O.O_RDWR : O.O_RDONLY) | O.O_NOFOLLOW);
+        opened.push(fh);
+        stdio.push(fh.fd);
+      }
+      if (opts.incoming) {
+        const fh = await fs.open(opts.incoming, O.O_RDONLY | O.O_NOFOLLOW);
+        opened.push(fh);
+        incomingFd = stdio.length;
+        stdio.push(fh.fd);
+      }
+    } catch (e) {
+      await Promise.all(opened.map((f) => f.close()));
+      throw e;
+    }
     // -incoming defer: wait for a saved state instead of booting (snapshot restore).
     const qemu = ["qemu-system-x86_64", ...qemuArgs(spec), ...(opts.incoming ? ["-incoming", "defer"] : [])];
-    // SECURITY: QEMU never runs as root: setpriv drops to the VM user, clears
-    // supplementary groups and every capability, and sets no_new_privs. When a
-    // namespace is given, nsenter joins it first (as root), then setpriv drops.
-    const jail = [
-      "setpriv",
-      `--reuid=${spec.uid}`,
-      `--regid=${spec.gid}`,
-      "--clear-groups",
-      "--inh-caps=-all",
-      "--bounding-set=-all",
-      "--no-new-privs",
-      "--",
-      ...qemu,
-    ];
-    const argv = spec.netnsPath ? ["nsenter", `--net=${spec.netnsPath}`, "--", ...jail] : jail;
-    const proc = start(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], cwd: spec.dir });
+    // SECURITY: QEMU never runs as root. The jailer joins the cgroup, the
+    // namespace and the tap as root, makes every mount read-only for QEMU,
+    // then drops to the VM user with no capabilities, no supplementary groups
+    // and no_new_privs before it executes QEMU (native/fb-launch.c).
+    const jail = ["--uid", String(spec.uid), "--gid", String(spec.gid)];
+    if (spec.netnsPath) jail.push("--netns", spec.netnsPath);
+    if (spec.tapName) jail.push("--tap", spec.tapName, "--tap-fd", String(FD.tap));
+    for (const f of spec.cgroupProcs ?? []) jail.push("--cgroup-procs", f);
+    jail.push("--readonly-root");
+    const proc = start(spec.launcher, [...jail, "--", ...qemu], { stdio, cwd: "/" });
+    await Promise.all(opened.map((f) => f.close()));
     const exited = new Promise<VmExit>((resolve) => {
       proc.on("exit", (code, signal) => resolve({ code, signal }));
       proc.on("error", () => resolve({ code: -1, signal: null }));
     });
     if (proc.pid) opts.onSpawn?.(proc.pid);
-    pipeCapped(proc, path.join(spec.dir, "console.log"), spec.consoleCapBytes ?? 1024 * 1024);
+    await pipeCapped(proc, path.join(spec.dir, "console.log"), spec.consoleCapBytes ?? 1024 * 1024);
 
     const abort = exited.then((e) => {
       throw new Error(
         `QEMU exited during start (${e.signal ?? `code ${e.code}`}); see ${path.join(spec.dir, "console.log")}`,
       );
     });
+    abort.catch(() => {});
+    const pipes = proc.stdio as unknown as (net.Socket | null)[];
+    const qmpSock = pipes[FD.qmp]!;
+    const ctlSock = pipes[FD.control]!;
     try {
-      const [[qmpSock], [ctlSock]] = (await Promise.race([Promise.all([qmpConn, ctlConn]), abort])) as [
-        [net.Socket],
-        [net.Socket],
-      ];
       const qmp = new QmpClient(qmpSock);
       const control = new ControlChannel(ctlSock);
       await Promise.race([qmp.handshake(), abort]);
-      return new QemuVm(spec, proc, qmp, control, exited);
+      const vm = new QemuVm(spec, proc, qmp, control, exited);
+      vm.#incomingFd = incomingFd;
+      return vm;
     } catch (e) {
       proc.kill("SIGKILL");
       await exited;
+      qmpSock.destroy();
+      ctlSock.destroy();
       throw e;
-    } finally {
-      qmpServer.close();
-      ctlServer.close();
-      await fs.rm(qmpPath, { force: true });
-      await fs.rm(ctlPath, { force: true });
     }
   }
 
@@ -283,7 +344,10 @@ export class QemuVm {
     const server = net.createServer();
     const conn = once(server, "connection");
     await listen(server, sockPath);
-    await fs.chown(sockPath, this.spec.uid, this.spec.gid);
+    // SECURITY: the directory is root's (group: this VM), so this path cannot
+    // have been swapped (lchown all the same); the socket's mode lets only
+    // its owner, this VM's uid, connect.
+    await fs.lchown(sockPath, this.spec.uid, this.spec.gid);
     try {
       await this.qmp.execute("stop");
       await this.qmp.execute("migrate-set-capabilities", {
@@ -300,7 +364,9 @@ export class QemuVm {
       });
       gone.catch(() => {});
       const [sock] = (await Promise.race([conn, gone])) as [net.Socket];
-      const out = createWriteStream(file, { mode: 0o644 });
+      // SECURITY: saved memory holds the sandbox's token and env: root-only,
+      // and never written through a planted link.
+      const out = (await openNoFollow(file, 0o600)).createWriteStream();
       const written = pipeline(sock, out);
       const ev = await done;
       await written;
@@ -314,32 +380,25 @@ export class QemuVm {
   }
 
   /**
-   * Loads a state saved by saveState into a VM launched with `incoming: true`.
-   * The VM runs on its own once the state is in (QEMU's autostart).
+   * Loads the state file given to launch() (`incoming`) into this VM; QEMU
+   * reads it from the inherited descriptor. The VM runs once the state is in.
    */
-  async loadState(file: string, timeoutMs = 60_000): Promise<void> {
-    const sockPath = path.join(this.spec.dir, "migrate-in.sock");
+  async loadState(timeoutMs = 60_000): Promise<void> {
+    if (this.#incomingFd === undefined) throw new Error("this VM was not launched to load a state");
     await this.qmp.execute("migrate-set-capabilities", {
       capabilities: [{ capability: "events", state: true }],
     });
     const done = this.qmp.waitEvent("MIGRATION", timeoutMs, (e) =>
       ["completed", "failed", "cancelled"].includes(String(e.data?.["status"])),
     );
-    await this.qmp.execute("migrate-incoming", { uri: `unix:${sockPath}` });
-    const sock = net.connect(sockPath);
-    await once(sock, "connect");
-    const sent = pipeline(createReadStream(file, { highWaterMark: 1024 * 1024 }), sock).catch(
-      (e: Error) => e,
-    );
+    await this.qmp.execute("migrate-incoming", { uri: `fd:${this.#incomingFd}` });
     const exited = this.exited.then((e) => {
       throw new Error(`QEMU exited while loading the snapshot (${e.signal ?? `code ${e.code}`})`);
     });
+    exited.catch(() => {});
     const ev = await Promise.race([done, exited]);
-    const sendError = await sent;
     if (ev.data?.["status"] !== "completed") {
-      throw new Error(
-        `loading the snapshot ${String(ev.data?.["status"])}${sendError instanceof Error ? `: ${sendError.message}` : ""}`,
-      );
+      throw new Error(`loading the snapshot ${String(ev.data?.["status"])}`);
     }
     // The state was saved from a paused VM, and QEMU keeps the source's run
     // state: start the vCPUs.
@@ -368,8 +427,9 @@ function listen(server: net.Server, p: string): Promise<void> {
 }
 
 /** Copies QEMU's stdout+stderr (the guest console) to a file, up to a cap. */
-function pipeCapped(proc: ChildProcess, file: string, cap: number): void {
-  const out = createWriteStream(file, { flags: "w", mode: 0o640 });
+async function pipeCapped(proc: ChildProcess, file: string, cap: number): Promise<void> {
+  const fh = await openNoFollow(file, 0o600);
+  const out = fh.createWriteStream();
   let written = 0;
   const onData = (b: Buffer) => {
     if (written >= cap) return; // SECURITY: a chatty guest cannot fill the host disk.
