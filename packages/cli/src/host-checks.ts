@@ -128,13 +128,13 @@ export async function toolsCheck(): Promise<HostCheck[]> {
  * does not matter: only the root node process opens it; QEMU is handed the
  * tap's file descriptor.
  */
-export async function tunCheck(): Promise<HostCheck> {
-  const create = `mkdir -p /dev/net && mknod -m 0600 /dev/net/tun c 10 200 (${SETUP})`;
+export async function tunCheck(device = "/dev/net/tun"): Promise<HostCheck> {
+  const create = `mkdir -p ${path.dirname(device)} && mknod -m 0600 ${device} c 10 200 (${SETUP})`;
   let st: import("node:fs").Stats;
   try {
-    st = await fs.stat("/dev/net/tun");
+    st = await fs.stat(device);
   } catch {
-    return { name: "tun", status: "fail", detail: "/dev/net/tun does not exist", fix: create };
+    return { name: "tun", status: "fail", detail: `${device} does not exist`, fix: create };
   }
   const major = Math.floor(st.rdev / 256);
   const minor = st.rdev % 256;
@@ -142,20 +142,20 @@ export async function tunCheck(): Promise<HostCheck> {
     return {
       name: "tun",
       status: "fail",
-      detail: `/dev/net/tun is not the tun device (char 10:200)`,
-      fix: `rm /dev/net/tun && ${create}`,
+      detail: `${device} is not the tun device (char 10:200)`,
+      fix: `rm ${device} && ${create}`,
     };
   }
   const mode = (st.mode & 0o777).toString(8).padStart(4, "0");
   try {
-    const fh = await fs.open("/dev/net/tun", "r+");
+    const fh = await fs.open(device, "r+");
     await fh.close();
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     return {
       name: "tun",
       status: "fail",
-      detail: `/dev/net/tun cannot be opened (${code})`,
+      detail: `${device} cannot be opened (${code})`,
       fix:
         code === "ENODEV" || code === "ENXIO"
           ? "modprobe tun (the kernel needs CONFIG_TUN)"
@@ -167,7 +167,7 @@ export async function tunCheck(): Promise<HostCheck> {
   return {
     name: "tun",
     status: "ok",
-    detail: `/dev/net/tun (char 10:200, mode ${mode}; only the node opens it, QEMU gets the tap's descriptor)`,
+    detail: `${device} (char 10:200, mode ${mode}; only the node opens it, QEMU gets the tap's descriptor)`,
   };
 }
 
@@ -267,11 +267,12 @@ export async function nftablesCheck(): Promise<HostCheck> {
   return { name: "nftables", status: "ok", detail: `${v.stdout.trim()}; sets, NAT, conntrack marks, reject` };
 }
 
-const CGROUP_ROOT = process.env["FIREBREAK_CGROUP_ROOT"] ?? "/sys/fs/cgroup";
 const V1_CONTROLLERS = ["cpu", "cpuacct", "memory", "pids"];
 
 /** The cgroup controllers the per-sandbox limits use (v1 or v2), and that a group can be made. */
-export async function cgroupCheck(): Promise<HostCheck> {
+export async function cgroupCheck(
+  cgroupRoot = process.env["FIREBREAK_cgroupRoot"] ?? "/sys/fs/cgroup",
+): Promise<HostCheck> {
   const probe = `doctor-${process.pid}`;
   const tryMkdir = async (dir: string): Promise<string | undefined> => {
     try {
@@ -284,7 +285,7 @@ export async function cgroupCheck(): Promise<HostCheck> {
     }
   };
   const controllers = await fs
-    .readFile(path.join(CGROUP_ROOT, "cgroup.controllers"), "utf8")
+    .readFile(path.join(cgroupRoot, "cgroup.controllers"), "utf8")
     .catch(() => null);
   if (controllers !== null) {
     const have = controllers.trim().split(/\s+/);
@@ -293,11 +294,11 @@ export async function cgroupCheck(): Promise<HostCheck> {
       return {
         name: "cgroups",
         status: "fail",
-        detail: `cgroup v2 at ${CGROUP_ROOT} lacks the ${missing.join(", ")} controller(s)`,
+        detail: `cgroup v2 at ${cgroupRoot} lacks the ${missing.join(", ")} controller(s)`,
         fix: "delegate them to this host or container (systemd: Delegate=yes; docker: --cgroupns=private), or boot with them enabled",
       };
     }
-    const err = await tryMkdir(CGROUP_ROOT);
+    const err = await tryMkdir(cgroupRoot);
     return err
       ? {
           name: "cgroups",
@@ -305,11 +306,11 @@ export async function cgroupCheck(): Promise<HostCheck> {
           detail: `cannot create a cgroup: ${err}`,
           fix: "mount cgroup2 read-write: mount -o remount,rw /sys/fs/cgroup",
         }
-      : { name: "cgroups", status: "ok", detail: `cgroup v2 at ${CGROUP_ROOT} (cpu, memory, pids)` };
+      : { name: "cgroups", status: "ok", detail: `cgroup v2 at ${cgroupRoot} (cpu, memory, pids)` };
   }
   const missing: string[] = [];
   for (const c of V1_CONTROLLERS) {
-    const ok = await fs.access(path.join(CGROUP_ROOT, c, "cgroup.procs")).then(
+    const ok = await fs.access(path.join(cgroupRoot, c, "cgroup.procs")).then(
       () => true,
       () => false,
     );
@@ -319,40 +320,43 @@ export async function cgroupCheck(): Promise<HostCheck> {
     return {
       name: "cgroups",
       status: "fail",
-      detail: `no cgroup hierarchy at ${CGROUP_ROOT}`,
-      fix: `mount -t cgroup2 none ${CGROUP_ROOT}`,
+      detail: `no cgroup hierarchy at ${cgroupRoot}`,
+      fix: `mount -t cgroup2 none ${cgroupRoot}`,
     };
   }
   if (missing.length) {
     return {
       name: "cgroups",
       status: "fail",
-      detail: `cgroup v1 at ${CGROUP_ROOT} lacks ${missing.join(", ")}`,
+      detail: `cgroup v1 at ${cgroupRoot} lacks ${missing.join(", ")}`,
       fix: missing
-        .map((c) => `mkdir -p ${CGROUP_ROOT}/${c} && mount -t cgroup -o ${c} cgroup ${CGROUP_ROOT}/${c}`)
+        .map((c) => `mkdir -p ${cgroupRoot}/${c} && mount -t cgroup -o ${c} cgroup ${cgroupRoot}/${c}`)
         .join("; "),
     };
   }
   for (const c of V1_CONTROLLERS) {
-    const err = await tryMkdir(path.join(CGROUP_ROOT, c));
+    const err = await tryMkdir(path.join(cgroupRoot, c));
     if (err) {
       return {
         name: "cgroups",
         status: "fail",
         detail: `cannot create a cgroup: ${err}`,
-        fix: `mount -o remount,rw ${CGROUP_ROOT}/${c}`,
+        fix: `mount -o remount,rw ${cgroupRoot}/${c}`,
       };
     }
   }
   return {
     name: "cgroups",
     status: "ok",
-    detail: `cgroup v1 at ${CGROUP_ROOT} (${V1_CONTROLLERS.join(", ")})`,
+    detail: `cgroup v1 at ${cgroupRoot} (${V1_CONTROLLERS.join(", ")})`,
   };
 }
 
 /** Free space where the state dir is (or will be). */
-export async function diskCheck(stateDir: string): Promise<{ check: HostCheck; freeMib: number }> {
+export async function diskCheck(
+  stateDir: string,
+  needMib = Number(process.env["FIREBREAK_MIN_FREE_MIB"] ?? 2048),
+): Promise<{ check: HostCheck; freeMib: number }> {
   let dir = stateDir;
   for (;;) {
     const ok = await fs.access(dir).then(
@@ -364,7 +368,6 @@ export async function diskCheck(stateDir: string): Promise<{ check: HostCheck; f
   }
   const st = await fs.statfs(dir);
   const freeMib = Math.floor((st.bavail * st.bsize) / 2 ** 20);
-  const needMib = Number(process.env["FIREBREAK_MIN_FREE_MIB"] ?? 2048);
   const check: HostCheck =
     freeMib >= needMib
       ? { name: "disk", status: "ok", detail: `${stateDir}: ${freeMib} MiB free` }

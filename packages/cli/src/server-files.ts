@@ -91,7 +91,8 @@ export function isServerProcess(pid: number): boolean {
   } catch {
     return false;
   }
-  const cli = cmdline.some((a) => a.endsWith("/packages/cli/src/main.ts")) && cmdline.includes("up");
+  const main = cmdline.findIndex((a) => a.endsWith("/packages/cli/src/main.ts"));
+  const cli = main >= 0 && cmdline[main + 1] === "up";
   const cp = cmdline.some((a) => a.endsWith("/packages/control-plane/src/main.ts"));
   return cli || cp;
 }
