@@ -23,6 +23,12 @@ fail() {
     echo "--- the end of $STATE/firebreak-up.log:"
     tail -40 "$STATE/firebreak-up.log"
   fi
+  for id in ${paused:-} ${running:-}; do
+    echo "--- sandbox $id: events"
+    api "$URL/v1/sandboxes/$id/events" 2>&1 | head -c 4000
+    echo
+    [ -f "$STATE/sandboxes/$id/console.log" ] && tail -20 "$STATE/sandboxes/$id/console.log"
+  done
   exit 1
 }
 qemus() { for p in /proc/[0-9]*; do tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep '^qemu-system' || true; done; }
@@ -64,7 +70,8 @@ api -f "$URL/v1/sandboxes?limit=1" >/dev/null || fail "the stored admin key is r
 paused="$(api -f -X POST "$URL/v1/sandboxes" -d '{"template":"base","timeoutMs":3600000}' | json .id)"
 [ -n "$paused" ] || fail "POST /v1/sandboxes gave no id"
 export FIREBREAK_URL="$URL"
-out="$(FIREBREAK_API_KEY="$(cat "$STATE/admin-key")" ./bin/firebreak sandbox exec "$paused" -- sh -c 'echo fresh-root >/tmp/mark; cat /tmp/mark; python3 -c "print(6*7)"')"
+out="$(FIREBREAK_API_KEY="$(cat "$STATE/admin-key")" ./bin/firebreak sandbox exec "$paused" -- sh -c 'echo fresh-root >/tmp/mark; cat /tmp/mark; python3 -c "print(6*7)"')" ||
+  fail "exec failed: $out"
 [ "$out" = "$(printf 'fresh-root\n42')" ] || fail "exec printed: $out"
 api -f -X POST "$URL/v1/sandboxes/$paused/pause" >/dev/null || fail "pause failed"
 running="$(api -f -X POST "$URL/v1/sandboxes" -d '{"template":"base"}' | json .id)"
@@ -98,7 +105,8 @@ state="$(api -f "$URL/v1/sandboxes/$running" | json .state)"
 [ "$(api -f "$URL/v1/usage/records?sandboxId=$running" | json '.records.some((r) => r.final)')" = true ] ||
   fail "no final usage record for $running"
 api -f -X POST "$URL/v1/sandboxes/$paused/resume" -d '{}' >/dev/null || fail "resume failed"
-out="$(FIREBREAK_API_KEY="$(cat "$STATE/admin-key")" ./bin/firebreak sandbox exec "$paused" -- cat /tmp/mark)"
+out="$(FIREBREAK_API_KEY="$(cat "$STATE/admin-key")" ./bin/firebreak sandbox exec "$paused" -- cat /tmp/mark)" ||
+  fail "exec after resume failed: $out"
 [ "$out" = fresh-root ] || fail "the resumed sandbox lost its state: $out"
 FIREBREAK_API_KEY="$(cat "$STATE/admin-key")" ./bin/firebreak sandbox kill "$paused"
 
