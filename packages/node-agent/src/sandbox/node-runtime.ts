@@ -325,7 +325,7 @@ export class NodeRuntime {
     if (process.getuid?.() !== 0) {
       throw new FirebreakError(
         "NOT_ROOT",
-        "Firebreak needs root to create network namespaces, taps, firewall rules and cgroups. Run it as root (sudo).",
+        "Firebreak needs root to create network namespaces, taps, firewall rules and cgroups. Run it as root.",
       );
     }
     await fs.mkdir(paths.sandboxesDir(config), { recursive: true, mode: 0o755 });
