@@ -18,6 +18,7 @@ STATE=/var/lib/firebreak
 URL=http://127.0.0.1:3000
 step() { printf '\n\033[1m=== fresh root [%ss]: %s\033[0m\n' "$SECONDS" "$*"; }
 fail() {
+  set +e
   printf '\033[1mFRESH ROOT FAILED: %s\033[0m\n' "$*"
   if [ -f "$STATE/firebreak-up.log" ]; then
     echo "--- the end of $STATE/firebreak-up.log:"
@@ -27,7 +28,9 @@ fail() {
     echo "--- sandbox $id: events"
     api "$URL/v1/sandboxes/$id/events" 2>&1 | head -c 4000
     echo
-    [ -f "$STATE/sandboxes/$id/console.log" ] && tail -20 "$STATE/sandboxes/$id/console.log"
+  done
+  for f in "$STATE"/sandboxes/*/console.log; do
+    [ -f "$f" ] && echo "--- $f" && tail -20 "$f"
   done
   exit 1
 }
@@ -84,7 +87,8 @@ curl -fsS -o /dev/null "$URL/v1/health" 2>/dev/null && fail "the server still an
 [ ! -e "$STATE/firebreak-up.pid" ] || fail "the pid file remains"
 [ -z "$(qemus)" ] || fail "QEMU processes remain: $(qemus)"
 [ -z "$(ip netns list)" ] || fail "namespaces remain: $(ip netns list)"
-[ -f "$STATE/sandboxes/$paused/paused.json" ] || fail "the paused sandbox is gone"
+# The node keeps it under its own id: one sandbox dir, holding a paused state.
+[ "$(ls "$STATE"/sandboxes/*/paused.json 2>/dev/null | wc -l)" -eq 1 ] || fail "the paused sandbox is not on disk"
 ./bin/firebreak down | grep -q 'not running' || fail "a second firebreak down does not say it is not running"
 
 step "the stored admin key revoked: the quickstart runs again and mints a new one"
