@@ -4,7 +4,8 @@
 #  1. the root is bare (no node, npm, sudo, curl, nft; /dev/net/tun absent or 0600);
 #  2. before set-up the CLI prints one line saying to run set-up, and exits 1;
 #  3. the README's quickstart command, run exactly as written, succeeds;
-#  4. /dev/net/tun is still root-only, and `firebreak doctor` passes;
+#  4. /dev/net/tun is still root-only, the admin key is root-only and in no
+#     log, and `firebreak doctor` passes;
 #  5. the server it left running serves the API: a sandbox is created with a
 #     plain HTTP request, runs a command, and is paused; another keeps running;
 #  6. `firebreak down` stops it: no VM and no sandbox namespace remain, the
@@ -64,8 +65,10 @@ cmd="$(sed -n '/^## Two commands/,/^## /p' README.md | sed -n '/^```sh$/,/^```$/
 step "the README's quickstart: $cmd"
 bash -c "$cmd" || fail "the quickstart failed (exit $?)"
 
-step "/dev/net/tun is root-only; doctor passes"
+step "/dev/net/tun is root-only; the admin key is root-only and in no log; doctor passes"
 [ "$(stat -c %a /dev/net/tun)" = 600 ] || fail "/dev/net/tun is mode $(stat -c %a /dev/net/tun), set-up must not widen it"
+[ "$(stat -c '%U %a' "$STATE/admin-key")" = "root 600" ] || fail "$STATE/admin-key is $(stat -c '%U %a' "$STATE/admin-key")"
+if grep -qF "$(cat "$STATE/admin-key")" "$STATE/firebreak-up.log"; then fail "the admin key is in the server's log"; fi
 ./bin/firebreak doctor || fail "firebreak doctor failed after set-up"
 
 step "the server's API: create with a plain HTTP request, exec, pause; a second one keeps running"
