@@ -83,8 +83,10 @@ cleanup() {
     kill -KILL "$NS_PID" 2>/dev/null
     wait "$NS_PID" 2>/dev/null
   fi
-  # Killing the namespace's PID 1 kills everything in it; wait for the cgroups to empty.
+  # Killing the namespace's PID 1 kills everything in it; anything still in
+  # the root's cgroup subtree is killed too. Then the cgroups are removed.
   for d in "${CG_DIRS[@]}"; do
+    find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null
     for _ in $(seq 1 100); do
       [ -z "$(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)" ] && break
       sleep 0.1
