@@ -35,7 +35,7 @@ fail() {
   done
   exit 1
 }
-qemus() { for p in /proc/[0-9]*; do tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep '^qemu-system' || true; done; }
+qemus() { for p in /proc/[0-9]*; do tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep '^qemu-system' || true; done; }
 api() { curl -sS -H "Authorization: Bearer $(cat "$STATE/admin-key")" -H 'content-type: application/json' "$@"; }
 # A field of the JSON on stdin, with the node set-up installed: json '.id'
 json() { /opt/firebreak/node/current/bin/node -e 'let s="";process.stdin.on("data",(d)=>{s+=d}).on("end",()=>{const v=new Function("j",`return j${process.argv[1]}`)(JSON.parse(s));process.stdout.write(typeof v==="string"?v:JSON.stringify(v))})' "$1"; }
