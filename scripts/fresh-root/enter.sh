@@ -49,7 +49,14 @@ mount -t tmpfs -o mode=0755,nosuid,nodev run "$R/run"
 # The host's network as the root sees it: its resolver, and the CAs its admin
 # added (e.g. of a TLS-inspecting egress proxy, as on the CI machines), which
 # the root's ca-certificates picks up when set-up installs it.
-cp /etc/resolv.conf "$R/etc/resolv.conf"
+# A resolver on the host's loopback (systemd-resolved's 127.0.0.53) is out of
+# the root's reach: use the upstream servers it forwards to.
+resolv=/etc/resolv.conf
+if ! grep -E '^nameserver' "$resolv" | grep -qvE '^nameserver +(127\.|::1)' &&
+  [ -f /run/systemd/resolve/resolv.conf ]; then
+  resolv=/run/systemd/resolve/resolv.conf
+fi
+cp "$resolv" "$R/etc/resolv.conf"
 if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
   mkdir -p "$R/usr/local/share/ca-certificates"
   cp /usr/local/share/ca-certificates/*.crt "$R/usr/local/share/ca-certificates/"
