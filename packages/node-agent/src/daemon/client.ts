@@ -155,6 +155,7 @@ export class NodeDaemonClient {
           key: t.key,
           image: t.image,
           snapshot: t.snapshot,
+          snapshotShapes: t.snapshotShapes,
           warm: t.warm,
           recentP50Ms: t.recentP50Ms,
         })),

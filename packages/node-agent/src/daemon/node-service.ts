@@ -67,6 +67,8 @@ export interface TemplateReport {
   key: string;
   image: boolean;
   snapshot: boolean;
+  /** Shapes ("<vcpus>x<memoryMib>") with a snapshot for this node's kernel and accelerator. */
+  snapshotShapes: string[];
   warm: Record<string, number>;
   recentP50Ms: Record<string, number>;
 }
@@ -345,6 +347,10 @@ export class NodeService {
     const pools = this.runtime.pools.status();
     const committed = [...live, ...this.runtime.pools.members()];
     const templates: TemplateReport[] = [];
+    const kernel = `${this.runtime.kernel.package} ${this.runtime.kernel.version}`;
+    const manifests = (await this.runtime.snapshots.manifests()).filter(
+      (m) => m.kernel === kernel && m.accel === this.runtime.accel.accel,
+    );
     for (const t of await listTemplates(this.runtime.config)) {
       const found = await this.runtime.snapshots.find(
         snapshotKey(t.key, DEFAULT_SHAPE, this.runtime.kernel, this.runtime.accel.accel),
@@ -358,6 +364,9 @@ export class NodeService {
         key: t.key,
         image: true,
         snapshot: found.snapshot !== undefined,
+        snapshotShapes: manifests
+          .filter((m) => m.templateKey === t.key)
+          .map((m) => `${m.shape.vcpus}x${m.shape.memoryMib}`),
         warm,
         recentP50Ms: this.#latencies.p50(t.name),
       });
