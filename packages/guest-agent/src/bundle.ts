@@ -5,6 +5,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const PTY_PACKAGE = "@lydell/node-pty";
+const XATTR_PACKAGE = "@napi-rs/xattr";
 /** Files of the PTY package that are only used on Windows or macOS. */
 const NOT_FOR_LINUX = /^(windows|conpty|worker$|shared$)/;
 
@@ -14,11 +15,12 @@ export type BundleOptions = {
 };
 
 /**
- * Builds the guest agent for a VM image: `outDir/agent.mjs` (one minified ESM file,
- * every dependency inlined) plus the PTY library and its prebuilt native addon in
+ * Builds the guest agent for a VM image: `outDir/agent.mjs` and
+ * `outDir/fs-worker.mjs` (minified ESM files, every dependency inlined) plus the
+ * PTY and xattr libraries with their prebuilt native addons in
  * `outDir/node_modules/`, so `node outDir/agent.mjs` needs nothing else.
- * The PTY library stays external because it loads a `.node` file; the agent imports
- * it lazily, on the first PTY request, to keep start-up light.
+ * Those two stay external because they load `.node` files; the agent imports
+ * them lazily to keep start-up light.
  */
 export async function buildAgentBundle(
   outDir: string,
@@ -30,8 +32,11 @@ export async function buildAgentBundle(
   await rm(outDir, { recursive: true, force: true });
   await mkdir(outDir, { recursive: true });
   await build({
-    entryPoints: [join(here, "main.ts")],
-    outfile: join(outDir, "agent.mjs"),
+    // The agent, and the per-user file worker it starts (a separate, smaller file:
+    // the worker loads none of the HTTP or Connect code).
+    entryPoints: { agent: join(here, "main.ts"), "fs-worker": join(here, "fs-worker", "worker-main.ts") },
+    outdir: outDir,
+    outExtension: { ".js": ".mjs" },
     bundle: true,
     format: "esm",
     platform: "node",
@@ -39,7 +44,7 @@ export async function buildAgentBundle(
     minify: true,
     sourcemap: false,
     legalComments: "none",
-    external: [PTY_PACKAGE],
+    external: [PTY_PACKAGE, XATTR_PACKAGE],
     // Bundled CommonJS dependencies (busboy) call require() for Node built-ins.
     banner: {
       js: 'import{createRequire as __fbCreateRequire}from"node:module";const require=__fbCreateRequire(import.meta.url);',
@@ -70,6 +75,32 @@ export async function buildAgentBundle(
   for (const name of ["package.json", "pty.node", "LICENSE"]) {
     const src = join(nativeDir, name);
     if (await stat(src).catch(() => undefined)) await cp(src, join(destNative, name));
+  }
+  // The xattr addon (file metadata): its loader and the prebuilt glibc binary.
+  const xattrDir = dirname(require.resolve(`${XATTR_PACKAGE}/package.json`));
+  const xattrNativeName = `${XATTR_PACKAGE}-linux-${arch}-gnu`;
+  let xattrNativeDir: string;
+  try {
+    xattrNativeDir = dirname(
+      createRequire(join(xattrDir, "package.json")).resolve(`${xattrNativeName}/package.json`),
+    );
+  } catch {
+    throw new Error(
+      `${xattrNativeName} is not installed: run \`npm install --os=linux --cpu=${arch}\` to bundle for a ${arch} guest`,
+    );
+  }
+  const destXattr = join(outDir, "node_modules", XATTR_PACKAGE);
+  await mkdir(destXattr, { recursive: true });
+  for (const name of ["package.json", "index.js", "LICENSE"]) {
+    const src = join(xattrDir, name);
+    if (await stat(src).catch(() => undefined)) await cp(src, join(destXattr, name));
+  }
+  const destXattrNative = join(outDir, "node_modules", xattrNativeName);
+  await mkdir(destXattrNative, { recursive: true });
+  for (const name of await readdir(xattrNativeDir)) {
+    if (name === "package.json" || name.endsWith(".node")) {
+      await cp(join(xattrNativeDir, name), join(destXattrNative, name));
+    }
   }
   // The privileged helper (clock, CRNG reseed): static, so it runs in any image.
   await mkdir(join(outDir, "bin"), { recursive: true });

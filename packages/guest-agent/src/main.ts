@@ -3,8 +3,11 @@ import { ENVD_PORT } from "@firebreak/protocol/envd";
 import { ControlChannel } from "./control/control-channel.ts";
 import { guestctlApply, guestctlPath, mixEntropy, syncClock } from "./control/system.ts";
 import { deviceTransport, socketTransport } from "./control/transport.ts";
+import { loadXattr } from "./filesystem/xattr-metadata.ts";
+import { FileExecutors } from "./fs-worker/worker-pool.ts";
 import { createAgentServer } from "./http/server.ts";
 import { AgentState } from "./identity/agent-state.ts";
+import { lookupUser } from "./identity/users.ts";
 
 /**
  * Firebreak guest agent: E2B-compatible envd plus the host control channel.
@@ -31,7 +34,12 @@ async function main(): Promise<void> {
       : undefined;
 
   const state = new AgentState();
-  const { server, table, preload } = createAgentServer({ state, standalone: transport === undefined });
+  const executors = new FileExecutors();
+  const { server, table, preload } = createAgentServer({
+    state,
+    standalone: transport === undefined,
+    executors,
+  });
   const helper = transport ? await guestctlPath() : undefined;
   const control = transport
     ? new ControlChannel(transport, state, {
@@ -48,8 +56,11 @@ async function main(): Promise<void> {
     process.stdout.write(`guest-agent listening on ${values.host}:${actual}\n`);
     // Under a VM, "ready" must mean the RPC services answer at once: load them
     // before announcing readiness (on the host this costs a few ms).
+    // The default user's file worker starts now, so that the first file request
+    // does not wait for a Node start (and a snapshot taken after `ready` has it).
+    const prestart = prestartDefaultUser(executors);
     if (control) {
-      void preload().finally(() => {
+      void Promise.all([preload(), prestart, loadXattr()]).finally(() => {
         control.start();
         // In a VM: boot-time page cache (the Node binary read at start, module
         // files) is not needed again. Dropping it lets the balloon's free page
@@ -62,6 +73,7 @@ async function main(): Promise<void> {
   const shutdown = () => {
     control?.close();
     table.killAll();
+    executors.closeAll();
     server.close();
     server.closeAllConnections();
     setTimeout(() => process.exit(0), 100).unref();
@@ -71,6 +83,38 @@ async function main(): Promise<void> {
 }
 
 await main();
+
+/**
+ * Starts the file worker of the template's default user (`user` in
+ * /etc/firebreak/template.json, else "user"). Failures are logged: the worker
+ * is then started on first use.
+ */
+async function prestartDefaultUser(executors: FileExecutors): Promise<void> {
+  const { readFile } = await import("node:fs/promises");
+  let name = "user";
+  try {
+    const spec = JSON.parse(await readFile(templateJsonPath(), "utf8")) as { user?: unknown };
+    if (typeof spec.user === "string" && spec.user !== "") name = spec.user;
+  } catch {
+    // No template description (tests, hand-made images): the E2B default.
+  }
+  const user = await lookupUser(name);
+  if (!user) return;
+  const startedAt = performance.now();
+  try {
+    const w = await executors.prestart(user);
+    if (w)
+      console.error(
+        `guest-agent: file worker of '${name}' ready in ${Math.round(performance.now() - startedAt)} ms`,
+      );
+  } catch (err) {
+    console.error(`guest-agent: the file worker of '${name}' did not start:`, (err as Error).message);
+  }
+}
+
+function templateJsonPath(): string {
+  return process.env["FIREBREAK_AGENT_TEMPLATE_JSON"] || "/etc/firebreak/template.json";
+}
 
 async function dropPageCache(): Promise<void> {
   const { writeFile } = await import("node:fs/promises");

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { buildAgentBundle } from "../src/bundle.ts";
-import { type Agent, startAgent } from "./harness.ts";
+import { type Agent, fileWorkerPids, startAgent, USER_UID } from "./harness.ts";
 
 describe("agent bundle", () => {
   let out: string;
@@ -16,8 +16,15 @@ describe("agent bundle", () => {
   });
   after(() => rm(out, { recursive: true, force: true }));
 
-  test("is one agent.mjs plus the PTY library with its native addon", async () => {
+  test("is agent.mjs and fs-worker.mjs plus the PTY and xattr libraries with their native addons", async () => {
     assert.ok(files.includes("agent.mjs"));
+    assert.ok(files.includes("fs-worker.mjs"));
+    assert.ok(
+      files.includes(
+        `node_modules/@napi-rs/xattr-linux-${process.arch}-gnu/xattr.linux-${process.arch}-gnu.node`,
+      ),
+    );
+    assert.ok(files.includes("node_modules/@napi-rs/xattr/index.js"));
     assert.ok(files.includes(`node_modules/@lydell/node-pty-linux-${process.arch}/pty.node`));
     assert.ok(files.includes("node_modules/@lydell/node-pty/index.js"));
     const size = (await stat(join(out, "agent", "agent.mjs"))).size;
@@ -46,6 +53,24 @@ describe("agent bundle", () => {
         if (r.event?.event.case === "data") pty += Buffer.from(r.event.event.value.output.value!).toString();
       }
       assert.match(pty, /22 77/);
+
+      // File operations of "user" run in the bundled worker, as the user, with metadata.
+      const [worker] = await fileWorkerPids(agent);
+      assert.ok(worker, "the default user's file worker is running");
+      const up = await fetch(`${agent.baseUrl}/files?path=bundled.txt`, {
+        method: "POST",
+        headers: {
+          "X-Access-Token": agent.token,
+          "content-type": "application/octet-stream",
+          "X-Metadata-Origin": "bundle",
+        },
+        body: "from the bundle",
+      });
+      assert.equal(up.status, 200);
+      assert.deepEqual(((await up.json()) as Array<{ metadata?: unknown }>)[0]?.metadata, {
+        origin: "bundle",
+      });
+      assert.equal((await stat(join(agent.home, "bundled.txt"))).uid, USER_UID);
     } finally {
       await agent?.stop();
     }

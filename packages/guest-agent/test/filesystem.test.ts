@@ -100,7 +100,10 @@ describe("filesystem service and /files", () => {
     const shallow = await fs.listDir({ path: "proj", depth: 1 });
     assert.deepEqual(shallow.entries.map((e) => e.name).sort(), ["link", "readme", "src"]);
     const link = shallow.entries.find((e) => e.name === "link");
-    assert.equal(link?.symlinkTarget, "readme");
+    // envd resolves symlink targets to absolute paths; the type is the target's.
+    assert.equal(link?.symlinkTarget, join(agent.home, "proj/readme"));
+    assert.equal(link?.type, filesystemPb.FileType.FILE);
+    assert.equal(link?.permissions, "Lrwxrwxrwx");
     const deep = await fs.listDir({ path: "proj", depth: 2 });
     assert.ok(deep.entries.some((e) => e.path === join(agent.home, "proj/src/a.txt")));
 
@@ -116,10 +119,11 @@ describe("filesystem service and /files", () => {
     });
   });
 
-  test("not_found for missing paths on every call", async () => {
+  test("not_found for missing paths on every call but remove", async () => {
     const fs = agent.filesystem();
     await assert.rejects(fs.listDir({ path: "/definitely/missing", depth: 1 }), isCode(Code.NotFound));
-    await assert.rejects(fs.remove({ path: "/definitely/missing" }), isCode(Code.NotFound));
+    // Removing a missing path succeeds, as with envd (rm -rf).
+    await fs.remove({ path: "/definitely/missing" });
     await assert.rejects(
       fs.move({ source: "/definitely/missing", destination: "/tmp/x" }),
       isCode(Code.NotFound),

@@ -20,6 +20,8 @@ export const USER_UID = 65534;
 export type Agent = {
   /** Spawn to "listening" line, in ms. */
   startupMs: number;
+  /** The agent's process id. */
+  pid: number;
   baseUrl: string;
   dir: string;
   home: string;
@@ -175,6 +177,7 @@ export async function startAgent(
 
   const agent: Agent = {
     startupMs,
+    pid: child.pid!,
     baseUrl,
     dir,
     home,
@@ -214,4 +217,21 @@ export async function startAgent(
 
 export function newId(): number {
   return nextId++;
+}
+
+/** Pids of the agent's file workers (its children running the worker entry). */
+export async function fileWorkerPids(agent: Agent): Promise<number[]> {
+  const { readdir, readFile } = await import("node:fs/promises");
+  const pids: number[] = [];
+  for (const name of await readdir("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    const [stat, cmdline] = await Promise.all([
+      readFile(`/proc/${name}/stat`, "utf8").catch(() => ""),
+      readFile(`/proc/${name}/cmdline`, "utf8").catch(() => ""),
+    ]);
+    // Field 4 of /proc/<pid>/stat (after the parenthesised command) is the parent pid.
+    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    if (ppid === agent.pid && /(worker-main\.ts|fs-worker\.mjs)/.test(cmdline)) pids.push(Number(name));
+  }
+  return pids;
 }

@@ -134,7 +134,8 @@ describe("files in a microVM", { skip: skipUnlessRoot }, () => {
     const fsc = sb.envd().filesystem;
     await assert.rejects(fsc.stat({ path: missing }), notFound(missing));
     await assert.rejects(fsc.listDir({ path: "/no/such/dir", depth: 1 }), notFound("/no/such/dir"));
-    await assert.rejects(fsc.remove({ path: missing }), notFound(missing));
+    // As in E2B's envd: removing what is not there succeeds (rm -f).
+    await fsc.remove({ path: missing });
     await assert.rejects(
       fsc.move({ source: missing, destination: "/home/user/elsewhere.txt" }),
       notFound(missing),

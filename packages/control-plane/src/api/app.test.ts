@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { FirebreakError } from "@firebreak/node-agent";
+import { ENVD_VERSION } from "@firebreak/protocol";
 import pino from "pino";
 import { StaticNodes } from "../node/directory.ts";
 import { SandboxService } from "../sandboxes/service.ts";
@@ -459,7 +460,7 @@ describe("E2B-compatible routes", () => {
     });
     assert.equal(c.status, 201);
     const made = (await c.json()) as { sandboxID: string; envdVersion: string; envdAccessToken: string };
-    assert.equal(made.envdVersion, "0.5.7");
+    assert.equal(made.envdVersion, ENVD_VERSION);
     assert.ok(made.envdAccessToken);
     const got = (await (await req("GET", `/sandboxes/${made.sandboxID}`)).json()) as { state: string };
     assert.equal(got.state, "running");

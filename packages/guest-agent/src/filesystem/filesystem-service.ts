@@ -1,161 +1,125 @@
-import { cp, lstat, readdir, rename, rm, stat } from "node:fs/promises";
-import { dirname, join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { filesystemPb } from "@firebreak/protocol";
+import type { FileExecutors } from "../fs-worker/worker-pool.ts";
+import type { AgentState } from "../identity/agent-state.ts";
 import { resolveUserPath } from "../identity/paths.ts";
-import { loadOwnerNames, type UserInfo } from "../identity/users.ts";
+import type { UserInfo } from "../identity/users.ts";
 import { AsyncQueue } from "../process/async-queue.ts";
 import { keepaliveIntervalMs } from "../process/process-service.ts";
-import { DirWatcher, type FsEvent, type WatcherRegistry } from "./dir-watcher.ts";
-import { type EntryInfoInit, entryInfo } from "./entry-info.ts";
+import { toEntryInfo } from "./entry-info.ts";
 import { fsError } from "./fs-errors.ts";
-import { makeDirsForUser } from "./ownership.ts";
+import type { FsExecutor } from "./fs-executor.ts";
+import type { WatchEvent } from "./fs-ops.ts";
+import type { WatcherRegistry } from "./watcher-registry.ts";
 
 type Filesystem = typeof filesystemPb.Filesystem;
 type WatchDirResponseInit = MessageInitShape<typeof filesystemPb.WatchDirResponseSchema>;
+type FilesystemEventInit = MessageInitShape<typeof filesystemPb.FilesystemEventSchema>;
+
+/** Events a WatchDir stream may hold for a client that does not read; more ends the stream. */
+const MAX_QUEUED_WATCH_EVENTS = 10_000;
 
 export type FilesystemServiceDeps = {
+  state: AgentState;
   watchers: WatcherRegistry;
+  executors: FileExecutors;
   userFor: (ctx: HandlerContext) => Promise<UserInfo>;
 };
 
-/** Largest ListDir depth honoured; deeper requests are clamped. */
-const MAX_LIST_DEPTH = 64;
-
-async function mustBeDir(path: string): Promise<void> {
-  let s: Awaited<ReturnType<typeof stat>>;
-  try {
-    s = await stat(path);
-  } catch (err) {
-    throw fsError(err, path);
-  }
-  if (!s.isDirectory()) throw new ConnectError(`path '${path}' is not a directory`, Code.InvalidArgument);
+function toEvent(ev: WatchEvent): FilesystemEventInit {
+  return { name: ev.name, type: ev.type, ...(ev.entry ? { entry: toEntryInfo(ev.entry) } : {}) };
 }
 
-async function describe(path: string): Promise<EntryInfoInit> {
-  try {
-    return await entryInfo(path, await loadOwnerNames());
-  } catch (err) {
-    throw fsError(err, path);
-  }
-}
-
+/**
+ * filesystem.Filesystem. SECURITY: every operation runs through the executor of
+ * the request's user (its own uid in a worker process, or root only for root),
+ * so permission checks, symlink resolution and ownership are that user's.
+ */
 export function createFilesystemService(deps: FilesystemServiceDeps): ServiceImpl<Filesystem> {
-  const pathFor = async (p: string, ctx: HandlerContext) => {
+  const { executors, watchers } = deps;
+  const forRequest = async (ctx: HandlerContext) => {
     const user = await deps.userFor(ctx);
-    return { path: resolveUserPath(p, user.home), user };
+    const resolve = (p: string) => resolveUserPath(p, user.home, deps.state.identity?.defaultWorkdir);
+    return { user, exec: executors.for(user) as FsExecutor, resolve };
   };
 
   return {
     async stat(req, ctx) {
-      const { path } = await pathFor(req.path, ctx);
-      return { entry: await describe(path) };
+      const { user, exec, resolve } = await forRequest(ctx);
+      const path = resolve(req.path);
+      const entry = await exec.stat(path).catch((err: unknown) => {
+        throw fsError(err, path, user.name);
+      });
+      return { entry: toEntryInfo(entry) };
     },
 
     async makeDir(req, ctx) {
-      const { path, user } = await pathFor(req.path, ctx);
-      let created: boolean;
-      try {
-        created = await makeDirsForUser(path, user);
-      } catch (err) {
-        throw fsError(err, path);
+      const { user, exec, resolve } = await forRequest(ctx);
+      const path = resolve(req.path);
+      const made = await exec.makeDir(path).catch((err: unknown) => {
+        throw fsError(err, path, user.name);
+      });
+      if (!made.created || !made.entry) {
+        throw new ConnectError(`directory '${path}' already exists`, Code.AlreadyExists);
       }
-      if (!created) {
-        const s = await lstat(path);
-        throw new ConnectError(
-          s.isDirectory()
-            ? `directory '${path}' already exists`
-            : `path '${path}' already exists and is not a directory`,
-          Code.AlreadyExists,
-        );
-      }
-      return { entry: await describe(path) };
+      return { entry: toEntryInfo(made.entry) };
     },
 
     async move(req, ctx) {
-      const { path: source } = await pathFor(req.source, ctx);
-      const { path: destination, user } = await pathFor(req.destination, ctx);
-      try {
-        await lstat(source);
-      } catch (err) {
-        throw fsError(err, source);
-      }
-      try {
-        await makeDirsForUser(dirname(destination), user);
-        await rename(source, destination);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "EXDEV") throw fsError(err, destination);
-        // Different filesystems: copy then delete.
-        try {
-          await cp(source, destination, {
-            recursive: true,
-            preserveTimestamps: true,
-            verbatimSymlinks: true,
-          });
-          await rm(source, { recursive: true });
-        } catch (err2) {
-          throw fsError(err2, destination);
-        }
-      }
-      return { entry: await describe(destination) };
+      const { user, exec, resolve } = await forRequest(ctx);
+      const source = resolve(req.source);
+      const destination = resolve(req.destination);
+      const entry = await exec.move(source, destination).catch((err: unknown) => {
+        throw fsError(err, destination, user.name);
+      });
+      return { entry: toEntryInfo(entry) };
     },
 
     async listDir(req, ctx) {
-      const { path } = await pathFor(req.path, ctx);
-      await mustBeDir(path);
-      const depth = Math.min(Math.max(req.depth, 1), MAX_LIST_DEPTH);
-      const owners = await loadOwnerNames();
-      const entries: EntryInfoInit[] = [];
-      let level = [path];
-      for (let d = 1; d <= depth && level.length > 0; d++) {
-        const next: string[] = [];
-        for (const dir of level) {
-          let names: string[];
-          try {
-            names = (await readdir(dir)).sort();
-          } catch (err) {
-            if (dir === path) throw fsError(err, dir);
-            continue; // a subdirectory vanished or is unreadable: skip it
-          }
-          for (const name of names) {
-            const child = join(dir, name);
-            const info = await entryInfo(child, owners).catch(() => undefined);
-            if (!info) continue;
-            entries.push(info);
-            // Do not descend through symlinks: they can loop.
-            if (info.symlinkTarget === undefined && info.type === 2) next.push(child);
-          }
-        }
-        level = next;
-      }
-      return { entries };
+      const { user, exec, resolve } = await forRequest(ctx);
+      const path = resolve(req.path);
+      const entries = await exec.listDir(path, req.depth).catch((err: unknown) => {
+        throw fsError(err, path, user.name);
+      });
+      return { entries: entries.map(toEntryInfo) };
     },
 
     async remove(req, ctx) {
-      const { path } = await pathFor(req.path, ctx);
-      try {
-        await lstat(path);
-        await rm(path, { recursive: true, force: false });
-      } catch (err) {
-        throw fsError(err, path);
-      }
+      const { user, exec, resolve } = await forRequest(ctx);
+      const path = resolve(req.path);
+      await exec.remove(path).catch((err: unknown) => {
+        throw fsError(err, path, user.name);
+      });
       return {};
     },
 
     async *watchDir(req, ctx): AsyncGenerator<WatchDirResponseInit> {
-      const { path } = await pathFor(req.path, ctx);
-      await mustBeDir(path);
-      const queue = new AsyncQueue<FsEvent | "keepalive" | Error>();
-      const watcher = new DirWatcher(
-        path,
-        req.recursive,
-        (ev) => queue.push(ev),
-        (err) => {
-          queue.push(err);
-          queue.close();
-        },
-      );
+      const { user, exec, resolve } = await forRequest(ctx);
+      const path = resolve(req.path);
+      const queue = new AsyncQueue<WatchEvent | "keepalive" | Error>();
+      const handle = await exec
+        .watch(
+          path,
+          {
+            recursive: req.recursive,
+            includeEntry: req.includeEntry,
+            allowNetworkMounts: req.allowNetworkMounts,
+          },
+          (ev) => {
+            if (queue.size < MAX_QUEUED_WATCH_EVENTS) return queue.push(ev);
+            // SECURITY: a client that stops reading cannot make the agent buffer without bound.
+            queue.push(new Error(`the client fell more than ${MAX_QUEUED_WATCH_EVENTS} events behind`));
+            queue.close();
+          },
+          (err) => {
+            queue.push(err);
+            queue.close();
+          },
+        )
+        .catch((err: unknown) => {
+          throw fsError(err, path, user.name);
+        });
       const timer = setInterval(
         () => queue.push("keepalive"),
         keepaliveIntervalMs(ctx.requestHeader.get("keepalive-ping-interval")),
@@ -168,35 +132,41 @@ export function createFilesystemService(deps: FilesystemServiceDeps): ServiceImp
           } else if (ev instanceof Error) {
             throw new ConnectError(`watching '${path}' failed: ${ev.message}`, Code.Internal);
           } else {
-            const entry = req.includeEntry
-              ? await describe(join(path, ev.name)).catch(() => undefined)
-              : undefined;
-            yield { event: { case: "filesystem", value: { name: ev.name, type: ev.type, entry } } };
+            yield { event: { case: "filesystem", value: toEvent(ev) } };
           }
         }
       } finally {
         clearInterval(timer);
-        watcher.close();
+        handle.close();
       }
     },
 
     async createWatcher(req, ctx) {
-      const { path } = await pathFor(req.path, ctx);
-      await mustBeDir(path);
-      return { watcherId: deps.watchers.create(path, req.recursive) };
+      const { user, exec, resolve } = await forRequest(ctx);
+      const path = resolve(req.path);
+      const watcherId = await watchers
+        .create(exec, path, {
+          recursive: req.recursive,
+          includeEntry: req.includeEntry,
+          allowNetworkMounts: req.allowNetworkMounts,
+        })
+        .catch((err: unknown) => {
+          throw fsError(err, path, user.name);
+        });
+      return { watcherId };
     },
 
     getWatcherEvents(req) {
-      const drained = deps.watchers.drain(req.watcherId);
+      const drained = watchers.drain(req.watcherId);
       if (!drained) throw new ConnectError(`watcher '${req.watcherId}' not found`, Code.NotFound);
       if (drained.error && drained.events.length === 0) {
         throw new ConnectError(`watcher '${req.watcherId}' failed: ${drained.error.message}`, Code.Internal);
       }
-      return { events: drained.events };
+      return { events: drained.events.map(toEvent) };
     },
 
     removeWatcher(req) {
-      if (!deps.watchers.remove(req.watcherId)) {
+      if (!watchers.remove(req.watcherId)) {
         throw new ConnectError(`watcher '${req.watcherId}' not found`, Code.NotFound);
       }
       return {};

@@ -1,103 +1,104 @@
-import { createReadStream, createWriteStream } from "node:fs";
-import { stat } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { basename, dirname } from "node:path";
+import { basename } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type { Busboy } from "busboy";
-import { giveToUser, makeDirsForUser } from "../filesystem/ownership.ts";
+import type { FsExecutor } from "../filesystem/fs-executor.ts";
+import { type Metadata, metadataFromHeaders, metadataProblem } from "../filesystem/xattr-metadata.ts";
 import { resolveUserPath } from "../identity/paths.ts";
 import type { UserInfo } from "../identity/users.ts";
-import { fsErrorStatus } from "./fs-status.ts";
+import { fsFailure } from "./fs-status.ts";
 import { sendError, sendJson } from "./respond.ts";
 
-type UploadedEntry = { path: string; name: string; type: "file" };
+type UploadedEntry = { path: string; name: string; type: "file"; metadata?: Metadata };
 
-function fsFailure(res: ServerResponse, err: unknown, path: string): void {
-  const status = fsErrorStatus(err);
-  const message =
-    status === 404
-      ? `path '${path}' does not exist`
-      : status === 507
-        ? `not enough disk space to write '${path}'`
-        : `cannot access '${path}': ${(err as Error).message}`;
+/** The acting user, the executor that runs file operations as that user, and the default workdir. */
+export type FilesContext = { user: UserInfo; exec: FsExecutor; defaultWorkdir: string };
+
+function fail(res: ServerResponse, err: unknown, path: string, user: UserInfo): void {
+  const { status, message } = fsFailure(err, path, user.name);
   sendError(res, status, message);
 }
 
-/** GET /files: streams a file's bytes (gzip when the client accepts it). */
+/**
+ * GET /files: streams a file's bytes (gzip when the client accepts it), read
+ * with the user's rights and pulled from disk only as fast as the client reads.
+ */
 export async function downloadFile(
   req: IncomingMessage,
   res: ServerResponse,
   rawPath: string | null,
-  user: UserInfo,
+  ctx: FilesContext,
 ): Promise<void> {
-  if (!rawPath) return sendError(res, 400, "query parameter 'path' is required");
-  const path = resolveUserPath(rawPath, user.home);
-  let size: number;
+  const path = resolveUserPath(rawPath ?? "", ctx.user.home, ctx.defaultWorkdir);
+  let opened: { size: number; stream: Readable };
   try {
-    const s = await stat(path);
-    if (s.isDirectory())
-      return sendError(res, 400, `path '${path}' is a directory: download files one by one`);
-    size = s.size;
+    opened = await ctx.exec.openRead(path);
   } catch (err) {
-    return fsFailure(res, err, path);
+    return fail(res, err, path, ctx.user);
   }
   const gzip = /\bgzip\b/.test(String(req.headers["accept-encoding"] ?? ""));
   const headers: Record<string, string | number> = {
     "content-type": "application/octet-stream",
-    "content-disposition": `attachment; filename=${JSON.stringify(basename(path))}`,
+    "content-disposition": `inline; filename=${JSON.stringify(basename(path))}`,
+    vary: "Accept-Encoding",
   };
   if (gzip) headers["content-encoding"] = "gzip";
-  else headers["content-length"] = size;
-  const source = createReadStream(path);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      source.once("open", () => resolve());
-      source.once("error", reject);
-    });
-  } catch (err) {
-    return fsFailure(res, err, path);
-  }
+  else headers["content-length"] = opened.size;
   res.writeHead(200, headers);
   try {
-    if (gzip) await pipeline(source, createGzip(), res);
-    else await pipeline(source, res);
+    if (gzip) await pipeline(opened.stream, createGzip(), res);
+    else await pipeline(opened.stream, res);
   } catch {
+    opened.stream.destroy();
     res.destroy();
   }
-}
-
-/** Writes a stream to `path` (parents created), owned by the user. */
-async function writeUserFile(path: string, body: Readable, user: UserInfo): Promise<void> {
-  await makeDirsForUser(dirname(path), user);
-  await pipeline(body, createWriteStream(path, { mode: 0o644 }));
-  await giveToUser(path, user);
 }
 
 /**
  * POST /files: multipart (field `file`; the part's filename is the path when the
  * query has none, as the SDK does for multi-file writes) or a raw body
- * (`application/octet-stream`, optionally `Content-Encoding: gzip`). Streams to disk.
+ * (`application/octet-stream`, optionally `Content-Encoding: gzip`). Streamed to
+ * disk with the user's rights; `X-Metadata-<key>` headers become the files'
+ * metadata (envd >= 0.6.2).
  */
 export async function uploadFiles(
   req: IncomingMessage,
   res: ServerResponse,
   rawPath: string | null,
-  user: UserInfo,
+  ctx: FilesContext,
 ): Promise<void> {
+  const metadata = metadataFromHeaders(req.headersDistinct);
+  const problem = metadata ? metadataProblem(metadata) : undefined;
+  if (problem) {
+    req.resume();
+    return sendError(res, 400, `invalid metadata: ${problem}`);
+  }
+  const entryFor = (path: string, stored: Metadata | undefined): UploadedEntry => ({
+    path,
+    name: basename(path),
+    type: "file",
+    ...(stored ? { metadata: stored } : {}),
+  });
+
   const contentType = String(req.headers["content-type"] ?? "");
   if (!contentType.startsWith("multipart/form-data")) {
-    if (!rawPath) return sendError(res, 400, "query parameter 'path' is required for a raw upload");
-    const path = resolveUserPath(rawPath, user.home);
+    if (!rawPath) {
+      req.resume();
+      return sendError(res, 400, "query parameter 'path' is required for a raw upload");
+    }
+    const path = resolveUserPath(rawPath, ctx.user.home, ctx.defaultWorkdir);
     const encoding = String(req.headers["content-encoding"] ?? "").toLowerCase();
     const body = encoding === "gzip" ? req.pipe(createGunzip()) : req;
+    let stored: Metadata | undefined;
     try {
-      await writeUserFile(path, body, user);
+      stored = await ctx.exec.writeFile(path, body, metadata);
     } catch (err) {
-      return fsFailure(res, err, path);
+      req.resume();
+      return fail(res, err, path, ctx.user);
     }
-    return sendJson(res, 200, [{ path, name: basename(path), type: "file" }] satisfies UploadedEntry[]);
+    return sendJson(res, 200, [entryFor(path, stored)]);
   }
 
   // Loaded on first use: most uploads from current SDKs are raw octet-stream.
@@ -109,27 +110,39 @@ export async function uploadFiles(
     return sendError(res, 400, `invalid multipart request: ${(err as Error).message}`);
   }
   const written: UploadedEntry[] = [];
+  const seen = new Set<string>();
   const writes: Promise<void>[] = [];
-  let failure: { err: unknown; path: string } | undefined;
+  let failure: { status: number; message: string } | undefined;
   parser.on("file", (field, stream, info) => {
-    if (field !== "file") {
-      stream.resume();
-      return;
-    }
     const target = rawPath || info.filename;
-    if (!target) {
-      failure ??= { err: Object.assign(new Error("no path"), { code: "EINVAL" }), path: "" };
+    if (field !== "file" || failure) {
       stream.resume();
       return;
     }
-    const path = resolveUserPath(target, user.home);
-    const entry: UploadedEntry = { path, name: basename(path), type: "file" };
-    written.push(entry);
+    if (!target) {
+      failure = { status: 400, message: "query parameter 'path' or a part filename is required" };
+      stream.resume();
+      return;
+    }
+    const path = resolveUserPath(target, ctx.user.home, ctx.defaultWorkdir);
+    if (seen.has(path)) {
+      failure = { status: 400, message: `one upload cannot write '${path}' twice` };
+      stream.resume();
+      return;
+    }
+    seen.add(path);
+    const index = written.length;
+    written.push(entryFor(path, undefined));
     writes.push(
-      writeUserFile(path, stream, user).catch((err) => {
-        failure ??= { err, path };
-        stream.resume();
-      }),
+      ctx.exec.writeFile(path, stream, metadata).then(
+        (stored) => {
+          written[index] = entryFor(path, stored);
+        },
+        (err: unknown) => {
+          failure ??= fsFailure(err, path, ctx.user.name);
+          stream.resume();
+        },
+      ),
     );
   });
   try {
@@ -138,11 +151,7 @@ export async function uploadFiles(
     return sendError(res, 400, `invalid multipart request: ${(err as Error).message}`);
   }
   await Promise.all(writes);
-  if (failure) {
-    if (failure.path === "")
-      return sendError(res, 400, "query parameter 'path' or a part filename is required");
-    return fsFailure(res, failure.err, failure.path);
-  }
+  if (failure) return sendError(res, failure.status, failure.message);
   if (written.length === 0) return sendError(res, 400, "multipart body has no 'file' field");
   sendJson(res, 200, written);
 }

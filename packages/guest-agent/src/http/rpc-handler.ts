@@ -3,8 +3,9 @@ import { Code, ConnectError, type HandlerContext, type Interceptor } from "@conn
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Filesystem, Process } from "@firebreak/protocol";
 import { ACCESS_TOKEN_HEADER } from "@firebreak/protocol/envd";
-import { WatcherRegistry } from "../filesystem/dir-watcher.ts";
 import { createFilesystemService } from "../filesystem/filesystem-service.ts";
+import { WatcherRegistry } from "../filesystem/watcher-registry.ts";
+import type { FileExecutors } from "../fs-worker/worker-pool.ts";
 import { type AgentState, authFailureMessage } from "../identity/agent-state.ts";
 import { userFromAuthorization } from "../identity/auth.ts";
 import { resolveRequestUser, UnknownUserError } from "../identity/request-user.ts";
@@ -23,7 +24,11 @@ export type RpcHandler = {
  * on the first RPC so that start-up (and `ready`) does not pay for Connect and the
  * protobuf descriptors: inside the VM the CPU is emulated and every ms counts.
  */
-export function createRpcHandler(state: AgentState, table: ProcessTable): RpcHandler {
+export function createRpcHandler(
+  state: AgentState,
+  table: ProcessTable,
+  executors: FileExecutors,
+): RpcHandler {
   const watchers = new WatcherRegistry();
 
   const userFor = async (ctx: HandlerContext): Promise<UserInfo> => {
@@ -52,8 +57,8 @@ export function createRpcHandler(state: AgentState, table: ProcessTable): RpcHan
     interceptors: [authInterceptor],
     jsonOptions: { ignoreUnknownFields: true },
     routes(router) {
-      router.service(Process, createProcessService({ state, table, userFor }));
-      router.service(Filesystem, createFilesystemService({ watchers, userFor }));
+      router.service(Process, createProcessService({ state, table, userFor, executors }));
+      router.service(Filesystem, createFilesystemService({ state, watchers, executors, userFor }));
     },
     fallback(_req, res) {
       sendError(res as ServerResponse, 404, "no such route");

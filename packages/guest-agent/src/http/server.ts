@@ -1,12 +1,13 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { ACCESS_TOKEN_HEADER } from "@firebreak/protocol/envd";
 import { syncClock } from "../control/system.ts";
+import type { FileExecutors } from "../fs-worker/worker-pool.ts";
 import { type AgentState, authFailureMessage } from "../identity/agent-state.ts";
 import { fileSignature, tokensEqual, userFromAuthorization } from "../identity/auth.ts";
 import { resolveRequestUser, UnknownUserError } from "../identity/request-user.ts";
 import type { UserInfo } from "../identity/users.ts";
 import { ProcessTable } from "../process/process-table.ts";
-import { downloadFile, uploadFiles } from "./files-route.ts";
+import { downloadFile, type FilesContext, uploadFiles } from "./files-route.ts";
 import { mergeHttpInit, parseHttpInit, readJsonBody } from "./init-route.ts";
 import { sendError } from "./respond.ts";
 import type { RpcHandler } from "./rpc-handler.ts";
@@ -19,6 +20,8 @@ export type AgentServerOptions = {
    * only way to give the agent its first identity.
    */
   standalone: boolean;
+  /** Runs each request's file operations as the request's user. */
+  executors: FileExecutors;
 };
 
 export type AgentServer = {
@@ -38,7 +41,7 @@ export function createAgentServer(opts: AgentServerOptions): AgentServer {
   const table = new ProcessTable();
   let rpc: Promise<RpcHandler> | undefined;
   const loadRpc = () => {
-    rpc ??= import("./rpc-handler.ts").then((m) => m.createRpcHandler(state, table));
+    rpc ??= import("./rpc-handler.ts").then((m) => m.createRpcHandler(state, table, opts.executors));
     return rpc;
   };
 
@@ -110,8 +113,13 @@ export function createAgentServer(opts: AgentServerOptions): AgentServer {
         throw err;
       }
       const path = url.searchParams.get("path");
-      if (req.method === "GET") return downloadFile(req, res, path, user);
-      return uploadFiles(req, res, path, user);
+      const ctx: FilesContext = {
+        user,
+        exec: opts.executors.for(user),
+        defaultWorkdir: state.identity?.defaultWorkdir ?? "",
+      };
+      if (req.method === "GET") return downloadFile(req, res, path, ctx);
+      return uploadFiles(req, res, path, ctx);
     }
     if (url.pathname === "/envs" && req.method === "GET") {
       const body = JSON.stringify(state.identity?.envVars ?? {});

@@ -12,4 +12,7 @@ test("resolveUserPath resolves against the home and normalises", () => {
   assert.equal(resolveUserPath("../other/./f", home), "/home/other/f");
   assert.equal(resolveUserPath("/", home), "/");
   assert.equal(resolveUserPath("/tmp//x/../y/", home), "/tmp/y");
+  // An empty path is the default workdir when the sandbox has one (envd).
+  assert.equal(resolveUserPath("", home, "/work"), "/work");
+  assert.equal(resolveUserPath("x", home, "/work"), "/home/user/x");
 });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseGroup, parsePasswd } from "./users.ts";
+import { parseGroup, parseMemberships, parsePasswd } from "./users.ts";
 
 test("parsePasswd reads name, uid, gid, home and shell and skips junk", () => {
   const users = parsePasswd(
@@ -26,4 +26,11 @@ test("parseGroup maps gid to the first name", () => {
   assert.equal(g.get(0), "root");
   assert.equal(g.get(100), "users");
   assert.equal(g.size, 2);
+});
+
+test("parseMemberships finds the groups that list the user as a member", () => {
+  const text = "root:x:0:\nsudo:x:27:alice,user\ndocker:x:999: user \nuser:x:1000:\nbad:x:zz:user\n";
+  assert.deepEqual(parseMemberships(text, "user"), [27, 999]);
+  assert.deepEqual(parseMemberships(text, "alice"), [27]);
+  assert.deepEqual(parseMemberships(text, "nobody"), []);
 });

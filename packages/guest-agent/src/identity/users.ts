@@ -48,6 +48,19 @@ export function parseGroup(text: string): Map<number, string> {
   return groups;
 }
 
+/** gids of the groups whose member list names `user` (group(5) text), sorted, without duplicates. */
+export function parseMemberships(text: string, user: string): number[] {
+  const gids = new Set<number>();
+  for (const line of text.split("\n")) {
+    const f = line.split(":");
+    if (f.length < 4 || f[0] === "") continue;
+    const gid = Number(f[2]);
+    if (!Number.isInteger(gid) || gid < 0) continue;
+    if (f[3]!.split(",").some((m) => m.trim() === user)) gids.add(gid);
+  }
+  return [...gids].sort((a, b) => a - b);
+}
+
 async function readOrEmpty(path: string): Promise<string> {
   try {
     return await readFile(path, "utf8");
@@ -59,6 +72,12 @@ async function readOrEmpty(path: string): Promise<string> {
 /** Looks a user up by name. Read fresh on every call: users may be added at run time. */
 export async function lookupUser(name: string): Promise<UserInfo | undefined> {
   return parsePasswd(await readOrEmpty(passwdPath())).find((u) => u.name === name);
+}
+
+/** The user's primary gid followed by its supplementary groups (from the group file). */
+export async function groupsOf(user: UserInfo): Promise<number[]> {
+  const extra = parseMemberships(await readOrEmpty(groupPath()), user.name).filter((g) => g !== user.gid);
+  return [user.gid, ...extra];
 }
 
 /** uid -> user name and gid -> group name, for reporting file owners. */

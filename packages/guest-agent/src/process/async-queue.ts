@@ -8,6 +8,11 @@ export class AsyncQueue<T> {
   #closed = false;
   #wake: (() => void) | undefined;
 
+  /** Items waiting to be drained. */
+  get size(): number {
+    return this.#items.length;
+  }
+
   push(item: T): void {
     if (this.#closed) return;
     this.#items.push(item);

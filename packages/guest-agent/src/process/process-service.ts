@@ -1,13 +1,15 @@
-import { stat } from "node:fs/promises";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { processPb } from "@firebreak/protocol";
+import { toFsOpError } from "../filesystem/fs-op-error.ts";
+import type { FileExecutors } from "../fs-worker/worker-pool.ts";
 import type { AgentState } from "../identity/agent-state.ts";
 import { resolveUserPath } from "../identity/paths.ts";
 import type { UserInfo } from "../identity/users.ts";
 import { AsyncQueue } from "./async-queue.ts";
 import { type ManagedProcess, type ProcessEvent, ProcessInputError } from "./managed-process.ts";
 import type { ProcessTable, Selector } from "./process-table.ts";
+import { onlyRootCanRedirect } from "./protected-path.ts";
 
 type Process = typeof processPb.Process;
 type EventInit = MessageInitShape<typeof processPb.ProcessEventSchema>;
@@ -20,6 +22,8 @@ export type ProcessServiceDeps = {
   table: ProcessTable;
   /** The user the request acts as (from its Authorization header). */
   userFor: (ctx: HandlerContext) => Promise<UserInfo>;
+  /** Checks the cwd with the user's own rights. */
+  executors: FileExecutors;
 };
 
 /** Environment of a new process: login basics, then the sandbox's env, then the request's. */
@@ -122,10 +126,27 @@ export function createProcessService(deps: ProcessServiceDeps): Partial<ServiceI
       const user = await deps.userFor(ctx);
       const identity = state.identity;
       const cwd = resolveUserPath(cfg.cwd ?? (identity?.defaultWorkdir || user.home), user.home);
-      const cwdStat = await stat(cwd).catch(() => undefined);
-      if (!cwdStat?.isDirectory()) {
+      // SECURITY: the spawn changes directory before it drops to the user, so the
+      // cwd is checked first with the user's own rights (a symlink is followed as
+      // the user): a user cannot start in a directory it could not enter.
+      // The home needs no check when only root could redirect it (saves a round trip
+      // to the user's file worker on most commands).
+      try {
+        if (cwd !== user.home || !(await onlyRootCanRedirect(cwd))) {
+          await deps.executors.for(user).checkEnterable(cwd);
+        }
+      } catch (err) {
+        const code = toFsOpError(err, cwd).code;
+        if (code === "EACCES" || code === "EPERM") {
+          throw new ConnectError(
+            `permission denied: user '${user.name}' may not enter '${cwd}'`,
+            Code.PermissionDenied,
+          );
+        }
         throw new ConnectError(`cwd '${cwd}' does not exist or is not a directory`, Code.InvalidArgument);
       }
+      // The client may have gone (or its deadline passed) during the check: start nothing then.
+      if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason);
       const pty = req.pty?.size
         ? { cols: req.pty.size.cols, rows: req.pty.size.rows }
         : req.pty
