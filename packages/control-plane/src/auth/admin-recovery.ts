@@ -54,7 +54,7 @@ export async function recoverAdminKey(opts: {
 }): Promise<{ id: string; key: string; tenantId: string }> {
   if (!fs.existsSync(opts.dbFile)) {
     throw new Error(
-      `no control plane database at ${opts.dbFile}: start the control plane once (firebreak up; it prints an admin key on its first start), or pass the --state-dir it uses`,
+      `no control plane database at ${opts.dbFile}: start the control plane once (firebreak up; it stores an admin key root-only in <state dir>/admin-key on its first start), or pass the --state-dir it uses`,
     );
   }
   const store = new SqliteStore(opts.dbFile);
