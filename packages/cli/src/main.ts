@@ -10,6 +10,7 @@ import { adminKeyCommand } from "./commands/admin-key.ts";
 import { useServer } from "./commands/api-client.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { doctorCommand } from "./commands/doctor.ts";
+import { downCommand } from "./commands/down.ts";
 import { keysCreate, keysList, keysRevoke } from "./commands/keys.ts";
 import {
   allowCidr,
@@ -137,7 +138,9 @@ program
 
 program
   .command("up")
-  .description("start the control plane here: API, local node and store; prints the admin key on first start")
+  .description(
+    "start the control plane here: API, local node and store; creates the admin key on first start (kept root-only in <state-dir>/admin-key)",
+  )
   .option("--listen <host:port>", "address to listen on", "127.0.0.1:3000")
   .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
   .option(
@@ -148,7 +151,24 @@ program
     "--no-local-node",
     "run only the control plane: place sandboxes on nodes that joined it (firebreak node --join)",
   )
+  .option(
+    "-d, --detach",
+    "run in the background and return once it listens (log: <state-dir>/firebreak-up.log; stop: firebreak down)",
+  )
   .action(upCommand);
+
+program
+  .command("down")
+  .description(
+    "stop the running `firebreak up` (service, --detach or foreground): running sandboxes are killed and billed, paused ones kept",
+  )
+  .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
+  .addOption(
+    new Option("--timeout-ms <ms>", "how long to wait for it to stop")
+      .argParser(int("--timeout-ms", 1000, 3600_000))
+      .default(300_000),
+  )
+  .action(downCommand);
 
 program
   .command("node")
@@ -355,7 +375,9 @@ program
 
 program
   .command("doctor")
-  .description("check the host: root, kernel, accelerator (KVM or TCG), QEMU, disk space")
+  .description(
+    "check every host requirement (root, tun, nftables, cgroups, namespaces, disk, QEMU, KVM or why TCG) and print the fix for each; exits 1 when a hard requirement is missing",
+  )
   .option("--json", "print JSON")
   .action(doctorCommand);
 

@@ -51,7 +51,7 @@ describe("firebreak admin-key", { skip: skipUnlessRoot }, () => {
       prefix: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
     });
     assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, /NOT_ROOT.*sudo firebreak admin-key/s);
+    assert.match(r.stderr, /NOT_ROOT.*run it as root/s);
     assert.equal(r.stdout, "");
   });
 });

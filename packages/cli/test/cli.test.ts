@@ -228,18 +228,51 @@ describe("firebreak CLI", { skip: skipUnlessRoot }, () => {
     assert.equal(again.key, first.key);
   });
 
-  test("doctor --json reports the accelerator (kvm or tcg) with a reason", async () => {
+  interface DoctorReport {
+    ok: boolean;
+    checks: { name: string; status: string; detail: string; fix?: string }[];
+    accelerator?: string;
+    acceleratorReason?: string;
+    stateDir: string;
+  }
+
+  test("doctor --json: every host requirement checked and met here, the accelerator (kvm or tcg) with a reason", async () => {
     const r = await runCli(["doctor", "--json"]);
     assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout) as {
-      accelerator: string;
-      acceleratorReason: string;
-      stateDir: string;
-    };
-    assert.ok(["kvm", "tcg"].includes(report.accelerator), report.accelerator);
-    assert.equal(typeof report.acceleratorReason, "string");
-    assert.ok(report.acceleratorReason.length > 5, report.acceleratorReason);
+    const report = JSON.parse(r.stdout) as DoctorReport;
+    assert.equal(report.ok, true, JSON.stringify(report.checks));
+    const names = report.checks.map((c) => c.name);
+    for (const name of [
+      "root",
+      "host tools",
+      "qemu",
+      "disk",
+      "tun",
+      "netns",
+      "nftables",
+      "cgroups",
+      "guest kernel",
+      "accelerator",
+      "service",
+    ]) {
+      assert.ok(names.includes(name), `no ${name} check: ${names.join(", ")}`);
+    }
+    for (const c of report.checks) {
+      assert.notEqual(c.status, "fail", `${c.name}: ${c.detail}`);
+      if (c.status === "warn") assert.ok(c.fix, `${c.name} warns without a fix`);
+    }
+    assert.ok(["kvm", "tcg"].includes(report.accelerator ?? ""), report.accelerator);
+    assert.ok((report.acceleratorReason ?? "").length > 5, report.acceleratorReason);
     assert.equal(report.stateDir, STATE_DIR);
+  });
+
+  test("doctor: a hard requirement missing (too little disk for a build) is a FAIL with its fix, exit 1", async () => {
+    const r = await runCli(["doctor"], { env: { FIREBREAK_MIN_FREE_MIB: String(2 ** 40) } });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout, /^FAIL +disk +.*MiB free, template builds need \d+ MiB/m);
+    assert.match(r.stdout, /^ +fix: free space .*FIREBREAK_STATE_DIR/m);
+    assert.match(r.stdout, /^ok +tun /m);
+    assert.match(r.stdout, /1 hard requirement\(s\) missing/);
   });
 
   test("no space (state dir on a 32 MiB tmpfs): NO_SPACE before building, nothing left", async (t) => {
@@ -269,9 +302,14 @@ describe("firebreak CLI", { skip: skipUnlessRoot }, () => {
     const dir = await smallTmpfs(t, "512k");
     const r = await runCli(["doctor", "--json"], { env: { FIREBREAK_STATE_DIR: dir } });
     assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, /KERNEL_MISSING/);
-    assert.match(r.stderr, /linux-image-\S+-cloud-amd64/);
-    assert.equal(r.stdout, "");
+    const report = JSON.parse(r.stdout) as DoctorReport;
+    assert.equal(report.ok, false);
+    const kernel = report.checks.find((c) => c.name === "guest kernel");
+    assert.equal(kernel?.status, "fail", JSON.stringify(report.checks));
+    assert.match(kernel.detail, /KERNEL_MISSING/);
+    assert.match(kernel.detail, /linux-image-\S+-cloud-amd64/);
+    assert.ok(kernel.fix);
+    assert.equal(report.checks.find((c) => c.name === "disk")?.status, "fail");
     // No half-prepared kernel.
     assert.deepEqual(await listDir(path.join(dir, "kernel")), []);
   });

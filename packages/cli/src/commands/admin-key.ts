@@ -20,7 +20,7 @@ export async function adminKeyCommand(opts: { stateDir?: string; name?: string }
   if (process.getuid?.() !== 0) {
     throw new FirebreakError(
       "NOT_ROOT",
-      "firebreak admin-key writes the control plane's database (root-only): run it as root (sudo firebreak admin-key)",
+      "firebreak admin-key writes the control plane's database (root-only): run it as root (log in as root, or: su -c 'firebreak admin-key')",
     );
   }
   const config = loadConfig({
@@ -32,7 +32,7 @@ export async function adminKeyCommand(opts: { stateDir?: string; name?: string }
   const dbFile = path.join(config.stateDir, "control-plane.db");
   if (!url && !existsSync(dbFile)) {
     process.stderr.write(
-      `error: no control plane database at ${dbFile}: start the control plane once (firebreak up; it prints an admin key on its first start), or pass the --state-dir it uses
+      `error: no control plane database at ${dbFile}: start the control plane once (firebreak up; it stores an admin key root-only in <state dir>/admin-key on its first start), or pass the --state-dir it uses
 `,
     );
     process.exitCode = 1;

@@ -65,7 +65,7 @@ export async function recoverAdminKey(opts: {
   } else {
     if (!fs.existsSync(db.file)) {
       throw new Error(
-        `no control plane database at ${db.file}: start the control plane once (firebreak up; it prints an admin key on its first start), or pass the --state-dir it uses`,
+        `no control plane database at ${db.file}: start the control plane once (firebreak up; it stores an admin key root-only in <state dir>/admin-key on its first start), or pass the --state-dir it uses`,
       );
     }
     store = new SqliteStore(db.file);

@@ -72,13 +72,23 @@ async function ownerAlive(r: SandboxRecord): Promise<boolean> {
   return st !== undefined && (r.ownerStartTime === undefined || st === r.ownerStartTime);
 }
 
-/** QEMU processes named fb-<id>: id -> pid. */
+/**
+ * QEMU processes named fb-<id> in this PID namespace: id -> pid.
+ * INVARIANT: a QEMU in another PID namespace (a container or chroot on this
+ * host running its own Firebreak, with its own run dir) is never ours to
+ * judge: its owner records are not in our run dir, and the pids in them would
+ * mean nothing here. Our own QEMUs share our PID namespace (fb-launch makes no
+ * new one).
+ */
 async function qemuProcesses(): Promise<Map<string, number>> {
   const out = new Map<string, number>();
+  const ownPidNs = await fs.readlink("/proc/self/ns/pid").catch(() => undefined);
   for (const e of await fs.readdir("/proc")) {
     if (!/^\d+$/.test(e)) continue;
     const cmdline = await fs.readFile(`/proc/${e}/cmdline`, "utf8").catch(() => "");
     if (!cmdline.startsWith("qemu-system")) continue;
+    const pidNs = await fs.readlink(`/proc/${e}/ns/pid`).catch(() => undefined);
+    if (ownPidNs !== undefined && pidNs !== ownPidNs) continue;
     const m = /\0-name\0fb-([a-z0-9]{1,20}),/.exec(cmdline);
     if (m?.[1]) out.set(m[1], Number(e));
   }
