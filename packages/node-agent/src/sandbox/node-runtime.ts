@@ -61,6 +61,10 @@ export interface TemplateImage {
   workdir?: string | undefined;
   start?: string | undefined;
   ready?: string | undefined;
+  /** How long `ready` may take after a cold boot. @default 60_000 */
+  readyTimeoutMs?: number | undefined;
+  /** The template's own default shape (else DEFAULT_SHAPE). */
+  shape?: Shape | undefined;
 }
 
 export interface Shape {
@@ -69,6 +73,12 @@ export interface Shape {
 }
 
 export const DEFAULT_SHAPE: Shape = { vcpus: 1, memoryMib: 256 };
+
+/** The shape of a start: what the caller named, else the template's default, else DEFAULT_SHAPE. */
+export function shapeFor(template: TemplateImage, requested: Partial<Shape> = {}): Shape {
+  const defined = Object.fromEntries(Object.entries(requested).filter(([, v]) => v !== undefined));
+  return validateShape({ ...DEFAULT_SHAPE, ...template.shape, ...defined });
+}
 export const SHAPE_LIMITS = { vcpus: { min: 1, max: 8 }, memoryMib: { min: 128, max: 16_384 } };
 
 export interface CreateOptions {
@@ -433,7 +443,7 @@ export class NodeRuntime {
   }
 
   async #createByFastestPath(opts: CreateOptions): Promise<Sandbox> {
-    const shape = validateShape({ ...DEFAULT_SHAPE, ...opts.shape });
+    const shape = shapeFor(opts.template, opts.shape);
     // Refuse a bad policy or a forbidden service binding before anything is made.
     this.egress.validate(opts.network?.policy, opts.network?.tenant);
     const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
@@ -733,7 +743,7 @@ export class NodeRuntime {
     opts: { force?: boolean } = {},
   ): Promise<{ manifest: SnapshotManifest; created: boolean }> {
     if (!template.key) throw new FirebreakError("INTERNAL", "snapshots need a built template (with a key)");
-    const shape = validateShape({ ...DEFAULT_SHAPE, ...shapeIn });
+    const shape = shapeFor(template, shapeIn);
     const key = snapshotKey(template.key, shape, this.kernel, this.accel.accel);
     if (!opts.force) {
       const found = await this.snapshots.find(key);
@@ -762,7 +772,7 @@ export class NodeRuntime {
 
   /** Fills the warm pool of a template and shape to `size` VMs restored from its snapshot. */
   async fillPool(template: TemplateImage, size: number, shapeIn: Partial<Shape> = {}): Promise<void> {
-    const shape = validateShape({ ...DEFAULT_SHAPE, ...shapeIn });
+    const shape = shapeFor(template, shapeIn);
     if (!template.key) throw new FirebreakError("INTERNAL", "warm pools need a built template (with a key)");
     const found = await this.snapshots.find(snapshotKey(template.key, shape, this.kernel, this.accel.accel));
     if (!found.snapshot) {
@@ -798,14 +808,15 @@ export class NodeRuntime {
       })();
     }
     if (ready) {
-      const deadline = Date.now() + 60_000;
+      const limitMs = sb.template.readyTimeoutMs ?? 60_000;
+      const deadline = Date.now() + limitMs;
       for (;;) {
         const { exitCode } = await sb.exec(["/bin/bash", "-l", "-c", ready]);
         if (exitCode === 0) return;
         if (Date.now() > deadline) {
           throw new FirebreakError(
             "SANDBOX_BOOT_FAILED",
-            `the template's ready check \`${ready}\` did not succeed within 60 s (last exit code ${exitCode})`,
+            `the template's ready check \`${ready}\` did not succeed within ${limitMs / 1000} s (last exit code ${exitCode})`,
           );
         }
         await new Promise((r) => setTimeout(r, 100));
