@@ -5,6 +5,7 @@
 // router (no buffering: client-streaming RPCs and large files pass through).
 import { timingSafeEqual } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import { CODE_INTERPRETER_PORT } from "@firebreak/code-interpreter";
 import type { Logger } from "pino";
 import { sha256 } from "../auth/keys.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
@@ -47,7 +48,10 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
   // a pooled socket to a dead sandbox's address would fail the next request.
   const agent = new http.Agent({ keepAlive: false, maxSockets: 256 });
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const token = String(req.headers["x-access-token"] ?? "");
+    // @e2b/code-interpreter sends no X-Access-Token on its /contexts calls,
+    // only E2B-Traffic-Access-Token, which the E2B routes set to the same
+    // sandbox token (trafficAccessToken in the create response).
+    const token = String(req.headers["x-access-token"] ?? req.headers["e2b-traffic-access-token"] ?? "");
     const id = req.headers["e2b-sandbox-id"] ? String(req.headers["e2b-sandbox-id"]) : undefined;
     let rec: SandboxRecord | undefined;
     try {
@@ -63,9 +67,13 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
       return fail(res, 401, "unknown sandbox or wrong X-Access-Token");
     }
     const port = Number(req.headers["e2b-sandbox-port"] ?? 49983);
-    const target = sandboxes.envdEndpoint(rec);
-    if (!target) return fail(res, 502, `sandbox ${rec.id} is ${rec.state}, not running`);
-    if (port !== target.port) return fail(res, 502, `port ${port} is not served in sandbox ${rec.id}`);
+    const envd = sandboxes.envdEndpoint(rec);
+    if (!envd) return fail(res, 502, `sandbox ${rec.id} is ${rec.state}, not running`);
+    // The agent's port, or the code interpreter's (E2B's two sandbox ports), on the same address.
+    if (port !== envd.port && port !== CODE_INTERPRETER_PORT) {
+      return fail(res, 502, `port ${port} is not served in sandbox ${rec.id}`);
+    }
+    const target = { host: envd.host, port };
 
     const headers: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) {

@@ -51,7 +51,10 @@ function created(sb: SandboxService, r: SandboxRecord) {
     alias: r.template,
     clientID: r.nodeId,
     envdVersion: ENVD_VERSION,
-    ...(token ? { envdAccessToken: token } : {}),
+    // SECURITY: trafficAccessToken is the same sandbox token: @e2b/code-interpreter
+    // sends it (E2B-Traffic-Access-Token) on every port-49999 call, including
+    // /contexts where it sends no X-Access-Token, so every call is authenticated.
+    ...(token ? { envdAccessToken: token, trafficAccessToken: token } : {}),
     domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
@@ -103,9 +106,8 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     const rec = await sb.create(
       { keyId: caller.keyId, tenant: caller.tenant },
       {
+        // E2B's create names no shape: the template's default (code-interpreter: 2 vCPU, 1024 MiB).
         template: b.templateID,
-        vcpus: 1,
-        memoryMib: 256,
         timeoutMs: (b.timeout ?? 300) * 1000,
         envVars: b.envVars ?? {},
         metadata: b.metadata ?? {},

@@ -2,6 +2,7 @@
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { buildCodeInterpreterBundle, CODE_INTERPRETER_COMPONENT } from "@firebreak/code-interpreter";
 import { buildAgentBundle } from "@firebreak/guest-agent";
 import {
   buildTemplate,
@@ -18,6 +19,7 @@ import {
   readTemplateSpec,
   resolveSpecFile,
   type Sandbox,
+  shapeFor,
 } from "@firebreak/node-agent";
 import { ENVD_PORT } from "@firebreak/protocol";
 import type {
@@ -222,6 +224,11 @@ export class LocalNode implements NodeClient {
     return (await getTemplate(this.config, name)) !== undefined;
   }
 
+  async templateShape(name: string): Promise<{ vcpus: number; memoryMib: number } | undefined> {
+    const t = await getTemplate(this.config, name);
+    return t ? shapeFor(t) : undefined;
+  }
+
   async buildTemplate(
     source: { name: string } | { spec: unknown },
     onProgress: (p: TemplateBuildProgress) => void,
@@ -240,10 +247,16 @@ export class LocalNode implements NodeClient {
       const { spec, dir } = await readTemplateSpec(specFile);
       const bundleDir = path.join(paths.cacheDir(this.config), "agent");
       await buildAgentBundle(bundleDir);
+      const components: Record<string, string> = {};
+      if (spec.components?.includes(CODE_INTERPRETER_COMPONENT)) {
+        const ci = path.join(paths.cacheDir(this.config), CODE_INTERPRETER_COMPONENT);
+        components[CODE_INTERPRETER_COMPONENT] = (await buildCodeInterpreterBundle(ci)).dir;
+      }
       const built = await buildTemplate(this.config, spec, dir, {
         onProgress,
         runtime: async () => this.runtime,
         agent: { bundleDir, nodeBinary: process.execPath },
+        components,
       });
       onProgress({ step: "snapshot", index: 0, total: 0 });
       await this.runtime.prepareSnapshot(built);

@@ -108,6 +108,8 @@ export interface NodeClient {
 
   listTemplates(): Promise<TemplateInfo[]>;
   hasTemplate(name: string): Promise<boolean>;
+  /** The shape a create of this template gets when it names none; undefined: no such template. */
+  templateShape(name: string): Promise<{ vcpus: number; memoryMib: number } | undefined>;
   buildTemplate(
     source: { name: string } | { spec: unknown },
     onProgress: (p: TemplateBuildProgress) => void,

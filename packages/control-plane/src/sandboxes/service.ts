@@ -32,8 +32,10 @@ export interface Caller {
 
 export interface CreateRequest {
   template: string;
-  vcpus: number;
-  memoryMib: number;
+  /** @default the template's default shape */
+  vcpus?: number | undefined;
+  /** @default the template's default shape */
+  memoryMib?: number | undefined;
   timeoutMs: number;
   envVars: Record<string, string>;
   metadata: Record<string, string>;
@@ -168,12 +170,16 @@ export class SandboxService {
         );
       }
     }
-    if (!(await this.#node.hasTemplate(req.template))) {
+    const templateShape = await this.#node.templateShape(req.template);
+    if (!templateShape) {
       throw new ApiError(
         "TEMPLATE_NOT_FOUND",
         `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates {"name": "${req.template}"}`,
       );
     }
+    // A create that names no shape gets the template's (code-interpreter: 2 vCPU, 1024 MiB).
+    const vcpus = req.vcpus ?? templateShape.vcpus;
+    const memoryMib = req.memoryMib ?? templateShape.memoryMib;
     const networkPolicy = req.networkPolicy
       ? await this.#checkPolicy(caller.tenant.id, req.networkPolicy, "network.policy")
       : null;
@@ -187,8 +193,8 @@ export class SandboxService {
       nodeSandboxId: null,
       template: req.template,
       state: "requested",
-      vcpus: req.vcpus,
-      memoryMib: req.memoryMib,
+      vcpus,
+      memoryMib,
       metadata: req.metadata,
       createdAt: now,
       readyAt: null,
@@ -210,8 +216,8 @@ export class SandboxService {
     if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
     await this.#event(id, "requested", {
       template: req.template,
-      vcpus: req.vcpus,
-      memoryMib: req.memoryMib,
+      vcpus,
+      memoryMib,
       timeoutMs: req.timeoutMs,
       key: caller.keyId,
       ...(parent ? { parentId: parent.id, rootId: rec.rootId } : {}),
@@ -226,8 +232,8 @@ export class SandboxService {
       try {
         const started = await this.#node.create({
           template: req.template,
-          vcpus: req.vcpus,
-          memoryMib: req.memoryMib,
+          vcpus,
+          memoryMib,
           envVars: { ...req.envVars, FIREBREAK_SANDBOX_ID: id, FIREBREAK_SANDBOX_TOKEN: token },
           ...(networkPolicy ? { network: { policy: networkPolicy, tenant: caller.tenant.id } } : {}),
         });

@@ -151,6 +151,12 @@ export class FakeNode implements NodeClient {
   async hasTemplate(name: string) {
     return this.templates.has(name);
   }
+  /** Shapes of templates that have their own default (others: 1 vCPU, 256 MiB). */
+  readonly templateShapes = new Map<string, { vcpus: number; memoryMib: number }>();
+  async templateShape(name: string) {
+    if (!this.templates.has(name)) return undefined;
+    return this.templateShapes.get(name) ?? { vcpus: 1, memoryMib: 256 };
+  }
   async buildTemplate(
     source: { name: string } | { spec: unknown },
     onProgress: (p: { step: string; index: number; total: number }) => void,
