@@ -61,6 +61,8 @@ class Context {
   tail: Promise<void> = Promise.resolve();
   queued = 0;
   removed = false;
+  /** Its kernels import the heavy libraries while starting. */
+  preload = false;
 
   constructor(id: string, language: string, family: KernelFamily, cwd: string) {
     this.id = id;
@@ -112,9 +114,14 @@ export class Contexts {
     return family;
   }
 
-  /** Starts the default contexts of these languages (before the service reports healthy). */
+  /**
+   * Starts the default contexts of these languages (before the service
+   * reports healthy). Their kernels also import the heavy libraries up front
+   * (FIREBREAK_CI_PRELOAD=1: numpy, pandas, matplotlib in Python); kernels
+   * of later contexts start lighter.
+   */
   async preload(languages: string[]): Promise<void> {
-    await Promise.all(languages.map((l) => this.defaultContext(normalizeLanguage(l))));
+    await Promise.all(languages.map((l) => this.defaultContext(normalizeLanguage(l), true)));
   }
 
   list(): ContextInfo[] {
@@ -126,7 +133,7 @@ export class Contexts {
     return ctx.info();
   }
 
-  async #create(language: string, cwd: string): Promise<Context> {
+  async #create(language: string, cwd: string, preload = false): Promise<Context> {
     const family = this.#family(language);
     if (!cwd.startsWith("/")) throw new ContextError(400, `cwd ${cwd} must be an absolute path`);
     const st = await fs.stat(cwd).catch(() => undefined);
@@ -138,6 +145,7 @@ export class Contexts {
       );
     }
     const ctx = new Context(randomUUID(), language, family, cwd);
+    ctx.preload = preload;
     this.#contexts.set(ctx.id, ctx);
     try {
       await this.#kernelOf(ctx);
@@ -148,11 +156,11 @@ export class Contexts {
     return ctx;
   }
 
-  async defaultContext(language: string): Promise<Context> {
+  async defaultContext(language: string, preload = false): Promise<Context> {
     this.#family(language);
     let p = this.#defaults.get(language);
     if (!p) {
-      p = this.#create(language, this.#opts.workdir);
+      p = this.#create(language, this.#opts.workdir, preload);
       this.#defaults.set(language, p);
       p.catch(() => this.#defaults.delete(language));
     }
@@ -177,7 +185,15 @@ export class Contexts {
       try {
         const spec = this.#opts.specs[ctx.family]!;
         const kernel = await Kernel.start(
-          { ...spec, cwd: ctx.cwd, env: { ...this.#opts.baseEnv, ...spec.env } },
+          {
+            ...spec,
+            cwd: ctx.cwd,
+            env: {
+              ...this.#opts.baseEnv,
+              ...spec.env,
+              ...(ctx.preload ? { FIREBREAK_CI_PRELOAD: "1" } : {}),
+            },
+          },
           { startTimeoutMs: this.#opts.startTimeoutMs },
         );
         if (ctx.removed) {
@@ -305,6 +321,8 @@ export class Contexts {
     const ex = kernel.execute(code);
     const onAbort = () => void kernel.interrupt();
     signal.addEventListener("abort", onAbort, { once: true });
+    // The client may have gone while the prelude ran: the listener would never fire.
+    if (signal.aborted) onAbort();
     let errored = false;
     let lastSent = Date.now();
     const send = async (e: OutputEvent) => {

@@ -4,8 +4,9 @@
   ``e2b/data`` (columns as lists), matplotlib figures also carry ``e2b/chart``
   (chart type, labels, ticks and the plotted data), dicts and lists carry
   ``application/json``.
-- numpy, pandas and matplotlib are imported while the kernel starts (before
-  the template snapshot is taken), so a cell's ``import pandas`` is instant.
+- numpy, pandas and matplotlib are imported while a default context's kernel
+  starts (FIREBREAK_CI_PRELOAD=1; before the template snapshot is taken), so a
+  cell's ``import pandas`` is instant there. Other contexts start lighter.
 - PIL's ``Image.show()`` displays the image instead of looking for a viewer.
 """
 
@@ -126,6 +127,9 @@ def _patch_pil():
 
 
 def load_ipython_extension(ip):
+    import os
+
     _register(ip)
-    _preload()
+    if os.environ.pop("FIREBREAK_CI_PRELOAD", "") == "1":
+        _preload()
     _patch_pil()
