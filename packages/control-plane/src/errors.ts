@@ -31,6 +31,11 @@ export const API_ERRORS = {
     description: "Too many requests for this tenant (requestsPerMinute); retry after Retry-After seconds.",
   },
   CAPACITY_EXHAUSTED: { status: 503, description: "The node has no room for another sandbox of that shape." },
+  NODE_UNAVAILABLE: {
+    status: 503,
+    description:
+      "The node holding the sandbox did not answer (down, restarting or unreachable); retry later.",
+  },
   SANDBOX_BOOT_FAILED: { status: 502, description: "The VM did not boot or its agent did not become ready." },
   AGENT_ERROR: {
     status: 502,
@@ -80,6 +85,8 @@ const NODE_CODES: Record<FirebreakError["code"], ApiErrorCode> = {
   SHAPE_INVALID: "VALIDATION_FAILED",
   CAPACITY_EXHAUSTED: "CAPACITY_EXHAUSTED",
   AGENT_ERROR: "AGENT_ERROR",
+  NODE_UNAVAILABLE: "NODE_UNAVAILABLE",
+  NODE_AUTH_FAILED: "INTERNAL",
   INTERNAL: "INTERNAL",
 };
 

@@ -3,7 +3,7 @@
  * it as root; it prepares the process and then executes QEMU with nothing
  * root could give it by mistake:
  *
- *   fb-launch --uid U --gid G [--netns PATH] [--tap NAME --tap-fd N]
+ *   fb-launch --uid U --gid G [--parent PID] [--netns PATH] [--tap NAME --tap-fd N]
  *             [--cgroup-procs FILE]... [--readonly-root] -- PROGRAM ARGS...
  *
  * In order:
@@ -20,7 +20,8 @@
  *     (its disks, sockets and saved state are descriptors it inherited);
  *  5. drops root for good: bounding set emptied, no supplementary groups,
  *     gid and uid set (real, effective, saved), capabilities and ambient set
- *     cleared, no_new_privs;
+ *     cleared, no_new_privs; and asks for SIGKILL when the node process
+ *     (its parent) dies, so no VM outlives its supervisor;
  *  6. executes PROGRAM (looked up in PATH).
  *
  * Any failure prints one line on stderr and exits 126 without running
@@ -34,6 +35,7 @@
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,7 +149,7 @@ static void readonly_root(void) {
   fclose(f);
 }
 
-static void drop_root(uid_t uid, gid_t gid) {
+static void drop_root(uid_t uid, gid_t gid, long parent) {
   // The bounding set first: dropping it needs CAP_SETPCAP, which setuid removes.
   for (int cap = 0; cap <= 63; cap++) {
     if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) die("PR_CAPBSET_DROP");
@@ -163,6 +165,14 @@ static void drop_root(uid_t uid, gid_t gid) {
   if (syscall(SYS_capset, &hdr, data) != 0) die("capset");
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) die("ambient");
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("PR_SET_NO_NEW_PRIVS");
+  // Set after the uid change (which clears it): if the node process dies, its
+  // VMs die with it instead of running on unsupervised and unbilled. It
+  // survives the exec of QEMU.
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("PR_SET_PDEATHSIG");
+  if (parent > 0 && getppid() != (pid_t)parent) {
+    errno = 0;
+    die("the node process is already gone");
+  }
   if (getuid() != uid || geteuid() != uid || getgid() != gid || getegid() != gid) {
     errno = 0;
     die("ids did not change");
@@ -170,7 +180,7 @@ static void drop_root(uid_t uid, gid_t gid) {
 }
 
 int main(int argc, char **argv) {
-  long uid = -1, gid = -1, tap_fd = -1;
+  long uid = -1, gid = -1, tap_fd = -1, parent = -1;
   const char *netns = NULL, *tap = NULL;
   const char *cgroups[MAX_CGROUPS];
   int ncgroups = 0, ro = 0, i = 1;
@@ -192,6 +202,7 @@ int main(int argc, char **argv) {
     if (strcmp(a, "--uid") == 0) uid = parse_id(v, "--uid");
     else if (strcmp(a, "--gid") == 0) gid = parse_id(v, "--gid");
     else if (strcmp(a, "--netns") == 0) netns = v;
+    else if (strcmp(a, "--parent") == 0) parent = parse_id(v, "--parent");
     else if (strcmp(a, "--tap") == 0) tap = v;
     else if (strcmp(a, "--tap-fd") == 0) tap_fd = parse_id(v, "--tap-fd");
     else if (strcmp(a, "--cgroup-procs") == 0 && ncgroups < MAX_CGROUPS) cgroups[ncgroups++] = v;
@@ -203,14 +214,14 @@ int main(int argc, char **argv) {
   // SECURITY: never run the program as root, and never without an explicit id.
   if (uid <= 0 || gid <= 0 || i >= argc || (tap && tap_fd < 3) || (!tap && tap_fd >= 0)) {
     errno = 0;
-    die("usage: fb-launch --uid U --gid G [--netns P] [--tap NAME --tap-fd N] [--cgroup-procs F]... "
+    die("usage: fb-launch --uid U --gid G [--parent PID] [--netns P] [--tap NAME --tap-fd N] [--cgroup-procs F]... "
         "[--readonly-root] -- PROGRAM ARGS...");
   }
   for (int c = 0; c < ncgroups; c++) join_cgroup(cgroups[c]);
   if (netns) join_netns(netns);
   if (tap) open_tap(tap, (int)tap_fd);
   if (ro) readonly_root();
-  drop_root((uid_t)uid, (gid_t)gid);
+  drop_root((uid_t)uid, (gid_t)gid, parent);
   execvp(argv[i], &argv[i]);
   die(argv[i]);
   return 126;

@@ -14,6 +14,8 @@ export const ERROR_CODES = {
   SHAPE_INVALID: "The requested vCPUs, memory or disk are out of range.",
   CAPACITY_EXHAUSTED: "The node has no room for another sandbox of that shape.",
   AGENT_ERROR: "The guest agent answered with an error.",
+  NODE_UNAVAILABLE: "The node daemon did not answer (down, restarting or unreachable).",
+  NODE_AUTH_FAILED: "The node daemon refused the caller's credential.",
   INTERNAL: "An unexpected internal error.",
 } as const;
 

@@ -1,4 +1,18 @@
 export { loadConfig, type NodeConfig, paths } from "./config.ts";
+export { type EnvdThroughNode, type NodeAddress, NodeDaemonClient } from "./daemon/client.ts";
+export { defaultSocket, loadIdentity, type NodeIdentity, saveIdentity } from "./daemon/identity.ts";
+export type {
+  CreateSpec,
+  NodeReport,
+  SandboxStatus,
+  StartedInfo,
+  TemplateInfo as NodeTemplateInfo,
+  TemplateReport,
+  Usage,
+} from "./daemon/node-service.ts";
+export { NODE_VERSION, NodeService } from "./daemon/node-service.ts";
+export { type NodeDaemon, type NodeDaemonOptions, runNodeDaemon } from "./daemon/run.ts";
+export { type DaemonListen, startDaemon } from "./daemon/server.ts";
 export {
   EgressError,
   type EgressErrorCode,

@@ -264,9 +264,16 @@ describe("teardown leaves nothing behind", { skip: skipUnlessRoot }, () => {
       "a reconciler touched a sandbox whose owner is alive",
     );
 
-    // The owner dies without any cleanup.
+    // The owner dies without any cleanup. Its VM dies with it (the jailer set
+    // PR_SET_PDEATHSIG): nothing runs on unsupervised; the rest is the
+    // reconciler's.
     child.kill("SIGKILL");
     await exited;
+    await waitFor(
+      "the QEMU of a dead owner to die with it",
+      async () => !(await leftovers(info.id)).some((p) => p.startsWith("qemu process")),
+      10_000,
+    );
     assert.ok((await leftovers(info.id)).length > 0, "the resources vanished with their owner");
 
     const rt = await NodeRuntime.open(config);

@@ -119,6 +119,11 @@ export class WarmPools {
     for (const p of this.#pools.values()) p.ready = p.ready.filter((s) => s !== sb);
   }
 
+  /** Pool VMs ready or starting (they hold host capacity). */
+  members(): Sandbox[] {
+    return [...this.#pools.values()].flatMap((p) => p.ready);
+  }
+
   status(): PoolStatus[] {
     return [...this.#pools.values()].map((p) => ({
       templateKey: p.key,

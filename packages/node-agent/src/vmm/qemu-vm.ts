@@ -294,7 +294,8 @@ export class QemuVm {
     // namespace and the tap as root, makes every mount read-only for QEMU,
     // then drops to the VM user with no capabilities, no supplementary groups
     // and no_new_privs before it executes QEMU (native/fb-launch.c).
-    const jail = ["--uid", String(spec.uid), "--gid", String(spec.gid)];
+    // --parent: QEMU is killed when this process dies (PR_SET_PDEATHSIG).
+    const jail = ["--uid", String(spec.uid), "--gid", String(spec.gid), "--parent", String(process.pid)];
     if (spec.netnsPath) jail.push("--netns", spec.netnsPath);
     if (spec.tapName) jail.push("--tap", spec.tapName, "--tap-fd", String(FD.tap));
     for (const f of spec.cgroupProcs ?? []) jail.push("--cgroup-procs", f);

@@ -1,0 +1,385 @@
+// A client of one node daemon (server.ts): the typed actions, the sandbox
+// port proxy, and clients for a sandbox's guest agent through that proxy.
+// Used by the control plane (RemoteNode) and by local CLI commands.
+import http from "node:http";
+import https from "node:https";
+import { Readable } from "node:stream";
+import { create } from "@bufbuild/protobuf";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { ENVD_PORT, Filesystem, nodePb, Process } from "@firebreak/protocol";
+import type { EgressPolicy, NormalizedPolicy, PrivateService } from "../egress/index.ts";
+import { fromConnectError } from "./errors.ts";
+import type {
+  CreateSpec,
+  NodeReport,
+  SandboxStatus,
+  StartedInfo,
+  TemplateInfo,
+  Usage,
+} from "./node-service.ts";
+import { PSK_CIPHERS } from "./server.ts";
+
+const { Node } = nodePb;
+
+export interface EnvdThroughNode {
+  process: Client<typeof Process>;
+  filesystem: Client<typeof Filesystem>;
+  /** Plain HTTP against the agent's REST routes (/files, /health); the node adds the token. */
+  fetch: (pathAndQuery: string, init?: RequestInit) => Promise<Response>;
+}
+
+export interface NodeAddress {
+  /** `unix:<socket path>` or `https://host:port` (TLS-PSK). */
+  address: string;
+  /** The node credential. */
+  secret: string;
+}
+
+function usageIn(u: nodePb.UsageSample | undefined): Usage | undefined {
+  if (!u) return undefined;
+  const traffic = Object.fromEntries(
+    Object.entries(u.traffic).map(([k, v]) => [k, { tx: Number(v.tx), rx: Number(v.rx) }]),
+  ) as Usage["traffic"];
+  return {
+    atMs: u.atMs,
+    cpuNanos: Number(u.cpuNanos),
+    memoryBytes: Number(u.memoryBytes),
+    memoryPeakBytes: Number(u.memoryPeakBytes),
+    ...(traffic && Object.keys(traffic).length ? { traffic } : {}),
+  };
+}
+
+function infoIn(i: nodePb.SandboxInfo): StartedInfo {
+  return {
+    id: i.id,
+    accessToken: i.accessToken,
+    path: i.path as StartedInfo["path"],
+    totalMs: i.totalMs,
+    phases: i.phases,
+    ...(i.fallback ? { fallback: i.fallback } : {}),
+    policy: JSON.parse(i.policyJson || "{}") as NormalizedPolicy,
+  };
+}
+
+function statusIn(s: nodePb.SandboxStatus): SandboxStatus {
+  return s.state === "gone"
+    ? { id: s.id, state: "gone", reason: s.reason, crashed: s.crashed }
+    : { id: s.id, state: s.state as "running" | "paused" | "busy" };
+}
+
+function templateIn(t: nodePb.TemplateInfo): TemplateInfo {
+  return {
+    name: t.name,
+    key: t.key,
+    builtAt: t.builtAt,
+    imageBytes: Number(t.imageBytes),
+    packages: t.packages,
+  };
+}
+
+export class NodeDaemonClient {
+  readonly address: string;
+  readonly #secret: string;
+  readonly #agent: http.Agent;
+  readonly #requestOptions: http.RequestOptions;
+  readonly #rpc: Client<typeof Node>;
+  readonly #baseUrl: string;
+
+  constructor(target: NodeAddress) {
+    this.address = target.address;
+    this.#secret = target.secret;
+    if (target.address.startsWith("unix:")) {
+      const socketPath = target.address.slice(5);
+      this.#agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+      this.#requestOptions = { socketPath, agent: this.#agent };
+      this.#baseUrl = "http://node";
+    } else {
+      const psk = Buffer.from(target.secret, "hex");
+      this.#agent = new https.Agent({
+        keepAlive: true,
+        maxSockets: 256,
+        ciphers: PSK_CIPHERS,
+        minVersion: "TLSv1.2",
+        maxVersion: "TLSv1.2",
+        // SECURITY: the pre-shared key authenticates the node; there is no certificate.
+        pskCallback: () => ({ psk, identity: "firebreak-control-plane" }),
+        checkServerIdentity: () => undefined,
+      });
+      this.#requestOptions = { agent: this.#agent };
+      this.#baseUrl = target.address;
+    }
+    this.#rpc = createClient(Node, this.#transport(this.#baseUrl));
+  }
+
+  #transport(baseUrl: string, extra: Interceptor[] = []) {
+    const auth: Interceptor = (next) => async (req) => {
+      req.header.set("authorization", `Bearer ${this.#secret}`);
+      return next(req);
+    };
+    return createConnectTransport({
+      baseUrl,
+      httpVersion: "1.1",
+      nodeOptions: this.#requestOptions,
+      useBinaryFormat: false,
+      interceptors: [auth, ...extra],
+      readMaxBytes: 64 * 1024 * 1024,
+    });
+  }
+
+  async #call<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      throw fromConnectError(e);
+    }
+  }
+
+  report(): Promise<NodeReport> {
+    return this.#call(async () => {
+      const r = await this.#rpc.report({});
+      return {
+        nodeId: r.nodeId,
+        accelerator: r.accelerator,
+        acceleratorReason: r.acceleratorReason,
+        vcpus: r.vcpus,
+        memoryMib: Number(r.memoryMib),
+        committedVcpus: r.committedVcpus,
+        committedMemoryMib: Number(r.committedMemoryMib),
+        freeMemoryMib: Number(r.freeMemoryMib),
+        sandboxes: r.sandboxes,
+        draining: r.draining,
+        version: r.version,
+        templates: r.templates.map((t) => ({
+          name: t.name,
+          key: t.key,
+          image: t.image,
+          snapshot: t.snapshot,
+          warm: t.warm,
+          recentP50Ms: t.recentP50Ms,
+        })),
+      };
+    });
+  }
+
+  create(spec: CreateSpec): Promise<StartedInfo> {
+    return this.#call(async () =>
+      infoIn(
+        await this.#rpc.create({
+          template: spec.template,
+          ...(spec.shape
+            ? { shape: { vcpus: spec.shape.vcpus ?? 0, memoryMib: spec.shape.memoryMib ?? 0 } }
+            : {}),
+          envVars: spec.envVars ?? {},
+          ...(spec.policy
+            ? {
+                policy: {
+                  json: JSON.stringify(spec.policy.policy),
+                  tenant: spec.policy.tenant,
+                  admin: spec.policy.admin ?? false,
+                },
+              }
+            : {}),
+          ...(spec.diskMib !== undefined ? { diskMib: spec.diskMib } : {}),
+          platformId: spec.platformId ?? "",
+        }),
+      ),
+    );
+  }
+
+  kill(id: string, reason: string): Promise<Usage | undefined> {
+    return this.#call(async () => usageIn((await this.#rpc.kill({ id, reason })).last));
+  }
+
+  pause(id: string): Promise<Usage | undefined> {
+    return this.#call(async () => usageIn((await this.#rpc.pause({ id, reason: "pause" })).last));
+  }
+
+  resume(id: string): Promise<{ path: "snapshot"; totalMs: number }> {
+    return this.#call(async () => {
+      const r = await this.#rpc.resume({ id, reason: "resume" });
+      return { path: "snapshot" as const, totalMs: r.totalMs };
+    });
+  }
+
+  fork(id: string, count: number): Promise<StartedInfo[]> {
+    return this.#call(async () => (await this.#rpc.fork({ id, count })).children.map(infoIn));
+  }
+
+  status(ids: string[]): Promise<SandboxStatus[]> {
+    return this.#call(async () => (await this.#rpc.status({ ids })).sandboxes.map(statusIn));
+  }
+
+  usage(ids: string[]): Promise<Map<string, Usage>> {
+    return this.#call(async () => {
+      const r = await this.#rpc.usage({ ids });
+      return new Map(Object.entries(r.samples).map(([id, u]) => [id, usageIn(u)!]));
+    });
+  }
+
+  updatePolicy(id: string, policy: EgressPolicy, tenant: string, admin = false): Promise<NormalizedPolicy> {
+    return this.#call(async () => {
+      const r = await this.#rpc.updatePolicy({ id, policy: { json: JSON.stringify(policy), tenant, admin } });
+      return JSON.parse(r.json) as NormalizedPolicy;
+    });
+  }
+
+  listServices(): Promise<PrivateService[]> {
+    return this.#call(async () =>
+      (await this.#rpc.listServices({})).json.map((j) => JSON.parse(j) as PrivateService),
+    );
+  }
+
+  putService(s: PrivateService): Promise<PrivateService> {
+    return this.#call(
+      async () =>
+        JSON.parse((await this.#rpc.putService({ json: JSON.stringify(s) })).json) as PrivateService,
+    );
+  }
+
+  removeService(name: string): Promise<boolean> {
+    return this.#call(async () => (await this.#rpc.removeService({ name })).removed);
+  }
+
+  listTemplates(): Promise<TemplateInfo[]> {
+    return this.#call(async () => (await this.#rpc.listTemplates({})).templates.map(templateIn));
+  }
+
+  buildTemplate(
+    source: { name: string } | { spec: unknown },
+    onProgress: (p: { step: string; index: number; total: number; detail?: string }) => void,
+  ): Promise<TemplateInfo> {
+    return this.#call(async () => {
+      const req = create(nodePb.BuildRequestSchema, {
+        source:
+          "name" in source
+            ? { case: "name", value: source.name }
+            : { case: "specJson", value: JSON.stringify(source.spec) },
+      });
+      let done: TemplateInfo | undefined;
+      for await (const ev of this.#rpc.buildTemplate(req)) {
+        if (ev.event.case === "progress") {
+          const p = ev.event.value;
+          onProgress({
+            step: p.step,
+            index: p.index,
+            total: p.total,
+            ...(p.detail ? { detail: p.detail } : {}),
+          });
+        } else if (ev.event.case === "done") done = templateIn(ev.event.value);
+      }
+      if (!done) throw new Error("the node ended the build without a result");
+      return done;
+    });
+  }
+
+  deleteTemplate(name: string): Promise<boolean> {
+    return this.#call(async () => (await this.#rpc.deleteTemplate({ name })).removed);
+  }
+
+  setPool(template: string, size: number, shape?: { vcpus: number; memoryMib: number }): Promise<void> {
+    return this.#call(async () => {
+      await this.#rpc.setPool({ template, size, ...(shape ? { shape } : {}) });
+    });
+  }
+
+  drain(draining: boolean): Promise<void> {
+    return this.#call(async () => {
+      await this.#rpc.drain({ draining });
+    });
+  }
+
+  /** The guest agent's token while the sandbox lives (undefined: no such sandbox). */
+  accessToken(id: string): Promise<string | undefined> {
+    return this.#call(async () => (await this.#rpc.accessToken({ id, reason: "" })).json || undefined);
+  }
+
+  listSandboxes(): Promise<SandboxStatus[]> {
+    return this.#call(async () => (await this.#rpc.listSandboxes({})).sandboxes.map(statusIn));
+  }
+
+  /**
+   * An HTTP request to a port inside a sandbox, through the node (the node
+   * adds the guest agent's token on its port). The caller writes the body.
+   */
+  portRequest(
+    id: string,
+    port: number,
+    pathAndQuery: string,
+    init: { method?: string; headers?: http.OutgoingHttpHeaders } = {},
+  ): http.ClientRequest {
+    const headers: http.OutgoingHttpHeaders = { ...init.headers };
+    // The caller's Authorization (the envd user) travels under another name.
+    if (headers.authorization !== undefined) {
+      headers["x-firebreak-envd-authorization"] = headers.authorization;
+    }
+    headers.authorization = `Bearer ${this.#secret}`;
+    const opts: http.RequestOptions = {
+      ...this.#requestOptions,
+      method: init.method ?? "GET",
+      path: `/sandboxes/${encodeURIComponent(id)}/ports/${port}${pathAndQuery.startsWith("/") ? "" : "/"}${pathAndQuery}`,
+      headers,
+    };
+    if (this.#baseUrl.startsWith("https:")) {
+      const u = new URL(this.#baseUrl);
+      return https.request({ ...opts, host: u.hostname, port: u.port });
+    }
+    return http.request(opts);
+  }
+
+  /** Clients for a sandbox's guest agent (envd) through this node. */
+  envd(id: string, user?: string): EnvdThroughNode {
+    const base = `${this.#baseUrl}/sandboxes/${encodeURIComponent(id)}/ports/${ENVD_PORT}`;
+    const asUser: Interceptor = (next) => async (req) => {
+      if (user) req.header.set("x-firebreak-envd-authorization", basic(user));
+      return next(req);
+    };
+    const transport = this.#transport(base, [asUser]);
+    return {
+      process: createClient(Process, transport),
+      filesystem: createClient(Filesystem, transport),
+      fetch: (p, init = {}) => this.#fetch(id, p, init, user),
+    };
+  }
+
+  #fetch(id: string, pathAndQuery: string, init: RequestInit, user?: string): Promise<Response> {
+    return new Promise((resolve, reject) => {
+      const headers: http.OutgoingHttpHeaders = {};
+      new Headers(init.headers).forEach((v, k) => {
+        headers[k] = v;
+      });
+      if (user) headers.authorization = basic(user);
+      const req = this.portRequest(id, ENVD_PORT, pathAndQuery, { method: init.method ?? "GET", headers });
+      req.on("response", (res) => {
+        const h = new Headers();
+        for (let i = 0; i < res.rawHeaders.length; i += 2)
+          h.append(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
+        const status = res.statusCode ?? 502;
+        const body =
+          status === 204 || status === 304 || init.method === "HEAD"
+            ? null
+            : (Readable.toWeb(res) as ReadableStream<Uint8Array>);
+        if (!body) res.resume();
+        resolve(new Response(body, { status, headers: h }));
+      });
+      req.on("error", reject);
+      init.signal?.addEventListener("abort", () => req.destroy(new Error("aborted")), { once: true });
+      const body = init.body;
+      if (body === undefined || body === null) req.end();
+      else if (typeof body === "string" || body instanceof Uint8Array) req.end(body);
+      else if (body instanceof ReadableStream) {
+        Readable.fromWeb(body as import("node:stream/web").ReadableStream).pipe(req);
+      } else if (body instanceof Blob) {
+        void body.arrayBuffer().then((b) => req.end(Buffer.from(b)), reject);
+      } else req.end(String(body));
+    });
+  }
+
+  close(): void {
+    this.#agent.destroy();
+  }
+}
+
+function basic(user: string): string {
+  return `Basic ${Buffer.from(`${user}:`).toString("base64")}`;
+}
