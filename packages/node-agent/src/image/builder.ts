@@ -566,10 +566,7 @@ async function installNpmPackages(
     {
       allowFailure: true,
       timeoutMs: 20 * 60_000,
-      env: {
-        ...(process.env["HOME"] ? { HOME: process.env["HOME"] } : {}),
-        PATH: `${path.dirname(process.execPath)}:${HOST_PATH}`,
-      },
+      env: await npmEnv(),
       onOutput: (chunk) => {
         for (const line of chunk.split("\n")) if (line.trim()) onLine(line.trim());
       },
@@ -593,6 +590,22 @@ async function installNpmPackages(
   return Object.fromEntries(Object.entries(versions).sort());
 }
 
+/**
+ * The environment npm runs with: the host's registry settings (proxy, extra CA
+ * certificates, npm_config_*), and Debian's /etc/npmrc, which npm would not
+ * read when it runs on set-up's Node (its global config follows the Node prefix).
+ */
+async function npmEnv(): Promise<Record<string, string>> {
+  const env: Record<string, string> = { PATH: `${path.dirname(process.execPath)}:${HOST_PATH}` };
+  const pass = /^(HOME|NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|https?_proxy|no_proxy|npm_config_.*)$/i;
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && pass.test(k)) env[k] = v;
+  const hasGlobal = Object.keys(env).some((k) => k.toLowerCase() === "npm_config_globalconfig");
+  if (!hasGlobal && (await fs.stat("/etc/npmrc").catch(() => undefined))?.isFile()) {
+    env["npm_config_globalconfig"] = "/etc/npmrc";
+  }
+  return env;
+}
+
 /** npm packages to /opt/firebreak/npm, components to /opt/firebreak/<name>: file copies only. */
 async function installExtras(
   rootfs: string,
@@ -604,6 +617,8 @@ async function installExtras(
   if (npmDir) await fs.cp(npmDir, path.join(base, "npm"), { recursive: true, verbatimSymlinks: true });
   for (const [name, dir] of Object.entries(components)) {
     await fs.cp(dir, path.join(base, name), { recursive: true, dereference: true });
+    // Components run as the template's user: their root is readable whatever the source's mode.
+    await fs.chmod(path.join(base, name), 0o755);
   }
 }
 
