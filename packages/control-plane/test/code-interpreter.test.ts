@@ -184,6 +184,13 @@ describe("code interpreter", { skip: skipUnlessRoot }, () => {
     assert.equal((await fetch(`${srv.url}/contexts`, { headers: wrong })).status, 401);
     const right = { ...headers, "e2b-traffic-access-token": shared.trafficAccessToken! };
     assert.equal((await fetch(`${srv.url}/contexts`, { headers: right })).status, 200);
+    // Only E2B's two sandbox ports are forwarded, whatever the token.
+    const otherPort = { ...right, "e2b-sandbox-port": "8888" };
+    assert.equal((await fetch(`${srv.url}/contexts`, { headers: otherPort })).status, 502);
+    // The native routes are tenant-scoped: another tenant's key sees no such sandbox.
+    const stranger = await tenant(admin);
+    const r = await stranger.api.post(`/v1/sandboxes/${shared.sandboxId}/code/execute`, { code: "1" });
+    assert.equal(r.status, 404);
     const other = await Sandbox.connect(shared.sandboxId, SLOW);
     assert.equal(other.trafficAccessToken, shared.trafficAccessToken, "connect returns it too");
   });
@@ -256,8 +263,9 @@ describe("code interpreter", { skip: skipUnlessRoot }, () => {
         const sb = await Sandbox.create({ ...SLOW, timeoutMs: 900_000 });
         ours.push(sb.sandboxId);
         const created = performance.now() - t0;
-        const exec = await sb.runCode(`${i} * 2`, SLOW);
-        return { sb, created, ran: performance.now() - t0, text: exec.text };
+        const exec = await sb.runCode(`f"{${i} * 2} {__import__('random').random()}"`, SLOW);
+        const [text, random] = (exec.text ?? "").split(" ");
+        return { sb, created, ran: performance.now() - t0, text, random };
       }),
     );
     const total = performance.now() - t0;
@@ -269,6 +277,8 @@ describe("code interpreter", { skip: skipUnlessRoot }, () => {
         ok.map((r) => r.text),
         Array.from({ length: 20 }, (_, i) => String(i * 2)),
       );
+      // Clones of one snapshot, reseeded before their first cell: no two draw the same number.
+      assert.equal(new Set(ok.map((r) => r.random)).size, 20, JSON.stringify(ok.map((r) => r.random)));
       const paths = await Promise.all(
         ok.map(async (r) => (await t.api.get(`/v1/sandboxes/${r.sb.sandboxId}`)).json.startPath as string),
       );
