@@ -6,6 +6,7 @@ import { FirebreakApiError } from "@firebreak/sdk";
 // server (FIREBREAK_URL, FIREBREAK_API_KEY), and so do `run` and `template`
 // when both are set.
 import { Command, InvalidArgumentError, Option } from "commander";
+import { adminKeyCommand } from "./commands/admin-key.ts";
 import { useServer } from "./commands/api-client.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { doctorCommand } from "./commands/doctor.ts";
@@ -18,6 +19,7 @@ import {
   servicesDelete,
   servicesList,
 } from "./commands/network.ts";
+import { nodeCommand } from "./commands/node.ts";
 import { sandboxRepl } from "./commands/repl.ts";
 import { runCommand } from "./commands/run.ts";
 import {
@@ -144,6 +146,31 @@ program
   .option("--listen <host:port>", "address to listen on", "127.0.0.1:3000")
   .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
   .action(upCommand);
+
+program
+  .command("node")
+  .description(
+    "run this host's node daemon: owns its VMs, serves the node API on a root-only socket, and with --listen/--join serves a control plane elsewhere",
+  )
+  .option(
+    "--listen <host:port>",
+    "also serve the node API on TCP (TLS with the node credential as pre-shared key)",
+  )
+  .option("--advertise <url>", "the address control planes use (default: the --listen address)")
+  .option("--join <url>", "register with the control plane at this URL")
+  .option("--token <token>", "join token (POST /v1/nodes/join-tokens on the control plane)")
+  .option("--node-id <id>", "this node's id on first start (default: n-<random>)")
+  .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
+  .action(nodeCommand);
+
+program
+  .command("admin-key")
+  .description(
+    "mint a new admin API key straight into the state dir's database (root; works with or without a running server); prints only the key",
+  )
+  .option("--state-dir <dir>", "state directory (default: FIREBREAK_STATE_DIR or /var/lib/firebreak)")
+  .option("--name <name>", "the key's name", "admin (firebreak admin-key)")
+  .action(adminKeyCommand);
 
 const sandbox = program
   .command("sandbox")

@@ -2,6 +2,9 @@
 // server) against the SDK's contract fixture: output, --json, exit codes and
 // errors that say how to fix them. No VMs, no root.
 import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { ADMIN_KEY, type Fixture, startFixture } from "../../sdk/test/fixture-server.ts";
 import { runCli } from "./api-helpers.ts";
@@ -16,7 +19,7 @@ const bodyOf = (re: RegExp) => {
   return JSON.parse(r.body) as Record<string, unknown>;
 };
 
-describe("CLI over the API (fixture server)", { timeout: 120_000 }, () => {
+describe("CLI over the API (fixture server)", { timeout: 300_000 }, () => {
   before(async () => {
     fx = await startFixture();
   });
@@ -163,6 +166,21 @@ describe("CLI over the API (fixture server)", { timeout: 120_000 }, () => {
     const noFile = await cli(["template", "build", "./does-not-exist.json"]);
     assert.equal(noFile.code, 1);
     assert.match(noFile.stderr, /TEMPLATE_NOT_FOUND.*does-not-exist\.json/);
+  });
+
+  test("template build of a spec with files over a server: refused before anything is sent (exit 2)", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "fb-cli-spec-"));
+    try {
+      const spec = path.join(dir, "t.json");
+      await writeFile(spec, JSON.stringify({ name: "withfiles", files: [{ src: "a.txt", dest: "/a.txt" }] }));
+      const before = fx.requests.length;
+      const r = await cli(["template", "build", spec]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /TEMPLATE_SPEC_INVALID.*files\[\] cannot be sent to a server/);
+      assert.equal(fx.requests.length, before, "nothing was sent");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test("keys create / list / revoke", async () => {

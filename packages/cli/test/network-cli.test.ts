@@ -86,7 +86,7 @@ describe("CLI: egress policy and private services", { timeout: 120_000 }, () => 
       "--allow-domain",
       "api.good.test",
       "--allow-cidr",
-      "10.0.0.0/8:5432",
+      "11.0.0.0/8:5432",
       "--internet",
       "--service",
       "api.internal",
@@ -98,14 +98,14 @@ describe("CLI: egress policy and private services", { timeout: 120_000 }, () => 
     assert.equal(got.code, 0, got.stderr);
     assert.deepEqual(JSON.parse(got.stdout).policy, {
       internet: true,
-      allow: [{ cidr: "10.0.0.0/8", ports: [5432], protocol: "any" }],
+      allow: [{ cidr: "11.0.0.0/8", ports: [5432], protocol: "any" }],
       allowDomains: ["api.good.test"],
       services: ["api.internal"],
       networks: [],
     });
     const text = await cli(["sandbox", "network", "get", id]);
     assert.match(text.stdout, /internet:\s+allowed/);
-    assert.match(text.stdout, /allow:\s+10\.0\.0\.0\/8:5432/);
+    assert.match(text.stdout, /allow:\s+11\.0\.0\.0\/8:5432/);
 
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), "fb-cli-net-"));
     const file = path.join(dir, "f.json");

@@ -14,6 +14,32 @@ export interface ControlPlaneConfig {
   defaultLimits: TenantLimits;
   /** Largest JSON body accepted. @default 1 MiB */
   maxJsonBytes: number;
+  /**
+   * vCPUs the node may commit per host CPU (node admission). @default
+   * FIREBREAK_VCPU_OVERCOMMIT or 8 (sandboxes are mostly idle; CPU contention
+   * costs latency, not safety)
+   */
+  vcpuOvercommit: number;
+  /**
+   * Memory the node may commit per MiB of host memory, counting each sandbox
+   * as its guest memory plus `sandboxOverheadMib`. @default
+   * FIREBREAK_MEMORY_OVERCOMMIT or 1 (no overcommit: a guest may touch all its memory)
+   */
+  memoryOvercommit: number;
+  /** Host memory charged per sandbox on top of its guest memory (its cgroup allows this much more). @default 256 */
+  sandboxOverheadMib: number;
+  /** Retry-After (seconds) of a 503 CAPACITY_EXHAUSTED from node admission. @default 10 */
+  capacityRetryAfterSeconds: number;
+  /**
+   * How long a sandbox may stay paused before the reaper kills it (final
+   * usage record, reason `paused_retention`). @default FIREBREAK_PAUSED_RETENTION_MS or 7 days
+   */
+  pausedRetentionMs: number;
+  /**
+   * How long a command may take to start (the agent's `start` event) before
+   * the request fails with AGENT_ERROR. @default 60_000
+   */
+  commandStartTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -21,15 +47,34 @@ export const DEFAULT_LIMITS: TenantLimits = {
   maxVcpus: 64,
   maxMemoryMib: 65_536,
   requestsPerMinute: 6_000,
+  maxKeys: 100,
+  maxPausedMib: 32_768,
 };
+
+/** A positive number from the environment, or the default; anything else is refused at start. */
+function positive(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new Error(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlaneConfig {
   return {
     defaultTimeoutMs: 300_000,
-    maxTimeoutMs: Number(env["FIREBREAK_MAX_TIMEOUT_MS"] ?? 24 * 3600_000),
+    maxTimeoutMs: positive(env, "FIREBREAK_MAX_TIMEOUT_MS", 24 * 3600_000),
     usageIntervalMs: 5_000,
     reaperIntervalMs: 250,
     defaultLimits: DEFAULT_LIMITS,
     maxJsonBytes: 1024 * 1024,
+    vcpuOvercommit: positive(env, "FIREBREAK_VCPU_OVERCOMMIT", 8),
+    memoryOvercommit: positive(env, "FIREBREAK_MEMORY_OVERCOMMIT", 1),
+    sandboxOverheadMib: 256,
+    capacityRetryAfterSeconds: 10,
+    pausedRetentionMs: positive(env, "FIREBREAK_PAUSED_RETENTION_MS", 7 * 24 * 3600_000),
+    commandStartTimeoutMs: 60_000,
   };
 }

@@ -41,6 +41,15 @@ export const API_ERRORS = {
     status: 502,
     description: "The sandbox's guest agent answered with an error or not at all.",
   },
+  GUEST_RESPONSE_INVALID: {
+    status: 502,
+    description:
+      "Something in the sandbox answered with bytes that are not a valid answer (status outside 200-599, malformed or oversized headers, a Connect frame that does not parse).",
+  },
+  GUEST_RESPONSE_TOO_LARGE: {
+    status: 502,
+    description: "An answer from the sandbox that the control plane reads whole is larger than its limit.",
+  },
   TEMPLATE_BUILD_FAILED: {
     status: 422,
     description: "A template build failed (spec invalid or a step failed).",
@@ -93,6 +102,7 @@ const NODE_CODES: Record<FirebreakError["code"], ApiErrorCode> = {
 /** The egress module's codes (EgressError) on the wire. */
 const EGRESS_CODES: Record<EgressError["code"], ApiErrorCode> = {
   EGRESS_POLICY_INVALID: "VALIDATION_FAILED",
+  EGRESS_CIDR_RESERVED: "VALIDATION_FAILED",
   EGRESS_SERVICE_UNKNOWN: "VALIDATION_FAILED",
   EGRESS_SERVICE_FORBIDDEN: "VALIDATION_FAILED",
   EGRESS_SERVICE_INVALID: "VALIDATION_FAILED",

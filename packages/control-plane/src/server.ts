@@ -2,18 +2,21 @@
 // runs): SQLite store in the state dir, the local node, the sandbox service
 // (reaper, usage sampler, recovery), the HTTP API and the envd proxy.
 import fs from "node:fs";
-import http from "node:http";
 import path from "node:path";
 import { loadConfig } from "@firebreak/node-agent";
 import { getRequestListener } from "@hono/node-server";
 import pino, { type Logger } from "pino";
 import { createApp } from "./api/app.ts";
-import { hashApiKey, newApiKey, newId } from "./auth/keys.ts";
+import { DEFAULT_TENANT_ID, ensureDefaultTenant, mintAdminKey } from "./auth/admin-recovery.ts";
+import { hashApiKey, newId } from "./auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "./config.ts";
-import { envdProxy, isEnvdRequest } from "./e2b/envd-proxy.ts";
+import { envdProxy } from "./e2b/envd-proxy.ts";
 import { ingressDomain } from "./ingress/config.ts";
+import { INGRESS_SECRET_FILE, IngressTokens } from "./ingress/ingress-token.ts";
 import { createIngress } from "./ingress/proxy.ts";
-import { LocalNode } from "./node/local-node.ts";
+import { createListener } from "./listener.ts";
+import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
+import { type InProcessNode, startInProcessNode } from "./node/in-process-node.ts";
 import { SandboxService } from "./sandboxes/service.ts";
 import { SqliteStore } from "./store/sqlite-store.ts";
 import type { Store } from "./store/store.ts";
@@ -52,7 +55,7 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export const DEFAULT_TENANT_ID = "default";
+export { DEFAULT_TENANT_ID };
 
 function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[?([^\]]*)\]?:)?(\d{1,5})$/.exec(listen);
@@ -67,19 +70,19 @@ async function bootstrap(
   adminKey: string | undefined,
   log: Logger,
 ) {
-  if (!(await store.getTenant(DEFAULT_TENANT_ID))) {
-    await store.createTenant({
-      id: DEFAULT_TENANT_ID,
-      name: "default",
-      limits: config.defaultLimits,
-      createdAt: new Date().toISOString(),
-    });
-  }
+  await ensureDefaultTenant(store, config.defaultLimits);
   if (adminKey !== undefined) {
     const hash = hashApiKey(adminKey);
     if (!hash)
       throw new Error("FIREBREAK_ADMIN_KEY must look like fb_<64 hex digits> (openssl rand -hex 32)");
-    if (!(await store.findKeyByHash(hash))) {
+    const existing = await store.findKeyByHash(hash);
+    if (existing?.revokedAt) {
+      log.warn(
+        { keyId: existing.id },
+        "FIREBREAK_ADMIN_KEY was revoked and stays revoked; mint a new admin key on this host with `firebreak admin-key` and use that",
+      );
+    }
+    if (!existing) {
       await store.createKey({
         id: newId("key"),
         tenantId: DEFAULT_TENANT_ID,
@@ -88,23 +91,14 @@ async function bootstrap(
         scopes: ["admin"],
         createdAt: new Date().toISOString(),
         revokedAt: null,
+        createdByKey: null,
       });
       log.info("admin key from FIREBREAK_ADMIN_KEY registered");
     }
     return undefined;
   }
   if ((await store.listKeys(null)).length > 0) return undefined;
-  const { key, hash } = newApiKey();
-  await store.createKey({
-    id: newId("key"),
-    tenantId: DEFAULT_TENANT_ID,
-    name: "admin",
-    hash,
-    scopes: ["admin"],
-    createdAt: new Date().toISOString(),
-    revokedAt: null,
-  });
-  return key;
+  return (await mintAdminKey(store, "admin")).key;
 }
 
 /**
@@ -172,40 +166,42 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     releaseLock();
     throw e;
   }
-  let node: LocalNode | undefined;
+  let node: InProcessNode | undefined;
+  let nodes: NodeDirectory | undefined;
   try {
+    // Ingress tokens are derived from a secret beside the database (ingress-token.ts).
+    const ingressTokens = IngressTokens.open(path.join(path.dirname(dbFile), INGRESS_SECRET_FILE));
     const createdAdminKey = await bootstrap(store, config, opts.adminKey ?? env["FIREBREAK_ADMIN_KEY"], log);
-    node = await LocalNode.open(nodeConfig, (line) => log.info({ component: "node" }, line));
-    const sandboxes = new SandboxService(store, node, config, log);
+    // This machine's node: the node daemon in this process, reached over its
+    // unix socket through the node API, as a node elsewhere would be.
+    node = await startInProcessNode(nodeConfig, (line) => log.info({ component: "node" }, line));
+    nodes = new StaticNodes([node.client]);
+    await nodes.poll();
+    nodes.start();
+    const sandboxes = new SandboxService(store, nodes, config, log);
     const recovered = await sandboxes.recover();
     if (recovered.ended.length || recovered.adopted.length)
       log.info(recovered, "recovered sandboxes after restart");
     sandboxes.start();
 
-    const app = createApp({ store, node, sandboxes, config, log });
+    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens });
     const api = getRequestListener(app.fetch);
-    const proxy = envdProxy(store, sandboxes, log);
     // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
-    // go to a port inside the sandbox, before the envd proxy and the API; only
-    // WebSocket (Upgrade) requests for an ingress target are upgraded.
-    const ingress = createIngress({ store, sandboxes, log, domain: ingressDomain(env) });
-    const server = http.createServer(
-      {
-        shouldUpgradeCallback: (req) => req.headers.upgrade !== undefined && ingress.match(req) !== undefined,
-      },
-      (req, res) => {
-        const target = ingress.match(req);
-        if (target) void ingress.handle(req, res, target);
-        else if (isEnvdRequest(req)) void proxy(req, res);
-        else void api(req, res);
-      },
-    );
-    server.on("upgrade", (req, socket, head) => {
-      const target = ingress.match(req);
-      if (target) void ingress.upgrade(req, socket, head, target);
-      else socket.destroy();
+    // go to a port inside the sandbox, before the envd proxy and the API
+    // (listener.ts routes them).
+    const ingress = createIngress({
+      store,
+      sandboxes,
+      log,
+      domain: ingressDomain(env),
+      tokens: ingressTokens,
     });
-    server.requestTimeout = 0; // long command streams and uploads
+    const server = createListener({
+      ingress,
+      envd: envdProxy(store, sandboxes, log, ingressTokens),
+      api,
+      log,
+    });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => resolve());
@@ -213,11 +209,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     const addr = server.address();
     const boundPort = typeof addr === "object" && addr ? addr.port : port;
     const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
-    log.info({ url, accelerator: node.info().accelerator }, "control plane listening");
+    log.info({ url, accelerator: node.client.info().accelerator }, "control plane listening");
+    const localClient = node.client;
     for (const [template, size] of Object.entries(opts.warmPools ?? {})) {
       if (size > 0) {
-        void node
-          .warm(template, size)
+        void localClient
+          .setPool(template, size)
           .then(() => log.info({ template, size }, "warm pool filled"))
           .catch((e: Error) => log.warn({ template, err: e.message }, "warm pool not filled"));
       }
@@ -229,6 +226,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       )(createdAdminKey);
     }
     const localNode = node;
+    const directory = nodes;
     let closing: Promise<void> | undefined;
     return {
       url,
@@ -241,6 +239,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
             server.closeAllConnections();
           });
           await sandboxes.close();
+          await directory.close();
           await localNode.close();
           store.close();
           releaseLock();
@@ -250,6 +249,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       },
     };
   } catch (e) {
+    await nodes?.close().catch(() => {});
     await node?.close().catch(() => {});
     store.close();
     releaseLock();

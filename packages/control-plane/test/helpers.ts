@@ -98,6 +98,12 @@ export class ServerProcess {
   child: ChildProcess | undefined;
   url = "";
   output = "";
+  /** Extra environment for the child (settings such as FIREBREAK_VCPU_OVERCOMMIT). */
+  readonly #env: Record<string, string>;
+
+  constructor(env: Record<string, string> = {}) {
+    this.#env = env;
+  }
 
   async start(): Promise<void> {
     const child = spawn(
@@ -109,6 +115,7 @@ export class ServerProcess {
           FIREBREAK_ADMIN_KEY: ADMIN_KEY,
           FIREBREAK_LOG_LEVEL: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "warn",
           FIREBREAK_USAGE_INTERVAL_MS: "500",
+          ...this.#env,
         },
         stdio: ["ignore", "pipe", "pipe"],
       },

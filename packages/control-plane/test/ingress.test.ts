@@ -2,8 +2,8 @@
 // streaming route) and a WebSocket echo server run inside the sandbox (Python,
 // standard library only) and are reached through the control plane at
 // `<port>-<id>.firebreak.localhost` (Host header) and `/ingress/<id>/<port>/`:
-// with the sandbox's token (header, ?token= then cookie), refused without it,
-// without it once the port is public; 404 for the agent's port and for
+// with the sandbox's ingress token (header, ?token= then cookie), refused
+// without it and with the envd token, served without it once the port is public; 404 for the agent's port and for
 // unknown or ended sandboxes, 502 when nothing listens.
 import assert from "node:assert/strict";
 import http from "node:http";
@@ -43,7 +43,8 @@ class H(BaseHTTPRequestHandler):
         body = json.dumps({
             "path": self.path,
             "host": self.headers.get("Host"),
-            "token": self.headers.get("X-Access-Token"),
+            "token": self.headers.get("X-Firebreak-Ingress-Token"),
+            "envdToken": self.headers.get("X-Access-Token"),
             "cookie": self.headers.get("Cookie"),
             "prefix": self.headers.get("X-Forwarded-Prefix"),
         }).encode()
@@ -173,6 +174,7 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
   const ours: string[] = [];
   let id: string;
   let token: string;
+  let envdToken: string;
   let host: string;
 
   before(async () => {
@@ -182,7 +184,8 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     const c = await api.post("/v1/sandboxes", {});
     assert.equal(c.status, 201, c.text);
     id = c.json.id;
-    token = c.json.envdAccessToken;
+    token = c.json.ingressToken;
+    envdToken = c.json.envdAccessToken;
     ours.push(id);
     host = `8000-${id}.${DOMAIN}`;
     const put = await api.put(`/v1/sandboxes/${id}/files?path=server.py`, {
@@ -198,7 +201,8 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     await waitFor(
       "the sandbox's HTTP server through ingress",
       async () =>
-        (await request(srv.url, "/", { host, headers: { "x-access-token": token } })).status === 200,
+        (await request(srv.url, "/", { host, headers: { "x-firebreak-ingress-token": token } })).status ===
+        200,
       20_000,
     );
   });
@@ -209,7 +213,10 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
   });
 
   test("Host-based: with the token the request reaches the sandbox (token not forwarded); 401 without", async () => {
-    const ok = await request(srv.url, "/hello?a=1", { host, headers: { "x-access-token": token } });
+    const ok = await request(srv.url, "/hello?a=1", {
+      host,
+      headers: { "x-firebreak-ingress-token": token },
+    });
     assert.equal(ok.status, 200, ok.body);
     assert.equal(ok.json.path, "/hello?a=1");
     assert.equal(ok.json.host, host);
@@ -219,8 +226,15 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     assert.equal(none.status, 401);
     assert.equal(none.json.error.code, "UNAUTHENTICATED");
     assert.ok(none.json.error.requestId);
-    const wrong = await request(srv.url, "/hello", { host, headers: { "x-access-token": `${token}x` } });
+    const wrong = await request(srv.url, "/hello", {
+      host,
+      headers: { "x-firebreak-ingress-token": `${token}x` },
+    });
     assert.equal(wrong.status, 401);
+    // The envd token (root exec in the guest) does not open ingress.
+    const envd = await request(srv.url, "/hello", { host, headers: { "x-access-token": envdToken } });
+    assert.equal(envd.status, 401);
+    assert.equal(ok.json.envdToken, null);
 
     // A request body streams to the sandbox and back.
     const bytes = Buffer.alloc(3 * 1024 * 1024, 7);
@@ -228,7 +242,7 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
       host,
       method: "POST",
       body: bytes,
-      headers: { "x-access-token": token, "content-type": "application/octet-stream" },
+      headers: { "x-firebreak-ingress-token": token, "content-type": "application/octet-stream" },
     });
     assert.equal(echo.status, 200);
     assert.equal(echo.body.length, bytes.length);
@@ -241,7 +255,9 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     assert.equal(redirect.headers.location, `${base}/`);
 
     assert.equal((await request(srv.url, `${base}/x`)).status, 401);
-    const viaHeader = await request(srv.url, `${base}/x?q=1`, { headers: { "x-access-token": token } });
+    const viaHeader = await request(srv.url, `${base}/x?q=1`, {
+      headers: { "x-firebreak-ingress-token": token },
+    });
     assert.equal(viaHeader.status, 200);
     assert.equal(viaHeader.json.path, "/x?q=1");
     assert.equal(viaHeader.json.prefix, base);
@@ -264,7 +280,7 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     ] as const) {
       const r = await request(srv.url, path, {
         ...(h ? { host: h } : {}),
-        headers: { "x-access-token": token },
+        headers: { "x-firebreak-ingress-token": token },
       });
       assert.equal(r.status, 200);
       assert.equal(r.body, "chunk 0\nchunk 1\nchunk 2\n");
@@ -278,7 +294,7 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     const u = new URL(srv.url);
     const wsBase = `ws://${u.host}`;
     assert.equal(
-      await wsEcho(`${wsBase}/ws`, { host, "x-access-token": token }, "hi via host"),
+      await wsEcho(`${wsBase}/ws`, { host, "x-firebreak-ingress-token": token }, "hi via host"),
       "echo: hi via host",
     );
     assert.equal(
@@ -289,7 +305,7 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     assert.equal(await wsEcho(`${wsBase}/ingress/${id}/8000/ws`, {}, "no token"), 401);
 
     // Many messages, both directions, on one connection.
-    const ws = new WebSocket(`${wsBase}/ws`, { headers: { host, "x-access-token": token } });
+    const ws = new WebSocket(`${wsBase}/ws`, { headers: { host, "x-firebreak-ingress-token": token } });
     await new Promise((r, j) => {
       ws.once("open", r);
       ws.once("error", j);
@@ -334,7 +350,7 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
   });
 
   test("the agent's port is not served; 502 when nothing listens; 404 for unknown and ended sandboxes", async () => {
-    const auth = { "x-access-token": token };
+    const auth = { "x-firebreak-ingress-token": token };
     // (With the envd headers, 49983-<id>.<domain> is the envd proxy's, as for an E2B SDK.)
     const agent = await request(srv.url, "/health", { host: `49983-${id}.${DOMAIN}` });
     assert.equal(agent.status, 404);
@@ -361,7 +377,7 @@ describe("ingress with a real microVM", { skip: skipUnlessRoot }, () => {
     assert.equal((await api.delete(`/v1/sandboxes/${c.json.id}`)).status, 204);
     const ended = await request(srv.url, "/", {
       host: `8000-${c.json.id}.${DOMAIN}`,
-      headers: { "x-access-token": c.json.envdAccessToken },
+      headers: { "x-firebreak-ingress-token": c.json.ingressToken },
     });
     assert.equal(ended.status, 404);
     assert.equal(

@@ -34,7 +34,13 @@ export {
 } from "./image/builder.ts";
 export { ensureInitramfs } from "./image/initramfs.ts";
 export { ensureKernel, type KernelManifest } from "./image/kernel.ts";
-export { readTemplateSpec, type TemplateSpec } from "./image/template-spec.ts";
+export {
+  isTemplateName,
+  parseTemplateSpec,
+  readTemplateSpec,
+  TEMPLATE_NAME_RE,
+  type TemplateSpec,
+} from "./image/template-spec.ts";
 export {
   BUILTIN_TEMPLATES_DIR,
   builtinTemplates,
@@ -43,6 +49,12 @@ export {
   listTemplates,
   resolveSpecFile,
 } from "./image/template-store.ts";
+export {
+  type EnvdClient,
+  type EnvdClientOptions,
+  envdClient,
+  MAX_ENVD_MESSAGE_BYTES,
+} from "./sandbox/envd-client.ts";
 export {
   type ExecOptions,
   NodeRuntime,

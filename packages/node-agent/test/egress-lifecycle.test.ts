@@ -28,15 +28,17 @@ describe("egress policy object", () => {
       services: [],
       bandwidthKBps: undefined,
       networks: [],
+      grantedBy: undefined,
     });
     const p = normalizePolicy({
-      allow: [{ cidr: "10.1.2.3/8", ports: [443, 80, 443], protocol: "tcp" }, { cidr: "192.0.2.7" }],
+      allow: [{ cidr: "11.1.2.3/8", ports: [443, 80, 443], protocol: "tcp" }, { cidr: "8.8.4.4" }],
       allowDomains: ["API.Example.com.", "*.example.org"],
     });
     assert.deepEqual(p.allow, [
-      { cidr: "10.0.0.0/8", ports: [80, 443], protocol: "tcp" },
-      { cidr: "192.0.2.7/32", ports: "any", protocol: "any" },
+      { cidr: "11.0.0.0/8", ports: [80, 443], protocol: "tcp" },
+      { cidr: "8.8.4.4/32", ports: "any", protocol: "any" },
     ]);
+    assert.equal(p.grantedBy, undefined, "a tenant's policy unless an admin made it");
     assert.deepEqual(p.allowDomains, ["api.example.com", "*.example.org"]);
   });
 
@@ -59,6 +61,91 @@ describe("egress policy object", () => {
     }
   });
 
+  test("special-purpose ranges: a tenant's rule touching one is refused naming it; an admin's may, except inside a hard wall", () => {
+    const tenantRefused: [string, RegExp][] = [
+      ["10.1.0.0/16", /overlaps 10\.0\.0\.0\/8 \(private network, RFC 1918\).*an admin can grant/],
+      ["172.20.0.1", /172\.16\.0\.0\/12/],
+      ["192.168.1.0/24", /192\.168\.0\.0\/16/],
+      ["100.64.0.0/10", /CGNAT/],
+      ["198.18.0.0/15", /benchmarking/],
+      ["192.0.2.7", /TEST-NET-1/],
+      ["198.51.100.0/24", /TEST-NET-2/],
+      ["203.0.113.9", /TEST-NET-3/],
+      ["192.0.0.8", /IETF protocol assignments/],
+      ["192.88.99.1", /6to4/],
+      ["0.0.0.0/0", /overlaps .*an admin can grant/],
+      ["8.0.0.0/4", /overlaps 10\.0\.0\.0\/8/],
+      ["169.254.169.254", /hard wall/],
+      ["168.63.129.16", /hard wall/],
+      ["127.0.0.1", /hard wall/],
+      ["255.255.255.255", /hard wall/],
+    ];
+    for (const [cidr, re] of tenantRefused) {
+      assert.throws(
+        () => normalizePolicy({ allow: [{ cidr: "11.0.0.0/8" }, { cidr }] }),
+        (e: unknown) =>
+          e instanceof EgressError &&
+          e.code === "EGRESS_CIDR_RESERVED" &&
+          e.message.includes("allow.1.cidr") &&
+          re.test(e.message),
+        cidr,
+      );
+    }
+    // An admin may open private and special ranges, and write rules that span walls (the walls hold).
+    for (const cidr of ["10.1.0.0/16", "100.64.0.0/10", "198.18.0.0/15", "0.0.0.0/0", "168.0.0.0/6"]) {
+      assert.equal(normalizePolicy({ grantedBy: "admin", allow: [{ cidr }] }).grantedBy, "admin", cidr);
+    }
+    // A rule wholly inside a hard wall could never take effect: refused for admins too.
+    for (const cidr of ["169.254.169.254", "127.0.0.0/8", "168.63.129.16", "100.100.100.200", "224.0.0.1"]) {
+      assert.throws(
+        () => normalizePolicy({ grantedBy: "admin", allow: [{ cidr }] }),
+        (e: unknown) =>
+          e instanceof EgressError && e.code === "EGRESS_CIDR_RESERVED" && /hard wall/.test(e.message),
+        cidr,
+      );
+    }
+    assert.throws(() => normalizePolicy({ grantedBy: "root" }), { code: "EGRESS_POLICY_INVALID" });
+  });
+
+  test("the manager also refuses a tenant's rule holding one of the host's own addresses", {
+    skip,
+  }, async (t) => {
+    // In a namespace of its own whose only interface has a public address, so
+    // the static list (which holds this host's real addresses) does not decide.
+    // The interface has no carrier (its peer is down): Node does not list it,
+    // the kernel still delivers to its address.
+    const ns = `fbt-ha${uniq()}`;
+    await run("ip", ["netns", "add", ns]);
+    t.after(() => run("ip", ["netns", "del", ns], { allowFailure: true }));
+    await run("ip", ["-n", ns, "-batch", "-"], {
+      input: "link add v0 type veth peer name v1\naddr add 11.9.9.9/24 dev v0\nlink set v0 up\n",
+    });
+    const manager = new URL("../src/egress/egress-manager.ts", import.meta.url).pathname;
+    const script = `
+      const { EgressManager } = await import(${JSON.stringify(manager)});
+      const egress = await EgressManager.open({});
+      const out = {};
+      for (const [k, p] of Object.entries({
+        host: { allow: [{ cidr: "11.9.0.0/16" }] },
+        neighbour: { allow: [{ cidr: "11.8.0.0/16" }] },
+        admin: { grantedBy: "admin", allow: [{ cidr: "11.9.0.0/16" }] },
+      })) {
+        try { egress.validate(p); out[k] = "ok"; } catch (e) { out[k] = e.code + " " + e.message; }
+      }
+      console.log(JSON.stringify(out));`;
+    const r = await run("nsenter", [
+      `--net=/run/netns/${ns}`,
+      process.execPath,
+      "--input-type=module",
+      "-e",
+      script,
+    ]);
+    const out = JSON.parse(r.stdout) as Record<string, string>;
+    assert.match(out["host"]!, /^EGRESS_CIDR_RESERVED .*allow\.0\.cidr 11\.9\.0\.0\/16 holds 11\.9\.9\.9/);
+    assert.equal(out["neighbour"], "ok");
+    assert.equal(out["admin"], "ok", "an admin's rule may span a host address (the wall still holds)");
+  });
+
   test("wildcards match subdomains only", () => {
     assert.ok(domainAllowed(["*.example.com"], "a.example.com"));
     assert.ok(domainAllowed(["*.example.com"], "a.b.example.com."));
@@ -70,7 +157,12 @@ describe("egress policy object", () => {
 
   test("policy text touches only the policy chains and the resolver set, never the walls", () => {
     const text = renderPolicy(
-      normalizePolicy({ internet: true, allow: [{ cidr: "0.0.0.0/0" }], bandwidthKBps: 100 }),
+      normalizePolicy({
+        grantedBy: "admin",
+        internet: true,
+        allow: [{ cidr: "0.0.0.0/0" }],
+        bandwidthKBps: 100,
+      }),
       [{ serviceAddress: "169.254.16.1", port: 5432, targetAddress: "10.0.0.5", targetPort: 5432 }],
       [{ address: "198.51.100.1", timeoutS: 30 }],
     );
@@ -91,14 +183,35 @@ describe("egress policy object", () => {
       "169.254.0.0/16",
       "127.0.0.0/8",
       "100.100.100.200/32",
+      "168.63.129.16/32",
       "192.168.1.20/32",
+      "224.0.0.0/4",
+      "240.0.0.0/4",
     ]) {
       assert.ok(walls.includes(w), w);
     }
     assert.ok(walls.includes("172.17.0.1/32"));
     assert.ok(!walls.includes("10.211.0.4/32"), "already inside the pool wall");
+    assert.ok(
+      !walls.includes("169.254.169.254/32"),
+      "inside 169.254.0.0/16 (nft refuses overlapping elements)",
+    );
+    assert.ok(!walls.includes("255.255.255.255/32"), "inside 240.0.0.0/4");
     const rs = renderRuleset({ hostAddress: "10.211.0.6", sandboxAddress: "10.211.0.7", walls });
-    assert.match(rs, /elements = \{ 0\.0\.0\.0\/8, 127\.0\.0\.0\/8, 169\.254\.0\.0\/16/);
+    assert.match(
+      rs,
+      /elements = \{ 0\.0\.0\.0\/8, 10\.211\.0\.0\/16, 100\.100\.100\.200\/32, 127\.0\.0\.0\/8, 168\.63\.129\.16\/32, 169\.254\.0\.0\/16, /,
+    );
+    // Everything special is outside "the internet" (the private set), the documentation and benchmark ranges included.
+    for (const r of [
+      "10.0.0.0/8",
+      "100.64.0.0/10",
+      "192.0.2.0/24",
+      "198.18.0.0/15",
+      "203.0.113.0/24",
+      "0.0.0.0/8",
+    ])
+      assert.match(rs, new RegExp(`set private \\{[^}]*${r.replace(/[./]/g, "\\$&")}`), r);
   });
 });
 
@@ -205,7 +318,7 @@ describe("egress lifecycle on stand-in guests", { skip }, () => {
           ids.push(id);
           return createStandIn(egress, id, base + batch + i, {
             policy: {
-              allow: [{ cidr: "192.0.2.0/24", ports: [443] }],
+              allow: [{ cidr: "11.2.0.0/24", ports: [443] }],
               allowDomains: ["api.good.test"],
               services: ["db.internal", "api.internal"],
               bandwidthKBps: 10_000,

@@ -76,10 +76,18 @@ describe("egress policy on a stand-in guest", { skip }, () => {
     assert.deepEqual(r.connect.map(connected), [false, false], r.connect.join(", "));
   });
 
-  test("a CIDR/port rule opens exactly that port; the forbidden service stays refused", async () => {
-    const sb = await standIn({
-      allow: [{ cidr: `${world.internal.db}/32`, ports: [world.internal.dbPort], protocol: "tcp" }],
-    });
+  test("an admin's CIDR/port rule opens exactly that private port; the forbidden service stays refused; a tenant cannot make it", async () => {
+    const rule = { cidr: `${world.internal.db}/32`, ports: [world.internal.dbPort], protocol: "tcp" };
+    assert.throws(
+      () => egress.validate({ allow: [rule] }),
+      (e: unknown) =>
+        e instanceof EgressError &&
+        e.code === "EGRESS_CIDR_RESERVED" &&
+        /allow\.0\.cidr .* overlaps 10\.0\.0\.0\/8 \(private network, RFC 1918\).*an admin can grant/.test(
+          e.message,
+        ),
+    );
+    const sb = await standIn({ grantedBy: "admin", allow: [rule] });
     const r = await probe(sb.guestNs, {
       connect: [
         { host: world.internal.db, port: world.internal.dbPort },
@@ -172,9 +180,10 @@ describe("egress policy on a stand-in guest", { skip }, () => {
     assert.ok(!connected(r.connect[0]), r.connect[0]);
   });
 
-  test("hard walls: allow 0.0.0.0/0 and internet on still cannot reach the host, other sandboxes or metadata", async () => {
+  test("hard walls: an admin's allow 0.0.0.0/0 and internet on still cannot reach the host, other sandboxes or metadata", async () => {
     const other = await standIn(undefined);
     const sb = await standIn({
+      grantedBy: "admin",
       internet: true,
       allow: [{ cidr: "0.0.0.0/0" }],
       allowDomains: ["host.good.test", "loop.good.test"],
@@ -194,7 +203,7 @@ describe("egress policy on a stand-in guest", { skip }, () => {
     const vethPort = await hostSvc(sb.net.hostAddress);
     const wallBefore = await nftCounter(sb.net.netnsName, NFT_COUNTERS.wallDenied);
     const r = await probe(sb.guestNs, {
-      dns: { server: DNS, names: ["host.good.test"] },
+      dns: { server: DNS, names: ["host.good.test", "loop.good.test"] },
       connect: [
         { host: world.hostSide, port: cpPort }, // control plane port on a host address
         { host: sb.net.hostAddress, port: vethPort }, // host end of its own veth
@@ -207,11 +216,9 @@ describe("egress policy on a stand-in guest", { skip }, () => {
         { host: world.internet.good, port: 443 }, // control: the internet is open
       ],
     });
-    assert.deepEqual(
-      r.dns["host.good.test"],
-      [world.hostSide],
-      "the name resolves; the address stays walled",
-    );
+    // A resolver answer pointing at a wall is dropped even under an admin's 0.0.0.0/0: no address left, NODATA.
+    assert.equal(r.dns["host.good.test"], "ENODATA");
+    assert.equal(r.dns["loop.good.test"], "ENODATA");
     assert.deepEqual(
       r.connect.map(connected),
       [false, false, false, false, false, false, false, false, true],

@@ -36,13 +36,16 @@ describe("egress policy in a microVM", { skip: skipUnlessRoot }, () => {
     await assertNoLeaks([...createdIds]);
   });
 
-  test("domain rule, bound HTTP service with an injected credential the guest never sees, live policy update", async (t) => {
+  test("domain rule, private answer dropped, bound HTTP service with an injected credential the guest never sees (TRACE refused), live policy update", async (t) => {
     const rt = await runtime();
     const sb = await createSandbox(t, {
-      network: { policy: { allowDomains: ["api.good.test"], services: [service] }, tenant: "acme" },
+      network: {
+        policy: { allowDomains: ["api.good.test", "db.good.test"], services: [service] },
+        tenant: "acme",
+      },
     });
     const script = `
-import json, os, socket, subprocess, urllib.request
+import json, os, socket, subprocess, urllib.error, urllib.request
 out = {"resolv": open("/etc/resolv.conf").read() if os.path.exists("/etc/resolv.conf") else ""}
 def res(n):
     try: return socket.gethostbyname(n)
@@ -52,6 +55,13 @@ def conn(h, p):
         s = socket.create_connection((h, p), timeout=2); s.sendall(b"ping"); d = s.recv(100).decode(); s.close(); return d
     except Exception as e: return type(e).__name__
 out["good"] = res("api.good.test"); out["bad"] = res("api.bad.test"); out["svc"] = res("${service}")
+out["private"] = res("db.good.test")
+def trace():
+    try:
+        urllib.request.urlopen(urllib.request.Request("http://${service}:${world.internal.apiPort}/t", method="TRACE"), timeout=5); return "200"
+    except urllib.error.HTTPError as e: return str(e.code)
+    except Exception as e: return type(e).__name__
+out["trace"] = trace()
 out["goodConn"] = conn(out["good"], 443) if out["good"][0].isdigit() else "-"
 out["badConn"] = conn("${world.internet.bad}", 443)
 r = urllib.request.urlopen("http://${service}:${world.internal.apiPort}/hello", timeout=5)
@@ -76,6 +86,9 @@ print(json.dumps(out))
     assert.match(String(o["goodConn"]), /^good from /);
     assert.doesNotMatch(String(o["badConn"]), /^bad from /);
     assert.equal(o.http.headers["authorization"], secret, "the service got the credential");
+    assert.equal(o.http.headers["host"], `${service}:${world.internal.apiPort}`, "the service's Host");
+    assert.equal(o["private"], "gaierror", "an allowed name with a private address resolves to nothing");
+    assert.equal(o["trace"], "405", "TRACE is refused by the proxy");
     assert.equal(o["env"], false, "the secret is not in the guest's environment");
     assert.equal(o["grep"], "", "the secret is in no guest file");
 

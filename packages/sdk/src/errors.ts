@@ -16,6 +16,8 @@ export const API_ERROR_CODES = [
   "CAPACITY_EXHAUSTED",
   "SANDBOX_BOOT_FAILED",
   "AGENT_ERROR",
+  "GUEST_RESPONSE_INVALID",
+  "GUEST_RESPONSE_TOO_LARGE",
   "TEMPLATE_BUILD_FAILED",
   "INTERNAL",
 ] as const;
@@ -116,6 +118,8 @@ const BY_CODE: Record<string, ErrorClass> = {
   CAPACITY_EXHAUSTED: ServerError,
   SANDBOX_BOOT_FAILED: ServerError,
   AGENT_ERROR: ServerError,
+  GUEST_RESPONSE_INVALID: ServerError,
+  GUEST_RESPONSE_TOO_LARGE: ServerError,
   TEMPLATE_BUILD_FAILED: TemplateBuildError,
   INTERNAL: ServerError,
 };

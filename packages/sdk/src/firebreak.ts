@@ -136,6 +136,10 @@ export interface TenantLimits {
   maxVcpus?: number;
   maxMemoryMib?: number;
   requestsPerMinute?: number;
+  /** Unrevoked API keys the tenant may hold. @default 100 */
+  maxKeys?: number;
+  /** Paused sandboxes' guest memory summed, in MiB. @default 32768 */
+  maxPausedMib?: number;
 }
 
 export interface TenantInfo {

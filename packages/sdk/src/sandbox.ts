@@ -112,6 +112,11 @@ export class Sandbox {
     return this.#info.envdAccessToken;
   }
 
+  /** Token for the sandbox's private ports through ingress (not for commands or files). */
+  get ingressToken(): string | undefined {
+    return this.#info.ingressToken;
+  }
+
   /** Starts a sandbox and resolves once it is running. */
   static async create(opts: SandboxCreateOptions = {}): Promise<Sandbox> {
     const http = new HttpClient(resolveConnection(opts));

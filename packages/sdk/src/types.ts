@@ -14,6 +14,12 @@ export interface SandboxInfo {
   metadata: Record<string, string>;
   /** Token for the sandbox's in-guest agent (returned by create, connect and get only). */
   envdAccessToken?: string;
+  /**
+   * Opens the sandbox's private ports through ingress (header
+   * `X-Firebreak-Ingress-Token`, or `?token=` in a browser). It cannot run
+   * commands: hand it to browsers, never the envd token. Absent once ended.
+   */
+  ingressToken?: string;
   createdAt: string;
   readyAt: string | null;
   endedAt?: string;
@@ -63,6 +69,8 @@ export interface TemplateInfo {
   imageBytes: number;
   /** Locked Debian packages (name=version). */
   packages: string[];
+  /** The tenant that owns it; null for an operator template, which every tenant may use. */
+  tenantId?: string | null;
 }
 
 export type KeyScope = "sandboxes" | "templates" | "admin";
@@ -74,6 +82,8 @@ export interface ApiKeyInfo {
   scopes: KeyScope[];
   createdAt: string;
   revokedAt: string | null;
+  /** The key that minted it: revoking that key revokes this one too. null for keys made on the host. */
+  createdByKey?: string | null;
 }
 
 /** A key as returned once, at creation: `key` is the secret. */

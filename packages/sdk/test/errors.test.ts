@@ -44,6 +44,8 @@ describe("error mapping", { timeout: 20_000 }, () => {
     [503, "CAPACITY_EXHAUSTED", ServerError],
     [502, "SANDBOX_BOOT_FAILED", ServerError],
     [502, "AGENT_ERROR", ServerError],
+    [502, "GUEST_RESPONSE_INVALID", ServerError],
+    [502, "GUEST_RESPONSE_TOO_LARGE", ServerError],
     [422, "TEMPLATE_BUILD_FAILED", TemplateBuildError],
     [500, "INTERNAL", ServerError],
   ];

@@ -26,9 +26,12 @@ async function specOrName(arg: string): Promise<string | TemplateSpec> {
   } catch (e) {
     throw new FirebreakError("TEMPLATE_SPEC_INVALID", `${arg} is not JSON: ${(e as Error).message}`);
   }
+  // The server refuses files[] (it would read them from its own disk); say so before sending.
   if (Array.isArray(spec.files) && spec.files.length) {
-    process.stderr.write(
-      "note: over the API, files[].src paths are read on the server, not from this machine\n",
+    throw new FirebreakError(
+      "TEMPLATE_SPEC_INVALID",
+      `${arg}: files[] cannot be sent to a server (a server never reads files from its own disk for an API spec). ` +
+        "Write the files with run steps (cat > /path <<'EOF' ... EOF), or build locally as root without FIREBREAK_URL/FIREBREAK_API_KEY set",
     );
   }
   return spec;

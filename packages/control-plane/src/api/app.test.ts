@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { FirebreakError } from "@firebreak/node-agent";
 import pino from "pino";
+import { StaticNodes } from "../node/directory.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { FakeNode } from "../testing/fake-node.ts";
 import { inProcess } from "../testing/in-process.ts";
@@ -421,7 +422,9 @@ describe("lifecycle and usage", () => {
     const node2 = new FakeNode();
     const pausedNodeId = (await env.store.getSandbox(paused.id))!.nodeSandboxId!;
     node2.sandboxes.set(pausedNodeId, { state: "paused", token: "x", born: Date.now() });
-    const svc = new SandboxService(env.store, node2, env.config, pino({ level: "silent" }));
+    const dir2 = new StaticNodes([node2]);
+    await dir2.poll();
+    const svc = new SandboxService(env.store, dir2, env.config, pino({ level: "silent" }));
     const r = await svc.recover();
     assert.deepEqual(r.ended.includes(running.id), true);
     assert.deepEqual(r.adopted, [paused.id]);

@@ -1,7 +1,8 @@
 // What every route handler can reach: the request's id and caller, and the services.
 import type { Logger } from "pino";
 import type { ControlPlaneConfig } from "../config.ts";
-import type { NodeClient } from "../node/node-client.ts";
+import type { IngressTokens } from "../ingress/ingress-token.ts";
+import type { NodesFacade } from "../node/directory.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import type { Scope, Store, Tenant } from "../store/store.ts";
 
@@ -21,8 +22,11 @@ export interface AppEnv {
 
 export interface Deps {
   store: Store;
-  node: NodeClient;
+  /** The nodes as a whole (health, capacity, services, template builds): `sandboxes.nodes`. */
+  node: NodesFacade;
   sandboxes: SandboxService;
   config: ControlPlaneConfig;
   log: Logger;
+  /** The sandboxes' ingress tokens (ingress/ingress-token.ts). */
+  ingressTokens: IngressTokens;
 }

@@ -17,7 +17,7 @@ describe("network API", () => {
     const t = await env.tenant();
     const c = await t.api.post("/v1/sandboxes", {
       network: {
-        policy: { allowDomains: ["API.good.test"], allow: [{ cidr: "10.1.2.3/8", ports: [5432] }] },
+        policy: { allowDomains: ["API.good.test"], allow: [{ cidr: "11.1.2.3/8", ports: [5432] }] },
         networks: ["team"],
       },
     });
@@ -29,7 +29,7 @@ describe("network API", () => {
 
     const g = await t.api.get(`/v1/sandboxes/${c.json.id}/network`);
     assert.equal(g.status, 200, g.text);
-    assert.deepEqual(g.json.policy.allow, [{ cidr: "10.0.0.0/8", ports: [5432], protocol: "any" }]);
+    assert.deepEqual(g.json.policy.allow, [{ cidr: "11.0.0.0/8", ports: [5432], protocol: "any" }]);
     assert.equal(g.json.policy.internet, false);
 
     const p = await t.api.put(`/v1/sandboxes/${c.json.id}/network`, { json: { policy: { internet: true } } });
@@ -62,6 +62,48 @@ describe("network API", () => {
       services: [],
       networks: [],
     });
+  });
+
+  test("private ranges: a tenant key's rule is refused naming the range; an admin key's policy may allow them", async () => {
+    const t = await env.tenant();
+    const refused = await t.api.post("/v1/sandboxes", {
+      network: { policy: { allow: [{ cidr: "10.20.0.0/16", ports: [5432] }] } },
+    });
+    assert.equal(refused.status, 400, refused.text);
+    assert.equal(refused.json.error.code, "VALIDATION_FAILED");
+    assert.match(
+      refused.json.error.message,
+      /^network\.policy: allow\.0\.cidr 10\.20\.0\.0\/16 overlaps 10\.0\.0\.0\/8/,
+    );
+    assert.match(refused.json.error.message, /an admin can grant/);
+    const claimed = await t.api.post("/v1/sandboxes", {
+      network: { policy: { grantedBy: "admin", allow: [{ cidr: "10.20.0.0/16" }] } },
+    });
+    assert.equal(claimed.status, 403, claimed.text);
+    assert.equal(claimed.json.error.code, "FORBIDDEN");
+
+    const admin = await env.tenant({}, ["admin", "sandboxes"]);
+    const c = await admin.api.post("/v1/sandboxes", {
+      network: { policy: { allow: [{ cidr: "10.20.0.0/16", ports: [5432] }] } },
+    });
+    assert.equal(c.status, 201, c.text);
+    const node = env.node.policies.get((await env.store.getSandbox(c.json.id))!.nodeSandboxId!)!;
+    assert.equal(node.policy.grantedBy, "admin", "the node learns who made the policy");
+    const g = await admin.api.get(`/v1/sandboxes/${c.json.id}/network`);
+    assert.equal(g.json.policy.grantedBy, "admin");
+    // Walls stay closed for admins too.
+    const wall = await admin.api.put(`/v1/sandboxes/${c.json.id}/network`, {
+      json: { policy: { allow: [{ cidr: "169.254.169.254" }] } },
+    });
+    assert.equal(wall.status, 400, wall.text);
+    assert.match(wall.json.error.message, /hard wall/);
+    // A tenant's own PUT makes a tenant policy again.
+    const tenantPut = await admin.api.put(`/v1/sandboxes/${c.json.id}/network`, {
+      json: { policy: { grantedBy: "tenant", allowDomains: ["api.good.test"] } },
+    });
+    assert.equal(tenantPut.status, 200, tenantPut.text);
+    assert.equal(tenantPut.json.policy.grantedBy, undefined);
+    assert.equal(node.policy.grantedBy, undefined);
   });
 
   test("invalid policies answer 400 VALIDATION_FAILED naming the field; nothing is created", async () => {

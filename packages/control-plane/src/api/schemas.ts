@@ -1,7 +1,7 @@
 // The wire schemas. The same zod objects validate requests and generate
 // /openapi.json, so the document cannot drift from what the server accepts.
 // Request bodies are strict: unknown fields are VALIDATION_FAILED.
-import { EgressPolicySchema } from "@firebreak/node-agent";
+import { EgressPolicySchema, TEMPLATE_NAME_RE } from "@firebreak/node-agent";
 import { z } from "@hono/zod-openapi";
 import { API_ERRORS, type ApiErrorCode } from "../errors.ts";
 import { SANDBOX_STATES, SCOPES } from "../store/store.ts";
@@ -33,9 +33,9 @@ const Metadata = z
   .record(z.string().min(1).max(64), z.string().max(512))
   .refine((r) => Object.keys(r).length <= 50, "at most 50 keys");
 
-export const TemplateName = z
-  .string()
-  .regex(/^[a-z0-9][a-z0-9-]{0,39}$/, "1-40 lowercase letters, digits or dashes");
+// SECURITY: a template name becomes a file name on the node; every route that
+// takes one (body, path, E2B templateID) checks it with this one pattern.
+export const TemplateName = z.string().regex(TEMPLATE_NAME_RE, "1-40 lowercase letters, digits or dashes");
 
 export const CreateSandboxBody = z
   .object({
@@ -98,6 +98,10 @@ export const NormalizedPolicySchema = z
     services: z.array(z.string()),
     bandwidthKBps: z.number().int().optional(),
     networks: z.array(z.string()),
+    grantedBy: z
+      .literal("admin")
+      .optional()
+      .describe("Present when an admin key made the policy (it may allow private ranges)"),
   })
   .openapi("EgressPolicy");
 export const NetworkSchema = z.object({ policy: NormalizedPolicySchema }).openapi("SandboxNetwork");
@@ -152,6 +156,8 @@ export const SandboxSchema = z
     memoryMib: z.number().int(),
     metadata: z.record(z.string(), z.string()),
     envdAccessToken: z.string().optional(),
+    /** Opens the sandbox's private ports through ingress (X-Firebreak-Ingress-Token, ?token=); never the envd token. */
+    ingressToken: z.string().optional(),
     createdAt: z.string(),
     readyAt: z.string().nullable(),
     endedAt: z.string().optional(),
@@ -321,7 +327,14 @@ export const UserQuery = z.object({
 export const TemplateBuildBody = z
   .union([
     z.object({ name: TemplateName }).strict(),
-    z.object({ spec: z.record(z.string(), z.unknown()) }).strict(),
+    z
+      .object({
+        spec: z.record(z.string(), z.unknown()).openapi({
+          description:
+            "A template spec (docs/ARCHITECTURE.md, Template builds) without files: files[] is refused over the API (write files with run steps)",
+        }),
+      })
+      .strict(),
   ])
   .openapi("TemplateBuild");
 export const TemplateSchema = z
@@ -331,6 +344,9 @@ export const TemplateSchema = z
     builtAt: z.string(),
     imageBytes: z.number(),
     packages: z.array(z.string()),
+    tenantId: z.string().nullable().openapi({
+      description: "The tenant that owns it; null for an operator template (every tenant may use it)",
+    }),
   })
   .openapi("Template");
 export const TemplateListSchema = z.object({ templates: z.array(TemplateSchema) }).openapi("TemplateList");
@@ -348,7 +364,7 @@ export const BuildEventSchema = z
   ])
   .openapi("TemplateBuildEvent");
 export const TemplateNameParam = z.object({
-  name: z.string().openapi({ param: { name: "name", in: "path" } }),
+  name: TemplateName.openapi({ param: { name: "name", in: "path" }, example: "base" }),
 });
 
 // Keys and tenants
@@ -369,13 +385,22 @@ export const KeySchema = z
     scopes: z.array(ScopeSchema),
     createdAt: z.string(),
     revokedAt: z.string().nullable(),
+    createdByKey: z.string().nullable().openapi({
+      description:
+        "The key that minted it (revoking that key revokes this one); null for keys made on the host",
+    }),
   })
   .openapi("ApiKey");
 export const CreatedKeySchema = KeySchema.extend({
   key: z.string().openapi({ description: "Shown once. Also usable as e2b_<same hex> by E2B SDKs." }),
 }).openapi("CreatedApiKey");
 export const KeyListSchema = z.object({ keys: z.array(KeySchema) }).openapi("ApiKeyList");
-export const IdParam = z.object({ id: z.string().openapi({ param: { name: "id", in: "path" } }) });
+export const IdParam = z.object({
+  id: z
+    .string()
+    .max(64)
+    .openapi({ param: { name: "id", in: "path" } }),
+});
 
 export const LimitsSchema = z
   .object({
@@ -383,6 +408,15 @@ export const LimitsSchema = z
     maxVcpus: z.number().int().min(0).max(1_000_000),
     maxMemoryMib: z.number().int().min(0).max(1_000_000_000),
     requestsPerMinute: z.number().int().min(1).max(1_000_000),
+    maxKeys: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .openapi({ description: "Unrevoked API keys the tenant may hold (default 100)" }),
+    maxPausedMib: z.number().int().min(0).max(1_000_000_000).openapi({
+      description: "Paused sandboxes' guest memory summed (their on-disk state), MiB (default 32768)",
+    }),
   })
   .strict()
   .openapi("TenantLimits");

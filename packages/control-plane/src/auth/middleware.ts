@@ -40,6 +40,15 @@ export async function authenticate(store: Store, headers: Headers): Promise<Auth
   return { keyId: rec.id, tenant, scopes: rec.scopes };
 }
 
+/** The caller as the services take it: key, tenant, and whether it is an admin key. */
+export function actor(caller: AuthedCaller): {
+  keyId: string;
+  tenant: AuthedCaller["tenant"];
+  admin: boolean;
+} {
+  return { keyId: caller.keyId, tenant: caller.tenant, admin: hasScope(caller, "admin") };
+}
+
 /** INVARIANT: `admin` implies every scope. */
 export function hasScope(caller: AuthedCaller, scope: Scope): boolean {
   return caller.scopes.includes("admin") || caller.scopes.includes(scope);

@@ -4,11 +4,14 @@
 // The envd traffic proxy lives in envd-proxy.ts (it runs below HTTP routing).
 import { ENVD_VERSION } from "@firebreak/protocol";
 import { type Context, Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
 import type { AppEnv, Deps } from "../api/context.ts";
-import { authenticate, hasScope, type RateLimiter } from "../auth/middleware.ts";
+import { actor, authenticate, hasScope, type RateLimiter } from "../auth/middleware.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressDomain } from "../ingress/config.ts";
+import type { IngressTokens } from "../ingress/ingress-token.ts";
+import { readBounded } from "../relay/read-bounded.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord } from "../store/store.ts";
 
@@ -22,9 +25,46 @@ const NewSandbox = z
   // E2B clients send more (autoPause, secure, network, mcp, ...): accepted and ignored.
   .loose();
 const Timeout = z.object({ timeout: z.number().int().min(1).optional() }).loose();
+const ListQuery = z.object({
+  metadata: z.string().optional(),
+  state: z.string().optional(),
+  limit: z
+    .string()
+    .regex(/^\d{1,9}$/, "a whole number")
+    .optional(),
+  nextToken: z.string().optional(),
+});
 
-function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
-  const token = withToken ? sb.accessToken(r) : undefined;
+/**
+ * Every E2B route, with what it reads. Not in /openapi.json (E2B's own spec
+ * describes them); the API fuzzer (src/api/fuzz.test.ts) takes its cases from
+ * this table, and e2bRoutes refuses to start if a handler is missing from it.
+ */
+export const E2B_ROUTES = [
+  { method: "POST", path: "/sandboxes", body: NewSandbox },
+  { method: "POST", path: "/v2/sandboxes", body: NewSandbox },
+  { method: "GET", path: "/sandboxes", query: ListQuery },
+  { method: "GET", path: "/v2/sandboxes", query: ListQuery },
+  { method: "GET", path: "/sandboxes/:id" },
+  { method: "DELETE", path: "/sandboxes/:id" },
+  { method: "POST", path: "/sandboxes/:id/timeout", body: Timeout },
+  { method: "POST", path: "/sandboxes/:id/refreshes" },
+  { method: "POST", path: "/sandboxes/:id/pause" },
+  { method: "POST", path: "/sandboxes/:id/connect", body: Timeout },
+  { method: "POST", path: "/v2/sandboxes/:id/connect", body: Timeout },
+  { method: "POST", path: "/sandboxes/:id/resume", body: Timeout },
+  { method: "GET", path: "/sandboxes/:id/metrics" },
+] as const satisfies readonly {
+  method: "GET" | "POST" | "DELETE";
+  path: string;
+  body?: z.ZodType;
+  query?: z.ZodType;
+}[];
+
+type E2bRouteKey = `${(typeof E2B_ROUTES)[number]["method"]} ${(typeof E2B_ROUTES)[number]["path"]}`;
+
+async function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean, ingress: IngressTokens) {
+  const token = withToken ? await sb.accessToken(r) : undefined;
   return {
     sandboxID: r.id,
     templateID: r.template,
@@ -39,22 +79,22 @@ function detail(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
     envdVersion: ENVD_VERSION,
     metadata: r.metadata,
     ...(token ? { envdAccessToken: token } : {}),
+    ...(withToken && !isFinalState(r.state) ? { trafficAccessToken: ingress.tokenFor(r.id) } : {}),
     domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
 
-function created(sb: SandboxService, r: SandboxRecord) {
-  const token = sb.accessToken(r);
+async function created(sb: SandboxService, r: SandboxRecord, ingress: IngressTokens) {
+  const token = await sb.accessToken(r);
   return {
     sandboxID: r.id,
     templateID: r.template,
     alias: r.template,
     clientID: r.nodeId,
     envdVersion: ENVD_VERSION,
-    // SECURITY: trafficAccessToken is the same sandbox token: @e2b/code-interpreter
-    // sends it (E2B-Traffic-Access-Token) on every port-49999 call, including
-    // /contexts where it sends no X-Access-Token, so every call is authenticated.
-    ...(token ? { envdAccessToken: token, trafficAccessToken: token } : {}),
+    ...(token ? { envdAccessToken: token } : {}),
+    // The ingress token, under E2B's name (its header e2b-traffic-access-token works too).
+    trafficAccessToken: ingress.tokenFor(r.id),
     domain: ingressDomain(), // getHost(port) = <port>-<id>.<domain>: the ingress proxy (src/ingress)
   };
 }
@@ -77,12 +117,26 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     c.set("caller", caller);
     return next();
   };
+  // Bodies: at most maxJsonBytes, counted as they arrive (never buffered beyond it).
+  const limit = bodyLimit({
+    maxSize: deps.config.maxJsonBytes,
+    onError: () => {
+      throw new ApiError("PAYLOAD_TOO_LARGE", `JSON bodies are limited to ${deps.config.maxJsonBytes} bytes`);
+    },
+  });
   // Only E2B's paths: a catch-all here would answer 401 for unknown native routes.
-  for (const p of ["/sandboxes", "/sandboxes/*", "/v2/sandboxes", "/v2/sandboxes/*"]) e2b.use(p, auth);
+  for (const p of ["/sandboxes", "/sandboxes/*", "/v2/sandboxes", "/v2/sandboxes/*"]) {
+    e2b.use(p, auth);
+    e2b.use(p, limit);
+  }
 
-  const readJson = async <T>(c: { req: { text(): Promise<string> } }, schema: z.ZodType<T>): Promise<T> => {
-    const text = await c.req.text();
-    if (text.length > deps.config.maxJsonBytes) throw new ApiError("PAYLOAD_TOO_LARGE", "body too large");
+  const readJson = async <T>(c: Context<AppEnv>, schema: z.ZodType<T>): Promise<T> => {
+    // Read at most the limit: a larger body is refused without being buffered.
+    const { bytes, truncated } = await readBounded(c.req.raw.body, deps.config.maxJsonBytes);
+    if (truncated) {
+      throw new ApiError("PAYLOAD_TOO_LARGE", `JSON bodies are limited to ${deps.config.maxJsonBytes} bytes`);
+    }
+    const text = bytes.toString("utf8");
     let raw: unknown = {};
     if (text.trim()) {
       try {
@@ -103,21 +157,22 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
   const create = async (c: Context<AppEnv>) => {
     const caller = c.get("caller");
     const b = await readJson(c, NewSandbox);
-    const rec = await sb.create(
-      { keyId: caller.keyId, tenant: caller.tenant },
-      {
-        // E2B's create names no shape: the template's default (code-interpreter: 2 vCPU, 1024 MiB).
-        template: b.templateID,
-        timeoutMs: (b.timeout ?? 300) * 1000,
-        envVars: b.envVars ?? {},
-        metadata: b.metadata ?? {},
-        parentToken: c.req.header("x-firebreak-sandbox-token"),
-      },
-    );
-    return c.json(created(sb, rec), 201);
+    // E2B's create names no shape: the template's default (code-interpreter: 2 vCPU, 1024 MiB).
+    const rec = await sb.create(actor(caller), {
+      template: b.templateID,
+      timeoutMs: (b.timeout ?? 300) * 1000,
+      envVars: b.envVars ?? {},
+      metadata: b.metadata ?? {},
+      parentToken: c.req.header("x-firebreak-sandbox-token"),
+    });
+    return c.json(await created(sb, rec, deps.ingressTokens), 201);
   };
-  e2b.post("/sandboxes", create);
-  e2b.post("/v2/sandboxes", create);
+  const handlers: Partial<Record<E2bRouteKey, (c: Context<AppEnv>) => Promise<Response>>> = {};
+  const on = (key: E2bRouteKey, h: (c: Context<AppEnv>) => Promise<Response>) => {
+    handlers[key] = h;
+  };
+  on("POST /sandboxes", create);
+  on("POST /v2/sandboxes", create);
 
   const list = async (c: Context<AppEnv>, v2: boolean) => {
     const caller = c.get("caller");
@@ -133,7 +188,11 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
           ? (["paused"] as const)
           : [],
     );
-    const limit = Math.min(Math.max(Number(c.req.query("limit") ?? 100) || 100, 1), 1000);
+    const rawLimit = c.req.query("limit");
+    if (rawLimit !== undefined && !ListQuery.shape.limit.safeParse(rawLimit).success) {
+      throw new ApiError("VALIDATION_FAILED", `limit: ${JSON.stringify(rawLimit)} is not a whole number`);
+    }
+    const limit = Math.min(Math.max(Number(rawLimit ?? 100) || 100, 1), 1000);
     const cursor = c.req.query("nextToken");
     const page = await sb.list({
       tenantId: caller.tenant.id,
@@ -144,12 +203,12 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     });
     if (page.nextCursor) c.header("x-next-token", page.nextCursor);
     return c.json(
-      page.sandboxes.map((r) => detail(sb, r, false)),
+      await Promise.all(page.sandboxes.map((r) => detail(sb, r, false, deps.ingressTokens))),
       200,
     );
   };
-  e2b.get("/sandboxes", (c) => list(c, false));
-  e2b.get("/v2/sandboxes", (c) => list(c, true));
+  on("GET /sandboxes", (c) => list(c, false));
+  on("GET /v2/sandboxes", (c) => list(c, true));
 
   /** A live sandbox of the caller's tenant, else E2B's 404. */
   const live = async (tenantId: string, id: string) => {
@@ -158,35 +217,35 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     return rec;
   };
 
-  e2b.get("/sandboxes/:id", async (c) => {
-    const rec = await live(c.get("caller").tenant.id, c.req.param("id"));
-    return c.json(detail(sb, rec, true), 200);
+  on("GET /sandboxes/:id", async (c) => {
+    const rec = await live(c.get("caller").tenant.id, c.req.param("id") ?? "");
+    return c.json(await detail(sb, rec, true, deps.ingressTokens), 200);
   });
 
-  e2b.delete("/sandboxes/:id", async (c) => {
+  on("DELETE /sandboxes/:id", async (c) => {
     const caller = c.get("caller");
-    const rec = await live(caller.tenant.id, c.req.param("id"));
+    const rec = await live(caller.tenant.id, c.req.param("id") ?? "");
     await sb.kill(caller.tenant.id, rec.id, `key:${caller.keyId}`);
     return c.body(null, 204);
   });
 
-  e2b.post("/sandboxes/:id/timeout", async (c) => {
+  on("POST /sandboxes/:id/timeout", async (c) => {
     const caller = c.get("caller");
     const b = await readJson(c, Timeout);
-    const rec = await live(caller.tenant.id, c.req.param("id"));
+    const rec = await live(caller.tenant.id, c.req.param("id") ?? "");
     await sb.setTimeout(caller.tenant.id, rec.id, (b.timeout ?? 300) * 1000);
     return c.body(null, 204);
   });
 
-  e2b.post("/sandboxes/:id/refreshes", async (c) => {
-    await live(c.get("caller").tenant.id, c.req.param("id"));
+  on("POST /sandboxes/:id/refreshes", async (c) => {
+    await live(c.get("caller").tenant.id, c.req.param("id") ?? "");
     return c.body(null, 204);
   });
 
-  e2b.post("/sandboxes/:id/pause", async (c) => {
+  on("POST /sandboxes/:id/pause", async (c) => {
     const caller = c.get("caller");
-    const rec = await live(caller.tenant.id, c.req.param("id"));
-    await sb.pause(caller.tenant.id, rec.id);
+    const rec = await live(caller.tenant.id, c.req.param("id") ?? "");
+    await sb.pause(actor(caller), rec.id);
     return c.body(null, 204);
   });
 
@@ -196,23 +255,32 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     let rec = await live(caller.tenant.id, c.req.param("id") ?? "");
     const timeoutMs = b.timeout !== undefined ? b.timeout * 1000 : undefined;
     if (rec.state === "paused") {
-      rec = await sb.resume({ keyId: caller.keyId, tenant: caller.tenant }, rec.id, timeoutMs);
-      return c.json(created(sb, rec), 201);
+      rec = await sb.resume(actor(caller), rec.id, timeoutMs);
+      return c.json(await created(sb, rec, deps.ingressTokens), 201);
     }
     // Connecting never shortens a running sandbox's life.
     if (timeoutMs !== undefined && rec.timeoutAt && Date.parse(rec.timeoutAt) < Date.now() + timeoutMs) {
       rec = await sb.setTimeout(caller.tenant.id, rec.id, timeoutMs);
     }
-    return c.json(created(sb, rec), 200);
+    return c.json(await created(sb, rec, deps.ingressTokens), 200);
   };
-  e2b.post("/sandboxes/:id/connect", connect);
-  e2b.post("/v2/sandboxes/:id/connect", connect);
-  e2b.post("/sandboxes/:id/resume", connect);
+  on("POST /sandboxes/:id/connect", connect);
+  on("POST /v2/sandboxes/:id/connect", connect);
+  on("POST /sandboxes/:id/resume", connect);
 
-  e2b.get("/sandboxes/:id/metrics", async (c) => {
-    await sb.get(c.get("caller").tenant.id, c.req.param("id"));
+  on("GET /sandboxes/:id/metrics", async (c) => {
+    await sb.get(c.get("caller").tenant.id, c.req.param("id") ?? "");
     return c.json([], 200);
   });
+
+  // INVARIANT: the table and the handlers are the same set of routes.
+  for (const r of E2B_ROUTES) {
+    const h = handlers[`${r.method} ${r.path}`];
+    if (!h) throw new Error(`E2B route ${r.method} ${r.path} has no handler`);
+    e2b.on(r.method, r.path, h);
+  }
+  if (Object.keys(handlers).length !== E2B_ROUTES.length)
+    throw new Error("an E2B handler is not in E2B_ROUTES");
 
   app.route("/", e2b);
 }

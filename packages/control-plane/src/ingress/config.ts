@@ -8,8 +8,15 @@ export const AGENT_PORT = 49983;
 /** Path-based URLs for setups without wildcard DNS: `/ingress/<sandboxId>/<port>/<path...>`. */
 export const PATH_PREFIX = "/ingress/";
 
-/** Header carrying the sandbox's access token (`envdAccessToken`), as for the envd proxy. */
-export const TOKEN_HEADER = "x-access-token";
+/** Header carrying the sandbox's ingress token (`ingressToken`, ingress-token.ts). */
+export const TOKEN_HEADER = "x-firebreak-ingress-token";
+/** The same, under the name E2B SDK users send (`trafficAccessToken` of an E2B create). */
+export const E2B_TOKEN_HEADER = "e2b-traffic-access-token";
+/**
+ * The envd access token's header. It does not open ingress (ingress-token.ts),
+ * but it is never forwarded to the sandbox's app either.
+ */
+export const ENVD_TOKEN_HEADER = "x-access-token";
 /** Query parameter for browsers: `?token=` (removed before the request reaches the sandbox). */
 export const TOKEN_QUERY = "token";
 /** Cookie set after a `?token=` request, so a page's later requests (assets, XHR, WebSockets) pass. */

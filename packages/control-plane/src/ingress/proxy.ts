@@ -3,16 +3,25 @@
 // sandbox's `<sandboxAddress>:<port>` (the node's namespace DNATs every port
 // to the guest). Runs below the HTTP router like the envd proxy: nothing is
 // buffered, so chunked responses, server-sent events and uploads stream.
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
-import { sha256 } from "../auth/keys.ts";
 import { isEnvdRequest } from "../e2b/envd-proxy.ts";
 import { API_ERRORS, type ApiErrorCode } from "../errors.ts";
+import {
+  checkResponseHead,
+  HOP_BY_HOP,
+  openGuest,
+  type RelayTarget,
+  relayHttp,
+  upstreamFailure,
+} from "../relay/http-relay.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
-import { isFinalState, type Store } from "../store/store.ts";
-import { AGENT_PORT, TOKEN_COOKIE, TOKEN_HEADER } from "./config.ts";
+import { isFinalState, type SandboxRecord, type Store } from "../store/store.ts";
+import { AGENT_PORT, E2B_TOKEN_HEADER, ENVD_TOKEN_HEADER, TOKEN_COOKIE, TOKEN_HEADER } from "./config.ts";
+import type { IngressTokens } from "./ingress-token.ts";
+import { cookieRequestRefusal } from "./origin.ts";
 import { publicPortsOf } from "./public-ports.ts";
 import { type IngressTarget, splitTokenCookie, targetMatcher } from "./target.ts";
 
@@ -22,20 +31,12 @@ export interface IngressDeps {
   log: Logger;
   /** `<port>-<id>.<domain>` is routed here (ingress/config.ts: ingressDomain()). */
   domain: string;
+  /** Derives and checks the sandboxes' ingress tokens. */
+  tokens: IngressTokens;
 }
 
-// Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded; `host` is kept.
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
+/** Request headers that carry a token: never forwarded to the sandbox's app. */
+const TOKEN_HEADERS = new Set([TOKEN_HEADER, E2B_TOKEN_HEADER, ENVD_TOKEN_HEADER]);
 
 interface Failure {
   code: ApiErrorCode;
@@ -43,15 +44,10 @@ interface Failure {
 }
 
 interface Allowed {
-  host: string;
+  rec: SandboxRecord;
   port: number;
   /** Set-Cookie for a browser that authenticated with `?token=`. */
   setCookie?: string;
-}
-
-function sameHash(a: string, b: string | null): boolean {
-  if (!b || a.length !== b.length) return false;
-  return timingSafeEqual(Buffer.from(a), Buffer.from(b));
 }
 
 function errorBody(f: Failure, requestId: string): string {
@@ -65,16 +61,27 @@ function newRequestId(req: IncomingMessage): string {
     : `req_${randomBytes(8).toString("hex")}`;
 }
 
+function headerToken(req: IncomingMessage): string | undefined {
+  for (const name of [TOKEN_HEADER, E2B_TOKEN_HEADER]) {
+    const v = req.headers[name];
+    if (typeof v === "string") return v;
+  }
+  return undefined;
+}
+
 export function createIngress(deps: IngressDeps) {
   const { store, sandboxes, log } = deps;
   const match = targetMatcher(deps.domain);
   const publicPorts = publicPortsOf(store);
   // No keep-alive upstream: sandbox addresses are reused by later sandboxes
   // (as in the envd proxy).
-  const agent = new http.Agent({ keepAlive: false, maxSockets: 1024 });
 
   /** The sandbox and port a request may reach, or why not. */
-  async function authorize(req: IncomingMessage, t: IngressTarget): Promise<Allowed | Failure> {
+  async function authorize(
+    req: IncomingMessage,
+    t: IngressTarget,
+    upgrade: boolean,
+  ): Promise<Allowed | Failure> {
     // SECURITY: the guest agent's port is only reachable through the envd
     // proxy, which checks the token itself and speaks only the agent's API.
     if (t.port === AGENT_PORT || t.port < 1 || t.port > 65535) {
@@ -87,20 +94,30 @@ export function createIngress(deps: IngressDeps) {
     }
     let setCookie: string | undefined;
     // SECURITY: a token is required unless the sandbox made this port public.
-    // The sandbox's envd access token is compared by hash in constant time.
+    // It is the sandbox's ingress token (ingress-token.ts), never its envd
+    // token, compared in constant time. A request that relies on the cookie
+    // must come from the sandbox's own origin (origin.ts).
     if (!(await publicPorts.isPublic(rec.id, t.port))) {
-      const header = req.headers[TOKEN_HEADER];
-      const cookie = splitTokenCookie(req.headers.cookie).token;
-      const token = typeof header === "string" ? header : (t.queryToken ?? cookie ?? "");
-      if (!sameHash(sha256(token), rec.envdTokenHash)) {
+      const header = headerToken(req);
+      const cookies = splitTokenCookie(req.headers.cookie).tokens;
+      let ok: boolean;
+      if (header !== undefined) ok = deps.tokens.verify(rec.id, header);
+      else if (t.queryToken !== undefined) ok = deps.tokens.verify(rec.id, t.queryToken);
+      else {
+        const refusal = cookies.length ? cookieRequestRefusal(req.headers, upgrade) : undefined;
+        if (refusal) return { code: "FORBIDDEN", message: refusal };
+        ok = cookies.some((c) => deps.tokens.verify(rec.id, c));
+      }
+      if (!ok) {
+        const envdOnly = header === undefined && req.headers[ENVD_TOKEN_HEADER] !== undefined;
         return {
           code: "UNAUTHENTICATED",
-          message: `port ${t.port} of sandbox ${rec.id} is private: send the sandbox's envdAccessToken as X-Access-Token (or ?token= in a browser), or make the port public with POST /v1/sandboxes/${rec.id}/ports/${t.port} {"public": true}`,
+          message: `port ${t.port} of sandbox ${rec.id} is private: send the sandbox's ingressToken (from its create or get response) as X-Firebreak-Ingress-Token (or ?token= in a browser), or make the port public with POST /v1/sandboxes/${rec.id}/ports/${t.port} {"public": true}${envdOnly ? "; the envd access token (X-Access-Token) does not open ingress" : ""}`,
         };
       }
-      if (t.queryToken !== undefined && typeof header !== "string") {
+      if (t.queryToken !== undefined && header === undefined) {
         const cookiePath = t.prefix ?? "/";
-        setCookie = `${TOKEN_COOKIE}=${encodeURIComponent(token)}; Path=${cookiePath}; HttpOnly; SameSite=Lax`;
+        setCookie = `${TOKEN_COOKIE}=${encodeURIComponent(t.queryToken)}; Path=${cookiePath}; HttpOnly; SameSite=Lax`;
       }
     }
     if (rec.state !== "running") {
@@ -109,16 +126,14 @@ export function createIngress(deps: IngressDeps) {
         message: `sandbox ${rec.id} is ${rec.state}; ${rec.state === "paused" ? "resume it first" : "try again when it runs"}`,
       };
     }
-    const endpoint = sandboxes.envdEndpoint(rec);
-    if (!endpoint) return { code: "AGENT_ERROR", message: `sandbox ${rec.id} has no network endpoint` };
-    return { host: endpoint.host, port: t.port, ...(setCookie ? { setCookie } : {}) };
+    return { rec, port: t.port, ...(setCookie ? { setCookie } : {}) };
   }
 
   /** Request headers for the sandbox: no hop-by-hop headers and no ingress token. */
   function upstreamHeaders(req: IncomingMessage, t: IngressTarget, keepUpgrade: boolean) {
     const headers: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) {
-      if (v === undefined || k === TOKEN_HEADER || k === "cookie") continue;
+      if (v === undefined || TOKEN_HEADERS.has(k) || k === "cookie") continue;
       if (HOP_BY_HOP.has(k) && !(keepUpgrade && (k === "connection" || k === "upgrade"))) continue;
       headers[k] = v;
     }
@@ -156,10 +171,28 @@ export function createIngress(deps: IngressDeps) {
     );
   }
 
-  const upstreamFailure = (t: IngressTarget, e: Error): Failure => ({
-    code: "AGENT_ERROR",
-    message: `sandbox ${t.sandboxId} did not answer on port ${t.port}: ${(e as NodeJS.ErrnoException).code ?? e.message}`,
+  const what = (t: IngressTarget) => `sandbox ${t.sandboxId} port ${t.port}`;
+  const target = (req: IncomingMessage, t: IngressTarget, a: Allowed, upgrade: boolean): RelayTarget => ({
+    // Through the sandbox's node, which reaches <sandboxAddress>:<port>.
+    open: (init) => {
+      const r = sandboxes.portRequest(a.rec, a.port, init.path, init);
+      if (!r) throw new Error(`sandbox ${a.rec.id} is not running`);
+      return r;
+    },
+    path: t.upstreamPath,
+    headers: upstreamHeaders(req, t, upgrade),
   });
+
+  /** Set-Cookie headers of the app that would replace or shadow the ingress cookie are dropped. */
+  const dropTokenCookies = (headers: Record<string, string | string[]>) => {
+    const prior = headers["set-cookie"];
+    if (prior === undefined) return;
+    const kept = (Array.isArray(prior) ? prior : [prior]).filter(
+      (c) => c.split("=", 1)[0]!.trim() !== TOKEN_COOKIE,
+    );
+    if (kept.length) headers["set-cookie"] = kept;
+    else delete headers["set-cookie"];
+  };
 
   return {
     /**
@@ -173,7 +206,7 @@ export function createIngress(deps: IngressDeps) {
       return t;
     },
 
-    /** Proxies one HTTP request (streaming both ways). */
+    /** Proxies one HTTP request (streaming both ways, with backpressure). */
     async handle(req: IncomingMessage, res: ServerResponse, t: IngressTarget): Promise<void> {
       const requestId = newRequestId(req);
       if (t.redirectTo) {
@@ -183,7 +216,7 @@ export function createIngress(deps: IngressDeps) {
       }
       let allowed: Allowed | Failure;
       try {
-        allowed = await authorize(req, t);
+        allowed = await authorize(req, t, false);
       } catch (e) {
         log.error({ err: e, requestId }, "ingress lookup failed");
         return fail(res, { code: "INTERNAL", message: "internal error" }, requestId);
@@ -192,45 +225,28 @@ export function createIngress(deps: IngressDeps) {
         log.debug({ requestId, sandboxId: t.sandboxId, port: t.port, code: allowed.code }, "ingress refused");
         return fail(res, allowed, requestId);
       }
-      const upstream = http.request(
-        {
-          host: allowed.host,
-          port: allowed.port,
-          method: req.method,
-          path: t.upstreamPath,
-          headers: upstreamHeaders(req, t, false),
-          agent,
-        },
-        (up) => {
-          const out: Record<string, string | string[]> = {};
-          for (const [k, v] of Object.entries(up.headers)) {
-            if (v === undefined || HOP_BY_HOP.has(k)) continue;
-            out[k] = v;
+      const setCookie = allowed.setCookie;
+      relayHttp(req, res, target(req, t, allowed, false), what(t), {
+        fail: (f) => fail(res, f, requestId),
+        editHeaders: (h) => {
+          // SECURITY: the app cannot set, replace or shadow the ingress cookie.
+          dropTokenCookies(h);
+          if (setCookie) {
+            const prior = h["set-cookie"];
+            h["set-cookie"] = [...(Array.isArray(prior) ? prior : prior ? [prior] : []), setCookie];
           }
-          if (allowed.setCookie) {
-            const prior = out["set-cookie"];
-            out["set-cookie"] = [...(Array.isArray(prior) ? prior : prior ? [prior] : []), allowed.setCookie];
-          }
-          res.writeHead(up.statusCode ?? 502, out);
-          // Streamed responses (SSE, chunked) get their headers before the first byte of body.
-          res.flushHeaders();
-          up.pipe(res);
-          up.on("error", () => res.destroy());
         },
-      );
-      upstream.on("error", (e) => {
-        log.debug({ requestId, sandboxId: t.sandboxId, port: t.port, err: e }, "ingress upstream error");
-        fail(res, upstreamFailure(t, e), requestId);
+        // Streamed responses (SSE, chunked) get their headers before the first byte of body.
+        flushHeaders: true,
+        onUpstreamError: (e) =>
+          log.debug({ requestId, sandboxId: t.sandboxId, port: t.port, err: e }, "ingress upstream error"),
       });
-      res.on("close", () => {
-        if (!res.writableFinished) upstream.destroy();
-      });
-      req.pipe(upstream);
     },
 
     /**
      * Proxies an HTTP Upgrade (WebSocket): forwards the handshake, relays the
-     * sandbox's answer, then pipes the two sockets both ways.
+     * sandbox's answer (checked like any other answer), then pipes the two
+     * sockets both ways (`pipe` pauses the faster side).
      */
     async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, t: IngressTarget): Promise<void> {
       const requestId = newRequestId(req);
@@ -239,29 +255,44 @@ export function createIngress(deps: IngressDeps) {
       try {
         allowed = t.redirectTo
           ? { code: "NOT_FOUND", message: `use ${t.redirectTo}` }
-          : await authorize(req, t);
+          : await authorize(req, t, true);
       } catch (e) {
         log.error({ err: e, requestId }, "ingress lookup failed");
         return failRaw(socket, { code: "INTERNAL", message: "internal error" }, requestId);
       }
       if ("code" in allowed) return failRaw(socket, allowed, requestId);
-      const upstream = http.request({
-        host: allowed.host,
-        port: allowed.port,
-        method: req.method,
-        path: t.upstreamPath,
-        headers: upstreamHeaders(req, t, true),
-        agent,
-      });
+      const upstream = openGuest(target(req, t, allowed, true), req.method);
+      // INVARIANT: set once the client has been answered (relayed head or error).
+      let answered = false;
+      const failOnce = (f: Failure) => {
+        if (answered) return void socket.destroy();
+        answered = true;
+        if (socket.writable) failRaw(socket, f, requestId);
+        else socket.destroy();
+      };
       upstream.on("upgrade", (up, upSocket, upHead) => {
-        let lines = `HTTP/1.1 ${up.statusCode ?? 101} ${up.statusMessage ?? ""}\r\n`;
-        for (let i = 0; i < up.rawHeaders.length; i += 2) {
-          lines += `${up.rawHeaders[i]}: ${up.rawHeaders[i + 1]}\r\n`;
+        upSocket.on("error", () => socket.destroy());
+        // SECURITY: the handshake answer is the guest's: relay only headers
+        // Node would write itself (no CR/LF or control characters).
+        let lines = "HTTP/1.1 101 Switching Protocols\r\n";
+        try {
+          for (let i = 0; i < up.rawHeaders.length; i += 2) {
+            const [k, v] = [up.rawHeaders[i]!, up.rawHeaders[i + 1]!];
+            http.validateHeaderName(k);
+            http.validateHeaderValue(k, v);
+            lines += `${k}: ${v}\r\n`;
+          }
+        } catch {
+          upSocket.destroy();
+          return failOnce({
+            code: "GUEST_RESPONSE_INVALID",
+            message: `${what(t)} answered the upgrade with a header that cannot be relayed`,
+          });
         }
+        answered = true;
         socket.write(`${lines}\r\n`);
         if (upHead.length) socket.write(upHead);
         if (head.length) upSocket.write(head);
-        upSocket.on("error", () => socket.destroy());
         socket.on("error", () => upSocket.destroy());
         upSocket.on("close", () => socket.destroy());
         socket.on("close", () => upSocket.destroy());
@@ -270,23 +301,43 @@ export function createIngress(deps: IngressDeps) {
       });
       // The sandbox refused the upgrade: relay its answer, then close.
       upstream.on("response", (up) => {
-        let lines = `HTTP/1.1 ${up.statusCode ?? 502} ${up.statusMessage ?? ""}\r\n`;
-        for (const [k, v] of Object.entries(up.headers)) {
-          if (v === undefined || HOP_BY_HOP.has(k) || k === "content-length") continue;
+        const checked = checkResponseHead(up, (k) => k === "content-length");
+        if ("problem" in checked) {
+          up.destroy();
+          return failOnce({
+            code: "GUEST_RESPONSE_INVALID",
+            message: `${what(t)} answered: ${checked.problem}`,
+          });
+        }
+        dropTokenCookies(checked.headers);
+        answered = true;
+        let lines = `HTTP/1.1 ${checked.status} ${http.STATUS_CODES[checked.status] ?? ""}\r\n`;
+        for (const [k, v] of Object.entries(checked.headers)) {
           for (const one of Array.isArray(v) ? v : [v]) lines += `${k}: ${one}\r\n`;
         }
         socket.write(`${lines}connection: close\r\n\r\n`);
-        up.pipe(socket);
         up.on("error", () => socket.destroy());
+        up.pipe(socket);
       });
       upstream.on("error", (e) => {
         log.debug(
           { requestId, sandboxId: t.sandboxId, port: t.port, err: e },
           "ingress upgrade upstream error",
         );
-        if (socket.writable) failRaw(socket, upstreamFailure(t, e), requestId);
+        failOnce(upstreamFailure(e, what(t)));
       });
-      socket.on("close", () => upstream.destroy());
+      upstream.on("close", () => {
+        if (!answered) {
+          failOnce({
+            code: "GUEST_RESPONSE_INVALID",
+            message: `${what(t)} closed the connection without answering`,
+          });
+        }
+      });
+      socket.on("close", () => {
+        if (!answered) answered = true;
+        upstream.destroy();
+      });
       upstream.end();
     },
   };

@@ -40,7 +40,15 @@ test("path-based: /ingress/<id>/<port>/<path...>; prefix removed; no slash redir
 });
 
 test("the token cookie is read and removed from the forwarded Cookie header", () => {
-  assert.deepEqual(splitTokenCookie("a=1; fb_ingress_token=t%2B1; b=2"), { token: "t+1", rest: "a=1; b=2" });
-  assert.deepEqual(splitTokenCookie("fb_ingress_token=t"), { token: "t" });
-  assert.deepEqual(splitTokenCookie(undefined), {});
+  assert.deepEqual(splitTokenCookie("a=1; fb_ingress_token=t%2B1; b=2"), {
+    tokens: ["t+1"],
+    rest: "a=1; b=2",
+  });
+  assert.deepEqual(splitTokenCookie("fb_ingress_token=t"), { tokens: ["t"] });
+  // A cookie tossed by another page of the same site comes along: every value is kept for the check.
+  assert.deepEqual(splitTokenCookie("fb_ingress_token=x; fb_ingress_token=t; c=3"), {
+    tokens: ["x", "t"],
+    rest: "c=3",
+  });
+  assert.deepEqual(splitTokenCookie(undefined), { tokens: [] });
 });

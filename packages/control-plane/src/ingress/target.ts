@@ -86,19 +86,23 @@ export function targetMatcher(domain: string) {
   };
 }
 
-/** The value of the ingress token cookie in a Cookie header, and the header without it. */
-export function splitTokenCookie(cookie: string | undefined): { token?: string; rest?: string } {
-  if (!cookie) return {};
-  let token: string | undefined;
+/**
+ * The values of the ingress token cookie in a Cookie header (a browser may
+ * send several: a page served under the same site can set one with a Domain
+ * attribute), and the header without them.
+ */
+export function splitTokenCookie(cookie: string | undefined): { tokens: string[]; rest?: string } {
+  const tokens: string[] = [];
+  if (!cookie) return { tokens };
   const kept: string[] = [];
   for (const part of cookie.split(";")) {
     const p = part.trim();
     if (!p) continue;
     const eq = p.indexOf("=");
-    if (eq > 0 && p.slice(0, eq) === TOKEN_COOKIE) token = safeDecode(p.slice(eq + 1));
+    if (eq > 0 && p.slice(0, eq) === TOKEN_COOKIE) tokens.push(safeDecode(p.slice(eq + 1)));
     else kept.push(p);
   }
-  return { ...(token !== undefined ? { token } : {}), ...(kept.length ? { rest: kept.join("; ") } : {}) };
+  return { tokens, ...(kept.length ? { rest: kept.join("; ") } : {}) };
 }
 
 function safeDecode(s: string): string {

@@ -1,11 +1,12 @@
 // The control plane's only way to reach a node: typed actions and the node's
 // reports. LocalNode implements it in-process over NodeRuntime; a network
 // client can implement it later. Nothing outside src/node/ touches node internals.
+import type http from "node:http";
 import type { Client } from "@connectrpc/connect";
-import type { EgressPolicy, NormalizedPolicy, PrivateService } from "@firebreak/node-agent";
+import type { EgressPolicy, NodeReport, NormalizedPolicy, PrivateService } from "@firebreak/node-agent";
 import type { Filesystem, Process } from "@firebreak/protocol";
 
-export type { EgressPolicy, NormalizedPolicy, PrivateService };
+export type { EgressPolicy, NodeReport, NormalizedPolicy, PrivateService };
 
 export type NodeStartPath = "warm" | "snapshot" | "cold";
 
@@ -18,6 +19,20 @@ export interface NodeSandboxInfo {
   totalMs: number;
   phases: Record<string, number>;
   fallback?: string;
+  /** The egress policy the node enforces (normalized). */
+  policy?: NormalizedPolicy;
+}
+
+export interface NodeCreateRequest {
+  template: string;
+  vcpus: number;
+  memoryMib: number;
+  envVars: Record<string, string>;
+  /** Egress policy, the tenant whose private services it may bind, and whether an admin made it. */
+  network?: { policy: EgressPolicy; tenant: string; admin?: boolean };
+  diskMib?: number;
+  /** The control plane's id (node logs and traces). */
+  platformId?: string;
 }
 
 /** Billed traffic classes: internet, private (allowed private ranges and bound services), sandbox (sandbox networks), ingress. */
@@ -46,24 +61,16 @@ export interface EnvdAccess {
   fetch: (pathAndQuery: string, init?: RequestInit) => Promise<Response>;
 }
 
-export interface EnvdEndpoint {
-  host: string;
-  port: number;
-  accessToken: string;
-}
-
-export interface NodeCapacity {
-  vcpus: number;
-  memoryMib: number;
-  sandboxes: number;
-}
-
 export interface TemplateInfo {
   name: string;
   key: string;
   builtAt: string;
   imageBytes: number;
   packages: string[];
+  /** The shape a create gets when it names none. @default 1 vCPU, 256 MiB */
+  shape?: { vcpus: number; memoryMib: number };
+  /** More names the template answers to (code-interpreter: code-interpreter-v1). */
+  aliases?: string[];
 }
 
 export interface TemplateBuildProgress {
@@ -73,21 +80,20 @@ export interface TemplateBuildProgress {
   detail?: string;
 }
 
+/**
+ * One node, as the control plane sees it. Every call may cross a network:
+ * everything is asynchronous and may fail with NODE_UNAVAILABLE.
+ */
 export interface NodeClient {
   readonly id: string;
+  /** Accelerator of the node, from its last report. */
   info(): { accelerator: string; acceleratorReason: string };
-  capacity(): NodeCapacity;
+  /** Capacity, templates, warm slots, snapshots and recent start latencies (the scheduler's input). */
+  report(): Promise<NodeReport>;
 
-  create(req: {
-    template: string;
-    vcpus: number;
-    memoryMib: number;
-    envVars: Record<string, string>;
-    /** Egress policy, and the tenant whose private services it may bind. */
-    network?: { policy: EgressPolicy; tenant: string };
-  }): Promise<NodeSandboxInfo>;
+  create(req: NodeCreateRequest): Promise<NodeSandboxInfo>;
   /** Replaces a running sandbox's egress policy; in force when it resolves. */
-  updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy>;
+  updatePolicy(id: string, policy: EgressPolicy, tenant: string, admin?: boolean): Promise<NormalizedPolicy>;
   /** Private services the operator declared (with their injected credentials). */
   listServices(): Promise<PrivateService[]>;
   putService(s: PrivateService): Promise<PrivateService>;
@@ -99,23 +105,37 @@ export interface NodeClient {
   pause(id: string): Promise<UsageSample | undefined>;
   resume(id: string): Promise<{ path: NodeStartPath; totalMs: number }>;
   fork(id: string, count: number): Promise<NodeSandboxInfo[]>;
-  status(id: string): NodeSandboxStatus;
+  /** States of many sandboxes in one call (an id the node does not know is `gone`). */
+  status(ids: string[]): Promise<Map<string, NodeSandboxStatus>>;
+  /** Usage samples of many sandboxes (absent: paused or gone). */
+  usage(ids: string[]): Promise<Map<string, UsageSample>>;
   usageSample(id: string): Promise<UsageSample | undefined>;
-  /** The sandbox's access token, while the node has it. */
-  accessToken(id: string): string | undefined;
+  /** The guest agent's token while the sandbox lives. */
+  accessToken(id: string): Promise<string | undefined>;
+  /** Clients for the guest agent, through the node (which adds the token). */
   envd(id: string, user?: string): EnvdAccess;
-  envdEndpoint(id: string): EnvdEndpoint;
+  /** An HTTP request to a port inside the sandbox, through the node; the caller writes the body. */
+  portRequest(
+    id: string,
+    port: number,
+    pathAndQuery: string,
+    init?: { method?: string; headers?: http.OutgoingHttpHeaders },
+  ): http.ClientRequest;
+  /** Every sandbox the node holds (after a node restart: what it still has). */
+  listSandboxes(): Promise<{ id: string; status: NodeSandboxStatus }[]>;
 
   listTemplates(): Promise<TemplateInfo[]>;
   hasTemplate(name: string): Promise<boolean>;
-  /** The shape a create of this template gets when it names none; undefined: no such template. */
-  templateShape(name: string): Promise<{ vcpus: number; memoryMib: number } | undefined>;
   buildTemplate(
     source: { name: string } | { spec: unknown },
     onProgress: (p: TemplateBuildProgress) => void,
   ): Promise<TemplateInfo>;
   deleteTemplate(name: string): Promise<boolean>;
+  /** Keeps `size` VMs of a template restored ahead of time on this node. */
+  setPool(template: string, size: number, shape?: { vcpus: number; memoryMib: number }): Promise<void>;
+  /** Refuse new sandboxes (running ones stay). */
+  drain(draining: boolean): Promise<void>;
 
-  /** Stops every running sandbox (paused ones stay on disk). */
+  /** Releases this client (an in-process node also stops: running sandboxes end, paused ones stay). */
   close(): Promise<void>;
 }

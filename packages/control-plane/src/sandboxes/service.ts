@@ -2,6 +2,7 @@
 // setTimeout, pause, resume, fork), the reaper, the usage sampler, and the
 // recovery pass after a restart. Routes never reach the node directly.
 
+import type http from "node:http";
 import {
   EgressError,
   type EgressPolicy,
@@ -12,22 +13,44 @@ import type { Logger } from "pino";
 import { newId, newSandboxToken, sha256 } from "../auth/keys.ts";
 import type { ControlPlaneConfig } from "../config.ts";
 import { ApiError, toApiError } from "../errors.ts";
-import type { EnvdAccess, NodeClient, PrivateService, UsageSample } from "../node/node-client.ts";
+import { type NodeDirectory, NodesFacade } from "../node/directory.ts";
+import type {
+  EnvdAccess,
+  NodeClient,
+  NodeSandboxStatus,
+  PrivateService,
+  UsageSample,
+} from "../node/node-client.ts";
+import { type Candidate, place } from "../scheduler/placement.ts";
 import {
   isFinalState,
   type ListSandboxesQuery,
+  type NodeBudget,
+  type QuotaResult,
   type SandboxRecord,
   type SandboxState,
   type Store,
   type Tenant,
+  type TenantLimits,
   type UsageRecord,
 } from "../store/store.ts";
 import { Meter } from "../usage/meter.ts";
 import { assertTransition, stateAfterLoss } from "./state.ts";
+import { TemplateAccess } from "./templates.ts";
 
 export interface Caller {
   keyId: string;
   tenant: Tenant;
+  /** An admin key: may use every tenant's templates. */
+  admin?: boolean;
+}
+
+/** vCPUs and memory held back for resumes and forks in flight (not yet in the store as holding). */
+interface Reservation {
+  nodeId: string;
+  vcpus: number;
+  memoryMib: number;
+  sandboxes: number;
 }
 
 export interface CreateRequest {
@@ -49,7 +72,9 @@ const iso = (ms = Date.now()) => new Date(ms).toISOString();
 
 export class SandboxService {
   readonly #store: Store;
-  readonly #node: NodeClient;
+  readonly #nodes: NodeDirectory;
+  /** The nodes as a whole: health, capacity, services, template builds. */
+  readonly nodes: NodesFacade;
   readonly #config: ControlPlaneConfig;
   readonly #log: Logger;
   readonly #meters = new Map<string, Meter>();
@@ -58,12 +83,97 @@ export class SandboxService {
   #sampling = false;
   #reaping = false;
   #closed = false;
+  /** Node admission: resumes and forks between their check and their store update. */
+  readonly #reserved = new Set<Reservation>();
+  /** Paused-disk quota: pauses between their check and their store update. */
+  readonly #pausing = new Set<{ tenantId: string; memoryMib: number }>();
+  /** Who may read, build and delete which template. */
+  readonly templates: TemplateAccess;
 
-  constructor(store: Store, node: NodeClient, config: ControlPlaneConfig, log: Logger) {
+  constructor(store: Store, nodes: NodeDirectory, config: ControlPlaneConfig, log: Logger) {
     this.#store = store;
-    this.#node = node;
+    this.#nodes = nodes;
+    this.nodes = new NodesFacade(nodes);
     this.#config = config;
     this.#log = log;
+    this.templates = new TemplateAccess(store, this.nodes.templates);
+  }
+
+  /** The node that holds a sandbox. */
+  #nodeOf(rec: SandboxRecord): NodeClient {
+    return this.#nodes.node(rec.nodeId);
+  }
+
+  /** A sandbox's meter: this replica's, or restored from the last interim record. */
+  async #meterOf(id: string): Promise<Meter> {
+    let meter = this.#meters.get(id);
+    if (!meter) {
+      const interim = await this.#store.getUsage(id);
+      meter = interim ? Meter.restore(interim) : new Meter();
+      this.#meters.set(id, meter);
+    }
+    return meter;
+  }
+
+  // ---------------------------------------------------------------- admission
+
+  /**
+   * What the node may still commit: its capacity times the overcommit ratios,
+   * less the reservations of resumes and forks in flight (other than `own`).
+   */
+  #nodeBudget(nodeId: string, own?: Reservation): NodeBudget {
+    const report = this.#nodes.views().find((v) => v.id === nodeId)?.report;
+    const cap = { vcpus: report?.vcpus ?? 0, memoryMib: report?.memoryMib ?? 0 };
+    let vcpus = cap.vcpus * this.#config.vcpuOvercommit;
+    let memoryMib = cap.memoryMib * this.#config.memoryOvercommit;
+    for (const r of this.#reserved) {
+      if (r === own || r.nodeId !== nodeId) continue;
+      vcpus -= r.vcpus;
+      memoryMib -= r.memoryMib + r.sandboxes * this.#config.sandboxOverheadMib;
+    }
+    return { nodeId, vcpus, memoryMib, overheadMib: this.#config.sandboxOverheadMib };
+  }
+
+  /** A failed quota or admission check as the error the caller gets. */
+  #quotaError(q: Exclude<QuotaResult, { ok: true }>): ApiError {
+    if (q.limit === "nodeVcpus" || q.limit === "nodeMemoryMib") {
+      return new ApiError("CAPACITY_EXHAUSTED", q.message, {
+        headers: { "retry-after": String(this.#config.capacityRetryAfterSeconds) },
+      });
+    }
+    return new ApiError("QUOTA_EXCEEDED", q.message);
+  }
+
+  /**
+   * Admits `count` sandboxes of a shape that are not yet holding (resume,
+   * fork): tenant limits, then the node's budget. The reservation is taken
+   * before the check (synchronously), so concurrent admissions see each
+   * other; release it once the store records them as holding (or on failure).
+   * INVARIANT: the node never commits more than capacity x overcommit.
+   */
+  async #admit(
+    tenantId: string,
+    shape: { vcpus: number; memoryMib: number },
+    count: number,
+    limits: TenantLimits,
+    nodeId: string,
+  ): Promise<() => void> {
+    const r: Reservation = {
+      nodeId,
+      vcpus: shape.vcpus * count,
+      memoryMib: shape.memoryMib * count,
+      sandboxes: count,
+    };
+    this.#reserved.add(r);
+    const release = () => this.#reserved.delete(r);
+    try {
+      const q = await this.#store.checkQuota(tenantId, shape, count, limits, this.#nodeBudget(nodeId, r));
+      if (!q.ok) throw this.#quotaError(q);
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return release;
   }
 
   /** Serializes actions on one sandbox (a kill during a create waits for the create). */
@@ -115,10 +225,23 @@ export class SandboxService {
     return this.#store.listEvents(id);
   }
 
-  /** The guest agent's access token while the sandbox lives. */
-  accessToken(rec: SandboxRecord): string | undefined {
+  /** Tokens this replica just learned (creates, forks), so their answers need no node call. */
+  readonly #recentTokens = new Map<string, string>();
+  #rememberToken(id: string, token: string): void {
+    this.#recentTokens.set(id, token);
+    if (this.#recentTokens.size > 1024) this.#recentTokens.delete(this.#recentTokens.keys().next().value!);
+  }
+
+  /** The guest agent's access token while the sandbox lives (asked of its node). */
+  async accessToken(rec: SandboxRecord): Promise<string | undefined> {
     if (isFinalState(rec.state) || !rec.nodeSandboxId) return undefined;
-    return this.#node.accessToken(rec.nodeSandboxId);
+    const recent = this.#recentTokens.get(rec.id);
+    if (recent) return recent;
+    try {
+      return await this.#nodeOf(rec).accessToken(rec.nodeSandboxId);
+    } catch {
+      return undefined; // its node does not answer: the caller gets no token
+    }
   }
 
   /** A client for the sandbox's guest agent; the sandbox must be running. */
@@ -131,16 +254,22 @@ export class SandboxService {
     if (rec.state !== "running" || !rec.nodeSandboxId) {
       throw new ApiError("CONFLICT", `sandbox ${rec.id} is ${rec.state}; commands and files need it running`);
     }
-    return this.#node.envd(rec.nodeSandboxId, user);
+    return this.#nodeOf(rec).envd(rec.nodeSandboxId, user);
   }
 
-  envdEndpoint(rec: SandboxRecord) {
+  /**
+   * An HTTP request to a port inside a running sandbox, through its node
+   * (the node adds the agent's token on its port); undefined when it is not
+   * running. The caller writes the body and reads the answer.
+   */
+  portRequest(
+    rec: SandboxRecord,
+    port: number,
+    pathAndQuery: string,
+    init: { method?: string; headers?: http.OutgoingHttpHeaders; maxHeaderSize?: number },
+  ): http.ClientRequest | undefined {
     if (rec.state !== "running" || !rec.nodeSandboxId) return undefined;
-    try {
-      return this.#node.envdEndpoint(rec.nodeSandboxId);
-    } catch {
-      return undefined;
-    }
+    return this.#nodeOf(rec).portRequest(rec.nodeSandboxId, port, pathAndQuery, init);
   }
 
   findByEnvdToken(token: string) {
@@ -170,26 +299,50 @@ export class SandboxService {
         );
       }
     }
-    const templateShape = await this.#node.templateShape(req.template);
-    if (!templateShape) {
+    // INVARIANT: another tenant's template answers exactly like a missing one.
+    if (!(await this.templates.readable(req.template, caller))) {
       throw new ApiError(
         "TEMPLATE_NOT_FOUND",
-        `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates {"name": "${req.template}"}`,
+        `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates`,
       );
     }
     // A create that names no shape gets the template's (code-interpreter: 2 vCPU, 1024 MiB).
-    const vcpus = req.vcpus ?? templateShape.vcpus;
-    const memoryMib = req.memoryMib ?? templateShape.memoryMib;
+    const shape =
+      req.vcpus === undefined || req.memoryMib === undefined
+        ? await this.templates.defaultShape(req.template)
+        : undefined;
+    const vcpus = req.vcpus ?? shape!.vcpus;
+    const memoryMib = req.memoryMib ?? shape!.memoryMib;
     const networkPolicy = req.networkPolicy
       ? await this.#checkPolicy(caller.tenant.id, req.networkPolicy, "network.policy")
       : null;
+    // Placement by activation cost (scheduler/placement.ts): best first, the
+    // rest are where the create goes if a node fails to start it.
+    const placement = place(
+      this.#nodes.views(),
+      { template: req.template, vcpus, memoryMib, tenant: caller.tenant.id },
+      {
+        vcpuOvercommit: this.#config.vcpuOvercommit,
+        memoryOvercommit: this.#config.memoryOvercommit,
+        reservedMemoryMib: 0,
+      },
+    );
+    const candidates = placement.candidates;
+    if (!candidates.length) {
+      throw new ApiError(
+        "CAPACITY_EXHAUSTED",
+        `no node can take this sandbox now: ${placement.excluded.map((e) => `${e.nodeId}: ${e.reason}`).join("; ") || "no node has joined"}`,
+        { headers: { "retry-after": String(this.#config.capacityRetryAfterSeconds) } },
+      );
+    }
     const id = newId();
     const { token, hash } = newSandboxToken();
     const now = iso();
+    let chosen = candidates[0]!;
     let rec: SandboxRecord = {
       id,
       tenantId: caller.tenant.id,
-      nodeId: this.#node.id,
+      nodeId: chosen.nodeId,
       nodeSandboxId: null,
       template: req.template,
       state: "requested",
@@ -211,9 +364,31 @@ export class SandboxService {
       envdTokenHash: null,
       createdByKey: caller.keyId,
       networkPolicy,
+      pausedAt: null,
     };
-    const quota = await this.#store.insertSandboxWithinQuota(rec, caller.tenant.limits);
-    if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
+    // INVARIANT: admitted against the budget of the node it is placed on; a
+    // node over its budget is skipped for the next candidate.
+    let quota = await this.#store.insertSandboxWithinQuota(
+      rec,
+      caller.tenant.limits,
+      0,
+      this.#nodeBudget(chosen.nodeId),
+    );
+    for (
+      let i = 1;
+      !quota.ok && (quota.limit === "nodeVcpus" || quota.limit === "nodeMemoryMib") && i < candidates.length;
+      i++
+    ) {
+      chosen = candidates[i]!;
+      rec = { ...rec, nodeId: chosen.nodeId };
+      quota = await this.#store.insertSandboxWithinQuota(
+        rec,
+        caller.tenant.limits,
+        0,
+        this.#nodeBudget(chosen.nodeId),
+      );
+    }
+    if (!quota.ok) throw this.#quotaError(quota);
     await this.#event(id, "requested", {
       template: req.template,
       vcpus,
@@ -227,16 +402,52 @@ export class SandboxService {
     await this.#store.putInterimUsage(this.#usage(rec, meter, Date.now(), false));
 
     return this.#withLock(id, async () => {
-      await this.#event(id, "scheduled", { node: this.#node.id });
-      rec = await this.#transition(rec, "starting", {}, "scheduled on a node", "start");
+      const scheduled = (c: Candidate) => ({
+        node: c.nodeId,
+        path: c.path,
+        predictedMs: c.predictedMs,
+        reason: c.reason,
+      });
+      await this.#event(id, "scheduled", {
+        ...scheduled(chosen),
+        alternatives: candidates.filter((c) => c !== chosen).map(scheduled),
+        excluded: placement.excluded,
+      });
+      rec = await this.#transition(rec, "starting", {}, `scheduled on ${chosen.nodeId}`, "start");
       try {
-        const started = await this.#node.create({
+        const request = {
           template: req.template,
           vcpus,
           memoryMib,
           envVars: { ...req.envVars, FIREBREAK_SANDBOX_ID: id, FIREBREAK_SANDBOX_TOKEN: token },
-          ...(networkPolicy ? { network: { policy: networkPolicy, tenant: caller.tenant.id } } : {}),
-        });
+          ...(networkPolicy
+            ? {
+                network: {
+                  policy: networkPolicy,
+                  tenant: caller.tenant.id,
+                  admin: networkPolicy.grantedBy === "admin",
+                },
+              }
+            : {}),
+          platformId: id,
+        };
+        // A node that does not answer, or has no room after all, hands the
+        // create to the next candidate (same sandbox record, billed once).
+        let started: Awaited<ReturnType<NodeClient["create"]>> | undefined;
+        for (let i = candidates.indexOf(chosen); !started; ) {
+          this.#nodes.notePlaced(chosen.nodeId, req.template, { vcpus, memoryMib }, chosen.path === "warm");
+          try {
+            started = await this.#nodes.node(chosen.nodeId).create(request);
+          } catch (e) {
+            const code = toApiError(e).code;
+            const next = candidates[++i];
+            if (!next || (code !== "NODE_UNAVAILABLE" && code !== "CAPACITY_EXHAUSTED")) throw e;
+            await this.#event(id, "rescheduled", { from: chosen.nodeId, code, to: scheduled(next) });
+            chosen = next;
+            await this.#store.updateSandbox(id, { nodeId: chosen.nodeId }, ["starting"]);
+            rec = { ...rec, nodeId: chosen.nodeId };
+          }
+        }
         const ready = Date.now();
         await this.#event(id, "started", {
           path: started.path,
@@ -254,10 +465,12 @@ export class SandboxService {
             startPath: started.path,
             timings: { totalMs: started.totalMs, phases: started.phases },
             envdTokenHash: sha256(started.accessToken),
+            ...(started.policy ? { networkPolicy: started.policy } : {}),
           },
           "ready",
           "start",
         );
+        this.#rememberToken(id, started.accessToken);
         await this.#event(id, "ready", { path: started.path, timeoutAt: rec.timeoutAt });
         this.#log.info({ sandboxId: id, path: started.path, totalMs: started.totalMs }, "sandbox running");
         await this.#sample(rec).catch(() => {});
@@ -308,7 +521,7 @@ export class SandboxService {
     lastSample: UsageSample | undefined,
     endMs = Date.now(),
   ): Promise<boolean> {
-    const meter = this.#meters.get(rec.id) ?? new Meter();
+    const meter = await this.#meterOf(rec.id);
     if (lastSample) meter.add(lastSample);
     const endedAt = iso(endMs);
     const ended = await this.#store.endSandbox(
@@ -339,7 +552,7 @@ export class SandboxService {
       await this.#event(id, "kill", { by, reason });
       let sample: UsageSample | undefined;
       try {
-        if (rec.nodeSandboxId) sample = await this.#node.kill(rec.nodeSandboxId, reason);
+        if (rec.nodeSandboxId) sample = await this.#nodeOf(rec).kill(rec.nodeSandboxId, reason);
       } catch (e) {
         this.#log.error({ sandboxId: id, err: e }, "node kill failed");
       }
@@ -380,7 +593,7 @@ export class SandboxService {
 
   /** Private services a tenant may bind (null: every service, for admins). */
   async services(tenantId: string | null): Promise<PrivateService[]> {
-    const all = await this.#node.listServices();
+    const all = await this.nodes.listServices();
     return tenantId === null ? all : all.filter((s) => !s.tenants || s.tenants.includes(tenantId));
   }
 
@@ -401,9 +614,11 @@ export class SandboxService {
           `sandbox ${id} is ${rec.state}; its egress policy changes only while it runs`,
         );
       }
-      const applied = await this.#node.updatePolicy(rec.nodeSandboxId, policy).catch((e) => {
-        throw toApiError(e);
-      });
+      const applied = await this.#nodeOf(rec)
+        .updatePolicy(rec.nodeSandboxId, policy, tenantId, policy.grantedBy === "admin")
+        .catch((e) => {
+          throw toApiError(e);
+        });
       await this.#store.updateSandbox(id, { networkPolicy: applied }, ["running"]);
       await this.#event(id, "network_policy", { policy: applied });
       return applied;
@@ -427,20 +642,62 @@ export class SandboxService {
     });
   }
 
-  async pause(tenantId: string, id: string): Promise<SandboxRecord> {
+  /**
+   * Takes room in the tenant's paused-disk quota (maxPausedMib: paused
+   * sandboxes' guest memory, the size their memory file can reach). Taken
+   * before the check, like #admit; release once the store has it paused.
+   */
+  async #admitPause(tenant: Tenant, memoryMib: number): Promise<() => void> {
+    const mine = { tenantId: tenant.id, memoryMib };
+    this.#pausing.add(mine);
+    const release = () => this.#pausing.delete(mine);
+    try {
+      const used = await this.#store.pausedUsage(tenant.id);
+      let inFlight = 0;
+      for (const p of this.#pausing) if (p !== mine && p.tenantId === tenant.id) inFlight += p.memoryMib;
+      const limit = tenant.limits.maxPausedMib;
+      if (used.memoryMib + inFlight + memoryMib > limit) {
+        throw new ApiError(
+          "QUOTA_EXCEEDED",
+          `quota exceeded: maxPausedMib is ${limit}, ${used.memoryMib + inFlight} MiB paused (${used.sandboxes} sandboxes), ${memoryMib} MiB more requested; kill a paused sandbox or ask for a higher limit`,
+        );
+      }
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return release;
+  }
+
+  async pause(caller: Caller, id: string): Promise<SandboxRecord> {
+    const tenantId = caller.tenant.id;
     await this.get(tenantId, id);
     return this.#withLock(id, async () => {
       let rec = await this.get(tenantId, id);
       assertTransition(id, rec.state, "paused", "pause");
-      const sample = await this.#node.pause(rec.nodeSandboxId!).catch((e) => {
-        throw toApiError(e);
-      });
-      const meter = this.#meters.get(id) ?? new Meter();
-      if (sample) meter.add(sample);
-      meter.suspend();
-      this.#meters.set(id, meter);
-      // INVARIANT: paused sandboxes do not expire (timeoutAt null); resume restarts the timeout.
-      rec = await this.#transition(rec, "paused", { timeoutAt: null }, "paused by request", "pause");
+      const release = await this.#admitPause(caller.tenant, rec.memoryMib);
+      const meter = await this.#meterOf(id);
+      try {
+        const sample = await this.#nodeOf(rec)
+          .pause(rec.nodeSandboxId!)
+          .catch((e) => {
+            throw toApiError(e);
+          });
+        if (sample) meter.add(sample);
+        meter.suspend();
+        this.#meters.set(id, meter);
+        // INVARIANT: paused sandboxes do not time out (timeoutAt null); resume restarts the
+        // timeout. The reaper ends them after the paused retention instead (reap).
+        rec = await this.#transition(
+          rec,
+          "paused",
+          { timeoutAt: null, pausedAt: iso() },
+          "paused by request",
+          "pause",
+        );
+      } finally {
+        release();
+      }
       await this.#store.putInterimUsage(this.#usage(rec, meter, Date.now(), false));
       return rec;
     });
@@ -454,20 +711,25 @@ export class SandboxService {
       assertTransition(id, rec.state, "running", "resume");
       // It already counts towards maxSandboxes; its vCPUs and memory come back.
       const limits = { ...caller.tenant.limits, maxSandboxes: Number.MAX_SAFE_INTEGER };
-      const quota = await this.#store.checkQuota(rec.tenantId, rec, 1, limits);
-      if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
-      const r = await this.#node.resume(rec.nodeSandboxId!).catch((e) => {
-        throw toApiError(e);
-      });
-      const t = timeoutMs ?? rec.timeoutMs;
-      await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs });
-      rec = await this.#transition(
-        rec,
-        "running",
-        { timeoutMs: t, timeoutAt: iso(Date.now() + t) },
-        "resumed by request",
-        "resume",
-      );
+      const release = await this.#admit(rec.tenantId, rec, 1, limits, rec.nodeId);
+      try {
+        const r = await this.#nodeOf(rec)
+          .resume(rec.nodeSandboxId!)
+          .catch((e) => {
+            throw toApiError(e);
+          });
+        const t = timeoutMs ?? rec.timeoutMs;
+        await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs });
+        rec = await this.#transition(
+          rec,
+          "running",
+          { timeoutMs: t, timeoutAt: iso(Date.now() + t), pausedAt: null },
+          "resumed by request",
+          "resume",
+        );
+      } finally {
+        release();
+      }
       return rec;
     });
   }
@@ -478,18 +740,32 @@ export class SandboxService {
       const parent = await this.get(caller.tenant.id, id);
       if (parent.state !== "running")
         throw new ApiError("CONFLICT", `cannot fork sandbox ${id}: it is ${parent.state}`);
-      const quota = await this.#store.checkQuota(parent.tenantId, parent, count, caller.tenant.limits);
-      if (!quota.ok) throw new ApiError("QUOTA_EXCEEDED", quota.message);
+      const release = await this.#admit(parent.tenantId, parent, count, caller.tenant.limits, parent.nodeId);
+      try {
+        return await this.#forkAdmitted(caller, parent, count);
+      } finally {
+        release();
+      }
+    });
+  }
+
+  async #forkAdmitted(caller: Caller, parent: SandboxRecord, count: number): Promise<SandboxRecord[]> {
+    {
+      const id = parent.id;
       await this.#event(id, "fork", { count });
-      const children = await this.#node.fork(parent.nodeSandboxId!, count).catch((e) => {
-        throw toApiError(e);
-      });
+      const children = await this.#nodeOf(parent)
+        .fork(parent.nodeSandboxId!, count)
+        .catch((e) => {
+          throw toApiError(e);
+        });
       const out: SandboxRecord[] = [];
-      const unlimited = {
+      const unlimited: TenantLimits = {
         maxSandboxes: Number.MAX_SAFE_INTEGER,
         maxVcpus: Number.MAX_SAFE_INTEGER,
         maxMemoryMib: Number.MAX_SAFE_INTEGER,
         requestsPerMinute: 0,
+        maxKeys: 0,
+        maxPausedMib: 0,
       };
       for (const c of children) {
         const now = Date.now();
@@ -511,10 +787,13 @@ export class SandboxService {
           tokenHash: newSandboxToken().hash,
           envdTokenHash: sha256(c.accessToken),
           createdByKey: caller.keyId,
-          networkPolicy: null, // the node gives forks its default policy
+          // INVARIANT: the policy recorded is the one the node enforces on the child.
+          networkPolicy: c.policy ?? parent.networkPolicy,
+          pausedAt: null,
         };
         // Checked above for the whole fork; the children exist already.
         await this.#store.insertSandboxWithinQuota(child, unlimited);
+        this.#rememberToken(child.id, c.accessToken);
         await this.#event(child.id, "requested", { forkOf: parent.id, key: caller.keyId });
         await this.#event(child.id, "started", { path: "snapshot", totalMs: c.totalMs, phases: c.phases });
         await this.#event(child.id, "ready", { path: "snapshot", timeoutAt: child.timeoutAt });
@@ -524,17 +803,49 @@ export class SandboxService {
         out.push(child);
       }
       return out;
-    });
+    }
   }
 
   // ---------------------------------------------------------------- background: reaper, sampler, recovery
+
+  /**
+   * Asks each node, in one call per node, for the state of the sandboxes the
+   * store has as live there. A node that does not answer is left out (its
+   * sandboxes are neither confirmed nor ended: its lease decides).
+   */
+  async #statusByNode(recs: SandboxRecord[]) {
+    const byNode = new Map<string, SandboxRecord[]>();
+    for (const r of recs) {
+      if (!r.nodeSandboxId) continue;
+      byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), r]);
+    }
+    const out = new Map<string, NodeSandboxStatus>();
+    await Promise.all(
+      [...byNode].map(async ([nodeId, rs]) => {
+        try {
+          const got = await this.#nodes.node(nodeId).status(rs.map((r) => r.nodeSandboxId!));
+          for (const r of rs) {
+            const st = got.get(r.nodeSandboxId!);
+            if (st) out.set(r.id, st);
+          }
+        } catch (e) {
+          this.#log.warn({ node: nodeId, err: (e as Error).message }, "node did not report its sandboxes");
+        }
+      }),
+    );
+    return out;
+  }
 
   /** Ends sandboxes the control plane recorded as live whose VM is gone; keeps adopted paused ones. */
   async recover(): Promise<{ ended: string[]; adopted: string[] }> {
     const ended: string[] = [];
     const adopted: string[] = [];
-    for (const rec of await this.#store.listLiveSandboxes()) {
-      const status = rec.nodeSandboxId ? this.#node.status(rec.nodeSandboxId) : undefined;
+    const live = await this.#store.listLiveSandboxes();
+    const statuses = await this.#statusByNode(live);
+    for (const rec of live) {
+      const status = statuses.get(rec.id);
+      // A node that did not answer keeps its sandboxes until its lease says otherwise.
+      if (!status && rec.nodeSandboxId && !this.#nodes.ids().includes(rec.nodeId) === false) continue;
       const interim = await this.#store.getUsage(rec.id);
       const meter = interim ? Meter.restore(interim) : new Meter();
       if (rec.state === "paused" && status?.state === "paused") {
@@ -542,6 +853,10 @@ export class SandboxService {
         await this.#event(rec.id, "adopted", { reason: "control plane restarted; paused sandbox kept" });
         adopted.push(rec.id);
         continue;
+      }
+      if (status && status.state !== "gone") {
+        this.#meters.set(rec.id, meter);
+        continue; // its node still runs it (a control plane restart beside a node that stayed up)
       }
       this.#meters.set(rec.id, meter);
       // Usage is known up to the last interim sample: bill until then.
@@ -557,11 +872,11 @@ export class SandboxService {
     return { ended, adopted };
   }
 
-  async #sample(rec: SandboxRecord): Promise<void> {
+  async #sample(rec: SandboxRecord, sample?: UsageSample): Promise<void> {
     if (!rec.nodeSandboxId) return;
-    const sample = await this.#node.usageSample(rec.nodeSandboxId);
-    const meter = this.#meters.get(rec.id);
-    if (!meter || !sample) return;
+    sample ??= await this.#nodeOf(rec).usageSample(rec.nodeSandboxId);
+    if (!sample) return;
+    const meter = await this.#meterOf(rec.id);
     meter.add(sample);
     await this.#store.putInterimUsage(this.#usage(rec, meter, sample.at, false));
   }
@@ -571,11 +886,14 @@ export class SandboxService {
     if (this.#sampling) return;
     this.#sampling = true;
     try {
-      for (const rec of await this.#store.listLiveSandboxes()) {
-        if (rec.state !== "running" || !rec.nodeSandboxId) continue;
-        if (this.#locks.has(rec.id)) continue; // an action is in progress
-        const status = this.#node.status(rec.nodeSandboxId);
-        if (status.state === "gone") {
+      const running = (await this.#store.listLiveSandboxes()).filter(
+        (r) => r.state === "running" && r.nodeSandboxId && !this.#locks.has(r.id),
+      );
+      const statuses = await this.#statusByNode(running);
+      const byNode = new Map<string, SandboxRecord[]>();
+      for (const rec of running) {
+        const status = statuses.get(rec.id);
+        if (status?.state === "gone") {
           await this.#withLock(rec.id, async () => {
             const now = await this.#store.getSandbox(rec.id);
             if (now?.state !== "running") return;
@@ -584,31 +902,59 @@ export class SandboxService {
           });
           continue;
         }
-        await this.#sample(rec).catch((e) =>
-          this.#log.warn({ sandboxId: rec.id, err: e }, "usage sample failed"),
-        );
+        if (status) byNode.set(rec.nodeId, [...(byNode.get(rec.nodeId) ?? []), rec]);
       }
+      await Promise.all(
+        [...byNode].map(async ([nodeId, recs]) => {
+          try {
+            const samples = await this.#nodes.node(nodeId).usage(recs.map((r) => r.nodeSandboxId!));
+            for (const rec of recs) {
+              const u = samples.get(rec.nodeSandboxId!);
+              if (u) await this.#sample(rec, u);
+            }
+          } catch (e) {
+            this.#log.warn({ node: nodeId, err: (e as Error).message }, "usage samples failed");
+          }
+        }),
+      );
     } finally {
       this.#sampling = false;
     }
   }
 
-  /** One reaper pass: kills every running sandbox whose timeout has passed. */
+  /**
+   * One reaper pass: kills every running sandbox whose timeout has passed,
+   * and every paused one paused longer than the paused retention (reason
+   * `paused_retention`; its final usage record is written like any end).
+   */
   async reap(): Promise<void> {
     if (this.#reaping) return;
     this.#reaping = true;
     try {
       const now = Date.now();
-      const expired = (await this.#store.listLiveSandboxes()).filter(
+      const live = await this.#store.listLiveSandboxes();
+      const expired = live.filter(
         (r) => r.state === "running" && r.timeoutAt !== null && Date.parse(r.timeoutAt) <= now,
       );
-      await Promise.all(
-        expired.map((r) =>
+      // INVARIANT: nothing stays paused (holding disk) longer than pausedRetentionMs.
+      const stale = live.filter(
+        (r) =>
+          r.state === "paused" &&
+          r.pausedAt !== null &&
+          Date.parse(r.pausedAt) + this.#config.pausedRetentionMs <= now,
+      );
+      await Promise.all([
+        ...expired.map((r) =>
           this.#kill(r.id, "reaper", "timeout").catch((e) =>
             this.#log.error({ sandboxId: r.id, err: e }, "reaper kill failed"),
           ),
         ),
-      );
+        ...stale.map((r) =>
+          this.#kill(r.id, "reaper", "paused_retention").catch((e) =>
+            this.#log.error({ sandboxId: r.id, err: e }, "reaper kill of a paused sandbox failed"),
+          ),
+        ),
+      ]);
     } finally {
       this.#reaping = false;
     }

@@ -3,15 +3,19 @@
 import fs from "node:fs";
 import path from "node:path";
 import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { DEFAULT_LIMITS } from "../config.ts";
 import { TRAFFIC_CLASSES, type TrafficBytes } from "../node/node-client.ts";
 import type {
   ApiKeyRecord,
+  KeyInsertResult,
   ListSandboxesQuery,
+  NodeBudget,
   QuotaResult,
   SandboxEvent,
   SandboxRecord,
   SandboxState,
   Store,
+  TemplateOwner,
   Tenant,
   TenantLimits,
   UsageGroup,
@@ -22,7 +26,7 @@ import type {
 /** usage_records columns: <class>_tx_bytes, <class>_rx_bytes. */
 const TRAFFIC_COLS = TRAFFIC_CLASSES.flatMap((c) => [`${c}_tx_bytes`, `${c}_rx_bytes`]);
 
-const MIGRATIONS: string[] = [
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
@@ -104,6 +108,21 @@ const MIGRATIONS: string[] = [
   ALTER TABLE sandboxes ADD COLUMN network_policy TEXT;
   ${TRAFFIC_COLS.map((c) => `ALTER TABLE usage_records ADD COLUMN ${c} INTEGER NOT NULL DEFAULT 0;`).join("\n  ")}
   `,
+  // 3: key lineage (revocation cascades), template ownership, paused retention.
+  // Sandboxes paused before this migration get a full retention period from now.
+  `
+  ALTER TABLE api_keys ADD COLUMN created_by_key TEXT;
+  CREATE INDEX api_keys_created_by ON api_keys(created_by_key);
+  CREATE INDEX api_keys_tenant ON api_keys(tenant_id, revoked_at);
+  CREATE TABLE templates (
+    name TEXT PRIMARY KEY,
+    tenant_id TEXT REFERENCES tenants(id),
+    created_at TEXT NOT NULL,
+    created_by_key TEXT
+  );
+  ALTER TABLE sandboxes ADD COLUMN paused_at TEXT;
+  UPDATE sandboxes SET paused_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE state = 'paused';
+  `,
 ];
 
 const LIVE = "('requested','starting','running','paused','stopping')";
@@ -171,11 +190,60 @@ export class SqliteStore implements Store {
   // Keys
 
   async createKey(k: ApiKeyRecord): Promise<void> {
+    this.#insertKey(k);
+  }
+
+  #insertKey(k: ApiKeyRecord): void {
     this.db
       .prepare(
-        "INSERT INTO api_keys (id, tenant_id, name, hash, scopes, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO api_keys (id, tenant_id, name, hash, scopes, created_at, revoked_at, created_by_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       )
-      .run(k.id, k.tenantId, k.name, k.hash, JSON.stringify(k.scopes), k.createdAt, k.revokedAt);
+      .run(
+        k.id,
+        k.tenantId,
+        k.name,
+        k.hash,
+        JSON.stringify(k.scopes),
+        k.createdAt,
+        k.revokedAt,
+        k.createdByKey,
+      );
+  }
+
+  async createKeyWithinLimit(k: ApiKeyRecord, maxKeys: number): Promise<KeyInsertResult> {
+    return this.#tx(() => {
+      if (k.createdByKey !== null) {
+        const minter = this.db.prepare("SELECT revoked_at FROM api_keys WHERE id = ?").get(k.createdByKey) as
+          | Row
+          | undefined;
+        // INVARIANT: no key outlives its minter's revocation (the cascade
+        // runs in a transaction too, so one of the two sees the other).
+        if (!minter || minter["revoked_at"] !== null) {
+          return {
+            ok: false,
+            reason: "minter_revoked",
+            message: `API key ${k.createdByKey} was revoked; use another key`,
+          };
+        }
+      }
+      const held = this.db
+        .prepare("SELECT COUNT(*) AS n FROM api_keys WHERE tenant_id = ? AND revoked_at IS NULL")
+        .get(k.tenantId) as { n: number };
+      if (held.n >= maxKeys) {
+        return {
+          ok: false,
+          reason: "maxKeys",
+          message: `quota exceeded: maxKeys is ${maxKeys} and tenant ${k.tenantId} holds ${held.n} unrevoked keys; revoke one (DELETE /v1/keys/{id}) or ask for a higher limit`,
+        };
+      }
+      this.#insertKey(k);
+      return { ok: true };
+    });
+  }
+
+  async getKey(id: string): Promise<ApiKeyRecord | undefined> {
+    const r = this.db.prepare("SELECT * FROM api_keys WHERE id = ?").get(id) as Row | undefined;
+    return r ? keyFrom(r) : undefined;
   }
 
   async findKeyByHash(hash: string): Promise<ApiKeyRecord | undefined> {
@@ -191,18 +259,54 @@ export class SqliteStore implements Store {
     return (rows as Row[]).map(keyFrom);
   }
 
-  async revokeKey(id: string, tenantId: string | null, at: string): Promise<boolean> {
-    const r =
-      tenantId === null
-        ? this.db
-            .prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .run(at, id)
-        : this.db
-            .prepare(
-              "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL",
-            )
-            .run(at, id, tenantId);
-    return Number(r.changes) === 1;
+  async revokeKeyTree(id: string, at: string): Promise<string[]> {
+    return this.#tx(() => {
+      const root = this.db.prepare("SELECT revoked_at FROM api_keys WHERE id = ?").get(id) as Row | undefined;
+      if (!root || root["revoked_at"] !== null) return [];
+      // Every key minted by this one, transitively (revoked ones included:
+      // what they minted goes too). UNION stops at cycles, which ids cannot form anyway.
+      const ids = (
+        this.db
+          .prepare(
+            `WITH RECURSIVE tree(id) AS (
+               SELECT ? UNION SELECT k.id FROM api_keys k JOIN tree ON k.created_by_key = tree.id
+             ) SELECT k.id FROM api_keys k JOIN tree ON k.id = tree.id WHERE k.revoked_at IS NULL`,
+          )
+          .all(id) as Row[]
+      ).map((r) => String(r["id"]));
+      const revoke = this.db.prepare(
+        "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+      );
+      for (const k of ids) revoke.run(at, k);
+      return ids;
+    });
+  }
+
+  // Templates
+
+  async getTemplateOwner(name: string): Promise<TemplateOwner | undefined> {
+    const r = this.db.prepare("SELECT * FROM templates WHERE name = ?").get(name) as Row | undefined;
+    return r ? templateOwnerFrom(r) : undefined;
+  }
+
+  async listTemplateOwners(): Promise<TemplateOwner[]> {
+    return (this.db.prepare("SELECT * FROM templates ORDER BY name").all() as Row[]).map(templateOwnerFrom);
+  }
+
+  async claimTemplate(owner: TemplateOwner): Promise<{ owner: TemplateOwner; created: boolean }> {
+    return this.#tx(() => {
+      const r = this.db
+        .prepare(
+          "INSERT INTO templates (name, tenant_id, created_at, created_by_key) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+        )
+        .run(owner.name, owner.tenantId, owner.createdAt, owner.createdByKey);
+      const now = this.db.prepare("SELECT * FROM templates WHERE name = ?").get(owner.name) as Row;
+      return { owner: templateOwnerFrom(now), created: Number(r.changes) === 1 };
+    });
+  }
+
+  async removeTemplateOwner(name: string): Promise<void> {
+    this.db.prepare("DELETE FROM templates WHERE name = ?").run(name);
   }
 
   // Sandboxes
@@ -212,6 +316,7 @@ export class SqliteStore implements Store {
     shape: { vcpus: number; memoryMib: number },
     count: number,
     l: TenantLimits,
+    node: NodeBudget | undefined,
   ): QuotaResult {
     const live = this.db
       .prepare(`SELECT COUNT(*) AS n FROM sandboxes WHERE tenant_id = ? AND state IN ${LIVE}`)
@@ -242,7 +347,43 @@ export class SqliteStore implements Store {
         message: `quota exceeded: maxMemoryMib is ${l.maxMemoryMib}, ${held.mem} MiB in use, ${shape.memoryMib * count} MiB requested; use less memory or kill a sandbox`,
       };
     }
+    return node ? this.#nodeBudget(shape, count, node) : { ok: true };
+  }
+
+  /** Every tenant's sandboxes that hold CPU and memory on the node, against its budget. */
+  #nodeBudget(shape: { vcpus: number; memoryMib: number }, count: number, node: NodeBudget): QuotaResult {
+    const held = this.db
+      .prepare(
+        `SELECT COUNT(*) AS n, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mib), 0) AS mem FROM sandboxes WHERE node_id = ? AND state IN ${HOLDING}`,
+      )
+      .get(node.nodeId) as { n: number; vcpus: number; mem: number };
+    const wantVcpus = shape.vcpus * count;
+    if (held.vcpus + wantVcpus > node.vcpus) {
+      return {
+        ok: false,
+        limit: "nodeVcpus",
+        message: `node ${node.nodeId} is full: ${held.vcpus} vCPUs committed of ${Math.floor(node.vcpus)} it may commit, ${wantVcpus} requested; retry later or use fewer vCPUs`,
+      };
+    }
+    const committedMib = held.mem + held.n * node.overheadMib;
+    const wantMib = (shape.memoryMib + node.overheadMib) * count;
+    if (committedMib + wantMib > node.memoryMib) {
+      return {
+        ok: false,
+        limit: "nodeMemoryMib",
+        message: `node ${node.nodeId} is full: ${committedMib} MiB committed of ${Math.floor(node.memoryMib)} MiB it may commit, ${wantMib} MiB requested (guest memory + ${node.overheadMib} MiB each); retry later or use less memory`,
+      };
+    }
     return { ok: true };
+  }
+
+  async pausedUsage(tenantId: string): Promise<{ sandboxes: number; memoryMib: number }> {
+    const r = this.db
+      .prepare(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(memory_mib), 0) AS mem FROM sandboxes WHERE tenant_id = ? AND state = 'paused'",
+      )
+      .get(tenantId) as { n: number; mem: number };
+    return { sandboxes: Number(r.n), memoryMib: Number(r.mem) };
   }
 
   async checkQuota(
@@ -250,13 +391,19 @@ export class SqliteStore implements Store {
     shape: { vcpus: number; memoryMib: number },
     count: number,
     limits: TenantLimits,
+    node?: NodeBudget,
   ): Promise<QuotaResult> {
-    return this.#quota(tenantId, shape, count, limits);
+    return this.#quota(tenantId, shape, count, limits, node);
   }
 
-  async insertSandboxWithinQuota(s: SandboxRecord, limits: TenantLimits, extra = 0): Promise<QuotaResult> {
+  async insertSandboxWithinQuota(
+    s: SandboxRecord,
+    limits: TenantLimits,
+    extra = 0,
+    node?: NodeBudget,
+  ): Promise<QuotaResult> {
     return this.#tx(() => {
-      const q = this.#quota(s.tenantId, s, 1 + extra, limits);
+      const q = this.#quota(s.tenantId, s, 1 + extra, limits, node);
       if (!q.ok) return q;
       const cols = sandboxCols(s);
       this.db
@@ -290,15 +437,18 @@ export class SqliteStore implements Store {
   async listSandboxes(
     q: ListSandboxesQuery,
   ): Promise<{ sandboxes: SandboxRecord[]; nextCursor: string | null }> {
+    const limit = Math.max(1, Math.floor(q.limit)); // SQLite refuses a fractional LIMIT
     const where = ["tenant_id = ?"];
     const args: SQLInputValue[] = [q.tenantId];
     if (q.states?.length) {
       where.push(`state IN (${q.states.map(() => "?").join(", ")})`);
       args.push(...q.states);
     }
+    // Keys are matched as values (json_each), never spliced into a JSON path:
+    // a key may hold any character, quotes and NUL included.
     for (const [k, v] of Object.entries(q.metadata ?? {})) {
-      where.push("json_extract(metadata, ?) = ?");
-      args.push(jsonPath(k), v);
+      where.push("EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND type = 'text' AND value = ?)");
+      args.push(k, v);
     }
     if (q.cursor) {
       where.push("seq < ?");
@@ -306,9 +456,9 @@ export class SqliteStore implements Store {
     }
     const rows = this.db
       .prepare(`SELECT * FROM sandboxes WHERE ${where.join(" AND ")} ORDER BY seq DESC LIMIT ?`)
-      .all(...args, q.limit + 1) as Row[];
-    const more = rows.length > q.limit;
-    const page = rows.slice(0, q.limit);
+      .all(...args, limit + 1) as Row[];
+    const more = rows.length > limit;
+    const page = rows.slice(0, limit);
     const last = page.at(-1);
     return {
       sandboxes: page.map(sandboxFrom),
@@ -413,7 +563,7 @@ export class SqliteStore implements Store {
       args.push(q.sandboxId);
     }
     const sql = `SELECT * FROM usage_records ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY created_at DESC, sandbox_id LIMIT ?`;
-    return (this.db.prepare(sql).all(...args, q.limit) as Row[]).map(usageFrom);
+    return (this.db.prepare(sql).all(...args, Math.max(1, Math.floor(q.limit))) as Row[]).map(usageFrom);
   }
 
   async usageGroups(q: {
@@ -428,8 +578,8 @@ export class SqliteStore implements Store {
     else if (q.groupBy === "template") keyExpr = "template";
     else if (q.groupBy === "root") keyExpr = "root_id";
     else {
-      keyExpr = "json_extract(metadata, ?)";
-      args.push(jsonPath(q.groupBy.metadata));
+      keyExpr = "(SELECT value FROM json_each(metadata) WHERE key = ? AND type = 'text')";
+      args.push(q.groupBy.metadata);
     }
     const where: string[] = [];
     if (q.tenantId !== null) {
@@ -477,16 +627,12 @@ function round3(n: number): number {
   return Math.round(n * 1000) / 1000;
 }
 
-/** A JSON path for one top-level key, whatever characters it has. */
-function jsonPath(key: string): string {
-  return `$."${key.replaceAll("\\", "\\\\").replaceAll('"', '\\"')}"`;
-}
-
 function tenantFrom(r: Row): Tenant {
   return {
     id: String(r["id"]),
     name: String(r["name"]),
-    limits: JSON.parse(String(r["limits"])) as TenantLimits,
+    // Limits added later (maxKeys, maxPausedMib) take their defaults for older tenants.
+    limits: { ...DEFAULT_LIMITS, ...(JSON.parse(String(r["limits"])) as Partial<TenantLimits>) },
     createdAt: String(r["created_at"]),
   };
 }
@@ -500,6 +646,16 @@ function keyFrom(r: Row): ApiKeyRecord {
     scopes: JSON.parse(String(r["scopes"])) as ApiKeyRecord["scopes"],
     createdAt: String(r["created_at"]),
     revokedAt: r["revoked_at"] === null ? null : String(r["revoked_at"]),
+    createdByKey: r["created_by_key"] === null ? null : String(r["created_by_key"]),
+  };
+}
+
+function templateOwnerFrom(r: Row): TemplateOwner {
+  return {
+    name: String(r["name"]),
+    tenantId: r["tenant_id"] === null ? null : String(r["tenant_id"]),
+    createdAt: String(r["created_at"]),
+    createdByKey: r["created_by_key"] === null ? null : String(r["created_by_key"]),
   };
 }
 
@@ -528,6 +684,7 @@ const SANDBOX_FIELDS: Record<keyof SandboxRecord, string> = {
   envdTokenHash: "envd_token_hash",
   createdByKey: "created_by_key",
   networkPolicy: "network_policy",
+  pausedAt: "paused_at",
 };
 const JSON_SANDBOX_FIELDS = new Set(["metadata", "timings", "networkPolicy"]);
 

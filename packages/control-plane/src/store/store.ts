@@ -44,6 +44,10 @@ export interface TenantLimits {
   maxVcpus: number;
   maxMemoryMib: number;
   requestsPerMinute: number;
+  /** Unrevoked API keys the tenant may hold (keys minted over the API). */
+  maxKeys: number;
+  /** Paused sandboxes' on-disk state, estimated as their guest memory (MiB). */
+  maxPausedMib: number;
 }
 
 export interface Tenant {
@@ -62,6 +66,20 @@ export interface ApiKeyRecord {
   scopes: Scope[];
   createdAt: string;
   revokedAt: string | null;
+  /** The key that minted this one (null: bootstrap, FIREBREAK_ADMIN_KEY, `firebreak admin-key`). */
+  createdByKey: string | null;
+}
+
+/**
+ * Who owns a built template. A template without a record (built by root with
+ * the local CLI, or before ownership was recorded) is an operator template.
+ */
+export interface TemplateOwner {
+  name: string;
+  /** null: an operator template (readable by every tenant, writable by admins). */
+  tenantId: string | null;
+  createdAt: string;
+  createdByKey: string | null;
 }
 
 export interface SandboxRecord {
@@ -95,6 +113,8 @@ export interface SandboxRecord {
   createdByKey: string;
   /** Egress policy in force (last set); null: the node's default (deny all). */
   networkPolicy: NormalizedPolicy | null;
+  /** When it was paused (null unless paused); the reaper ends it after the paused retention. */
+  pausedAt: string | null;
 }
 
 export interface SandboxEvent {
@@ -139,7 +159,24 @@ export interface UsageGroup {
 
 export type UsageGroupBy = "tenant" | "template" | "root" | { metadata: string };
 
-export type QuotaResult = { ok: true } | { ok: false; limit: keyof TenantLimits; message: string };
+/**
+ * What a node may still commit: vCPUs and memory (guest memory plus
+ * `overheadMib` per sandbox) over every tenant's sandboxes on it.
+ */
+export interface NodeBudget {
+  nodeId: string;
+  vcpus: number;
+  memoryMib: number;
+  overheadMib: number;
+}
+
+export type QuotaResult =
+  | { ok: true }
+  | { ok: false; limit: keyof TenantLimits | "nodeVcpus" | "nodeMemoryMib"; message: string };
+
+export type KeyInsertResult =
+  | { ok: true }
+  | { ok: false; reason: "maxKeys" | "minter_revoked"; message: string };
 
 export interface ListSandboxesQuery {
   tenantId: string;
@@ -156,25 +193,58 @@ export interface Store {
   listTenants(): Promise<Tenant[]>;
 
   // API keys
+  /** Inserts a key as it is (bootstrap, recovery): no limit, no minter check. */
   createKey(k: ApiKeyRecord): Promise<void>;
+  /**
+   * Inserts a key minted over the API, atomically: refused when its tenant
+   * already holds `maxKeys` unrevoked keys, or when its minter
+   * (`k.createdByKey`) is revoked by now (so a key minted while its minter is
+   * being revoked cannot outlive it).
+   */
+  createKeyWithinLimit(k: ApiKeyRecord, maxKeys: number): Promise<KeyInsertResult>;
   findKeyByHash(hash: string): Promise<ApiKeyRecord | undefined>;
+  getKey(id: string): Promise<ApiKeyRecord | undefined>;
   listKeys(tenantId: string | null): Promise<ApiKeyRecord[]>;
-  /** Marks a key revoked; false when no unrevoked key has that id (in that tenant, unless null). */
-  revokeKey(id: string, tenantId: string | null, at: string): Promise<boolean>;
+  /**
+   * Revokes a key and, in the same transaction, every key minted by it (and
+   * by those, transitively). Returns the ids revoked now; empty when the key
+   * was unknown or already revoked.
+   */
+  revokeKeyTree(id: string, at: string): Promise<string[]>;
+
+  // Templates (ownership; the images themselves live on the node)
+  getTemplateOwner(name: string): Promise<TemplateOwner | undefined>;
+  listTemplateOwners(): Promise<TemplateOwner[]>;
+  /**
+   * Records `owner` unless the name already has a record; returns the record
+   * in force afterwards (the existing one when there was one).
+   */
+  claimTemplate(owner: TemplateOwner): Promise<{ owner: TemplateOwner; created: boolean }>;
+  removeTemplateOwner(name: string): Promise<void>;
 
   // Sandboxes
   /**
-   * Inserts a sandbox unless the tenant's limits would be exceeded by it plus
-   * `extra` more of the same shape. Atomic: concurrent creates cannot both pass.
+   * Inserts a sandbox unless the tenant's limits (or, when given, the node's
+   * budget) would be exceeded by it plus `extra` more of the same shape.
+   * Atomic: concurrent creates cannot both pass. Tenant limits are checked
+   * first.
    */
-  insertSandboxWithinQuota(s: SandboxRecord, limits: TenantLimits, extra?: number): Promise<QuotaResult>;
-  /** Checks the quota for `count` more sandboxes of a shape without inserting. */
+  insertSandboxWithinQuota(
+    s: SandboxRecord,
+    limits: TenantLimits,
+    extra?: number,
+    node?: NodeBudget,
+  ): Promise<QuotaResult>;
+  /** Checks the quota (and the node's budget) for `count` more sandboxes of a shape without inserting. */
   checkQuota(
     tenantId: string,
     shape: { vcpus: number; memoryMib: number },
     count: number,
     limits: TenantLimits,
+    node?: NodeBudget,
   ): Promise<QuotaResult>;
+  /** A tenant's paused sandboxes: how many, and their guest memory summed. */
+  pausedUsage(tenantId: string): Promise<{ sandboxes: number; memoryMib: number }>;
   getSandbox(id: string): Promise<SandboxRecord | undefined>;
   findSandboxByTokenHash(hash: string): Promise<SandboxRecord | undefined>;
   findSandboxByEnvdTokenHash(hash: string): Promise<SandboxRecord | undefined>;

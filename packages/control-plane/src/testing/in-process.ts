@@ -6,6 +6,8 @@ import pino from "pino";
 import { createApp } from "../api/app.ts";
 import { newApiKey } from "../auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "../config.ts";
+import { IngressTokens } from "../ingress/ingress-token.ts";
+import { StaticNodes } from "../node/directory.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
@@ -14,12 +16,17 @@ import { FakeNode } from "./fake-node.ts";
 
 export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fb-cp-"));
-  const store = new SqliteStore(path.join(dir, "cp.db"));
+  const dbFile = path.join(dir, "cp.db");
+  const store = new SqliteStore(dbFile);
   const node = new FakeNode();
+  const nodes = new StaticNodes([node], { intervalMs: 200 });
+  await nodes.poll();
+  nodes.start();
   const cfg = { ...defaultConfig({}), ...config };
   const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
-  const sandboxes = new SandboxService(store, node, cfg, log);
-  const app = createApp({ store, node, sandboxes, config: cfg, log });
+  const sandboxes = new SandboxService(store, nodes, cfg, log);
+  const ingressTokens = IngressTokens.open(path.join(dir, "ingress-secret"));
+  const app = createApp({ store, node: sandboxes.nodes, sandboxes, config: cfg, log, ingressTokens });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
   ).init();
@@ -43,6 +50,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
       scopes,
       createdAt: new Date().toISOString(),
       revokedAt: null,
+      createdByKey: null,
     });
     return { id, key, keyId: `k${n}`, api: api.withKey(key) };
   }
@@ -51,12 +59,17 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     app,
     api,
     store,
+    dbFile,
     node,
+    /** The node directory (poll() after changing the fake node's capacity or warm slots). */
+    nodes,
     sandboxes,
+    ingressTokens,
     config: cfg,
     tenant,
     async close() {
       await sandboxes.close();
+      await nodes.close();
       store.close();
       fs.rmSync(dir, { recursive: true, force: true });
     },

@@ -44,6 +44,12 @@ export class OpenApiValidator {
     return this.#routes.find((r) => r.re.test(pathname))?.template;
   }
 
+  /** Whether the document has `method` on the route `pathname` matches. */
+  documents(method: string, pathname: string): boolean {
+    const template = this.route(pathname);
+    return template !== undefined && this.#doc.paths[template]?.[method.toLowerCase()] !== undefined;
+  }
+
   /**
    * Throws unless `body` (parsed JSON; for NDJSON one object per line) is what
    * the document says `method path` answers with `status`.

@@ -75,6 +75,8 @@ function templateIn(t: nodePb.TemplateInfo): TemplateInfo {
     builtAt: t.builtAt,
     imageBytes: Number(t.imageBytes),
     packages: t.packages,
+    shape: { vcpus: t.shape?.vcpus || 1, memoryMib: t.shape?.memoryMib || 256 },
+    aliases: t.aliases,
   };
 }
 
@@ -155,6 +157,7 @@ export class NodeDaemonClient {
           key: t.key,
           image: t.image,
           snapshot: t.snapshot,
+          snapshotShapes: t.snapshotShapes,
           warm: t.warm,
           recentP50Ms: t.recentP50Ms,
         })),

@@ -1,7 +1,7 @@
 // The node's identity: a stable id and the node credential, kept root-only in
 // the state dir (`node.json`). Made on first start; the credential is also the
 // TLS-PSK key of a TCP listener and the bearer token on every request.
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
 import type { NodeConfig } from "../config.ts";
@@ -43,7 +43,12 @@ export async function saveIdentity(config: NodeConfig, id: NodeIdentity): Promis
   await writeFileAtomic(identityFile(config), `${JSON.stringify(id, null, 2)}\n`, 0o600);
 }
 
-/** The default local listener: a root-only unix socket in the run dir. */
+/**
+ * The local listener of the node that owns a state dir: a root-only unix
+ * socket in the run dir, named after the state dir (several state dirs may
+ * share a host, as the test suites do).
+ */
 export function defaultSocket(config: NodeConfig): string {
-  return path.join(config.runDir, "node.sock");
+  const tag = createHash("sha256").update(path.resolve(config.stateDir)).digest("hex").slice(0, 12);
+  return path.join(config.runDir, "nodes", `${tag}.sock`);
 }

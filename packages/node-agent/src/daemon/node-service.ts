@@ -4,6 +4,7 @@
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { buildCodeInterpreterBundle, CODE_INTERPRETER_COMPONENT } from "@firebreak/code-interpreter";
 import { buildAgentBundle } from "@firebreak/guest-agent";
 import { paths } from "../config.ts";
 import {
@@ -16,7 +17,7 @@ import { FirebreakError } from "../errors.ts";
 import { type BuildProgress, buildTemplate } from "../image/builder.ts";
 import { readTemplateSpec } from "../image/template-spec.ts";
 import { deleteTemplate, getTemplate, listTemplates, resolveSpecFile } from "../image/template-store.ts";
-import { DEFAULT_SHAPE, type NodeRuntime, type Sandbox, type Shape } from "../sandbox/node-runtime.ts";
+import { type NodeRuntime, type Sandbox, type Shape, shapeFor } from "../sandbox/node-runtime.ts";
 import { snapshotKey } from "../sandbox/snapshot-store.ts";
 
 export const NODE_VERSION = "0.2.0";
@@ -60,6 +61,10 @@ export interface TemplateInfo {
   builtAt: string;
   imageBytes: number;
   packages: string[];
+  /** The shape a create gets when it names none. */
+  shape: Shape;
+  /** More names the template answers to. */
+  aliases: string[];
 }
 
 export interface TemplateReport {
@@ -67,6 +72,8 @@ export interface TemplateReport {
   key: string;
   image: boolean;
   snapshot: boolean;
+  /** Shapes ("<vcpus>x<memoryMib>") with a snapshot for this node's kernel and accelerator. */
+  snapshotShapes: string[];
   warm: Record<string, number>;
   recentP50Ms: Record<string, number>;
 }
@@ -284,6 +291,8 @@ export class NodeService {
       builtAt: t.manifest.builtAt,
       imageBytes: t.manifest.imageBytes,
       packages: t.manifest.spec.debian.packages,
+      shape: shapeFor(t),
+      aliases: t.manifest.spec.aliases ?? [],
     }));
   }
 
@@ -305,10 +314,17 @@ export class NodeService {
       const { spec, dir } = await readTemplateSpec(specFile);
       const bundleDir = path.join(paths.cacheDir(this.runtime.config), "agent");
       await buildAgentBundle(bundleDir);
+      // Firebreak components the spec names, built from this checkout.
+      const components: Record<string, string> = {};
+      if (spec.components?.includes(CODE_INTERPRETER_COMPONENT)) {
+        const ci = path.join(paths.cacheDir(this.runtime.config), CODE_INTERPRETER_COMPONENT);
+        components[CODE_INTERPRETER_COMPONENT] = (await buildCodeInterpreterBundle(ci)).dir;
+      }
       const built = await buildTemplate(this.runtime.config, spec, dir, {
         onProgress,
         runtime: async () => this.runtime,
         agent: { bundleDir, nodeBinary: process.execPath },
+        components,
       });
       onProgress({ step: "snapshot", index: 0, total: 0 });
       await this.runtime.prepareSnapshot(built);
@@ -318,6 +334,8 @@ export class NodeService {
         builtAt: built.manifest.builtAt,
         imageBytes: built.manifest.imageBytes,
         packages: built.manifest.spec.debian.packages,
+        shape: shapeFor(built),
+        aliases: built.manifest.spec.aliases ?? [],
       };
     } finally {
       if (tmp) await fs.rm(tmp, { recursive: true, force: true });
@@ -345,9 +363,13 @@ export class NodeService {
     const pools = this.runtime.pools.status();
     const committed = [...live, ...this.runtime.pools.members()];
     const templates: TemplateReport[] = [];
+    const kernel = `${this.runtime.kernel.package} ${this.runtime.kernel.version}`;
+    const manifests = (await this.runtime.snapshots.manifests()).filter(
+      (m) => m.kernel === kernel && m.accel === this.runtime.accel.accel,
+    );
     for (const t of await listTemplates(this.runtime.config)) {
       const found = await this.runtime.snapshots.find(
-        snapshotKey(t.key, DEFAULT_SHAPE, this.runtime.kernel, this.runtime.accel.accel),
+        snapshotKey(t.key, shapeFor(t), this.runtime.kernel, this.runtime.accel.accel),
       );
       const warm: Record<string, number> = {};
       for (const p of pools.filter((p) => p.templateKey === t.key)) {
@@ -358,6 +380,9 @@ export class NodeService {
         key: t.key,
         image: true,
         snapshot: found.snapshot !== undefined,
+        snapshotShapes: manifests
+          .filter((m) => m.templateKey === t.key)
+          .map((m) => `${m.shape.vcpus}x${m.shape.memoryMib}`),
         warm,
         recentP50Ms: this.#latencies.p50(t.name),
       });

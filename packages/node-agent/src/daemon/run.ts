@@ -2,6 +2,7 @@
 // nftables table, cgroup, slot and file of Firebreak there, and serves the
 // node API (server.ts) to control planes and local CLI commands.
 import fs from "node:fs/promises";
+import path from "node:path";
 import type { NodeConfig } from "../config.ts";
 import { NodeRuntime } from "../sandbox/node-runtime.ts";
 import { defaultSocket, loadIdentity, type NodeIdentity } from "./identity.ts";
@@ -34,6 +35,8 @@ export async function runNodeDaemon(opts: NodeDaemonOptions): Promise<NodeDaemon
   const listeners: RunningDaemon[] = [];
   try {
     await fs.mkdir(opts.config.runDir, { recursive: true, mode: 0o755 });
+    // SECURITY: root-only directory for the node sockets.
+    await fs.mkdir(path.dirname(defaultSocket(opts.config)), { recursive: true, mode: 0o700 });
     const wanted: DaemonListen[] = [];
     if (!opts.listen || "unix" in opts.listen || opts.localSocket !== false) {
       wanted.push(opts.listen && "unix" in opts.listen ? opts.listen : { unix: defaultSocket(opts.config) });

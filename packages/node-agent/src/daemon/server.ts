@@ -88,12 +88,19 @@ function infoOut(i: StartedInfo) {
 
 function parsePolicy(p: { json: string; tenant: string; admin: boolean } | undefined) {
   if (!p) return undefined;
-  let policy: EgressPolicy;
+  let parsed: unknown;
   try {
-    policy = JSON.parse(p.json) as EgressPolicy;
+    parsed = JSON.parse(p.json);
   } catch {
     throw new FirebreakError("SHAPE_INVALID", "the egress policy is not valid JSON");
   }
+  // SECURITY: who made the policy (admin: private ranges may be allowed) is the
+  // authenticated caller's flag, never what the JSON says (egress/README.md).
+  const policy = (
+    parsed && typeof parsed === "object" && !Array.isArray(parsed)
+      ? { ...parsed, grantedBy: p.admin ? "admin" : "tenant" }
+      : parsed
+  ) as EgressPolicy;
   return { policy, tenant: p.tenant, admin: p.admin };
 }
 

@@ -46,7 +46,7 @@ await egress.registry.put({
   protocol: "tcp",
 });
 const policy = {
-  allow: [{ cidr: "192.0.2.0/24", ports: [443] }],
+  allow: [{ cidr: "11.2.0.0/24", ports: [443] }],
   allowDomains: ["api.good.test", "*.example.test"],
   services: ["db.internal", "bulk.internal"],
 };

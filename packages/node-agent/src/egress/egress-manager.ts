@@ -4,12 +4,16 @@
 // manager per node process. See README.md.
 import { readFileSync } from "node:fs";
 import fs from "node:fs/promises";
-import type * as dnsPacket from "dns-packet";
+import { isIPv4 } from "node:net";
+import * as dnsPacket from "dns-packet";
+import { loadConfig } from "../config.ts";
 import { CommandError, run } from "../host/exec.ts";
 import { formatIpv4, parseIpv4 } from "../network/address-pool.ts";
 import { NFT_TABLE, TRAFFIC_CLASSES, type TrafficClass } from "../network/nft-ruleset.ts";
+import { cidrBounds, cidrContains, hostIpv4Addresses, specialRangeOf, wallCidrs } from "../network/walls.ts";
 import {
   type DnsAnswer,
+  type DnsLimits,
   type DnsQuery,
   queryUpstream,
   RCODE,
@@ -18,8 +22,9 @@ import {
   type Upstream,
 } from "./dns-server.ts";
 import { EgressError } from "./errors.ts";
-import { InjectProxy } from "./inject-proxy.ts";
+import { type ConnectionGate, InjectProxy, type InjectProxyLimits } from "./inject-proxy.ts";
 import {
+  allowCovers,
   DEFAULT_POLICY,
   domainAllowed,
   type EgressPolicy,
@@ -45,7 +50,10 @@ export interface EgressTarget {
 }
 
 export interface AttachOptions {
-  /** The policy (validated here). @default the manager's default policy (deny all) */
+  /**
+   * The policy (validated here). Its `grantedBy` says who made it: "admin"
+   * may open private ranges. @default the manager's default policy (deny all)
+   */
   policy?: unknown;
   /** The sandbox's tenant, for service bindings restricted to tenants. */
   tenant?: string;
@@ -61,6 +69,19 @@ export interface EgressManagerOptions {
   upstream?: Upstream;
   /** Policy of sandboxes created without one. @default deny all */
   defaultPolicy?: unknown;
+  /** The host pool (a wall for every sandbox). @default FIREBREAK_HOST_POOL, else 10.211.0.0/16 */
+  hostPool?: string;
+  /** Per-sandbox resolver limits. @default DEFAULT_DNS_LIMITS */
+  dnsLimits?: Partial<DnsLimits>;
+  /**
+   * Addresses one sandbox's resolver keeps in its nft set at once. SECURITY: a
+   * zone that answers every name with a new address cannot grow the set
+   * (kernel memory) without bound; beyond this, new addresses are left out of
+   * answers until old ones expire. @default 4096
+   */
+  maxResolvedAddresses?: number;
+  /** Per-sandbox injection proxy limits. @default DEFAULT_INJECT_LIMITS */
+  injectLimits?: Partial<InjectProxyLimits>;
   log?: (line: string) => void;
 }
 
@@ -74,7 +95,13 @@ export interface SandboxTraffic {
   rx: Record<TrafficClass, TrafficCounters>;
   /** Packets refused: by a hard wall, by the policy (default deny), spoofed. */
   denied: { wall: number; policy: number; spoofed: number };
-  dns: { queries: number; refused: number };
+  /**
+   * Resolver: queries answered; refused (names the policy does not allow:
+   * NXDOMAIN); filtered (addresses dropped from answers: private, walled or
+   * malformed); limited (dropped by the rate limit or REFUSED while too many
+   * were pending, and TCP connections over the limit); malformed (not a query).
+   */
+  dns: { queries: number; refused: number; filtered: number; limited: number; malformed: number };
 }
 
 interface Binding {
@@ -93,12 +120,27 @@ interface State {
   /** Resolver answers in the nft set: address -> names it answered for, expiry (ms epoch). */
   dnsAddrs: Map<string, { names: Set<string>; expiresAt: number }>;
   dnsRefused: number;
+  /** Addresses dropped from upstream answers. */
+  dnsFiltered: number;
+  /** Addresses not admitted because the sandbox holds the most it may. */
+  dnsLimited: number;
+  /** Resolver answers waiting for the next nft run (one run admits them all). */
+  admitQueue: AdmitRequest[];
+  admitScheduled: boolean;
+  /** Connections to this sandbox's injection proxies (one budget for all of them). */
+  proxyGate: ConnectionGate;
   queue: Promise<unknown>;
   /** Sandbox networks this sandbox is a member of (tenant-scoped keys). */
   netKeys: Set<string>;
   /** Peer sandbox id -> the address this sandbox reaches it at. */
   peerAddrs: Map<string, string>;
   nextPeerIndex: number;
+}
+
+interface AdmitRequest {
+  name: string;
+  elements: DnsElement[];
+  done: (err?: Error) => void;
 }
 
 /** Per-sandbox service addresses: 169.254.16.1 upwards (a wall: reachable only through their DNAT). */
@@ -113,12 +155,56 @@ const netKey = (tenant: string | undefined, network: string) => `${tenant ?? ""}
 /** TTL the resolver gives private service names. */
 const SERVICE_TTL_S = 30;
 const MAX_ANSWER_TTL_S = 86_400;
+/** Question types asked upstream for allowed names; any other type gets an empty answer (NODATA). */
+const UPSTREAM_TYPES = new Set(["A", "CNAME", "TXT", "MX", "SRV", "CAA"]);
+/** CNAME records followed from the question's name. */
+const MAX_CNAME_CHAIN = 8;
+/** A host name as the resolver accepts it: LDH labels (and "_" for SRV), 253 characters at most. */
+const HOST_NAME_RE = /^(?=.{1,253}$)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*$/;
+/** How often the host's own addresses are read again for the resolver's answer filter. */
+const HOST_ADDRESSES_TTL_MS = 5_000;
 
+/** A query name in the resolver's form (lowercase, no trailing dot), or undefined if it is not a host name. */
+function hostName(raw: string): string | undefined {
+  const n = raw.toLowerCase().replace(/\.$/, "");
+  return HOST_NAME_RE.test(n) ? n : undefined;
+}
+
+/** An upstream record as dns-packet decodes it (any type); only these fields are read. */
+interface UpstreamRecord {
+  type: string;
+  name: string;
+  class?: string;
+  ttl?: number;
+  data?: unknown;
+}
+
+const clampTtl = (ttl: number | undefined) => Math.min(Math.max(Math.floor(ttl ?? 0), 0), MAX_ANSWER_TTL_S);
+
+/** A copy of an upstream record with only the fields the guest gets, or undefined if it cannot be encoded. */
+function cleanRecord(a: UpstreamRecord, ttl: number): UpstreamRecord | undefined {
+  const rec: UpstreamRecord = { type: a.type, name: a.name, class: "IN", ttl, data: a.data };
+  try {
+    dnsPacket.encode({
+      type: "response",
+      id: 0,
+      flags: 0,
+      questions: [],
+      answers: [rec as dnsPacket.Answer],
+    });
+    return rec;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The resolver for allowed names: an IPv4 address (replies are matched by address and port). */
 export function defaultUpstream(): Upstream {
   const env = process.env["FIREBREAK_DNS_UPSTREAM"];
   if (env) {
     const [host, port] = env.split(":");
-    return { host: host!, port: port ? Number(port) : 53 };
+    const p = port ? Number(port) : 53;
+    if (host && isIPv4(host) && Number.isInteger(p) && p >= 1 && p <= 65_535) return { host, port: p };
   }
   try {
     const m = /^nameserver\s+(\d+\.\d+\.\d+\.\d+)/m.exec(readFileSync("/etc/resolv.conf", "utf8"));
@@ -137,12 +223,22 @@ export class EgressManager {
   readonly #parked = new Map<string, { policy: NormalizedPolicy; tenant: string | undefined }>();
   /** Sandbox networks: tenant/name -> member sandbox ids. */
   readonly #networks = new Map<string, Set<string>>();
+  readonly #hostPool: string;
+  readonly #dnsLimits: Partial<DnsLimits>;
+  readonly #injectLimits: Partial<InjectProxyLimits>;
+  readonly #maxResolved: number;
+  /** The walls as address ranges (static, host pool, host addresses), re-read every few seconds. */
+  #walls: { ranges: [number, number][]; hostAddresses: string[]; at: number } | undefined;
 
   private constructor(registry: ServiceRegistry, opts: EgressManagerOptions) {
     this.registry = registry;
     this.upstream = opts.upstream ?? defaultUpstream();
     this.#defaultPolicy =
       opts.defaultPolicy === undefined ? DEFAULT_POLICY : normalizePolicy(opts.defaultPolicy);
+    this.#hostPool = opts.hostPool ?? loadConfig().hostPool;
+    this.#dnsLimits = opts.dnsLimits ?? {};
+    this.#injectLimits = opts.injectLimits ?? {};
+    this.#maxResolved = opts.maxResolvedAddresses ?? 4_096;
     this.#log = opts.log ?? (() => {});
   }
 
@@ -157,8 +253,44 @@ export class EgressManager {
    */
   validate(policy: unknown, tenant?: string): NormalizedPolicy {
     const p = policy === undefined ? this.#defaultPolicy : normalizePolicy(policy);
+    // SECURITY: the host's own addresses are special too (and walled for
+    // everyone); normalizePolicy checked the static list.
+    if (p.grantedBy !== "admin") {
+      for (const [i, r] of p.allow.entries()) {
+        const host = this.#wallState().hostAddresses.find((a) => cidrContains(r.cidr, a));
+        if (host) {
+          throw new EgressError(
+            "EGRESS_CIDR_RESERVED",
+            `egress policy: allow.${i}.cidr ${r.cidr} holds ${host}, an address of this host (a hard wall no policy opens); a tenant's policy reaches public addresses only`,
+          );
+        }
+      }
+    }
     for (const name of p.services) this.registry.resolveBinding(name, tenant);
     return p;
+  }
+
+  #wallState(): { ranges: [number, number][]; hostAddresses: string[] } {
+    const now = Date.now();
+    if (!this.#walls || now - this.#walls.at > HOST_ADDRESSES_TTL_MS) {
+      const hostAddresses = hostIpv4Addresses();
+      this.#walls = {
+        ranges: wallCidrs(this.#hostPool, hostAddresses).map(cidrBounds),
+        hostAddresses,
+        at: now,
+      };
+    }
+    return this.#walls;
+  }
+
+  /** Where an upstream answer's address may go: the internet, an admin's private rule, or nowhere. */
+  #classify(addr: number, policy: NormalizedPolicy): "public" | "admin-allowed" | "drop" {
+    // SECURITY: walls (host pool, host addresses, metadata, loopback, ...) never
+    // enter an answer; private and special ranges only where an admin's rule
+    // opens them (and then the rule, not the resolver, decides the ports).
+    if (this.#wallState().ranges.some(([a, b]) => addr >= a && addr <= b)) return "drop";
+    if (!specialRangeOf(addr)) return "public";
+    return policy.grantedBy === "admin" && allowCovers(policy, addr) ? "admin-allowed" : "drop";
   }
 
   /** The policy in force for a sandbox (undefined: not attached). */
@@ -199,9 +331,17 @@ export class EgressManager {
       policy: DEFAULT_POLICY,
       bindings: new Map(),
       nextServiceIndex: 0,
-      dns: new SandboxDnsListener(target.hostAddress, target.sandboxAddress, (q) => this.#answer(st, q)),
+      dns: new SandboxDnsListener(target.hostAddress, target.sandboxAddress, (q) => this.#answer(st, q), {
+        limits: this.#dnsLimits,
+        log: (l) => this.#log(`sandbox ${target.sandboxId}: ${l}`),
+      }),
       dnsAddrs: new Map(),
       dnsRefused: 0,
+      dnsFiltered: 0,
+      dnsLimited: 0,
+      admitQueue: [],
+      admitScheduled: false,
+      proxyGate: { open: 0 },
       queue: Promise.resolve(),
       netKeys: new Set(),
       peerAddrs: new Map(),
@@ -306,7 +446,13 @@ export class EgressManager {
         policy: get("egress_denied").packets,
         spoofed: get("spoof_dropped").packets,
       },
-      dns: { queries: st.dns.queries, refused: st.dnsRefused },
+      dns: {
+        queries: st.dns.stats.queries,
+        refused: st.dnsRefused,
+        filtered: st.dnsFiltered,
+        limited: st.dns.stats.limited + st.dns.stats.tcpRejected + st.dnsLimited,
+        malformed: st.dns.stats.malformed,
+      },
     };
   }
 
@@ -388,7 +534,10 @@ export class EgressManager {
           const serviceAddress = prev?.serviceAddress ?? this.#newServiceAddress(st);
           const b: Binding = { service, serviceAddress };
           if (service.protocol === "http" && service.inject) {
-            b.proxy = new InjectProxy(st.target.hostAddress, st.target.sandboxAddress, service);
+            b.proxy = new InjectProxy(st.target.hostAddress, st.target.sandboxAddress, service, {
+              gate: st.proxyGate,
+              limits: this.#injectLimits,
+            });
             made.push(b.proxy);
             await b.proxy.start();
           }
@@ -472,10 +621,17 @@ export class EgressManager {
     return formatIpv4(SERVICE_BASE + 1 + st.nextServiceIndex++);
   }
 
-  /** The resolver's decision for one guest query. */
+  /**
+   * The resolver's decision for one guest query (the listener has checked it
+   * is one IN question). Throws only for an upstream failure (SERVFAIL).
+   */
   async #answer(st: State, q: DnsQuery): Promise<DnsAnswer> {
     const question = q.questions![0]!;
-    const name = question.name.toLowerCase().replace(/\.$/, "");
+    const name = hostName(question.name);
+    if (name === undefined) {
+      st.dnsRefused++;
+      return reply(q, RCODE.NXDOMAIN);
+    }
     const binding = st.bindings.get(name);
     if (binding) {
       if (question.type !== "A") return reply(q, RCODE.NOERROR);
@@ -493,42 +649,165 @@ export class EgressManager {
       return reply(q, RCODE.NXDOMAIN);
     }
     // IPv6 is off in every sandbox: an empty answer makes clients use IPv4 at once.
-    if (question.type === "AAAA") return reply(q, RCODE.NOERROR);
+    // Other types than the few that name hosts or carry text are not asked upstream.
+    if (question.type === "AAAA" || !UPSTREAM_TYPES.has(question.type)) return reply(q, RCODE.NOERROR);
+    const policy = st.policy;
     const up = await queryUpstream(this.upstream, { type: question.type, name, class: "IN" });
-    const answers = (up.answers ?? []).filter(
-      (a) => question.type !== "A" || a.type === "A" || a.type === "CNAME",
+    const upRcode = (up.flags ?? 0) & 0xf;
+    if (upRcode !== RCODE.NOERROR) {
+      return reply(q, upRcode === RCODE.NXDOMAIN ? RCODE.NXDOMAIN : RCODE.SERVFAIL);
+    }
+
+    // Only records on the CNAME chain from the question's name, of its type,
+    // copied field by field; anything else the upstream sent is dropped.
+    const answers: UpstreamRecord[] = [];
+    const chain = new Set([name]);
+    const records = ((up.answers ?? []) as UpstreamRecord[]).filter(
+      (a) => a.class === "IN" || a.class === undefined,
     );
-    const elements: DnsElement[] = [];
-    for (const a of answers) {
-      if (a.type !== "A") continue;
-      const ttl = Math.min(Math.max(a.ttl ?? 0, 1), MAX_ANSWER_TTL_S);
-      a.ttl = ttl;
-      elements.push({ address: formatIpv4(parseIpv4(a.data)), timeoutS: ttl });
+    let current = name;
+    for (let i = 0; i < MAX_CNAME_CHAIN && question.type !== "CNAME"; i++) {
+      const c = records.find((a) => a.type === "CNAME" && hostName(a.name) === current);
+      const target = c && typeof c.data === "string" ? hostName(c.data) : undefined;
+      if (!c || !target || chain.has(target)) break;
+      const rec = cleanRecord(c, clampTtl(c.ttl));
+      if (!rec) break;
+      answers.push(rec);
+      chain.add(target);
+      current = target;
+    }
+    const elements: (DnsElement & { rec: UpstreamRecord })[] = [];
+    let aRecords: UpstreamRecord[] = [];
+    let filtered = 0;
+    for (const a of records) {
+      const owner = hostName(a.name);
+      if (a.type !== question.type || owner === undefined || !chain.has(owner)) continue;
+      if (a.type !== "A") {
+        const rec = cleanRecord(a, clampTtl(a.ttl));
+        if (rec) answers.push(rec);
+        continue;
+      }
+      let addr: number;
+      try {
+        addr = parseIpv4(String(a.data));
+      } catch {
+        filtered++;
+        continue;
+      }
+      const where = this.#classify(addr, policy);
+      if (where === "drop") {
+        filtered++;
+        continue;
+      }
+      const rec = cleanRecord(a, where === "public" ? Math.max(clampTtl(a.ttl), 1) : clampTtl(a.ttl));
+      if (!rec) {
+        filtered++;
+        continue;
+      }
+      rec.data = formatIpv4(addr);
+      aRecords.push(rec);
+      if (where === "public") elements.push({ address: formatIpv4(addr), timeoutS: rec.ttl!, rec });
+    }
+    st.dnsFiltered += filtered;
+    if (question.type === "A" && aRecords.length === 0 && filtered > 0) {
+      // Nothing usable is left: answer like an upstream with no address for the name (NODATA).
+      return reply(q, RCODE.NOERROR);
     }
     if (elements.length) {
+      await this.#admit(st, name, elements);
+      for (const e of elements) e.rec.ttl = e.timeoutS;
+      // A policy update that landed meanwhile took the name away: those addresses are not admitted.
+      const gone = new Set(elements.filter((e) => e.timeoutS === 0).map((e) => e.rec));
+      if (gone.size) {
+        aRecords = aRecords.filter((r) => !gone.has(r));
+        if (!aRecords.length) return reply(q, RCODE.NOERROR);
+      }
+    }
+    return reply(q, RCODE.NOERROR, [...answers, ...aRecords] as dnsPacket.Answer[]);
+  }
+
+  /**
+   * Puts public resolver answers into the sandbox's `dns_allowed` set before
+   * the guest gets them, with the answer's TTL. An address already there for
+   * at least half its new TTL is not refreshed; the guest then gets the time
+   * left instead, so it never caches an address past its entry. Answers that
+   * arrive while an nft run is in flight are admitted together by the next one
+   * (at most one run per sandbox at a time, however fast the guest asks).
+   * Elements' `timeoutS` is lowered in place to what the guest may use; 0: not
+   * admitted (the name is no longer allowed, or the sandbox holds the most
+   * addresses it may).
+   */
+  #admit(st: State, name: string, elements: DnsElement[]): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      st.admitQueue.push({ name, elements, done: (e) => (e ? reject(e) : resolve()) });
+      if (st.admitScheduled) return;
+      st.admitScheduled = true;
+      // #flushAdmits settles every request itself and never rejects.
+      void this.#serial(st, () => this.#flushAdmits(st));
+    });
+  }
+
+  /** Preconditions: runs inside st's serial queue. Never rejects. */
+  async #flushAdmits(st: State): Promise<void> {
+    st.admitScheduled = false;
+    const batch = st.admitQueue.splice(0);
+    const now = Date.now();
+    for (const [address, e] of st.dnsAddrs) if (e.expiresAt <= now) st.dnsAddrs.delete(address);
+    /** Addresses to (re)load: address -> seconds, and the names they answer for. */
+    const load = new Map<string, { timeoutS: number; names: Set<string> }>();
+    const current = this.#states.get(st.target.sandboxId) === st;
+    for (const req of batch) {
       // SECURITY: the addresses enter the set only while the name is still allowed
       // (a policy update may have landed while the upstream answered).
-      await this.#serial(st, async () => {
-        if (this.#states.get(st.target.sandboxId) !== st || !domainAllowed(st.policy.allowDomains, name))
-          return;
-        const refresh = elements
+      const allowed = current && domainAllowed(st.policy.allowDomains, req.name);
+      for (const e of req.elements) {
+        if (!allowed) {
+          e.timeoutS = 0;
+          continue;
+        }
+        const known = st.dnsAddrs.get(e.address);
+        const leftS = known ? Math.floor((known.expiresAt - now) / 1000) : 0;
+        if (known && leftS >= 1 && leftS * 2 >= e.timeoutS) {
+          known.names.add(req.name);
+          e.timeoutS = Math.min(e.timeoutS, leftS);
+          continue;
+        }
+        const queued = load.get(e.address);
+        if (!known && !queued && st.dnsAddrs.size + load.size >= this.#maxResolved) {
+          st.dnsLimited++;
+          e.timeoutS = 0;
+          continue;
+        }
+        if (queued) {
+          queued.timeoutS = Math.max(queued.timeoutS, e.timeoutS);
+          queued.names.add(req.name);
+        } else load.set(e.address, { timeoutS: e.timeoutS, names: new Set([req.name]) });
+      }
+    }
+    let err: Error | undefined;
+    if (load.size) {
+      try {
+        const els = [...load].map(([address, l]) => ({ address, timeoutS: l.timeoutS }));
+        const refresh = els
           .map((e) => `delete element inet ${NFT_TABLE} dns_allowed { ${e.address} }`)
           .join("\n");
         // add (exists afterwards) + delete + add: refreshes the timeout of a known address.
-        const text = `${renderDnsElements(elements.map((e) => ({ ...e, timeoutS: 1 })))}${refresh}\n${renderDnsElements(elements)}`;
-        await this.#nft(st, text);
-        const now = Date.now();
-        for (const e of elements) {
-          const prev = st.dnsAddrs.get(e.address);
-          st.dnsAddrs.set(e.address, {
-            names: new Set([...(prev?.names ?? []), name]),
-            expiresAt: now + e.timeoutS * 1000,
+        await this.#nft(
+          st,
+          `${renderDnsElements(els.map((e) => ({ ...e, timeoutS: 1 })))}${refresh}\n${renderDnsElements(els)}`,
+        );
+        for (const [address, l] of load) {
+          const prev = st.dnsAddrs.get(address);
+          st.dnsAddrs.set(address, {
+            names: new Set([...(prev?.names ?? []), ...l.names]),
+            expiresAt: now + l.timeoutS * 1000,
           });
         }
-      });
+      } catch (e) {
+        err = e as Error;
+      }
     }
-    const rcode = (up.flags ?? 0) & 0xf;
-    return reply(q, rcode, answers as dnsPacket.Answer[]);
+    for (const req of batch) req.done(err);
   }
 }
 

@@ -97,7 +97,9 @@ export function renderPolicy(
       `add rule ${t} ${P.services} ct mark ${CT_MARK.service} ct status dnat ct original ip daddr ${sa} meta l4proto tcp ct original proto-dst ${port} accept`,
     );
   }
-  out.push(`add rule ${t} ${P.egress} ip daddr @${DNS_ALLOWED_SET} accept`);
+  // SECURITY: resolver answers open public addresses only, even if a private
+  // one reached the set (the resolver already drops them: egress-manager.ts).
+  out.push(`add rule ${t} ${P.egress} ip daddr != @${PRIVATE_SET} ip daddr @${DNS_ALLOWED_SET} accept`);
   for (const r of policy.allow) {
     const dst = `ip daddr ${r.cidr}`;
     const protos = r.protocol === "any" ? ["tcp", "udp"] : [r.protocol];

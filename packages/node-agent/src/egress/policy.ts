@@ -2,7 +2,14 @@
 // while it runs. See README.md for the semantics and the hard walls.
 import { z } from "zod";
 import { formatIpv4, parseIpv4 } from "../network/address-pool.ts";
+import { cidrBounds, specialRangesOverlapping, wallHolding } from "../network/walls.ts";
 import { EgressError } from "./errors.ts";
+
+/**
+ * Who made a policy. A tenant's policy reaches public addresses only; an
+ * admin's may also open private and special-purpose ranges (never a hard wall).
+ */
+export type PolicyGrant = "tenant" | "admin";
 
 export interface AllowRule {
   /** IPv4 CIDR ("10.0.0.0/8") or address ("192.0.2.7"). */
@@ -29,6 +36,12 @@ export interface EgressPolicy {
    * at `<sandboxId>.<network>.fb` on every port but the guest agent's. @default []
    */
   networks?: string[];
+  /**
+   * Who made the policy. SECURITY: only the node's own callers decide this; the
+   * control plane sets it from the API key (admin scope) and refuses "admin"
+   * from anyone else. @default "tenant"
+   */
+  grantedBy?: PolicyGrant;
 }
 
 /** A validated policy with every default filled and every CIDR canonical. */
@@ -39,6 +52,8 @@ export interface NormalizedPolicy {
   services: string[];
   bandwidthKBps: number | undefined;
   networks: string[];
+  /** "admin" when an admin made it; absent (undefined) for a tenant's policy. */
+  grantedBy: "admin" | undefined;
 }
 
 export const DEFAULT_POLICY: NormalizedPolicy = Object.freeze({
@@ -48,6 +63,7 @@ export const DEFAULT_POLICY: NormalizedPolicy = Object.freeze({
   services: [],
   bandwidthKBps: undefined,
   networks: [],
+  grantedBy: undefined,
 });
 
 const LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
@@ -104,6 +120,7 @@ export const EgressPolicySchema = z
       )
       .max(8)
       .optional(),
+    grantedBy: z.enum(["tenant", "admin"]).optional(),
   })
   .strict();
 
@@ -138,18 +155,62 @@ export function normalizePolicy(input: unknown): NormalizedPolicy {
     );
   }
   const p = parsed.data;
-  return {
-    internet: p.internet ?? false,
-    allow: (p.allow ?? []).map((r) => ({
-      cidr: canonicalCidr(r.cidr),
+  const grantedBy = p.grantedBy === "admin" ? "admin" : undefined;
+  const allow = (p.allow ?? []).map((r, i) => {
+    const cidr = canonicalCidr(r.cidr);
+    checkReach(cidr, `allow.${i}.cidr`, grantedBy ?? "tenant");
+    return {
+      cidr,
       ports: r.ports === undefined || r.ports === "any" ? "any" : [...new Set(r.ports)].sort((a, b) => a - b),
       protocol: r.protocol ?? "any",
-    })),
+    } as const;
+  });
+  return {
+    internet: p.internet ?? false,
+    allow,
     allowDomains: [...new Set(p.allowDomains ?? [])],
     services: [...new Set(p.services ?? [])],
     bandwidthKBps: p.bandwidthKBps,
     networks: [...new Set(p.networks ?? [])],
+    grantedBy,
   };
+}
+
+/**
+ * SECURITY: a tenant's rule may not touch any special-purpose range (private,
+ * CGNAT, link-local, metadata, loopback, documentation, ...); an admin's may,
+ * but a rule that lies wholly inside a hard wall is refused too (it could never
+ * take effect). Walls hold in the namespace's table whatever passes here.
+ */
+function checkReach(cidr: string, field: string, grant: PolicyGrant): void {
+  const wall = wallHolding(cidr);
+  if (wall) {
+    throw new EgressError(
+      "EGRESS_CIDR_RESERVED",
+      `egress policy: ${field} ${cidr} is inside ${wall.cidr} (${wall.name}), a hard wall no policy can open`,
+    );
+  }
+  if (grant === "admin") return;
+  const hits = specialRangesOverlapping(cidr);
+  const hit = hits.find((h) => !h.wall) ?? hits[0];
+  if (hit) {
+    throw new EgressError(
+      "EGRESS_CIDR_RESERVED",
+      `egress policy: ${field} ${cidr} overlaps ${hit.cidr} (${hit.name}); a tenant's policy reaches public addresses only (use "internet": true for all of them)${
+        hit.wall
+          ? `, and ${hit.cidr} is a hard wall no policy opens`
+          : "; an admin can grant private ranges (a policy made with an admin key, or a private service)"
+      }`,
+    );
+  }
+}
+
+/** Does one of the policy's allow rules contain `addr`? */
+export function allowCovers(policy: NormalizedPolicy, addr: number): boolean {
+  return policy.allow.some((r) => {
+    const [first, last] = cidrBounds(r.cidr);
+    return addr >= first && addr <= last;
+  });
 }
 
 /** Does `name` match one of the allowed patterns? "*.x.y" matches "a.x.y" and "a.b.x.y", not "x.y". */

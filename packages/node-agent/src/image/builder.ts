@@ -319,23 +319,6 @@ async function customize(
   specDir: string,
   agent: BuildOptions["agent"],
 ): Promise<void> {
-  const inRoot = async (guestPath: string) => {
-    const target = path.join(rootfs, guestPath);
-    // SECURITY: the destination's parent must resolve inside the rootfs (no
-    // symlink may redirect a copy onto the host).
-    const parent = path.dirname(target);
-    await fs.mkdir(parent, { recursive: true });
-    const real = await fs.realpath(parent);
-    const realRoot = await fs.realpath(rootfs);
-    if (real !== realRoot && !real.startsWith(`${realRoot}/`)) {
-      throw new FirebreakError(
-        "TEMPLATE_SPEC_INVALID",
-        `guest path ${guestPath} escapes the root filesystem`,
-      );
-    }
-    return target;
-  };
-
   // The guest agent and the Node.js runtime it runs on.
   await fs.mkdir(path.join(rootfs, "opt/firebreak/node/bin"), { recursive: true });
   await fs.copyFile(agent.nodeBinary, path.join(rootfs, "opt/firebreak/node/bin/node"));
@@ -375,19 +358,11 @@ async function customize(
     JSON.stringify({ name: spec.name, env: spec.env, user: spec.user, workdir: spec.workdir }, null, 2),
   );
 
+  const specRoot = await fs.realpath(specDir);
+  const rootReal = await fs.realpath(rootfs);
   for (const f of spec.files) {
-    const src = path.resolve(specDir, f.src);
-    let st: import("node:fs").Stats;
-    try {
-      st = await fs.stat(src);
-    } catch {
-      throw new FirebreakError(
-        "TEMPLATE_SPEC_INVALID",
-        `files: ${f.src} does not exist (resolved to ${src})`,
-      );
-    }
-    const dest = await inRoot(f.dest);
-    await fs.cp(src, dest, { recursive: st.isDirectory(), dereference: true });
+    const src = await specSource(specRoot, f.src);
+    const dest = await copyIntoRoot(src, specRoot, rootReal, f.dest);
     if (f.mode) await fs.chmod(dest, Number.parseInt(f.mode, 8));
   }
 
@@ -429,10 +404,15 @@ async function inputHash(
     h.update(`component:${name}:`);
     await hashPath(h, dir);
   }
+  const specRoot = spec.files.length ? await fs.realpath(specDir) : specDir;
   for (const f of spec.files) {
-    const src = path.resolve(specDir, f.src);
     h.update(`file:${f.src}:`);
-    await hashPath(h, src).catch(() => h.update("missing"));
+    // Refused here, before anything is built, when it leaves the spec's directory.
+    const src = await specSource(specRoot, f.src);
+    for await (const e of walkSource(src, specRoot)) {
+      if (e.kind === "dir-entry") h.update(`dir-entry:${e.name}`);
+      else await hashFile(h, e.real);
+    }
   }
   await hashPath(h, agent.bundleDir);
   const st = await fs.stat(agent.nodeBinary);
@@ -440,6 +420,7 @@ async function inputHash(
   return h.digest("hex");
 }
 
+/** Hashes a trusted tree (the agent bundle): names and contents, sorted. */
 async function hashPath(h: ReturnType<typeof createHash>, p: string): Promise<void> {
   const st = await fs.stat(p);
   if (st.isDirectory()) {
@@ -449,12 +430,158 @@ async function hashPath(h: ReturnType<typeof createHash>, p: string): Promise<vo
     }
     return;
   }
+  await hashFile(h, p);
+}
+
+async function hashFile(h: ReturnType<typeof createHash>, p: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     createReadStream(p)
       .on("data", (c) => h.update(c))
       .on("end", resolve)
       .on("error", reject);
   });
+}
+
+// ------------------------------------------------------------- spec files
+
+const specInvalid = (msg: string) => new FirebreakError("TEMPLATE_SPEC_INVALID", msg);
+
+/** `p` is `root` or below it (both real paths). */
+function inside(p: string, root: string): boolean {
+  return p === root || p.startsWith(root.endsWith("/") ? root : `${root}/`);
+}
+
+/**
+ * SECURITY: a spec's `files[].src` is read by root on the host, so it must
+ * stay inside the spec file's directory: relative, no `..`, and its real path
+ * (every symlink resolved) inside the real path of that directory. A spec
+ * sent over the API is written alone into an empty temporary directory, so it
+ * has nothing to copy.
+ */
+export async function specSource(specRoot: string, rel: string): Promise<string> {
+  if (rel.startsWith("/") || rel.split("/").includes("..")) {
+    throw specInvalid(`files: ${rel} must be a path relative to the spec file's directory, without ..`);
+  }
+  let real: string;
+  try {
+    real = await fs.realpath(path.resolve(specRoot, rel));
+  } catch {
+    throw specInvalid(`files: ${rel} does not exist (resolved to ${path.resolve(specRoot, rel)})`);
+  }
+  if (!inside(real, specRoot)) {
+    throw specInvalid(
+      `files: ${rel} resolves to ${real}, outside the spec file's directory ${specRoot}; copy the file next to the spec instead of linking to it`,
+    );
+  }
+  return real;
+}
+
+type SourceEntry =
+  | { kind: "dir-entry"; name: string; rel: string }
+  | { kind: "dir"; rel: string; real: string }
+  | { kind: "file"; rel: string; real: string };
+
+/**
+ * Walks a checked source depth first, names sorted: a directory's entries as
+ * `dir-entry` then what each is. Every symlink below it must resolve inside
+ * `specRoot` too; a link back up (a cycle) and anything but files and
+ * directories are refused.
+ */
+async function* walkSource(
+  real: string,
+  specRoot: string,
+  rel = "",
+  ancestors: ReadonlySet<string> = new Set(),
+): AsyncGenerator<SourceEntry> {
+  const st = await fs.stat(real);
+  if (st.isFile()) {
+    yield { kind: "file", rel, real };
+    return;
+  }
+  if (!st.isDirectory()) throw specInvalid(`files: ${real} is neither a file nor a directory`);
+  if (ancestors.has(real)) throw specInvalid(`files: ${real} links back to a directory above it`);
+  yield { kind: "dir", rel, real };
+  const below = new Set(ancestors).add(real);
+  for (const name of (await fs.readdir(real)).sort()) {
+    const childRel = rel ? `${rel}/${name}` : name;
+    yield { kind: "dir-entry", name, rel: childRel };
+    let child: string;
+    try {
+      child = await fs.realpath(path.join(real, name));
+    } catch {
+      throw specInvalid(`files: ${path.join(real, name)} is a dangling symlink`);
+    }
+    if (!inside(child, specRoot)) {
+      throw specInvalid(
+        `files: ${path.join(real, name)} resolves to ${child}, outside the spec file's directory ${specRoot}`,
+      );
+    }
+    yield* walkSource(child, specRoot, childRel, below);
+  }
+}
+
+/**
+ * SECURITY: the host path a guest path is written at. Resolved inside the
+ * image's root: its parent directories are created only below a real path
+ * inside the root (a symlink in the image, such as an absolute one like
+ * /var/run -> /run, would otherwise point at the host), and a symlink at the
+ * final component is removed, never written through.
+ */
+async function guestTarget(rootReal: string, guestPath: string): Promise<string> {
+  const rel = path.posix.normalize(guestPath).replace(/^\/+/, "");
+  if (rel.split("/").includes("..")) throw specInvalid(`guest path ${guestPath} escapes the root filesystem`);
+  if (rel === "" || rel === ".") return rootReal;
+  const parts = rel.split("/");
+  const base = parts.pop()!;
+  // The deepest existing ancestor, then the missing directories below its real path.
+  let existing = rootReal;
+  let i = 0;
+  for (; i < parts.length; i++) {
+    const next = path.join(existing, parts[i]!);
+    const st = await fs.lstat(next).catch(() => undefined);
+    if (!st) break;
+    existing = await fs.realpath(next);
+    if (!inside(existing, rootReal)) {
+      throw specInvalid(
+        `guest path ${guestPath} escapes the root filesystem (through ${parts.slice(0, i + 1).join("/")})`,
+      );
+    }
+  }
+  for (; i < parts.length; i++) {
+    existing = path.join(existing, parts[i]!);
+    await fs.mkdir(existing);
+  }
+  const target = path.join(existing, base);
+  const st = await fs.lstat(target).catch(() => undefined);
+  if (st?.isSymbolicLink()) await fs.unlink(target);
+  return target;
+}
+
+/**
+ * Copies a checked source (from specSource) into the image at `guestDest`;
+ * returns the host path of the copy. `specRoot` and `rootReal` are real paths.
+ */
+export async function copyIntoRoot(
+  src: string,
+  specRoot: string,
+  rootReal: string,
+  guestDest: string,
+): Promise<string> {
+  let top: string | undefined;
+  for await (const e of walkSource(src, specRoot)) {
+    if (e.kind === "dir-entry") continue;
+    const dest = await guestTarget(rootReal, e.rel ? path.posix.join(guestDest, e.rel) : guestDest);
+    top ??= dest;
+    if (e.kind === "dir") {
+      const st = await fs.lstat(dest).catch(() => undefined);
+      if (!st) await fs.mkdir(dest);
+      else if (!st.isDirectory())
+        throw specInvalid(`files: ${guestDest}: ${dest} exists and is not a directory`);
+    } else {
+      await fs.copyFile(e.real, dest);
+    }
+  }
+  return top!;
 }
 
 export function imageKey(inputs: string, lock: PackageLock): string {

@@ -12,12 +12,26 @@ const NPM_EXACT = /^(@[a-z0-9][a-z0-9._-]*\/)?[a-z0-9][a-z0-9._-]*@\d+\.\d+\.\d+
 const TEMPLATE_NAME = /^[a-z0-9][a-z0-9-]{0,39}$/;
 const TEMPLATE_NAME_HINT = "use 1-40 lowercase letters, digits or dashes, starting with a letter or digit";
 
+/**
+ * Template names: 1-40 lowercase letters, digits or dashes. A name becomes a
+ * file name in the state dir (templates/<name>.json), so every place that
+ * takes a name checks it (SECURITY: no `/`, no `..`).
+ */
+export const TEMPLATE_NAME_RE = /^[a-z0-9][a-z0-9-]{0,39}$/;
+
+export function isTemplateName(name: string): boolean {
+  return TEMPLATE_NAME_RE.test(name);
+}
+
+/** Path segments of a slash-separated path. */
+const segments = (p: string) => p.split("/");
+
 export const TemplateSpecSchema = z
   .object({
     name: z
       .string()
       .regex(
-        /^[a-z0-9][a-z0-9-]{0,39}$/,
+        TEMPLATE_NAME_RE,
         "use 1-40 lowercase letters, digits or dashes, starting with a letter or digit",
       ),
     description: z.string().max(500).optional(),
@@ -32,8 +46,24 @@ export const TemplateSpecSchema = z
       .array(
         z
           .object({
-            src: z.string().min(1),
-            dest: z.string().regex(ABSOLUTE, "must be an absolute path inside the guest"),
+            // SECURITY: a source is a path relative to the spec file's directory
+            // and stays inside it: no absolute path, no `..` (symlinks are
+            // checked when the build reads the file, builder.ts).
+            src: z
+              .string()
+              .min(1)
+              .max(4096)
+              .refine((p) => !p.startsWith("/"), "must be relative to the spec file's directory")
+              .refine(
+                (p) => !segments(p).includes(".."),
+                "must not contain .. (stay inside the spec's directory)",
+              )
+              .refine((p) => !p.includes("\0"), "must not contain NUL"),
+            dest: z
+              .string()
+              .max(4096)
+              .regex(ABSOLUTE, "must be an absolute path inside the guest")
+              .refine((p) => !segments(p).includes(".."), "must not contain .."),
             mode: z
               .string()
               .regex(/^0?[0-7]{3,4}$/, "octal, like 0644")

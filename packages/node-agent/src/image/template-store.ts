@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { type NodeConfig, paths } from "../config.ts";
 import { FirebreakError } from "../errors.ts";
 import { type BuiltTemplate, type TemplateManifest, templateImageFromManifest } from "./builder.ts";
+import { isTemplateName } from "./template-spec.ts";
 
 /** Templates that ship with Firebreak: templates/<name>/template.json in the checkout. */
 export const BUILTIN_TEMPLATES_DIR = fileURLToPath(new URL("../../../../templates", import.meta.url));
@@ -28,11 +29,13 @@ export async function builtinTemplates(): Promise<string[]> {
 export async function resolveSpecFile(nameOrPath: string): Promise<string> {
   if (nameOrPath.includes("/") || nameOrPath.endsWith(".json")) return path.resolve(nameOrPath);
   const builtin = path.join(BUILTIN_TEMPLATES_DIR, nameOrPath, "template.json");
+  // SECURITY: only a template name is looked up among the built-ins (".." is not one).
   if (
-    await fs.access(builtin).then(
+    isTemplateName(nameOrPath) &&
+    (await fs.access(builtin).then(
       () => true,
       () => false,
-    )
+    ))
   )
     return builtin;
   throw new FirebreakError(
@@ -43,15 +46,20 @@ export async function resolveSpecFile(nameOrPath: string): Promise<string> {
 }
 
 export async function getTemplate(config: NodeConfig, name: string): Promise<BuiltTemplate | undefined> {
+  // SECURITY: the name is a file name in the templates dir; nothing else is read.
+  if (!isTemplateName(name)) return undefined;
   try {
     const tag = JSON.parse(
       await fs.readFile(path.join(paths.templatesDir(config), `${name}.json`), "utf8"),
     ) as {
       key: string;
     };
+    // The key names a directory that deleteTemplate removes: only a content address.
+    if (typeof tag.key !== "string" || !/^[0-9a-f]{32}$/.test(tag.key)) return undefined;
     const m = JSON.parse(
       await fs.readFile(path.join(paths.imagesDir(config), tag.key, "manifest.json"), "utf8"),
     ) as TemplateManifest;
+    if (m.key !== tag.key) return undefined;
     return templateImageFromManifest(config, m);
   } catch {
     return undefined;
@@ -72,7 +80,7 @@ export async function listTemplates(config: NodeConfig): Promise<BuiltTemplate[]
 
 /** Removes a template's tag and lock, and its image when no other tag uses it. */
 export async function deleteTemplate(config: NodeConfig, name: string): Promise<boolean> {
-  const t = await getTemplate(config, name);
+  const t = await getTemplate(config, name); // undefined for anything but a template name
   if (!t) return false;
   const dir = paths.templatesDir(config);
   if (t.name !== name) {

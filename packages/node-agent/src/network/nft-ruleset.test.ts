@@ -15,7 +15,7 @@ test("the ruleset DNATs the namespace address to the guest and denies guest egre
   assert.match(rs, /iifname "eth0" ct state new ip saddr @peers ip daddr 10\.211\.0\.7 accept/);
   assert.match(rs, /chain forward \{\n\s+type filter hook forward priority filter; policy drop;/);
   assert.match(rs, /iifname "tap0" ip saddr != 169\.254\.0\.21 counter name spoof_dropped drop/);
-  assert.equal((rs.match(/# SECURITY:/g) ?? []).length, 7);
+  assert.equal((rs.match(/# SECURITY:/g) ?? []).length, 8);
   // Walls come before the first policy rule in the forward chain.
   const forward = rs.slice(rs.indexOf("chain forward {"));
   assert.ok(forward.indexOf("@walls") < forward.indexOf("jump policy_egress"));

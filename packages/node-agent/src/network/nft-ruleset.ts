@@ -111,6 +111,8 @@ ${counters.join("\n")}
   set ${WALLS_SET} {
     type ipv4_addr; flags interval; auto-merge;${walls.length ? `\n    elements = { ${walls.join(", ")} }` : ""}
   }
+  # SECURITY: the special-purpose list (walls.ts): never "the internet"; the
+  # resolver's answers reach the guest only outside it.
   set ${PRIVATE_SET} {
     type ipv4_addr; flags interval; auto-merge;
     elements = { ${PRIVATE_RANGES.join(", ")} }

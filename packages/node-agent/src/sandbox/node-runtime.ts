@@ -5,10 +5,16 @@
 //   slot -> network namespace + tap + nftables -> qcow2 layer -> cgroup ->
 //   QEMU spawn -> agent ready (control channel) -> init (token, env, clock,
 //   entropy) -> template start command and ready check -> running
+//
+// One lifecycle: a sandbox's state changes only in #set, by a transition the
+// table in state.ts allows, and each state holds exactly its resources (Held
+// in sandbox.ts). Every step that acquires something registers its cleanup
+// on the sandbox's stacks at once: `liveStack` (slot, network, egress,
+// cgroup, VM) and `filesStack` (directory, fork-layer uses). Pause, kill,
+// crash and every failure path undo them the same way, last in first out.
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { type NodeConfig, paths } from "../config.ts";
 import {
   EgressManager,
@@ -21,12 +27,11 @@ import { run } from "../host/exec.ts";
 import { writeFileAtomic } from "../host/safe-fs.ts";
 import { ensureInitramfs } from "../image/initramfs.ts";
 import { ensureKernel, type KernelManifest } from "../image/kernel.ts";
-import { type SandboxCgroup as Cgroup, SandboxCgroup } from "../jail/cgroup.ts";
+import { SandboxCgroup } from "../jail/cgroup.ts";
 import { ensureLauncher } from "../jail/launcher.ts";
-import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../network/index.ts";
+import { createSandboxNetwork, destroySandboxNetwork } from "../network/index.ts";
 import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
 import { type DiskLayer, hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
-import { type EnvdClient, envdClient } from "./envd-client.ts";
 import { newAccessToken, newSandboxId } from "./ids.ts";
 import {
   PAUSED_FILE,
@@ -38,7 +43,16 @@ import {
   type SandboxRecord,
   writeRecord,
 } from "./reconciler.ts";
-import { MAX_SLOTS, SlotRegistry } from "./slots.ts";
+import {
+  type Held,
+  type LiveResources,
+  Sandbox,
+  SET_HELD,
+  type Shape,
+  type StartTimings,
+  type TemplateImage,
+} from "./sandbox.ts";
+import { SlotRegistry } from "./slots.ts";
 import {
   type LoadedSnapshot,
   type SnapshotManifest,
@@ -46,31 +60,19 @@ import {
   SnapshotStore,
   snapshotKey,
 } from "./snapshot-store.ts";
-import { assertTransition, isFinal, type SandboxState } from "./state.ts";
+import { assertTransition, isFinal } from "./state.ts";
 import { WarmPools } from "./warm-pool.ts";
 
-/** A built template image as the runtime needs it. */
-export interface TemplateImage {
-  name: string;
-  /** Content address of the image; snapshots and warm pools need it. */
-  key?: string | undefined;
-  /** Read-only root image (raw ext4). */
-  imagePath: string;
-  env: Record<string, string>;
-  user: string;
-  workdir?: string | undefined;
-  start?: string | undefined;
-  ready?: string | undefined;
-  /** How long `ready` may take after a cold boot. @default 60_000 */
-  readyTimeoutMs?: number | undefined;
-  /** The template's own default shape (else DEFAULT_SHAPE). */
-  shape?: Shape | undefined;
-}
-
-export interface Shape {
-  vcpus: number;
-  memoryMib: number;
-}
+export type {
+  ExecOptions,
+  Held,
+  LiveResources,
+  Shape,
+  StartPath,
+  StartTimings,
+  TemplateImage,
+} from "./sandbox.ts";
+export { Sandbox };
 
 export const DEFAULT_SHAPE: Shape = { vcpus: 1, memoryMib: 256 };
 
@@ -109,21 +111,6 @@ export interface CreateOptions {
 
 export const MAX_DISK_MIB = 262_144;
 
-export type StartPath = "warm" | "snapshot" | "cold";
-
-export interface StartTimings {
-  /** warm: claimed from a pool; snapshot: restored; cold: booted. */
-  path: StartPath;
-  /** From the create call until the sandbox is usable. */
-  totalMs: number;
-  /** Each phase in ms, in order (network, disk, cgroup, spawn, boot|restore, init, ...). */
-  phases: Record<string, number>;
-  /** Guest uptime when the agent reported ready (cold boots). */
-  guestUptimeMs?: number;
-  /** Why a faster path was not taken, when one should have been. */
-  fallback?: string;
-}
-
 /** What a paused sandbox needs to come back, in its directory (root-only). */
 interface PausedRecord {
   template: TemplateImage;
@@ -146,149 +133,14 @@ function cgroupLimits(shape: Shape) {
   };
 }
 
-export interface ExecOptions {
-  user?: string;
-  cwd?: string;
-  env?: Record<string, string>;
-  /** Data written to the command's stdin, then closed. */
-  stdin?: AsyncIterable<Uint8Array> | Uint8Array;
-  onStdout?: (b: Uint8Array) => void;
-  onStderr?: (b: Uint8Array) => void;
-  signal?: AbortSignal;
-}
-
-export class Sandbox {
-  readonly id: string;
-  readonly template: TemplateImage;
-  readonly shape: Shape;
-  readonly dir: string;
-  readonly createdAt = new Date();
-  state: SandboxState = "starting";
-  endReason: string | undefined;
-  timings: StartTimings | undefined;
-  network: SandboxNetwork | undefined;
-  vm: QemuVm | undefined;
-  cgroup: Cgroup | undefined;
-  slot: number | undefined;
-  accessToken: string;
-  #clients = new Map<string, EnvdClient>();
-  /** Env given at create (kept for resume and fork, which re-initialise the guest). */
-  envVars: Record<string, string> = {};
-  /** Fork layers this sandbox's disk and memory chain uses (stateDir/layers/<id>). */
-  layers: string[] = [];
-  /** The root disk chain QEMU gets as descriptors, base image first, own layer last. */
-  disk: DiskLayer[] = [];
-  /** The on-disk record (state.json and the host-wide owner registry). */
-  record: SandboxRecord | undefined;
-  /** Started for a warm pool and not claimed yet: not a user's sandbox. */
-  pooled = false;
-  /** Set by the runtime: tears the sandbox down (warm pool discards). */
-  discard: (() => void) | undefined;
-  /** Settles when every resource of this sandbox is gone. */
-  readonly torndown: Promise<void>;
-  resolveTorndown!: () => void;
-
-  constructor(id: string, template: TemplateImage, shape: Shape, dir: string) {
-    this.id = id;
-    this.template = template;
-    this.shape = shape;
-    this.dir = dir;
-    this.accessToken = newAccessToken();
-    this.torndown = new Promise((r) => {
-      this.resolveTorndown = r;
-    });
-  }
-
-  /** Forgets cached clients (their token changed). */
-  resetClients(): void {
-    for (const c of this.#clients.values()) c.close();
-    this.#clients.clear();
-  }
-
-  /** A client for the guest agent, acting as `user` (default: the template's user). */
-  envd(user?: string): EnvdClient {
-    if (!this.network) throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${this.id} has no network`);
-    const key = user ?? "";
-    let c = this.#clients.get(key);
-    if (!c) {
-      c = envdClient(this.network.sandboxAddress, this.accessToken, user);
-      this.#clients.set(key, c);
-    }
-    return c;
-  }
-
-  /**
-   * Runs a command in the guest (argv, no shell) and streams its output.
-   * Resolves with the exit code; a command killed by a signal gives 128+n.
-   */
-  async exec(argv: string[], opts: ExecOptions = {}): Promise<{ exitCode: number; pid: number }> {
-    if (this.state !== "running" && this.state !== "starting") {
-      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${this.id} is ${this.state}`);
-    }
-    const [cmd, ...args] = argv;
-    if (!cmd) throw new FirebreakError("INTERNAL", "exec needs a command");
-    const client = this.envd(opts.user);
-    const tag = `exec-${randomBytes(6).toString("hex")}`;
-    const stream = client.process.start(
-      {
-        process: { cmd, args, envs: opts.env ?? {}, ...(opts.cwd ? { cwd: opts.cwd } : {}) },
-        stdin: opts.stdin !== undefined,
-        tag,
-      },
-      { ...(opts.signal ? { signal: opts.signal } : {}) },
-    );
-    let pid = -1;
-    let stdinDone: Promise<void> | undefined;
-    for await (const res of stream) {
-      const ev = res.event?.event;
-      if (!ev) continue;
-      if (ev.case === "start") {
-        pid = ev.value.pid;
-        if (opts.stdin !== undefined) stdinDone = this.#feedStdin(client, pid, opts.stdin);
-      } else if (ev.case === "data") {
-        const out = ev.value.output;
-        if (out.case === "stdout") opts.onStdout?.(out.value);
-        else if (out.case === "stderr") opts.onStderr?.(out.value);
-        else if (out.case === "pty") opts.onStdout?.(out.value);
-      } else if (ev.case === "end") {
-        await stdinDone?.catch(() => {});
-        return { exitCode: exitCodeOf(ev.value), pid };
-      }
-    }
-    throw new FirebreakError("AGENT_ERROR", `the agent closed the stream of ${cmd} without an end event`);
-  }
-
-  async #feedStdin(
-    client: EnvdClient,
-    pid: number,
-    input: AsyncIterable<Uint8Array> | Uint8Array,
-  ): Promise<void> {
-    const selector = { selector: { case: "pid" as const, value: pid } };
-    const chunks = input instanceof Uint8Array ? [input] : input;
-    try {
-      for await (const chunk of chunks) {
-        await client.process.sendInput({
-          process: selector,
-          input: { input: { case: "stdin", value: chunk } },
-        });
-      }
-      await client.process.closeStdin({ process: selector });
-    } catch (e) {
-      // The process may have exited before reading all input.
-      if (!(e instanceof ConnectError && e.code === Code.NotFound)) throw e;
-    }
-  }
-}
-
-function exitCodeOf(end: { exitCode: number; exited: boolean; status: string }): number {
-  if (end.exited) return end.exitCode;
-  const m = /signal: (\w+)/.exec(end.status);
-  const signals: Record<string, number> = { hangup: 1, interrupt: 2, killed: 9, terminated: 15 };
-  return 128 + (signals[m?.[1] ?? ""] ?? 9);
-}
-
 export interface RuntimeOptions {
   log?: (line: string) => void;
+}
+
+/** The messages of every error inside a SuppressedError chain (stack disposal). */
+function problemsOf(e: unknown): string[] {
+  if (e instanceof SuppressedError) return [...problemsOf(e.error), ...problemsOf(e.suppressed)];
+  return [(e as Error)?.message ?? String(e)];
 }
 
 export class NodeRuntime {
@@ -335,7 +187,7 @@ export class NodeRuntime {
     if (process.getuid?.() !== 0) {
       throw new FirebreakError(
         "NOT_ROOT",
-        "Firebreak needs root to create network namespaces, taps, firewall rules and cgroups. Run it as root (sudo).",
+        "Firebreak needs root to create network namespaces, taps, firewall rules and cgroups. Run it as root.",
       );
     }
     await fs.mkdir(paths.sandboxesDir(config), { recursive: true, mode: 0o755 });
@@ -388,6 +240,21 @@ export class NodeRuntime {
     return sb;
   }
 
+  // ------------------------------------------------------------ the one place a state changes
+
+  /**
+   * INVARIANT: the only writer of a sandbox's state. The transition must be in
+   * the table (state.ts); starting and resuming may stay put while they gain
+   * their live resources.
+   */
+  #set(sb: Sandbox, next: Held): void {
+    const gainsLive = next.state === sb.state && (next.state === "starting" || next.state === "resuming");
+    if (!gainsLive) assertTransition(sb.id, sb.state, next.state);
+    sb[SET_HELD](next);
+  }
+
+  // ------------------------------------------------------------ create
+
   /**
    * Creates a sandbox by the fastest path available: a warm pool VM (claim and
    * personalize), else a restore of the template's snapshot, else a cold boot.
@@ -432,7 +299,7 @@ export class NodeRuntime {
       );
     }
     if (want === info["virtual-size"]) return;
-    await sb.vm!.qmp.execute("block_resize", { "node-name": "root", size: want });
+    await sb.requireLive().vm.qmp.execute("block_resize", { "node-name": "root", size: want });
     const { exitCode } = await sb.exec(["resize2fs", "/dev/vda"], { user: "root" });
     if (exitCode !== 0)
       throw new FirebreakError(
@@ -490,6 +357,69 @@ export class NodeRuntime {
   }
 
   /**
+   * Acquires what a VM needs to run, registering each cleanup on the
+   * sandbox's live stack as it goes: slot, network and egress, cgroup; then
+   * launches QEMU over `disk` (the VM is the last cleanup registered, so it
+   * is the first undone). Throws if the sandbox is killed meanwhile.
+   */
+  async #acquireLive(
+    sb: Sandbox,
+    opts: {
+      network?: CreateOptions["network"];
+      incoming?: string;
+      beforeLaunch?: () => Promise<void>;
+      /** QEMU refusing to start is the snapshot's fault (a restore falls back cold). */
+      launchFailureIsSnapshot?: boolean;
+    },
+    lap: (name: string) => void,
+  ): Promise<LiveResources> {
+    const stack = sb.liveStack;
+    const signal = sb.abort.signal;
+    const record = sb.record!;
+    const slot = await this.slots.claim(sb.id);
+    stack.defer(() => this.slots.release(slot));
+    record.slot = slot;
+    await writeRecord(this.config, sb.dir, record);
+    const uid = this.vmUid(slot);
+    await this.#grantDir(sb, uid);
+    signal.throwIfAborted();
+
+    const network = await createSandboxNetwork(
+      { sandboxId: sb.id, slot, tapUid: uid, tapGid: uid },
+      this.config.hostPool,
+    );
+    stack.defer(() => destroySandboxNetwork(network));
+    await this.egress.attach(network, opts.network ?? {});
+    stack.defer(() => this.egress.detach(sb.id, { keepPolicy: sb.keepPolicy }));
+    lap("network");
+    signal.throwIfAborted();
+
+    await opts.beforeLaunch?.();
+    lap("disk");
+    signal.throwIfAborted();
+
+    const cgroup = await SandboxCgroup.open(`fb-${sb.id}`);
+    stack.defer(() => cgroup.destroy());
+    await cgroup.create(cgroupLimits(sb.shape));
+    lap("cgroup");
+    signal.throwIfAborted();
+
+    const vm = await this.#launchVm(sb, { slot, network, cgroup }, opts.incoming).catch((e: Error) => {
+      // QEMU refusing the snapshot's files (unreadable disk layer, ...) is a
+      // snapshot problem: the create falls back to a cold boot.
+      if (opts.launchFailureIsSnapshot && !signal.aborted) throw new SnapshotRestoreError(e.message);
+      throw e;
+    });
+    const live: LiveResources = { slot, network, cgroup, vm };
+    // The VM stopped last-in first-out: whichever VM the sandbox runs at that time.
+    stack.defer(async () => {
+      await live.vm.stop(1000);
+    });
+    lap("spawn");
+    return live;
+  }
+
+  /**
    * Starts one VM: owner record, slot, network, disk layer, cgroup, QEMU, then
    * either boot to agent-ready (cold) or load the snapshot's state, then
    * personalize. `pool`: stop before personalizing (warm pool fill).
@@ -513,7 +443,7 @@ export class NodeRuntime {
     sb.pooled = how.pool === true;
     sb.discard = () => void this.kill(id, "discarded from the warm pool");
     this.#sandboxes.set(id, sb);
-    const record: SandboxRecord = {
+    sb.record = {
       id,
       ownerPid: process.pid,
       ownerStartTime: await processStartTime(process.pid),
@@ -521,60 +451,39 @@ export class NodeRuntime {
       createdAt: sb.createdAt.toISOString(),
       template: opts.template.name,
     };
-    sb.record = record;
     try {
       // SECURITY: root's, and stays root's (see vmUid).
       await fs.mkdir(dir, { mode: 0o700 });
+      sb.filesStack.defer(() => fs.rm(dir, { recursive: true, force: true }));
       // INVARIANT: the owner record exists before any host-global resource.
-      await writeRecord(this.config, dir, record);
+      await writeRecord(this.config, dir, sb.record);
       sb.layers = how.layers ?? [];
       for (const layer of sb.layers) {
         await fs.writeFile(path.join(this.config.stateDir, "layers", layer, "users", id), "");
+        sb.filesStack.defer(() => releaseUnusedLayers(this.config, { layer, user: id }).then(() => {}));
       }
-      sb.slot = await this.slots.claim(id);
-      record.slot = sb.slot;
-      await writeRecord(this.config, dir, record);
-      const uid = this.vmUid(sb.slot);
-      await this.#grantDir(sb, uid);
-
-      sb.network = await createSandboxNetwork(
-        { sandboxId: id, slot: sb.slot, tapUid: uid, tapGid: uid },
-        this.config.hostPool,
-      );
-      await this.egress.attach(sb.network, opts.network ?? {});
-      lap("network");
-
       const base: DiskLayer[] = how.diskChain ?? [{ path: opts.template.imagePath, format: "raw" }];
-      if (opts.writableImage) {
-        sb.disk = base;
-      } else {
-        const top = await this.#newLayer(dir, base.at(-1)!);
-        sb.disk = [...base, top];
-      }
-      lap("disk");
-
-      sb.cgroup = await SandboxCgroup.open(`fb-${id}`);
-      await sb.cgroup.create(cgroupLimits(shape));
-      lap("cgroup");
-
-      try {
-        await this.#launchVm(sb, record, how.snapshot?.memoryPath);
-      } catch (e) {
-        // QEMU refusing the snapshot's files (unreadable disk layer, ...) is a
-        // snapshot problem: the create falls back to a cold boot.
-        if (how.snapshot && sb.state === "starting") throw new SnapshotRestoreError((e as Error).message);
-        throw e;
-      }
-      lap("spawn");
+      const live = await this.#acquireLive(
+        sb,
+        {
+          ...(opts.network ? { network: opts.network } : {}),
+          ...(how.snapshot ? { incoming: how.snapshot.memoryPath, launchFailureIsSnapshot: true } : {}),
+          beforeLaunch: async () => {
+            sb.disk = opts.writableImage ? base : [...base, await this.#newLayer(dir, base.at(-1)!)];
+          },
+        },
+        lap,
+      );
+      this.#set(sb, { state: "starting", live });
 
       let guestUptimeMs: number | undefined;
       if (how.snapshot) {
         try {
-          await sb.vm!.loadState();
+          await live.vm.loadState();
         } catch (e) {
           // A sandbox killed while restoring, or a QEMU killed from outside, says
           // nothing about the snapshot: fail this create, keep the snapshot.
-          const exit = sb.vm?.exitStatus;
+          const exit = live.vm.exitStatus;
           if (sb.state !== "starting" || exit?.signal) {
             throw new FirebreakError(
               "SANDBOX_BOOT_FAILED",
@@ -585,7 +494,7 @@ export class NodeRuntime {
         }
         lap("restore");
       } else {
-        guestUptimeMs = (await sb.vm!.control.waitReady(opts.bootTimeoutMs ?? 90_000)).uptimeMs;
+        guestUptimeMs = (await live.vm.control.waitReady(opts.bootTimeoutMs ?? 90_000)).uptimeMs;
         lap("boot");
       }
       sb.timings = {
@@ -603,8 +512,7 @@ export class NodeRuntime {
         await sb.exec(["/bin/true"], { user: "root" });
         sb.resetClients();
         lap("warmup");
-        assertTransition(id, sb.state, "warm");
-        sb.state = "warm";
+        this.#set(sb, { state: "warm", live });
         sb.timings.totalMs = Math.round((performance.now() - t0) * 10) / 10;
         return sb;
       }
@@ -612,14 +520,20 @@ export class NodeRuntime {
       return sb;
     } catch (e) {
       // Let QEMU's last output reach the console file before reading it.
-      const exit = sb.vm ? await Promise.race([sb.vm.exited, sleep(300).then(() => undefined)]) : undefined;
+      const vm = sb.vm;
+      const exit = vm ? await Promise.race([vm.exited, sleep(300).then(() => undefined)]) : undefined;
       const consoleTail = await tail(path.join(dir, "console.log"), 15);
       const exitNote = exit ? ` (QEMU exited: ${exit.signal ?? `code ${exit.code}`})` : "";
-      if (sb.state === "starting" || sb.state === "warm") sb.state = "failed";
-      const killedWhileStarting = this.#teardownStarted.has(sb);
-      sb.endReason ??= `start failed: ${(e as Error).message}`;
+      const killed = sb.state === "stopping";
+      if (!killed && !isFinal(sb.state)) {
+        this.#set(sb, { state: "failed", reason: `start failed: ${(e as Error).message}` });
+      }
       await this.#teardown(sb);
-      if (killedWhileStarting) await this.#sweepAfterKill(sb);
+      if (killed) {
+        throw new FirebreakError("SANDBOX_BOOT_FAILED", `sandbox ${id} was killed while starting`, {
+          cause: e,
+        });
+      }
       if (e instanceof FirebreakError || e instanceof SnapshotRestoreError) throw e;
       throw new FirebreakError(
         "SANDBOX_BOOT_FAILED",
@@ -630,8 +544,9 @@ export class NodeRuntime {
   }
 
   /** Spawns QEMU for a sandbox whose network and cgroup exist, and supervises it. */
-  async #launchVm(sb: Sandbox, record: SandboxRecord, incoming?: string): Promise<void> {
-    sb.vm = await QemuVm.launch(
+  async #launchVm(sb: Sandbox, res: Omit<LiveResources, "vm">, incoming?: string): Promise<QemuVm> {
+    const record = sb.record!;
+    const vm = await QemuVm.launch(
       {
         name: `fb-${sb.id}`,
         dir: sb.dir,
@@ -641,15 +556,15 @@ export class NodeRuntime {
         vcpus: sb.shape.vcpus,
         memoryMib: sb.shape.memoryMib,
         accel: this.accel.accel,
-        netnsPath: sb.network!.netnsPath,
-        tapName: sb.network!.tapName,
-        mac: sb.network!.guestMac,
+        netnsPath: res.network.netnsPath,
+        tapName: res.network.tapName,
+        mac: res.network.guestMac,
         tscKhz: this.tscKhz,
-        uid: this.vmUid(sb.slot!),
-        gid: this.vmUid(sb.slot!),
+        uid: this.vmUid(res.slot),
+        gid: this.vmUid(res.slot),
         launcher: this.launcher,
         // INVARIANT: QEMU is inside its cgroup before its first instruction.
-        cgroupProcs: sb.cgroup!.dirs().map((d) => path.join(d, "cgroup.procs")),
+        cgroupProcs: res.cgroup.dirs().map((d) => path.join(d, "cgroup.procs")),
       },
       {
         ...(incoming ? { incoming } : {}),
@@ -659,12 +574,17 @@ export class NodeRuntime {
         },
       },
     );
-    await writeRecord(this.config, sb.dir, record);
-    const vm = sb.vm;
+    // A kill while starting stops the VM at once, so a boot or restore wait ends.
+    const onAbort = () => vm.process.kill("SIGKILL");
+    sb.abort.signal.addEventListener("abort", onAbort, { once: true });
+    if (sb.abort.signal.aborted) onAbort();
     void vm.exited.then((e) => {
-      // A VM replaced on purpose (pause, fork) is not a crash.
+      sb.abort.signal.removeEventListener("abort", onAbort);
+      // A VM replaced or stopped on purpose (pause, fork, kill) is not a crash.
       if (sb.vm === vm) this.#onVmExit(sb, e.signal ?? `code ${e.code}`);
     });
+    await writeRecord(this.config, sb.dir, record);
+    return vm;
   }
 
   /**
@@ -704,8 +624,7 @@ export class NodeRuntime {
     // A snapshot or pool VM already runs the template's start command.
     if (sb.timings?.path === "cold") await this.#startTemplateProcess(sb);
     lap("startCommand");
-    assertTransition(sb.id, sb.state, "running");
-    sb.state = "running";
+    this.#set(sb, { state: "running", live: sb.requireLive() });
     sb.timings ??= { path: "warm", totalMs: 0, phases: {} };
     sb.timings.totalMs = Math.round((performance.now() - t0) * 10) / 10;
     this.#log(
@@ -718,7 +637,7 @@ export class NodeRuntime {
     o: { envVars: Record<string, string>; fresh: boolean; accessToken: string },
   ): Promise<void> {
     const user = sb.template.user;
-    await sb.vm!.control.request({
+    await sb.requireLive().vm.control.request({
       type: "init",
       sandboxId: sb.id,
       accessToken: o.accessToken,
@@ -730,69 +649,6 @@ export class NodeRuntime {
       ...(o.fresh ? { wallClockMs: Date.now(), entropy: randomBytes(64).toString("base64") } : {}),
     });
     sb.resetClients();
-  }
-
-  /**
-   * Boots the template cold, lets it settle, and saves it as the template's
-   * snapshot for this shape (memory + disk layer, checksummed manifest).
-   * Runs off the start path: after a template build, or in the background.
-   */
-  async prepareSnapshot(
-    template: TemplateImage,
-    shapeIn: Partial<Shape> = {},
-    opts: { force?: boolean } = {},
-  ): Promise<{ manifest: SnapshotManifest; created: boolean }> {
-    if (!template.key) throw new FirebreakError("INTERNAL", "snapshots need a built template (with a key)");
-    const shape = shapeFor(template, shapeIn);
-    const key = snapshotKey(template.key, shape, this.kernel, this.accel.accel);
-    if (!opts.force) {
-      const found = await this.snapshots.find(key);
-      if (found.snapshot) return { manifest: found.snapshot.manifest, created: false };
-    }
-    await this.snapshots.removeStale();
-    const sb = await this.#start({ template }, shape, {});
-    try {
-      // The agent drops the boot page cache shortly after ready: wait for it,
-      // so the saved memory (and every clone's RSS) is smaller.
-      await sleep(1500);
-      // The template's start command filled the cache again (a code
-      // interpreter's kernels: ~90 MiB): drop it too; free page reporting
-      // hands the freed pages back, so the snapshot does not carry them.
-      if (template.start) {
-        await sb.exec(["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], { user: "root" });
-        await sleep(2500);
-      }
-      const made = { kernel: `${this.kernel.package} ${this.kernel.version}`, accel: this.accel.accel };
-      const manifest = await this.snapshots.save(key, template, shape, made, async (memoryFile, diskFile) => {
-        const t0 = performance.now();
-        await sb.vm!.saveState(memoryFile);
-        const saveMs = performance.now() - t0;
-        await sb.vm!.stop(1000);
-        await fs.rename(path.join(sb.dir, "disk.qcow2"), diskFile);
-        return { saveMs, bootMs: sb.timings?.phases["boot"] ?? 0 };
-      });
-      return { manifest, created: true };
-    } finally {
-      await this.kill(sb.id, "snapshot saved");
-    }
-  }
-
-  /** Fills the warm pool of a template and shape to `size` VMs restored from its snapshot. */
-  async fillPool(template: TemplateImage, size: number, shapeIn: Partial<Shape> = {}): Promise<void> {
-    const shape = shapeFor(template, shapeIn);
-    if (!template.key) throw new FirebreakError("INTERNAL", "warm pools need a built template (with a key)");
-    const found = await this.snapshots.find(snapshotKey(template.key, shape, this.kernel, this.accel.accel));
-    if (!found.snapshot) {
-      throw new FirebreakError(
-        "SANDBOX_BOOT_FAILED",
-        `template ${template.name} has no snapshot for ${shape.vcpus} vCPU / ${shape.memoryMib} MiB: ${found.problem ?? "prepare one first"}`,
-      );
-    }
-    const snapshot = found.snapshot;
-    this.pools.configure(template.key, shape, size, () =>
-      this.#start({ template }, shape, { snapshot, pool: true }),
-    );
-    await this.pools.fill(template.key, shape);
   }
 
   async #startTemplateProcess(sb: Sandbox): Promise<void> {
@@ -831,6 +687,99 @@ export class NodeRuntime {
     }
   }
 
+  // ------------------------------------------------------------ snapshots and pools
+
+  /**
+   * Boots the template cold, lets it settle, and saves it as the template's
+   * snapshot for this shape (memory + disk layer, checksummed manifest).
+   * Runs off the start path: after a template build, or in the background.
+   */
+  async prepareSnapshot(
+    template: TemplateImage,
+    shapeIn: Partial<Shape> = {},
+    opts: { force?: boolean } = {},
+  ): Promise<{ manifest: SnapshotManifest; created: boolean }> {
+    if (!template.key) throw new FirebreakError("INTERNAL", "snapshots need a built template (with a key)");
+    const shape = shapeFor(template, shapeIn);
+    const key = snapshotKey(template.key, shape, this.kernel, this.accel.accel);
+    if (!opts.force) {
+      const found = await this.snapshots.find(key);
+      if (found.snapshot) return { manifest: found.snapshot.manifest, created: false };
+    }
+    await this.snapshots.removeStale();
+    const sb = await this.#start({ template }, shape, {});
+    try {
+      // The agent drops the boot page cache shortly after ready: wait for it,
+      // so the saved memory (and every clone's RSS) is smaller.
+      await sleep(1500);
+      // The template's start command filled the cache again (a code
+      // interpreter's kernels: ~90 MiB): drop it too; free page reporting
+      // hands the freed pages back, so the snapshot does not carry them.
+      if (template.start) {
+        await sb.exec(["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], { user: "root" });
+        await sleep(2500);
+      }
+      const made = { kernel: `${this.kernel.package} ${this.kernel.version}`, accel: this.accel.accel };
+      const manifest = await this.snapshots.save(key, template, shape, made, async (memoryFile, diskFile) => {
+        const live = sb.requireLive();
+        // The sandbox ends with this save: its VM stopping is not a crash.
+        this.#set(sb, { state: "pausing", live });
+        const t0 = performance.now();
+        await live.vm.saveState(memoryFile);
+        const saveMs = performance.now() - t0;
+        await live.vm.stop(1000);
+        await fs.rename(path.join(sb.dir, "disk.qcow2"), diskFile);
+        return { saveMs, bootMs: sb.timings?.phases["boot"] ?? 0 };
+      });
+      return { manifest, created: true };
+    } finally {
+      // The snapshot VM ends here, saved or not.
+      if (sb.state === "pausing") {
+        this.#set(sb, { state: "stopping", reason: "snapshot saved" });
+        await this.#teardown(sb);
+      } else await this.kill(sb.id, "snapshot saved");
+    }
+  }
+
+  /** Fills the warm pool of a template and shape to `size` VMs restored from its snapshot. */
+  async fillPool(template: TemplateImage, size: number, shapeIn: Partial<Shape> = {}): Promise<void> {
+    const shape = shapeFor(template, shapeIn);
+    if (!template.key) throw new FirebreakError("INTERNAL", "warm pools need a built template (with a key)");
+    const found = await this.snapshots.find(snapshotKey(template.key, shape, this.kernel, this.accel.accel));
+    if (!found.snapshot) {
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `template ${template.name} has no snapshot for ${shape.vcpus} vCPU / ${shape.memoryMib} MiB: ${found.problem ?? "prepare one first"}`,
+      );
+    }
+    const snapshot = found.snapshot;
+    this.pools.configure(template.key, shape, size, () =>
+      this.#start({ template }, shape, {
+        snapshot,
+        pool: true,
+        diskChain: [
+          { path: template.imagePath, format: "raw" },
+          { path: snapshot.diskPath, format: "qcow2" },
+        ],
+      }),
+    );
+    await this.pools.fill(template.key, shape);
+  }
+
+  // ------------------------------------------------------------ pause, resume, fork
+
+  /** Undoes the live stack (VM, cgroup, egress, network, slot) and starts a fresh one. */
+  async #releaseLive(sb: Sandbox, keepPolicy: boolean): Promise<void> {
+    sb.keepPolicy = keepPolicy;
+    const stack = sb.liveStack;
+    sb.liveStack = new AsyncDisposableStack();
+    try {
+      await stack.disposeAsync();
+    } finally {
+      sb.keepPolicy = false;
+    }
+  }
+
   /**
    * Pauses a sandbox to disk: memory and device state are saved beside its disk
    * layer, then QEMU, the network namespace, the cgroup and the slot are
@@ -839,20 +788,11 @@ export class NodeRuntime {
    */
   async pause(id: string): Promise<void> {
     const sb = this.get(id);
-    assertTransition(id, sb.state, "pausing");
-    sb.state = "pausing";
+    const live = sb.requireLive();
+    this.#set(sb, { state: "pausing", live });
     try {
-      const vm = sb.vm!;
-      await vm.saveState(path.join(sb.dir, "paused-memory.bin"));
-      sb.vm = undefined; // INVARIANT: set before QEMU exits, so the exit is not a crash
-      await vm.stop(1000);
-      await this.egress.detach(id, { keepPolicy: true });
-      await destroySandboxNetwork(sb.network!);
-      sb.network = undefined;
-      await sb.cgroup?.destroy();
-      sb.cgroup = undefined;
-      if (sb.slot !== undefined) await this.slots.release(sb.slot);
-      sb.slot = undefined;
+      await live.vm.saveState(path.join(sb.dir, "paused-memory.bin"));
+      await this.#releaseLive(sb, true);
       const paused: PausedRecord = {
         template: sb.template,
         shape: sb.shape,
@@ -864,18 +804,15 @@ export class NodeRuntime {
         pausedAt: new Date().toISOString(),
       };
       // SECURITY: the token and env may be secrets: root-only file in a root-owned directory.
-      const file = path.join(sb.dir, PAUSED_FILE);
-      await writeFileAtomic(file, JSON.stringify(paused), 0o600);
+      await writeFileAtomic(path.join(sb.dir, PAUSED_FILE), JSON.stringify(paused), 0o600);
       delete sb.record!.slot;
       delete sb.record!.qemuPid;
       await writeRecord(this.config, sb.dir, sb.record!);
       await removeOwner(this.config, id);
-      assertTransition(id, sb.state, "paused");
-      sb.state = "paused";
+      this.#set(sb, { state: "paused" });
       this.#log(`sandbox ${id} paused`);
     } catch (e) {
-      sb.endReason = `pause failed: ${(e as Error).message}`;
-      sb.state = "failed";
+      this.#set(sb, { state: "failed", reason: `pause failed: ${problemsOf(e).join("; ")}` });
       await this.#teardown(sb);
       throw new FirebreakError(
         "SANDBOX_STATE_INVALID",
@@ -899,9 +836,11 @@ export class NodeRuntime {
       } catch {
         continue;
       }
-      const sb = new Sandbox(id, paused.template, paused.shape, dir);
+      const sb = new Sandbox(id, paused.template, paused.shape, dir, {
+        createdAt: new Date(paused.createdAt),
+        initial: { state: "paused" },
+      });
       sb.discard = () => void this.kill(id, "discarded");
-      sb.state = "paused";
       sb.accessToken = paused.accessToken;
       sb.envVars = paused.envVars;
       sb.layers = paused.layers;
@@ -909,6 +848,10 @@ export class NodeRuntime {
         { path: paused.template.imagePath, format: "raw" },
         { path: path.join(dir, "disk.qcow2"), format: "qcow2" },
       ];
+      sb.filesStack.defer(() => fs.rm(dir, { recursive: true, force: true }));
+      for (const layer of sb.layers) {
+        sb.filesStack.defer(() => releaseUnusedLayers(this.config, { layer, user: id }).then(() => {}));
+      }
       sb.record = {
         id,
         ownerPid: process.pid,
@@ -928,37 +871,38 @@ export class NodeRuntime {
   /** Resumes a paused sandbox: its processes, memory and files continue where they were. */
   async resume(id: string): Promise<Sandbox> {
     const sb = this.get(id);
-    assertTransition(id, sb.state, "resuming");
-    sb.state = "resuming";
+    this.#set(sb, { state: "resuming" });
     const t0 = performance.now();
     try {
-      await this.#attach(sb);
-      await this.#launchVm(sb, sb.record!, path.join(sb.dir, "paused-memory.bin"));
-      await sb.vm!.loadState();
+      await writeRecord(this.config, sb.dir, sb.record!);
+      const live = await this.#acquireLive(
+        sb,
+        { incoming: path.join(sb.dir, "paused-memory.bin") },
+        () => {},
+      );
+      this.#set(sb, { state: "resuming", live });
+      await live.vm.loadState();
       // Same identity; the clock moved on while paused, and a reseed costs nothing.
       await this.#init(sb, { envVars: sb.envVars, fresh: true, accessToken: sb.accessToken });
       await fs.rm(path.join(sb.dir, "paused-memory.bin"), { force: true });
       await fs.rm(path.join(sb.dir, PAUSED_FILE), { force: true });
-      assertTransition(id, sb.state, "running");
-      sb.state = "running";
+      this.#set(sb, { state: "running", live });
       this.#log(`sandbox ${id} resumed in ${Math.round(performance.now() - t0)} ms`);
       return sb;
     } catch (e) {
-      // Keep the paused state on disk: release what this attempt created.
-      if (sb.vm) {
-        const vm = sb.vm;
-        sb.vm = undefined;
-        await vm.stop(500).catch(() => {});
+      if (sb.state === "stopping") {
+        // Killed while resuming: the kill's teardown takes everything.
+        await this.#teardown(sb);
+        throw new FirebreakError("SANDBOX_BOOT_FAILED", `sandbox ${id} was killed while resuming`, {
+          cause: e,
+        });
       }
-      await this.egress.detach(sb.id, { keepPolicy: true });
-      if (sb.network) await destroySandboxNetwork(sb.network).catch(() => {});
-      sb.network = undefined;
-      await sb.cgroup?.destroy().catch(() => {});
-      sb.cgroup = undefined;
-      if (sb.slot !== undefined) await this.slots.release(sb.slot);
-      sb.slot = undefined;
+      // Keep the paused state on disk: release what this attempt made.
+      await this.#releaseLive(sb, true).catch((err) =>
+        this.#log(`sandbox ${id}: releasing a failed resume: ${problemsOf(err).join("; ")}`),
+      );
       await removeOwner(this.config, id);
-      sb.state = "paused";
+      this.#set(sb, { state: "paused" });
       throw new FirebreakError(
         "SANDBOX_BOOT_FAILED",
         `resuming sandbox ${id} failed: ${(e as Error).message}`,
@@ -980,8 +924,8 @@ export class NodeRuntime {
       );
     }
     const parent = this.get(id);
-    assertTransition(id, parent.state, "pausing");
-    parent.state = "pausing";
+    const live = parent.requireLive();
+    this.#set(parent, { state: "pausing", live });
     const layer = `l${newSandboxId().slice(0, 15)}`;
     const layerDir = path.join(this.config.stateDir, "layers", layer);
     // SECURITY: a fork layer holds the parent's memory (token, env) and disk:
@@ -989,26 +933,29 @@ export class NodeRuntime {
     await fs.mkdir(layerDir, { recursive: true, mode: 0o700 });
     await fs.mkdir(path.join(layerDir, "users"), { mode: 0o700 });
     await fs.writeFile(path.join(layerDir, "users", parent.id), "");
+    parent.filesStack.defer(() =>
+      releaseUnusedLayers(this.config, { layer, user: parent.id }).then(() => {}),
+    );
     const memoryPath = path.join(layerDir, "memory.bin");
     const diskPath = path.join(layerDir, "disk.qcow2");
     let frozen: DiskLayer[] = [];
     try {
-      const vm = parent.vm!;
-      await vm.saveState(memoryPath);
-      parent.vm = undefined; // INVARIANT: a replaced VM's exit is not a crash
-      await vm.stop(1000);
+      const old = live.vm;
+      await old.saveState(memoryPath);
+      await old.stop(1000);
       await fs.rename(path.join(parent.dir, "disk.qcow2"), diskPath);
       for (const f of [memoryPath, diskPath]) await fs.chmod(f, 0o400);
       parent.layers = [...parent.layers, layer];
       frozen = [...parent.disk.slice(0, -1), { path: diskPath, format: "qcow2" }];
       parent.disk = [...frozen, await this.#newLayer(parent.dir, frozen.at(-1)!)];
-      await this.#launchVm(parent, parent.record!, memoryPath);
-      await parent.vm!.loadState();
+      // INVARIANT: the replaced VM is gone before the new one is the sandbox's
+      // (its exit is not a crash; the live stack stops whichever VM is current).
+      live.vm = await this.#launchVm(parent, live, memoryPath);
+      await live.vm.loadState();
       await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
-      parent.state = "running";
+      this.#set(parent, { state: "running", live });
     } catch (e) {
-      parent.state = "failed";
-      parent.endReason = `fork failed: ${(e as Error).message}`;
+      this.#set(parent, { state: "failed", reason: `fork failed: ${(e as Error).message}` });
       await this.#teardown(parent);
       await releaseUnusedLayers(this.config).catch(() => {});
       throw new FirebreakError(
@@ -1032,11 +979,7 @@ export class NodeRuntime {
             network: this.egress.optionsOf(parent.id) ?? {},
           },
           parent.shape,
-          {
-            snapshot,
-            diskChain: frozen,
-            layers: parent.layers,
-          },
+          { snapshot, diskChain: frozen, layers: parent.layers },
         );
         children.push(child);
       }
@@ -1047,23 +990,7 @@ export class NodeRuntime {
     return children;
   }
 
-  /** Claims a slot and creates the network and cgroup of a sandbox whose directory exists. */
-  async #attach(sb: Sandbox): Promise<void> {
-    await writeRecord(this.config, sb.dir, sb.record!);
-    sb.slot = await this.slots.claim(sb.id);
-    sb.record!.slot = sb.slot;
-    await writeRecord(this.config, sb.dir, sb.record!);
-    // A resumed sandbox may get another slot, so another uid (it owns no file).
-    const uid = this.vmUid(sb.slot);
-    await this.#grantDir(sb, uid);
-    sb.network = await createSandboxNetwork(
-      { sandboxId: sb.id, slot: sb.slot, tapUid: uid, tapGid: uid },
-      this.config.hostPool,
-    );
-    await this.egress.attach(sb.network);
-    sb.cgroup = await SandboxCgroup.open(`fb-${sb.id}`);
-    await sb.cgroup.create(cgroupLimits(sb.shape));
-  }
+  // ------------------------------------------------------------ ending
 
   /** Stops a sandbox and removes everything it had. Idempotent. */
   async kill(id: string, reason = "killed"): Promise<void> {
@@ -1073,11 +1000,22 @@ export class NodeRuntime {
       await sb.torndown;
       return;
     }
-    sb.state = "stopping";
-    sb.endReason = reason;
+    if (sb.state === "pausing") {
+      // A pause or fork in flight finishes first (its own failure path ends the sandbox otherwise).
+      await waitUntil(() => sb.state !== "pausing");
+      return this.kill(id, reason);
+    }
+    const inFlight = sb.state === "starting" || sb.state === "resuming";
     this.pools.remove(sb);
+    this.#set(sb, { state: "stopping", reason });
+    if (inFlight) {
+      // The start (or resume) notices at its next step, or at once through its
+      // VM, and tears down what it made.
+      sb.abort.abort(new Error(reason));
+      await sb.torndown;
+      return;
+    }
     await this.#teardown(sb);
-    sb.state = "stopped";
   }
 
   /**
@@ -1110,62 +1048,40 @@ export class NodeRuntime {
   }
 
   #onVmExit(sb: Sandbox, how: string): void {
-    if (sb.state === "running" || sb.state === "starting" || sb.state === "warm") {
+    if (sb.state === "running" || sb.state === "warm") {
       this.#log(`sandbox ${sb.id}: QEMU exited unexpectedly (${how}); reclaiming its resources`);
-      sb.state = sb.state === "running" ? "crashed" : "failed";
-      sb.endReason = `VM exited unexpectedly (${how})`;
+      this.#set(sb, { state: "crashed", reason: `VM exited unexpectedly (${how})` });
       void this.#teardown(sb);
     }
+    // Starting or resuming: the wait in flight fails and its own path cleans up.
   }
 
   #teardownStarted = new WeakSet<Sandbox>();
 
   /**
-   * A kill while a start is in flight tears down what existed then; the start
-   * may make more before it notices (QEMU launched, cgroup or slot created).
-   * Its failure path calls this to remove those too. Idempotent; touches only
-   * what is named after this sandbox (a reused slot keeps its new owner).
+   * Undoes everything a sandbox holds: its live stack (VM, cgroup, egress,
+   * network, slot), then its files stack (directory, fork-layer uses); every
+   * cleanup runs even if an earlier one failed. A sandbox in `stopping` ends
+   * `stopped`; failed and crashed ones keep their state.
    */
-  async #sweepAfterKill(sb: Sandbox): Promise<void> {
-    const quiet = (p: Promise<unknown>) => p.catch(() => {});
-    if (sb.vm) await quiet(sb.vm.stop(1000));
-    await quiet(this.egress.detach(sb.id));
-    await quiet(destroySandboxNetwork({ sandboxId: sb.id, slot: sb.slot ?? MAX_SLOTS }));
-    await quiet(SandboxCgroup.open(`fb-${sb.id}`).then((c) => c.destroy()));
-    await quiet(fs.rm(sb.dir, { recursive: true, force: true }));
-    for (const [slot, owner] of await this.slots.list()) {
-      if (owner === sb.id) await quiet(this.slots.release(slot));
-    }
-    await quiet(removeOwner(this.config, sb.id));
-  }
-
-  /** Removes every resource of a sandbox; each step runs even if an earlier one failed. */
   async #teardown(sb: Sandbox): Promise<void> {
     if (this.#teardownStarted.has(sb)) return sb.torndown;
     this.#teardownStarted.add(sb);
-    const errors: string[] = [];
-    const step = async (what: string, fn: () => Promise<unknown>) => {
+    const problems: string[] = [];
+    for (const stack of [sb.liveStack, sb.filesStack]) {
       try {
-        await fn();
+        await stack.disposeAsync();
       } catch (e) {
-        errors.push(`${what}: ${(e as Error).message}`);
+        problems.push(...problemsOf(e));
       }
-    };
-    if (sb.vm) await step("vm", () => sb.vm!.stop(1000));
-    await step("egress", () => this.egress.detach(sb.id));
-    if (sb.network) await step("network", () => destroySandboxNetwork(sb.network!));
-    else if (sb.slot !== undefined)
-      await step("network", () => destroySandboxNetwork({ sandboxId: sb.id, slot: sb.slot! }));
-    if (sb.cgroup) await step("cgroup", () => sb.cgroup!.destroy());
-    await step("files", () => fs.rm(sb.dir, { recursive: true, force: true }));
-    for (const layer of sb.layers) {
-      await step("layer", () => releaseUnusedLayers(this.config, { layer, user: sb.id }));
     }
-    if (sb.slot !== undefined) await step("slot", () => this.slots.release(sb.slot!));
     // INVARIANT: the owner record goes last, once nothing of the sandbox remains.
-    if (!errors.length) await step("owner", () => removeOwner(this.config, sb.id));
-    if (errors.length) this.#log(`sandbox ${sb.id} teardown problems: ${errors.join("; ")}`);
+    if (!problems.length)
+      await removeOwner(this.config, sb.id).catch((e) => problems.push((e as Error).message));
+    if (problems.length) this.#log(`sandbox ${sb.id} teardown problems: ${problems.join("; ")}`);
     this.#sandboxes.delete(sb.id);
+    this.pools.remove(sb);
+    if (sb.state === "stopping") this.#set(sb, { state: "stopped", reason: sb.endReason ?? "killed" });
     sb.resolveTorndown();
   }
 }
@@ -1193,6 +1109,10 @@ export function validateShape(shape: Shape): Shape {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+async function waitUntil(cond: () => boolean): Promise<void> {
+  while (!cond()) await sleep(20);
 }
 
 async function tail(file: string, lines: number): Promise<string> {

@@ -95,6 +95,22 @@ export class SnapshotStore {
     this.dir = path.join(config.stateDir, "snapshots");
   }
 
+  /** Manifests of the snapshots present (not checked; for reports). */
+  async manifests(): Promise<SnapshotManifest[]> {
+    const out: SnapshotManifest[] = [];
+    for (const e of await fs.readdir(this.dir).catch(() => [] as string[])) {
+      if (e.startsWith(".")) continue;
+      try {
+        out.push(
+          JSON.parse(await fs.readFile(path.join(this.dir, e, "manifest.json"), "utf8")) as SnapshotManifest,
+        );
+      } catch {
+        // being written or removed
+      }
+    }
+    return out;
+  }
+
   /** The usable snapshot for a key, or why there is none. Cheap after the first call. */
   async find(key: string): Promise<{ snapshot?: LoadedSnapshot; problem?: string }> {
     const dir = path.join(this.dir, key);

@@ -19,10 +19,12 @@ const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
   starting: ["warm", "running", "failed", "stopping", "crashed"],
   warm: ["running", "stopping", "crashed"],
   running: ["pausing", "stopping", "crashed"],
-  // A fork pauses the parent for a moment and returns it to running.
-  pausing: ["paused", "running", "failed"],
+  // A fork pauses the parent for a moment and returns it to running; a
+  // snapshot's own VM is saved and then stopped.
+  pausing: ["paused", "running", "failed", "stopping"],
   paused: ["resuming", "stopping"],
-  resuming: ["running", "paused"],
+  // A failed resume keeps the saved state (paused); a kill while resuming stops it.
+  resuming: ["running", "paused", "stopping"],
   stopping: ["stopped"],
   stopped: [],
   crashed: [],

@@ -2,11 +2,16 @@
 // virtio-serial port. It works before (and without) the guest network, so the
 // node learns the agent is ready and hands it its identity over it.
 // SECURITY: everything read here comes from the guest and is untrusted: lines
-// are size-capped, parsed defensively, and only known message types are used.
+// are capped in bytes (line-splitter.ts), parsed defensively, and only known
+// message types with well-typed fields are used.
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
+import { LineSplitter, parseObjectLine } from "./line-splitter.ts";
 
-const MAX_LINE_BYTES = 64 * 1024;
+/** The longest line the host reads from the guest; longer ones are dropped whole. */
+export const MAX_CONTROL_LINE_BYTES = 64 * 1024;
+/** Error text from the guest is cut to this many characters. */
+const MAX_ERROR_CHARS = 500;
 
 export type GuestMessage =
   | { type: "ready"; agentVersion: string; uptimeMs: number }
@@ -16,7 +21,8 @@ export type GuestMessage =
 
 export class ControlChannel extends EventEmitter<{ ready: [GuestMessage & { type: "ready" }]; close: [] }> {
   readonly #sock: Socket;
-  #buf = "";
+  readonly #lines: LineSplitter;
+  #ignored = 0;
   #nextId = 1;
   readonly #pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   #closed = false;
@@ -26,8 +32,8 @@ export class ControlChannel extends EventEmitter<{ ready: [GuestMessage & { type
   constructor(sock: Socket) {
     super();
     this.#sock = sock;
-    sock.setEncoding("utf8");
-    sock.on("data", (chunk: string) => this.#onData(chunk));
+    this.#lines = new LineSplitter(MAX_CONTROL_LINE_BYTES, (line) => this.#handle(line));
+    sock.on("data", (chunk: Buffer) => this.#lines.push(chunk));
     sock.on("close", () => this.#onClose());
     sock.on("error", () => this.#onClose());
   }
@@ -85,29 +91,20 @@ export class ControlChannel extends EventEmitter<{ ready: [GuestMessage & { type
     this.#sock.destroy();
   }
 
-  #onData(chunk: string): void {
-    this.#buf += chunk;
-    if (this.#buf.length > MAX_LINE_BYTES && !this.#buf.includes("\n")) {
-      this.#buf = ""; // SECURITY: a guest cannot make the host buffer without bound.
-      return;
-    }
-    let nl = this.#buf.indexOf("\n");
-    while (nl >= 0) {
-      const line = this.#buf.slice(0, nl);
-      this.#buf = this.#buf.slice(nl + 1);
-      this.#handle(line);
-      nl = this.#buf.indexOf("\n");
-    }
+  /** Lines dropped: too long, not JSON objects, or not a message of a known shape. */
+  get ignoredMessages(): number {
+    return this.#ignored + this.#lines.droppedLines;
   }
 
+  // SECURITY: a line is acted on only when every field has the type the
+  // protocol gives it; anything else is counted and dropped. Nothing here
+  // throws, whatever the guest sends.
   #handle(line: string): void {
-    let msg: GuestMessage;
-    try {
-      msg = JSON.parse(line);
-    } catch {
+    const msg = parseGuestMessage(line);
+    if (!msg) {
+      this.#ignored++;
       return;
     }
-    if (typeof msg !== "object" || msg === null) return;
     switch (msg.type) {
       case "ready":
         this.lastReady = msg;
@@ -123,7 +120,7 @@ export class ControlChannel extends EventEmitter<{ ready: [GuestMessage & { type
       case "error": {
         const p = this.#pending.get(msg.id);
         this.#pending.delete(msg.id);
-        p?.reject(new Error(`guest agent: ${String(msg.message).slice(0, 500)}`));
+        p?.reject(new Error(`guest agent: ${msg.message}`));
         break;
       }
     }
@@ -135,5 +132,38 @@ export class ControlChannel extends EventEmitter<{ ready: [GuestMessage & { type
     for (const p of this.#pending.values()) p.reject(new Error("control channel closed"));
     this.#pending.clear();
     this.emit("close");
+  }
+}
+
+/** One guest line as a message, or undefined when it is not one of the four the host uses. */
+export function parseGuestMessage(line: string): GuestMessage | undefined {
+  const m = parseObjectLine(line);
+  if (!m) return undefined;
+  switch (m["type"]) {
+    case "ready": {
+      const uptimeMs = m["uptimeMs"];
+      const version = m["agentVersion"];
+      if (typeof uptimeMs !== "number" || !Number.isFinite(uptimeMs) || uptimeMs < 0) return undefined;
+      return {
+        type: "ready",
+        agentVersion: typeof version === "string" ? version.slice(0, 64) : "",
+        uptimeMs,
+      };
+    }
+    case "ack":
+    case "pong":
+    case "error": {
+      const id = m["id"];
+      if (typeof id !== "number" || !Number.isSafeInteger(id)) return undefined;
+      if (m["type"] !== "error") return { type: m["type"], id };
+      const message = m["message"];
+      return {
+        type: "error",
+        id,
+        message: typeof message === "string" ? message.slice(0, MAX_ERROR_CHARS) : "(no message)",
+      };
+    }
+    default:
+      return undefined;
   }
 }

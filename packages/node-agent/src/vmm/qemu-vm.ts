@@ -11,7 +11,7 @@ import { pipeline } from "node:stream/promises";
 import { start } from "../host/exec.ts";
 import { openNoFollow } from "../host/safe-fs.ts";
 import { ControlChannel } from "./control-channel.ts";
-import { QmpClient } from "./qmp.ts";
+import { QmpClient, type QmpEvent } from "./qmp.ts";
 
 export type Accelerator = "kvm" | "tcg";
 
@@ -267,11 +267,14 @@ export class QemuVm {
     opts: { onSpawn?: (pid: number) => void; incoming?: string } = {},
   ): Promise<QemuVm> {
     // SECURITY: every file QEMU uses is opened here, by root, and inherited as
-    // a descriptor; O_NOFOLLOW so a planted symlink is never followed.
+    // a descriptor; O_NOFOLLOW so a planted symlink is never followed. The
+    // console log too, before QEMU exists: a failure here leaves no process.
     const opened: fs.FileHandle[] = [];
     const stdio: StdioOptions = ["ignore", "pipe", "pipe", "ignore", "pipe", "pipe"];
     let incomingFd: number | undefined;
+    let consoleLog: fs.FileHandle | undefined;
     try {
+      consoleLog = await openNoFollow(path.join(spec.dir, "console.log"), 0o600);
       for (const [i, layer] of spec.disk.entries()) {
         const writable = i === spec.disk.length - 1 && !spec.diskReadOnly;
         const fh = await fs.open(layer.path, (writable ? O.O_RDWR : O.O_RDONLY) | O.O_NOFOLLOW);
@@ -286,8 +289,10 @@ export class QemuVm {
       }
     } catch (e) {
       await Promise.all(opened.map((f) => f.close()));
+      await consoleLog?.close();
       throw e;
     }
+    const consoleFile = consoleLog;
     // -incoming defer: wait for a saved state instead of booting (snapshot restore).
     const qemu = ["qemu-system-x86_64", ...qemuArgs(spec), ...(opts.incoming ? ["-incoming", "defer"] : [])];
     // SECURITY: QEMU never runs as root. The jailer joins the cgroup, the
@@ -307,7 +312,7 @@ export class QemuVm {
       proc.on("error", () => resolve({ code: -1, signal: null }));
     });
     if (proc.pid) opts.onSpawn?.(proc.pid);
-    await pipeCapped(proc, path.join(spec.dir, "console.log"), spec.consoleCapBytes ?? 1024 * 1024);
+    pipeCapped(proc, consoleFile, spec.consoleCapBytes ?? 1024 * 1024);
 
     const abort = exited.then((e) => {
       throw new Error(
@@ -356,9 +361,7 @@ export class QemuVm {
       });
       // The default cap (32 MiB/s) would make a save take seconds.
       await this.qmp.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 ** 3 });
-      const done = this.qmp.waitEvent("MIGRATION", 120_000, (e) =>
-        ["completed", "failed", "cancelled"].includes(String(e.data?.["status"])),
-      );
+      const done = this.qmp.waitEvent("MIGRATION", 120_000, migrationEnded);
       await this.qmp.execute("migrate", { uri: `unix:${sockPath}` });
       const gone = this.exited.then((e) => {
         throw new Error(`QEMU exited while saving its state (${e.signal ?? `code ${e.code}`})`);
@@ -389,9 +392,7 @@ export class QemuVm {
     await this.qmp.execute("migrate-set-capabilities", {
       capabilities: [{ capability: "events", state: true }],
     });
-    const done = this.qmp.waitEvent("MIGRATION", timeoutMs, (e) =>
-      ["completed", "failed", "cancelled"].includes(String(e.data?.["status"])),
-    );
+    const done = this.qmp.waitEvent("MIGRATION", timeoutMs, migrationEnded);
     await this.qmp.execute("migrate-incoming", { uri: `fd:${this.#incomingFd}` });
     const exited = this.exited.then((e) => {
       throw new Error(`QEMU exited while loading the snapshot (${e.signal ?? `code ${e.code}`})`);
@@ -427,9 +428,14 @@ function listen(server: net.Server, p: string): Promise<void> {
   });
 }
 
+/** A MIGRATION event that ends a migration. `data` comes from QEMU: read it as unknown. */
+function migrationEnded(e: QmpEvent): boolean {
+  const status = e.data?.["status"];
+  return status === "completed" || status === "failed" || status === "cancelled";
+}
+
 /** Copies QEMU's stdout+stderr (the guest console) to a file, up to a cap. */
-async function pipeCapped(proc: ChildProcess, file: string, cap: number): Promise<void> {
-  const fh = await openNoFollow(file, 0o600);
+function pipeCapped(proc: ChildProcess, fh: fs.FileHandle, cap: number): void {
   const out = fh.createWriteStream();
   let written = 0;
   const onData = (b: Buffer) => {

@@ -2,7 +2,10 @@
 // node listens on (QEMU is the client: no polling for a socket to appear).
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
-import { createInterface } from "node:readline";
+import { LineSplitter, parseObjectLine } from "./line-splitter.ts";
+
+/** QMP answers are small; the largest the node asks for is a few KiB. */
+export const MAX_QMP_LINE_BYTES = 1024 * 1024;
 
 export interface QmpEvent {
   event: string;
@@ -30,39 +33,71 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
   #nextId = 1;
   #closed = false;
   readonly #greeted: Promise<void>;
+  #greet!: () => void;
+  #ignored = 0;
 
   constructor(sock: Socket) {
     super();
     this.#sock = sock;
-    let greet!: () => void;
     this.#greeted = new Promise((r) => {
-      greet = r;
+      this.#greet = r;
     });
-    const lines = createInterface({ input: sock });
-    lines.on("error", () => this.#onClose());
-    lines.on("line", (line) => {
-      // SECURITY: QMP output is produced by a process the guest may control.
-      if (line.length > 1024 * 1024) return;
-      let msg: Record<string, unknown>;
-      try {
-        msg = JSON.parse(line);
-      } catch {
-        return;
-      }
-      if ("QMP" in msg) greet();
-      else if ("event" in msg) this.emit("event", msg as unknown as QmpEvent);
-      else if ("id" in msg) {
-        const p = this.#pending.get(msg["id"] as number);
-        if (!p) return;
-        this.#pending.delete(msg["id"] as number);
-        if ("error" in msg) {
-          const e = msg["error"] as { class: string; desc: string };
-          p.reject(new QmpError(e.class, e.desc));
-        } else p.resolve(msg["return"]);
-      }
-    });
+    // SECURITY: QMP output is produced by a process the guest may control
+    // (QEMU translates guest code under TCG). Lines are capped in bytes, and a
+    // message is used only when it has the shape QMP documents: anything else
+    // is dropped and counted, never thrown from this callback.
+    const lines = new LineSplitter(MAX_QMP_LINE_BYTES, (line) => this.#onLine(line));
+    sock.on("data", (chunk: Buffer) => lines.push(chunk));
     sock.on("close", () => this.#onClose());
     sock.on("error", () => this.#onClose());
+  }
+
+  /** Messages dropped because they were not JSON objects of a known shape. */
+  get ignoredMessages(): number {
+    return this.#ignored;
+  }
+
+  #onLine(line: string): void {
+    const msg = parseObjectLine(line);
+    if (!msg) {
+      this.#ignored++;
+      return;
+    }
+    if ("QMP" in msg) {
+      this.#greet();
+      return;
+    }
+    if ("event" in msg) {
+      if (typeof msg["event"] !== "string") {
+        this.#ignored++;
+        return;
+      }
+      const data = msg["data"];
+      const ts = msg["timestamp"];
+      const event: QmpEvent = {
+        event: msg["event"],
+        ...(isObject(data) ? { data } : {}),
+        ...(isObject(ts) && typeof ts["seconds"] === "number" && typeof ts["microseconds"] === "number"
+          ? { timestamp: { seconds: ts["seconds"], microseconds: ts["microseconds"] } }
+          : {}),
+      };
+      this.emit("event", event);
+      return;
+    }
+    const id = msg["id"];
+    const p = typeof id === "number" ? this.#pending.get(id) : undefined;
+    if (!p) {
+      this.#ignored++;
+      return;
+    }
+    this.#pending.delete(id as number);
+    if ("error" in msg) {
+      const e = msg["error"];
+      const cls = isObject(e) && typeof e["class"] === "string" ? e["class"].slice(0, 100) : "GenericError";
+      const desc =
+        isObject(e) && typeof e["desc"] === "string" ? e["desc"].slice(0, 1000) : "malformed error";
+      p.reject(new QmpError(cls, desc));
+    } else p.resolve(msg["return"]);
   }
 
   /** Waits for QEMU's greeting and negotiates capabilities. */
@@ -131,4 +166,8 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     this.#pending.clear();
     this.emit("close");
   }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
 }

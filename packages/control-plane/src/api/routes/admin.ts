@@ -1,7 +1,8 @@
 // /v1/templates, /v1/keys, /v1/tenants, /v1/usage, /v1/health.
+import { builtinTemplates, parseTemplateSpec, type TemplateSpec } from "@firebreak/node-agent";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { newApiKey, newId } from "../../auth/keys.ts";
-import { hasScope, requireScope } from "../../auth/middleware.ts";
+import { actor, hasScope, requireScope } from "../../auth/middleware.ts";
 import { ApiError, toApiError } from "../../errors.ts";
 import type { ApiKeyRecord, Scope, UsageGroupBy } from "../../store/store.ts";
 import type { AppEnv, Deps } from "../context.ts";
@@ -32,10 +33,15 @@ const keyJson = (k: ApiKeyRecord) => ({
   scopes: k.scopes,
   createdAt: k.createdAt,
   revokedAt: k.revokedAt,
+  createdByKey: k.createdByKey,
 });
+
+/** Build progress held for a slow client before run-step output lines are dropped. */
+const MAX_BUILD_STREAM_QUEUE_BYTES = 1024 * 1024;
 
 export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
   const { store, node } = deps;
+  const templates = deps.sandboxes.templates;
 
   // Templates
 
@@ -46,6 +52,8 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       tags: ["templates"],
       security,
       summary: "Build a template (built-in name or spec); streams progress",
+      description:
+        "Built-in names and operator templates need an admin key; other keys build templates their tenant owns (names are shared: another tenant's name is 409). A spec's files[] is refused (400).",
       request: body(TemplateBuildBody),
       responses: {
         200: {
@@ -56,37 +64,95 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       },
     }),
     async (c) => {
-      requireScope(c, "templates");
+      const caller = actor(requireScope(c, "templates"));
       const b = c.req.valid("json");
+      let name: string;
+      if ("name" in b) {
+        name = b.name;
+        if (!(await builtinTemplates()).includes(name)) {
+          throw new ApiError(
+            "TEMPLATE_NOT_FOUND",
+            `no built-in template named ${name}; send {"spec": {...}} to build your own`,
+          );
+        }
+      } else {
+        let spec: TemplateSpec;
+        try {
+          spec = parseTemplateSpec(b.spec, "(request body)");
+        } catch (e) {
+          throw toApiError(e);
+        }
+        // SECURITY: a spec from the API never names host files (docs/API.md, Templates).
+        if (spec.files.length) {
+          throw new ApiError(
+            "VALIDATION_FAILED",
+            "spec.files: files are not accepted over the API (they would be read on the server); write them with run steps (cat > /path <<'EOF' ... EOF) or build the spec locally as root: firebreak template build spec.json",
+          );
+        }
+        name = spec.name;
+      }
+      const build = await templates.beginBuild(name, caller);
       const log = c.get("log");
       const enc = new TextEncoder();
-      const out = new ReadableStream<Uint8Array>({
-        async start(ctl) {
-          const send = (o: unknown) => {
+      // SECURITY: run steps are untrusted and their output lines arrive as
+      // progress faster than a slow client may read. The build cannot wait for
+      // the client, so the queue is capped in bytes: output lines that do not
+      // fit are dropped (and counted in the next line that fits); step lines,
+      // `done` and `error` are always kept.
+      let dropped = 0;
+      const out = new ReadableStream<Uint8Array>(
+        {
+          async start(ctl) {
+            let last = { index: 0, total: 0 };
+            const send = (o: {
+              type: string;
+              step?: string;
+              index?: number;
+              total?: number;
+              [k: string]: unknown;
+            }) => {
+              try {
+                if (o.type === "progress" && o.step === "run" && (ctl.desiredSize ?? 0) <= 0) {
+                  dropped++;
+                  return;
+                }
+                if (o.index !== undefined && o.total !== undefined) last = { index: o.index, total: o.total };
+                if (dropped) {
+                  ctl.enqueue(
+                    enc.encode(
+                      `${JSON.stringify({ type: "progress", step: "run", ...last, detail: `(${dropped} output lines dropped: the client read too slowly)` })}\n`,
+                    ),
+                  );
+                  dropped = 0;
+                }
+                ctl.enqueue(enc.encode(`${JSON.stringify(o)}\n`));
+              } catch {
+                // the client went away; the build goes on
+              }
+            };
             try {
-              ctl.enqueue(enc.encode(`${JSON.stringify(o)}\n`));
-            } catch {
-              // the client went away; the build goes on
+              const t = await build.run(() =>
+                node.buildTemplate("name" in b ? { name: b.name } : { spec: b.spec }, (p) =>
+                  send({ type: "progress", ...p }),
+                ),
+              );
+              const owner = await store.getTemplateOwner(t.name);
+              send({ type: "done", template: { ...t, tenantId: owner?.tenantId ?? null } });
+            } catch (e) {
+              const err = toApiError(e);
+              log.warn({ err: e }, "template build failed");
+              send({ type: "error", error: { code: err.code, message: err.message } });
+            } finally {
+              try {
+                ctl.close();
+              } catch {
+                // closed
+              }
             }
-          };
-          try {
-            const t = await node.buildTemplate("name" in b ? { name: b.name } : { spec: b.spec }, (p) =>
-              send({ type: "progress", ...p }),
-            );
-            send({ type: "done", template: t });
-          } catch (e) {
-            const err = toApiError(e);
-            log.warn({ err: e }, "template build failed");
-            send({ type: "error", error: { code: err.code, message: err.message } });
-          } finally {
-            try {
-              ctl.close();
-            } catch {
-              // closed
-            }
-          }
+          },
         },
-      });
+        new ByteLengthQueuingStrategy({ highWaterMark: MAX_BUILD_STREAM_QUEUE_BYTES }),
+      );
       return new Response(out, { status: 200, headers: { "content-type": "application/x-ndjson" } }) as never;
     },
   );
@@ -97,10 +163,10 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       path: "/v1/templates",
       tags: ["templates"],
       security,
-      summary: "List built templates",
+      summary: "List the templates this key may use: operator templates and its tenant's (admin: all)",
       responses: { 200: json(TemplateListSchema), ...errors },
     }),
-    async (c) => c.json({ templates: await node.listTemplates() }, 200),
+    async (c) => c.json({ templates: await templates.list(actor(c.get("caller"))) }, 200),
   );
 
   app.openapi(
@@ -110,22 +176,24 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       tags: ["templates"],
       security,
       summary: "Delete a template (refused while sandboxes use it)",
+      description:
+        "Another tenant's template is 404 TEMPLATE_NOT_FOUND; an operator template needs an admin key (403).",
       request: { params: TemplateNameParam },
       responses: { 204: noContent, ...errors },
     }),
     async (c) => {
-      requireScope(c, "templates");
+      const caller = actor(requireScope(c, "templates"));
       const { name } = c.req.valid("param");
-      if (!(await node.hasTemplate(name)))
-        throw new ApiError("TEMPLATE_NOT_FOUND", `no built template named ${name}`);
-      const users = (await store.listLiveSandboxes()).filter((s) => s.template === name);
-      if (users.length) {
-        throw new ApiError(
-          "CONFLICT",
-          `template ${name} is used by ${users.length} live sandboxes; kill them first`,
-        );
-      }
-      await node.deleteTemplate(name);
+      await templates.delete(name, caller, async () => {
+        const users = (await store.listLiveSandboxes()).filter((s) => s.template === name);
+        if (users.length) {
+          throw new ApiError(
+            "CONFLICT",
+            `template ${name} is used by ${users.length} live sandboxes; kill them first`,
+          );
+        }
+        await node.deleteTemplate(name);
+      });
       return c.body(null, 204);
     },
   );
@@ -139,7 +207,8 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       tags: ["keys"],
       security,
       summary: "Create an API key (shown once)",
-      description: "Scopes may not exceed the caller's; tenantId other than the caller's needs admin.",
+      description:
+        "Scopes may not exceed the caller's; tenantId other than the caller's needs admin. The new key is recorded as minted by the caller: revoking the caller revokes it. At most maxKeys unrevoked keys per tenant (429).",
       request: body(CreateKeyBody),
       responses: { 201: json(CreatedKeySchema, "Created"), ...errors },
     }),
@@ -152,10 +221,13 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           throw new ApiError("FORBIDDEN", `a key cannot grant the "${s}" scope it lacks`);
       }
       const tenantId = b.tenantId ?? caller.tenant.id;
+      let tenant = caller.tenant;
       if (tenantId !== caller.tenant.id) {
         if (!hasScope(caller, "admin"))
           throw new ApiError("FORBIDDEN", "only admin keys create keys for other tenants");
-        if (!(await store.getTenant(tenantId))) throw new ApiError("NOT_FOUND", `no tenant ${tenantId}`);
+        const other = await store.getTenant(tenantId);
+        if (!other) throw new ApiError("NOT_FOUND", `no tenant ${tenantId}`);
+        tenant = other;
       }
       const { key, hash } = newApiKey();
       const rec: ApiKeyRecord = {
@@ -166,8 +238,13 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         scopes: [...new Set(scopes)],
         createdAt: new Date().toISOString(),
         revokedAt: null,
+        createdByKey: caller.keyId,
       };
-      await store.createKey(rec);
+      // INVARIANT: keys minted over the API have a minter (revoking it revokes them) and count against maxKeys.
+      const made = await store.createKeyWithinLimit(rec, tenant.limits.maxKeys);
+      if (!made.ok) {
+        throw new ApiError(made.reason === "maxKeys" ? "QUOTA_EXCEEDED" : "UNAUTHENTICATED", made.message);
+      }
       return c.json({ ...keyJson(rec), key }, 201);
     },
   );
@@ -194,19 +271,31 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       path: "/v1/keys/{id}",
       tags: ["keys"],
       security,
-      summary: "Revoke a key",
+      summary: "Revoke a key, and every key it minted",
+      description:
+        "Own tenant's keys (admin: any). A key may revoke only keys whose scopes it has: a non-admin key cannot revoke an admin key (403). Revocation cascades to the keys the revoked key minted, transitively.",
       request: { params: IdParam },
       responses: { 204: noContent, ...errors },
     }),
     async (c) => {
       const caller = c.get("caller");
       const { id } = c.req.valid("param");
-      const ok = await store.revokeKey(
-        id,
-        hasScope(caller, "admin") ? null : caller.tenant.id,
-        new Date().toISOString(),
-      );
-      if (!ok) throw new ApiError("NOT_FOUND", `no active key ${id}`);
+      const target = await store.getKey(id);
+      const admin = hasScope(caller, "admin");
+      if (!target || target.revokedAt !== null || (!admin && target.tenantId !== caller.tenant.id)) {
+        throw new ApiError("NOT_FOUND", `no active key ${id}`);
+      }
+      // INVARIANT: a key revokes only keys whose every scope it has (non-admin keys never revoke admin keys).
+      const lacking = target.scopes.filter((s) => !hasScope(caller, s));
+      if (lacking.length) {
+        throw new ApiError(
+          "FORBIDDEN",
+          `key ${id} has the ${lacking.map((s) => `"${s}"`).join(", ")} scope this key lacks; revoke it with a key that has it`,
+        );
+      }
+      const revoked = await store.revokeKeyTree(id, new Date().toISOString());
+      if (!revoked.length) throw new ApiError("NOT_FOUND", `no active key ${id}`);
+      c.get("log").info({ revoked }, "keys revoked");
       return c.body(null, 204);
     },
   );

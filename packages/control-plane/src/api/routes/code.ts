@@ -2,7 +2,8 @@
 // (the service on port 49999 of code-interpreter templates, the one
 // @e2b/code-interpreter talks to). Executions stream the service's NDJSON
 // through unchanged; context calls answer JSON the route validates.
-import http, { type IncomingMessage } from "node:http";
+import type http from "node:http";
+import type { IncomingMessage } from "node:http";
 import { Readable } from "node:stream";
 import { CODE_INTERPRETER_PORT } from "@firebreak/code-interpreter";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
@@ -28,10 +29,10 @@ const tags = ["code"];
 /** Largest JSON answer read from the guest for a context call. */
 const MAX_ANSWER_BYTES = 1024 * 1024;
 
-// No keep-alive: sandbox addresses are reused by later sandboxes.
-const agent = new http.Agent({ keepAlive: false, maxSockets: 256 });
-
-/** Opens a request to the sandbox's code interpreter; resolves with its response head. */
+/**
+ * Opens a request to the sandbox's code interpreter, through its node (which
+ * never hands the agent's token to this port); resolves with its response head.
+ */
 function request(
   sb: SandboxService,
   rec: SandboxRecord,
@@ -39,35 +40,29 @@ function request(
   path: string,
   payload?: unknown,
 ): Promise<{ res: IncomingMessage; req: http.ClientRequest }> {
-  const endpoint = sb.envdEndpoint(rec);
-  const token = sb.accessToken(rec);
-  if (!endpoint || !token) throw new ApiError("CONFLICT", `sandbox ${rec.id} is ${rec.state}, not running`);
   const data = payload === undefined ? undefined : Buffer.from(JSON.stringify(payload));
+  const req = sb.portRequest(rec, CODE_INTERPRETER_PORT, path, {
+    method,
+    headers: data ? { "content-type": "application/json", "content-length": data.length } : {},
+  });
+  if (!req) throw new ApiError("CONFLICT", `sandbox ${rec.id} is ${rec.state}, not running`);
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: endpoint.host,
-        port: CODE_INTERPRETER_PORT,
-        method,
-        path,
-        agent,
-        headers: {
-          // The service reads the sandbox's env vars from the agent with it.
-          "x-access-token": token,
-          ...(data ? { "content-type": "application/json", "content-length": data.length } : {}),
-        },
-      },
-      (res) => resolve({ res, req }),
-    );
+    req.on("response", (res) => {
+      // The node answers 502 when nothing listens on the port.
+      if (res.statusCode === 502) {
+        res.resume();
+        reject(
+          new ApiError(
+            "AGENT_ERROR",
+            `sandbox ${rec.id} serves no code interpreter on port ${CODE_INTERPRETER_PORT}; create it from the code-interpreter template`,
+          ),
+        );
+        return;
+      }
+      resolve({ res, req });
+    });
     req.on("error", (e: NodeJS.ErrnoException) => {
-      reject(
-        new ApiError(
-          "AGENT_ERROR",
-          e.code === "ECONNREFUSED"
-            ? `sandbox ${rec.id} serves no code interpreter on port ${CODE_INTERPRETER_PORT}; create it from the code-interpreter template`
-            : `the sandbox's code interpreter did not answer: ${e.message}`,
-        ),
-      );
+      reject(new ApiError("AGENT_ERROR", `the sandbox's code interpreter did not answer: ${e.message}`));
     });
     req.end(data);
   });

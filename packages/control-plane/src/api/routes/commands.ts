@@ -27,6 +27,9 @@ function exitCodeOf(end: { exitCode: number; exited: boolean; status: string }):
   return 128 + (signals[m?.[1] ?? ""] ?? 9);
 }
 
+/** Events held before the command's `start` event (the agent sends `start` first). */
+const MAX_EARLY_EVENTS = 64;
+
 const pidSelector = (pid: number) => ({ selector: { case: "pid" as const, value: pid } });
 
 export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
@@ -57,6 +60,9 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       const envd = await sb.envd(caller.tenant.id, c.req.valid("param").id, b.user);
       const [cmd, ...args] = b.cmd !== undefined ? ["/bin/bash", "-l", "-c", b.cmd] : b.argv!;
       const abort = new AbortController();
+      // A client that goes away before the command started stops the wait.
+      const clientGone = () => abort.abort();
+      c.req.raw.signal.addEventListener("abort", clientGone, { once: true });
       const stream = envd.process.start(
         {
           process: { cmd: cmd!, args, envs: b.envVars ?? {}, ...(b.cwd ? { cwd: b.cwd } : {}) },
@@ -67,8 +73,17 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       );
       const it = stream[Symbol.asyncIterator]();
       // The first event is `start`: errors before it (bad cwd, unknown user) are HTTP errors.
+      // SECURITY: the agent decides what comes first. At most MAX_EARLY_EVENTS
+      // events are held before `start`, and `start` must come within
+      // commandStartTimeoutMs, so a hostile agent cannot make the host buffer
+      // or wait without bound.
       let pid: number | undefined;
       const early: processPb.ProcessEvent["event"][] = [];
+      let startTimedOut = false;
+      const startTimer = setTimeout(() => {
+        startTimedOut = true;
+        abort.abort();
+      }, deps.config.commandStartTimeoutMs);
       try {
         while (pid === undefined) {
           const r = await it.next();
@@ -76,11 +91,24 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
             throw new ApiError("AGENT_ERROR", "the agent closed the command stream before it started");
           const ev = r.value.event?.event;
           if (ev?.case === "start") pid = ev.value.pid;
-          else if (ev) early.push(ev);
+          else if (ev && early.push(ev) > MAX_EARLY_EVENTS) {
+            throw new ApiError(
+              "GUEST_RESPONSE_INVALID",
+              `the agent sent more than ${MAX_EARLY_EVENTS} events before the command's start event`,
+            );
+          }
         }
       } catch (e) {
         abort.abort();
+        if (startTimedOut) {
+          throw new ApiError(
+            "AGENT_ERROR",
+            `the agent did not start the command within ${deps.config.commandStartTimeoutMs} ms`,
+          );
+        }
         throw fromEnvd(e, "starting the command failed");
+      } finally {
+        clearTimeout(startTimer);
       }
       const started = pid;
       if (b.stdin !== undefined) {
@@ -111,6 +139,8 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           : undefined;
 
       if (b.background) {
+        // The command outlives this request: the client's disconnect no longer stops it.
+        c.req.raw.signal.removeEventListener("abort", clientGone);
         // Drain the stream so the agent never blocks on output nobody reads.
         void (async () => {
           try {
@@ -141,39 +171,55 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         }
         return undefined;
       };
-      const out = new ReadableStream<Uint8Array>({
-        async start(controller) {
-          controller.enqueue(line({ type: "start", pid: started }));
-          let ended = false;
-          try {
-            for (const ev of early) {
-              const l = ev && toLine(ev);
-              if (l) controller.enqueue(l);
-            }
-            for (;;) {
-              const r = await it.next();
-              if (r.done) break;
-              const ev = r.value.event?.event;
-              if (!ev) continue;
-              const l = toLine(ev);
-              if (l) controller.enqueue(l);
-              if (ev.case === "end") {
-                ended = true;
-                break;
+      // SECURITY: pull-based: the next event is read from the agent only when
+      // the client has taken the last line (Hono writes with drain), so a fast
+      // command behind a slow client holds at most one message here, and TCP
+      // backpressure reaches the guest.
+      const pending: Uint8Array[] = [line({ type: "start", pid: started })];
+      for (const ev of early) {
+        const l = ev && toLine(ev);
+        if (l) pending.push(l);
+      }
+      let finished = false;
+      const finish = (controller: ReadableStreamDefaultController<Uint8Array>, last?: Uint8Array) => {
+        finished = true;
+        clearTimeout(timer);
+        try {
+          if (last) controller.enqueue(last);
+          controller.close();
+        } catch {
+          // the client went away (the stream was cancelled)
+        }
+      };
+      const out = new ReadableStream<Uint8Array>(
+        {
+          async pull(controller) {
+            const next = pending.shift();
+            if (next) return controller.enqueue(next);
+            if (finished) return;
+            try {
+              for (;;) {
+                const r = await it.next();
+                if (r.done) {
+                  return finish(
+                    controller,
+                    line({
+                      type: "end",
+                      exitCode: -1,
+                      error: "the agent closed the stream without an end event",
+                    }),
+                  );
+                }
+                const ev = r.value.event?.event;
+                if (!ev) continue;
+                const l = toLine(ev);
+                if (ev.case === "end") return finish(controller, l);
+                if (l) return controller.enqueue(l);
               }
-            }
-            if (!ended) {
-              controller.enqueue(
-                line({
-                  type: "end",
-                  exitCode: -1,
-                  error: "the agent closed the stream without an end event",
-                }),
-              );
-            }
-          } catch (e) {
-            if (!abort.signal.aborted) {
-              controller.enqueue(
+            } catch (e) {
+              if (abort.signal.aborted) return finish(controller);
+              return finish(
+                controller,
                 line({
                   type: "end",
                   exitCode: -1,
@@ -181,20 +227,15 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
                 }),
               );
             }
-          } finally {
+          },
+          cancel() {
+            finished = true;
+            abort.abort();
             clearTimeout(timer);
-            try {
-              controller.close();
-            } catch {
-              // the client went away
-            }
-          }
+          },
         },
-        cancel() {
-          abort.abort();
-          clearTimeout(timer);
-        },
-      });
+        { highWaterMark: 1 },
+      );
       return new Response(out, {
         status: 200,
         headers: { "content-type": "application/x-ndjson", "cache-control": "no-store" },

@@ -4,6 +4,7 @@ import { filesystemPb } from "@firebreak/protocol";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { requireScope } from "../../auth/middleware.ts";
 import { ApiError } from "../../errors.ts";
+import { MAX_GUEST_JSON_BYTES, readJsonBounded } from "../../relay/read-bounded.ts";
 import type { AppEnv, Deps } from "../context.ts";
 import { fromEnvd, fromEnvdResponse } from "../envd-errors.ts";
 import { body, errors, json, noContent, security } from "../openapi-helpers.ts";
@@ -21,6 +22,12 @@ import {
 
 const tags = ["files"];
 
+/** A time the guest reported, or null when it is not a representable date (toISOString would throw). */
+function isoTime(ms: number): string | null {
+  const d = new Date(ms);
+  return Number.isNaN(d.getTime()) ? null : d.toISOString();
+}
+
 function entryJson(e: filesystemPb.EntryInfo | undefined) {
   if (!e) throw new ApiError("AGENT_ERROR", "the agent answered without an entry");
   const type =
@@ -36,7 +43,7 @@ function entryJson(e: filesystemPb.EntryInfo | undefined) {
     type: type as "file" | "dir" | "symlink",
     size: Number(e.size),
     mode: e.mode,
-    modifiedAt: mt ? new Date(Number(mt.seconds) * 1000 + Math.floor(mt.nanos / 1e6)).toISOString() : null,
+    modifiedAt: mt ? isoTime(Number(mt.seconds) * 1000 + Math.floor(mt.nanos / 1e6)) : null,
     ...(e.symlinkTarget ? { symlinkTarget: e.symlinkTarget } : {}),
   };
 }
@@ -64,10 +71,15 @@ export function fileRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       const caller = requireScope(c, "sandboxes");
       const q = c.req.valid("query");
       const envd = await sb.envd(caller.tenant.id, c.req.valid("param").id, q.user);
-      const res = await envd.fetch(`/files?path=${encodeURIComponent(q.path)}`).catch((e) => {
-        throw fromEnvd(e, "reading the file failed");
-      });
+      // The client's disconnect cancels the read from the guest.
+      const res = await envd
+        .fetch(`/files?path=${encodeURIComponent(q.path)}`, { signal: c.req.raw.signal })
+        .catch((e) => {
+          throw fromEnvd(e, "reading the file failed");
+        });
       if (!res.ok) throw await fromEnvdResponse(res, `reading ${q.path} failed`);
+      // SECURITY: streamed, never buffered: the response pulls from the guest's
+      // body only as fast as the client reads (Hono waits for drain).
       return new Response(res.body, {
         status: 200,
         headers: { "content-type": "application/octet-stream" },
@@ -108,13 +120,20 @@ export function fileRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           headers: { "content-type": "application/octet-stream" },
           body: counted,
           duplex: "half",
+          signal: c.req.raw.signal,
         } as RequestInit)
         .catch((e) => {
           throw fromEnvd(e, "writing the file failed");
         });
       if (!res.ok) throw await fromEnvdResponse(res, `writing ${q.path} failed`);
-      const written = (await res.json()) as { path: string }[];
-      return c.json({ path: written[0]?.path ?? q.path, bytes }, 200);
+      // SECURITY: the agent's reply is read whole, so it is bounded and checked.
+      const written = await readJsonBounded(res, MAX_GUEST_JSON_BYTES, `writing ${q.path}`);
+      const first: unknown = Array.isArray(written) ? written[0] : undefined;
+      const path =
+        typeof first === "object" && first !== null && typeof (first as { path?: unknown }).path === "string"
+          ? (first as { path: string }).path
+          : q.path;
+      return c.json({ path, bytes }, 200);
     },
   );
 

@@ -1,9 +1,12 @@
 // /v1/sandboxes: create, list, get, kill, timeout, pause, resume, fork, events.
+
+import type { EgressPolicy } from "@firebreak/node-agent";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
-import { requireScope } from "../../auth/middleware.ts";
+import { actor, hasScope, requireScope } from "../../auth/middleware.ts";
 import { ApiError } from "../../errors.ts";
+import type { IngressTokens } from "../../ingress/ingress-token.ts";
 import type { SandboxService } from "../../sandboxes/service.ts";
-import { SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
+import { isFinalState, SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
 import type { AppEnv, Deps } from "../context.ts";
 import { formatZodError } from "../format-zod-error.ts";
 import { body, errors, json, noContent, optionalBody, security } from "../openapi-helpers.ts";
@@ -23,9 +26,19 @@ import {
 
 const tags = ["sandboxes"];
 
-/** The wire form of a sandbox. The guest agent's token is included only where `withToken`. */
-export function sandboxJson(sb: SandboxService, r: SandboxRecord, withToken: boolean) {
-  const token = withToken ? sb.accessToken(r) : undefined;
+/**
+ * The wire form of a sandbox. The guest agent's token is included only where
+ * `withToken`; the ingress token (derived, see ingress/ingress-token.ts) where
+ * `ingress` is given and the sandbox has not ended.
+ */
+export async function sandboxJson(
+  sb: SandboxService,
+  r: SandboxRecord,
+  withToken: boolean,
+  ingress?: IngressTokens,
+) {
+  const token = withToken ? await sb.accessToken(r) : undefined;
+  const ingressToken = ingress && !isFinalState(r.state) ? ingress.tokenFor(r.id) : undefined;
   return {
     id: r.id,
     tenantId: r.tenantId,
@@ -35,6 +48,7 @@ export function sandboxJson(sb: SandboxService, r: SandboxRecord, withToken: boo
     memoryMib: r.memoryMib,
     metadata: r.metadata,
     ...(token ? { envdAccessToken: token } : {}),
+    ...(ingressToken ? { ingressToken } : {}),
     createdAt: r.createdAt,
     readyAt: r.readyAt,
     ...(r.endedAt ? { endedAt: r.endedAt } : {}),
@@ -47,6 +61,27 @@ export function sandboxJson(sb: SandboxService, r: SandboxRecord, withToken: boo
     ...(r.parentId ? { parentId: r.parentId } : {}),
     rootId: r.rootId,
   };
+}
+
+/**
+ * The policy with who made it. SECURITY: `grantedBy: "admin"` (private ranges
+ * may be allowed) comes only from a key with the admin scope; any other key's
+ * policy is a tenant's (public addresses only), and asking for "admin" is
+ * refused rather than silently narrowed.
+ */
+function granted<P extends EgressPolicy>(
+  caller: Parameters<typeof hasScope>[0],
+  policy: P | undefined,
+  field: string,
+): P {
+  const admin = hasScope(caller, "admin");
+  if (policy?.grantedBy === "admin" && !admin) {
+    throw new ApiError(
+      "FORBIDDEN",
+      `${field}.grantedBy: only an admin key makes admin policies (private ranges); leave grantedBy out`,
+    );
+  }
+  return { ...(policy ?? ({} as P)), grantedBy: admin ? (policy?.grantedBy ?? "admin") : "tenant" };
 }
 
 function listParam(v: string | string[] | undefined): string[] {
@@ -72,25 +107,22 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const b = optionalBody(CreateSandboxBody, c.req.valid("json"), formatZodError);
-      const rec = await sb.create(
-        { keyId: caller.keyId, tenant: caller.tenant },
-        {
-          template: b.template,
-          vcpus: b.vcpus,
-          memoryMib: b.memoryMib,
-          timeoutMs: b.timeoutMs ?? deps.config.defaultTimeoutMs,
-          envVars: b.envVars,
-          metadata: b.metadata,
-          parentToken: c.req.header("x-firebreak-sandbox-token"),
-          networkPolicy: b.network
-            ? {
-                ...b.network.policy,
-                networks: [...(b.network.policy?.networks ?? []), ...(b.network.networks ?? [])],
-              }
-            : undefined,
-        },
-      );
-      return c.json(sandboxJson(sb, rec, true), 201);
+      const rec = await sb.create(actor(caller), {
+        template: b.template,
+        vcpus: b.vcpus,
+        memoryMib: b.memoryMib,
+        timeoutMs: b.timeoutMs ?? deps.config.defaultTimeoutMs,
+        envVars: b.envVars,
+        metadata: b.metadata,
+        parentToken: c.req.header("x-firebreak-sandbox-token"),
+        networkPolicy: b.network
+          ? {
+              ...granted(caller, b.network.policy, "network.policy"),
+              networks: [...(b.network.policy?.networks ?? []), ...(b.network.networks ?? [])],
+            }
+          : undefined,
+      });
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 201);
     },
   );
 
@@ -127,7 +159,10 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         ...(q.cursor ? { cursor: q.cursor } : {}),
       });
       return c.json(
-        { sandboxes: page.sandboxes.map((r) => sandboxJson(sb, r, false)), nextCursor: page.nextCursor },
+        {
+          sandboxes: await Promise.all(page.sandboxes.map((r) => sandboxJson(sb, r, false))),
+          nextCursor: page.nextCursor,
+        },
         200,
       );
     },
@@ -146,7 +181,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.get(caller.tenant.id, c.req.valid("param").id);
-      return c.json(sandboxJson(sb, rec, true), 200);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 200);
     },
   );
 
@@ -191,13 +226,15 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       tags,
       security,
       summary: "Pause to disk (no CPU or memory held; paused sandboxes do not time out)",
+      description:
+        "Counts against the tenant's maxPausedMib (429 QUOTA_EXCEEDED). A sandbox paused longer than the paused retention (FIREBREAK_PAUSED_RETENTION_MS, default 7 days) is killed (endReason paused_retention).",
       request: { params: SandboxIdParam },
       responses: { 200: json(SandboxSchema), ...errors },
     }),
     async (c) => {
       const caller = requireScope(c, "sandboxes");
-      const rec = await sb.pause(caller.tenant.id, c.req.valid("param").id);
-      return c.json(sandboxJson(sb, rec, false), 200);
+      const rec = await sb.pause(actor(caller), c.req.valid("param").id);
+      return c.json(await sandboxJson(sb, rec, false), 200);
     },
   );
 
@@ -214,11 +251,11 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.resume(
-        { keyId: caller.keyId, tenant: caller.tenant },
+        actor(caller),
         c.req.valid("param").id,
         optionalBody(ResumeBody, c.req.valid("json"), formatZodError).timeoutMs,
       );
-      return c.json(sandboxJson(sb, rec, true), 200);
+      return c.json(await sandboxJson(sb, rec, true, deps.ingressTokens), 200);
     },
   );
 
@@ -235,11 +272,14 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const kids = await sb.fork(
-        { keyId: caller.keyId, tenant: caller.tenant },
+        actor(caller),
         c.req.valid("param").id,
         optionalBody(ForkBody, c.req.valid("json"), formatZodError).count,
       );
-      return c.json({ sandboxes: kids.map((k) => sandboxJson(sb, k, true)) }, 201);
+      return c.json(
+        { sandboxes: await Promise.all(kids.map((k) => sandboxJson(sb, k, true, deps.ingressTokens))) },
+        201,
+      );
     },
   );
 
@@ -276,7 +316,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       const policy = await sb.updateNetworkPolicy(
         caller.tenant.id,
         c.req.valid("param").id,
-        c.req.valid("json").policy,
+        granted(caller, c.req.valid("json").policy, "policy"),
       );
       return c.json({ policy }, 200);
     },

@@ -1,9 +1,14 @@
 // Fake hosts for the egress tests, all inside one namespace this file creates
-// ("the world"), attached to the root namespace by a veth and routed from it:
-// a fake internet (198.18.<r>.0/24, benchmark space, never routed publicly)
-// with a DNS server and a zone, and an internal network (10.77.<r>.0/24) with
-// an HTTP API, a database-like TCP service and a forbidden service. Traffic
-// only ever goes to these addresses, loopback or namespaces the tests made.
+// ("the world"), attached to the root namespace by a veth:
+// - a fake internet on 11.77.<r>.0/24: public address space, so the egress
+//   policy treats it as the internet (every special-purpose range is private
+//   to it). SECURITY of the test host: it is routed to the world only for
+//   packets from the sandbox host pool (a policy routing rule), never for the
+//   host's own traffic;
+// - an internal network (10.77.<r>.0/24, routed from the root namespace) with
+//   the DNS server the node's resolver asks, an HTTP API, a database-like TCP
+//   service and a forbidden service.
+// Traffic only ever goes to these addresses, loopback or namespaces the tests made.
 import type { ChildProcess } from "node:child_process";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -13,6 +18,7 @@ import { run, start } from "../../host/exec.ts";
 import { createSandboxNetwork, destroySandboxNetwork, type SandboxNetwork } from "../../network/index.ts";
 import { processStartTime } from "../../sandbox/reconciler.ts";
 import type { AttachOptions, EgressManager } from "../egress-manager.ts";
+import type { DnsZone } from "./world-servers.ts";
 
 const WORLD = fileURLToPath(new URL("./world-servers.ts", import.meta.url));
 const PROBE = fileURLToPath(new URL("./guest-probe.ts", import.meta.url));
@@ -21,7 +27,13 @@ export interface FakeWorld {
   ns: string;
   /** Root-namespace end of the world's veth: a host interface address. */
   hostSide: string;
-  internet: { dns: string; good: string; bad: string; sub: string; hostAlias: string };
+  internet: {
+    good: string;
+    bad: string;
+    sub: string;
+    hostAlias: string /** /24 of the fake internet */;
+    net: string;
+  };
   internal: {
     api: string;
     apiPort: number;
@@ -34,7 +46,7 @@ export interface FakeWorld {
     sourceBytes: number;
   };
   upstream: { host: string; port: number };
-  /** Lines the world servers printed (DNS queries). */
+  /** Lines the world servers printed (DNS queries, HTTP requests). */
   log: string[];
   close(): Promise<void>;
 }
@@ -43,23 +55,32 @@ function rnd(): number {
   return 1 + Math.floor(Math.random() * 250);
 }
 
-export async function createFakeWorld(id: string): Promise<FakeWorld> {
+export interface FakeWorldOptions {
+  /** More DNS names (with special behaviours for hostile-upstream tests), merged into the zone. */
+  zone?: (w: FakeWorld) => DnsZone;
+}
+
+export async function createFakeWorld(id: string, opts: FakeWorldOptions = {}): Promise<FakeWorld> {
   // Another test process may have a world too: take a /24 nobody routes.
-  const routes = (await run("ip", ["-4", "route"])).stdout;
+  const routes = `${(await run("ip", ["-4", "route", "show", "table", "all"])).stdout}${(await run("ip", ["-4", "rule"])).stdout}`;
   let r = rnd();
-  while (routes.includes(`198.18.${r}.`) || routes.includes(`10.77.${r}.`) || routes.includes(`10.255.${r}.`))
+  while (routes.includes(`11.77.${r}.`) || routes.includes(`10.77.${r}.`) || routes.includes(`10.255.${r}.`))
     r = rnd();
   const ns = `fbt-w${id}`;
   const link = `fbtw${id}`.slice(0, 15);
   const hostSide = `10.255.${r}.0`;
   const worldSide = `10.255.${r}.1`;
-  const inet = `198.18.${r}`;
+  const inet = `11.77.${r}`;
   const intl = `10.77.${r}`;
+  // Policy routing for the fake internet: only packets from the host pool (sandboxes) go there.
+  const table = String(20_000 + r);
+  const pool = loadConfig().hostPool;
+  const rule = ["from", pool, "to", `${inet}.0/24`, "lookup", table, "priority", table];
   const world: FakeWorld = {
     ns,
     hostSide,
     internet: {
-      dns: `${inet}.53`,
+      net: `${inet}.0/24`,
       good: `${inet}.10`,
       bad: `${inet}.11`,
       sub: `${inet}.12`,
@@ -75,13 +96,15 @@ export async function createFakeWorld(id: string): Promise<FakeWorld> {
       sourcePort: 9000,
       sourceBytes: 64 * 1024 * 1024,
     },
-    upstream: { host: `${inet}.53`, port: 53 },
+    upstream: { host: `${intl}.53`, port: 53 },
     log: [],
     close: async () => {},
   };
   let child: ChildProcess | undefined;
   world.close = async () => {
     if (child && child.exitCode === null) child.kill("SIGKILL");
+    await run("ip", ["rule", "del", ...rule], { allowFailure: true });
+    await run("ip", ["route", "flush", "table", table], { allowFailure: true });
     await run("ip", ["link", "del", link], { allowFailure: true });
     await run("ip", ["netns", "del", ns], { allowFailure: true });
   };
@@ -95,8 +118,8 @@ export async function createFakeWorld(id: string): Promise<FakeWorld> {
         "",
       ].join("\n"),
     });
-    const lo = [world.internet.dns, world.internet.good, world.internet.bad, world.internet.sub];
-    const lo2 = [world.internal.api, world.internal.db, world.internal.forbidden];
+    const lo = [world.internet.good, world.internet.bad, world.internet.sub];
+    const lo2 = [world.upstream.host, world.internal.api, world.internal.db, world.internal.forbidden];
     await run("ip", ["-n", ns, "-batch", "-"], {
       input: [
         "link set lo up",
@@ -108,7 +131,7 @@ export async function createFakeWorld(id: string): Promise<FakeWorld> {
       ].join("\n"),
     });
     await run("ip", ["-batch", "-"], {
-      input: `route add ${inet}.0/24 via ${worldSide}\nroute add ${intl}.0/24 via ${worldSide}\n`,
+      input: `route add ${intl}.0/24 via ${worldSide}\nroute add ${inet}.0/24 via ${worldSide} table ${table}\nrule add ${rule.join(" ")}\n`,
     });
     // Replies to sandboxes come in here: forwarding on this link only.
     await writeFile(`/proc/sys/net/ipv4/conf/${link}/forwarding`, "1");
@@ -121,7 +144,7 @@ export async function createFakeWorld(id: string): Promise<FakeWorld> {
         { host: world.internal.forbidden, port: world.internal.forbiddenPort, name: "forbidden" },
       ],
       dns: {
-        host: world.internet.dns,
+        host: world.upstream.host,
         port: 53,
         zone: {
           "api.good.test": { a: [world.internet.good], ttl: 30 },
@@ -130,6 +153,8 @@ export async function createFakeWorld(id: string): Promise<FakeWorld> {
           "a.sub.example.test": { a: [world.internet.sub], ttl: 30 },
           "host.good.test": { a: [hostSide], ttl: 30 },
           "loop.good.test": { a: ["127.0.0.1"], ttl: 30 },
+          "db.good.test": { a: [world.internal.db], ttl: 30 },
+          ...opts.zone?.(world),
         },
       },
       http: [{ host: world.internal.api, port: world.internal.apiPort, name: "api" }],
@@ -225,6 +250,8 @@ export async function createStandIn(
 
 export interface ProbeSpec {
   dns?: { server: string; names: string[] };
+  dnsRaw?: { server: string; queries: { name: string; type: string; tcp?: boolean }[] };
+  dnsFlood?: { server: string; name: string; count: number };
   connect?: { host: string; port: number }[];
   http?: { url: string; headers?: Record<string, string> }[];
   download?: { host: string; port: number }[];
@@ -235,6 +262,31 @@ export interface ProbeResult {
   connect: string[];
   http: string[];
   download: { bytes: number; ms: number; error?: string }[];
+  dnsRaw: (
+    | { rcode: string; tc: boolean; answers: { type: string; name: string; data: unknown }[] }
+    | string
+  )[];
+  dnsFlood?: { sent: number; answered: number };
+}
+
+/** Lines of `nft list set ... dns_allowed` in a sandbox namespace: the addresses the resolver admitted. */
+export async function dnsAllowed(netnsName: string): Promise<string[]> {
+  const r = await run("nsenter", [
+    `--net=/run/netns/${netnsName}`,
+    "nft",
+    "-j",
+    "list",
+    "set",
+    "inet",
+    "firebreak",
+    "dns_allowed",
+  ]);
+  const set = (JSON.parse(r.stdout) as { nftables: { set?: { elem?: unknown[] } }[] }).nftables.find(
+    (e) => e.set,
+  )?.set;
+  return (set?.elem ?? []).map((e) =>
+    typeof e === "string" ? e : String((e as { elem?: { val?: string } }).elem?.val ?? JSON.stringify(e)),
+  );
 }
 
 /** Runs DNS lookups, TCP connects and HTTP requests from inside a namespace. */

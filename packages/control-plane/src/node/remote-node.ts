@@ -1,0 +1,204 @@
+// NodeClient over a node daemon's API (node-agent/src/daemon): the only
+// implementation the control plane uses for real nodes, local or remote.
+// `firebreak up` on one machine runs the daemon in its own process and talks
+// to it here over the daemon's unix socket, the same way a fleet does over TLS-PSK.
+import type http from "node:http";
+import {
+  type EgressPolicy,
+  NodeDaemonClient,
+  type NodeReport,
+  type NormalizedPolicy,
+  type PrivateService,
+  type Usage,
+} from "@firebreak/node-agent";
+import type {
+  EnvdAccess,
+  NodeClient,
+  NodeCreateRequest,
+  NodeSandboxInfo,
+  NodeSandboxStatus,
+  TemplateBuildProgress,
+  TemplateInfo,
+  UsageSample,
+} from "./node-client.ts";
+
+function sampleOf(u: Usage | undefined): UsageSample | undefined {
+  if (!u) return undefined;
+  return {
+    at: u.atMs,
+    cpuNanos: u.cpuNanos,
+    memoryBytes: u.memoryBytes,
+    memoryPeakBytes: u.memoryPeakBytes,
+    ...(u.traffic ? { traffic: u.traffic } : {}),
+  };
+}
+
+export class RemoteNode implements NodeClient {
+  readonly id: string;
+  readonly address: string;
+  readonly #client: NodeDaemonClient;
+  #info = { accelerator: "unknown", acceleratorReason: "the node has not reported yet" };
+
+  constructor(id: string, target: { address: string; secret: string }) {
+    this.id = id;
+    this.address = target.address;
+    this.#client = new NodeDaemonClient(target);
+  }
+
+  info() {
+    return this.#info;
+  }
+
+  async report(): Promise<NodeReport> {
+    const r = await this.#client.report();
+    this.#info = { accelerator: r.accelerator, acceleratorReason: r.acceleratorReason };
+    return r;
+  }
+
+  async create(req: NodeCreateRequest): Promise<NodeSandboxInfo> {
+    const s = await this.#client.create({
+      template: req.template,
+      shape: { vcpus: req.vcpus, memoryMib: req.memoryMib },
+      envVars: req.envVars,
+      ...(req.network
+        ? {
+            policy: {
+              policy: req.network.policy,
+              tenant: req.network.tenant,
+              admin: req.network.admin ?? false,
+            },
+          }
+        : {}),
+      ...(req.diskMib !== undefined ? { diskMib: req.diskMib } : {}),
+      ...(req.platformId ? { platformId: req.platformId } : {}),
+    });
+    return {
+      id: s.id,
+      accessToken: s.accessToken,
+      path: s.path,
+      totalMs: s.totalMs,
+      phases: s.phases,
+      ...(s.fallback ? { fallback: s.fallback } : {}),
+      policy: s.policy,
+    };
+  }
+
+  updatePolicy(id: string, policy: EgressPolicy, tenant: string, admin = false): Promise<NormalizedPolicy> {
+    return this.#client.updatePolicy(id, policy, tenant, admin);
+  }
+
+  listServices(): Promise<PrivateService[]> {
+    return this.#client.listServices();
+  }
+
+  putService(s: PrivateService): Promise<PrivateService> {
+    return this.#client.putService(s);
+  }
+
+  removeService(name: string): Promise<boolean> {
+    return this.#client.removeService(name);
+  }
+
+  async kill(id: string, reason: string): Promise<UsageSample | undefined> {
+    return sampleOf(await this.#client.kill(id, reason));
+  }
+
+  async pause(id: string): Promise<UsageSample | undefined> {
+    return sampleOf(await this.#client.pause(id));
+  }
+
+  resume(id: string) {
+    return this.#client.resume(id);
+  }
+
+  async fork(id: string, count: number): Promise<NodeSandboxInfo[]> {
+    return (await this.#client.fork(id, count)).map((s) => ({
+      id: s.id,
+      accessToken: s.accessToken,
+      path: s.path,
+      totalMs: s.totalMs,
+      phases: s.phases,
+      policy: s.policy,
+    }));
+  }
+
+  async status(ids: string[]): Promise<Map<string, NodeSandboxStatus>> {
+    if (!ids.length) return new Map();
+    const out = new Map<string, NodeSandboxStatus>();
+    for (const s of await this.#client.status(ids)) {
+      out.set(
+        s.id,
+        s.state === "gone" ? { state: "gone", reason: s.reason, crashed: s.crashed } : { state: s.state },
+      );
+    }
+    return out;
+  }
+
+  async usage(ids: string[]): Promise<Map<string, UsageSample>> {
+    if (!ids.length) return new Map();
+    const out = new Map<string, UsageSample>();
+    for (const [id, u] of await this.#client.usage(ids)) out.set(id, sampleOf(u)!);
+    return out;
+  }
+
+  async usageSample(id: string): Promise<UsageSample | undefined> {
+    return (await this.usage([id])).get(id);
+  }
+
+  accessToken(id: string): Promise<string | undefined> {
+    return this.#client.accessToken(id);
+  }
+
+  envd(id: string, user?: string): EnvdAccess {
+    return this.#client.envd(id, user);
+  }
+
+  portRequest(
+    id: string,
+    port: number,
+    pathAndQuery: string,
+    init: { method?: string; headers?: http.OutgoingHttpHeaders } = {},
+  ): http.ClientRequest {
+    return this.#client.portRequest(id, port, pathAndQuery, init);
+  }
+
+  async listSandboxes(): Promise<{ id: string; status: NodeSandboxStatus }[]> {
+    return (await this.#client.listSandboxes()).map((s) => ({
+      id: s.id,
+      status:
+        s.state === "gone" ? { state: "gone", reason: s.reason, crashed: s.crashed } : { state: s.state },
+    }));
+  }
+
+  async listTemplates(): Promise<TemplateInfo[]> {
+    return this.#client.listTemplates();
+  }
+
+  async hasTemplate(name: string): Promise<boolean> {
+    return (await this.#client.listTemplates()).some((t) => t.name === name || t.aliases?.includes(name));
+  }
+
+  buildTemplate(
+    source: { name: string } | { spec: unknown },
+    onProgress: (p: TemplateBuildProgress) => void,
+  ): Promise<TemplateInfo> {
+    return this.#client.buildTemplate(source, onProgress);
+  }
+
+  deleteTemplate(name: string): Promise<boolean> {
+    return this.#client.deleteTemplate(name);
+  }
+
+  setPool(template: string, size: number, shape?: { vcpus: number; memoryMib: number }): Promise<void> {
+    return this.#client.setPool(template, size, shape);
+  }
+
+  drain(draining: boolean): Promise<void> {
+    return this.#client.drain(draining);
+  }
+
+  /** Closes this client's connections (the node keeps running). */
+  async close(): Promise<void> {
+    this.#client.close();
+  }
+}
