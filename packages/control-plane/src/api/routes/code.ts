@@ -53,7 +53,7 @@ function request(
         res.resume();
         reject(
           new ApiError(
-            "AGENT_ERROR",
+            "CONFLICT",
             `sandbox ${rec.id} serves no code interpreter on port ${CODE_INTERPRETER_PORT}; create it from the code-interpreter template`,
           ),
         );
@@ -62,7 +62,15 @@ function request(
       resolve({ res, req });
     });
     req.on("error", (e: NodeJS.ErrnoException) => {
-      reject(new ApiError("AGENT_ERROR", `the sandbox's code interpreter did not answer: ${e.message}`));
+      // Nothing listens on 49999: the sandbox's template has no code interpreter.
+      reject(
+        e.code === "ECONNREFUSED"
+          ? new ApiError(
+              "CONFLICT",
+              `sandbox ${rec.id} serves no code interpreter on port ${CODE_INTERPRETER_PORT}; create it from the code-interpreter template`,
+            )
+          : new ApiError("AGENT_ERROR", `the sandbox's code interpreter did not answer: ${e.message}`),
+      );
     });
     req.end(data);
   });
