@@ -92,7 +92,7 @@ export class Contexts {
 
   constructor(opts: ContextsOptions) {
     this.#opts = {
-      startTimeoutMs: 300_000,
+      startTimeoutMs: 900_000,
       maxContexts: 32,
       maxQueued: 16,
       keepaliveMs: 5000,

@@ -87,6 +87,8 @@ export class Kernel {
   #stderrTail = "";
   /** iopub messages seen (any parent): tells the start-up handshake the subscription is live. */
   #iopubSeen = 0;
+  /** kernel_info replies seen (any request): the kernel answers on shell. */
+  #kernelInfoReplies = 0;
 
   private constructor(
     z: Zmq,
@@ -193,19 +195,25 @@ export class Kernel {
 
   async #handshake(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    // kernel_info_request until a reply arrives AND iopub has delivered a
-    // message: a SUB socket misses what is published before it has joined.
-    let replied = false;
-    while (!(replied && this.#iopubSeen > 0)) {
+    // kernel_info_request until a reply (to any of them) arrives AND iopub
+    // has delivered a message: a SUB socket misses what is published before
+    // it has joined. Requests are resent rarely: a kernel still importing
+    // answers its backlog in order, and a flood would keep it busy forever.
+    let lastSent = 0;
+    while (!(this.#kernelInfoReplies > 0 && this.#iopubSeen > 0)) {
       if (this.#exit) {
         throw new Error(
           `kernel exited during start-up (${this.#exit.signal ?? `exit code ${this.#exit.code}`})${this.stderrTail ? `: ${this.stderrTail}` : ""}`,
         );
       }
       if (Date.now() > deadline) throw new Error(`kernel did not answer within ${timeoutMs} ms`);
-      const reply = await this.request("shell", "kernel_info_request", {}, 1000);
-      if (reply) replied = true;
-      else if (replied) await new Promise((r) => setTimeout(r, 50));
+      const every = this.#kernelInfoReplies > 0 ? 2000 : 15_000;
+      if (Date.now() - lastSent >= every) {
+        lastSent = Date.now();
+        const msg = newMessage("kernel_info_request", {}, this.session);
+        await this.#shell.send(encodeMessage(msg, this.#key)).catch(() => {});
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 
@@ -362,6 +370,7 @@ export class Kernel {
         const msg = this.#decode(frames as Buffer[]);
         const parent = msg?.parent_header.msg_id;
         if (!msg || !parent) continue;
+        if (msg.header.msg_type === "kernel_info_reply") this.#kernelInfoReplies++;
         const waiter = this.#replies.get(parent);
         if (waiter) {
           this.#replies.delete(parent);
