@@ -43,6 +43,7 @@ node --test --test-concurrency=2 'packages/*/src/**/*.test.ts'
 
 step "build the base template (cached after the first run)"
 ./bin/firebreak template build base
+./bin/firebreak template build code-interpreter
 
 step "integration tests (real microVMs)"
 node --test --test-concurrency=1 --test-timeout=900000 'packages/*/test/**/*.test.ts'

@@ -1,6 +1,7 @@
 // The local node, used when no server is configured: runtime, agent bundle and
 // template resolution (building built-in templates on first use).
 import path from "node:path";
+import { buildCodeInterpreterBundle, CODE_INTERPRETER_COMPONENT } from "@firebreak/code-interpreter";
 import { buildAgentBundle } from "@firebreak/guest-agent";
 import {
   type BuildProgress,
@@ -39,10 +40,17 @@ export async function build(
   }
   const bundleDir = path.join(paths.cacheDir(config), "agent");
   await buildAgentBundle(bundleDir);
+  // Firebreak components the spec names, built from this checkout.
+  const components: Record<string, string> = {};
+  if (spec.components?.includes(CODE_INTERPRETER_COMPONENT)) {
+    const ci = path.join(paths.cacheDir(config), CODE_INTERPRETER_COMPONENT);
+    components[CODE_INTERPRETER_COMPONENT] = (await buildCodeInterpreterBundle(ci)).dir;
+  }
   const built = await buildTemplate(config, spec, dir, {
     ...opts,
     runtime: localRuntime,
     agent: { bundleDir, nodeBinary: process.execPath },
+    components,
   });
   // First boot, then snapshot: creates restore this instead of booting.
   const rt = await localRuntime();

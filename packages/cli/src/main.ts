@@ -21,6 +21,7 @@ import {
   servicesList,
 } from "./commands/network.ts";
 import { nodeCommand } from "./commands/node.ts";
+import { sandboxRepl } from "./commands/repl.ts";
 import { runCommand } from "./commands/run.ts";
 import {
   sandboxCreate,
@@ -120,9 +121,13 @@ program
     "boot a sandbox, run a command in it with live output, tear it down; exits with the command's code",
   )
   .option("-t, --template <name>", "template to start from", "base")
-  .addOption(new Option("--cpus <n>", "vCPUs").argParser(int("--cpus", 1, 8)).default(1))
   .addOption(
-    new Option("--memory <MiB>", "guest memory in MiB").argParser(int("--memory", 128, 16384)).default(256),
+    new Option("--cpus <n>", "vCPUs (default: the template's, 1 for base)").argParser(int("--cpus", 1, 8)),
+  )
+  .addOption(
+    new Option("--memory <MiB>", "guest memory in MiB (default: the template's, 256 for base)").argParser(
+      int("--memory", 128, 16384),
+    ),
   )
   .addOption(
     new Option("--disk <MiB>", "grow the root disk to this size (default: the template's)").argParser(
@@ -202,9 +207,13 @@ sandbox
   .command("create")
   .description("start a sandbox and print it, id included (--json: the whole sandbox)")
   .option("-t, --template <name>", "template to start from (default: base)")
-  .addOption(new Option("--cpus <n>", "vCPUs (default: 1)").argParser(int("--cpus", 1, 8)))
   .addOption(
-    new Option("--memory <MiB>", "guest memory in MiB (default: 256)").argParser(int("--memory", 128, 16384)),
+    new Option("--cpus <n>", "vCPUs (default: the template's, 1 for base)").argParser(int("--cpus", 1, 8)),
+  )
+  .addOption(
+    new Option("--memory <MiB>", "guest memory in MiB (default: the template's, 256 for base)").argParser(
+      int("--memory", 128, 16384),
+    ),
   )
   .addOption(
     new Option("--timeout-ms <ms>", "lifetime before it is killed (default: 300000)").argParser(
@@ -284,6 +293,19 @@ sandbox
   .argument("<id>")
   .option("--json", "print JSON")
   .action(sandboxEvents);
+sandbox
+  .command("repl")
+  .description(
+    "run code cells from stdin in a code-interpreter sandbox (one per line; --multiline: cells end at a blank line); state is kept between cells; exits 1 if a cell raised",
+  )
+  .argument("<id>")
+  .addOption(
+    new Option("-l, --language <language>", "python, javascript (js) or typescript (ts)").default("python"),
+  )
+  .option("-c, --context <id>", "run in this code context instead of the language's default one")
+  .option("--multiline", "a blank line ends each cell (for indented blocks)")
+  .option("--json", "print each cell's execution as one JSON line")
+  .action(sandboxRepl);
 
 const network = sandbox.command("network").description("a sandbox's egress policy");
 network

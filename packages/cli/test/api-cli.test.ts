@@ -130,10 +130,10 @@ describe("CLI over the API (fixture server)", { timeout: 300_000 }, () => {
     assert.equal(fx.sandboxes.size, before + 1);
     const created = [...fx.sandboxes.values()].at(-1)!;
     assert.equal(created.state, "killed", "run kills its sandbox");
+    // --memory not given: the server applies the template's default shape.
     assert.deepEqual(bodyOf(/^POST \/v1\/sandboxes$/), {
       template: "base",
       vcpus: 2,
-      memoryMib: 256,
       envVars: { K: "v" },
     });
     const failing = await cli(["run", "--", "fail", "3"]);

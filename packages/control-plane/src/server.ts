@@ -296,7 +296,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       domain: ingressDomain(env),
       tokens: ingressTokens,
     });
-    const server = createListener({ ingress, envd: envdProxy(store, sandboxes, log), api, log });
+    const server = createListener({
+      ingress,
+      envd: envdProxy(store, sandboxes, log, ingressTokens),
+      api,
+      log,
+    });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => resolve());

@@ -59,7 +59,9 @@ export {
   type ExecOptions,
   NodeRuntime,
   Sandbox,
+  type Shape,
   type StartTimings,
+  shapeFor,
   type TemplateImage,
 } from "./sandbox/node-runtime.ts";
 export { BASE_CMDLINE, qemuArgs } from "./vmm/qemu-vm.ts";

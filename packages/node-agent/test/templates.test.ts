@@ -14,6 +14,7 @@ import {
   deleteTemplate,
   FirebreakError,
   getTemplate,
+  listTemplates,
   paths,
   readTemplateSpec,
   resolveSpecFile,
@@ -136,6 +137,56 @@ describe("template builds", { skip: skipUnlessRoot }, () => {
     // The build VM is gone with everything it had.
     assert.equal((await runtime()).list().length, 0);
     await assertNoLeaks();
+  });
+
+  test("npm packages and components land in /opt/firebreak, aliases resolve, the shape is the default", async (t) => {
+    const name = `fbtest-extras-${nonce}`;
+    const alias = `fbtest-alias-${nonce}`;
+    const component = await fs.mkdtemp(path.join(os.tmpdir(), "fb-component-"));
+    await fs.writeFile(path.join(component, "hello.txt"), `component ${nonce}\n`);
+    t.after(async () => {
+      await deleteTemplate(config, name);
+      await fs.rm(component, { recursive: true, force: true });
+    });
+    const file = await writeSpec(name, {
+      debian: { packages: [] },
+      diskMib: 1024,
+      npm: { packages: ["is-number@7.0.0"] },
+      components: ["test-component"],
+      aliases: [alias],
+      shape: { vcpus: 1, memoryMib: 320 },
+    });
+    const { spec, dir } = await readTemplateSpec(file);
+    const built = await buildTemplate(config, spec, dir, {
+      runtime,
+      agent: await agentInputs(),
+      components: { "test-component": component },
+    });
+    assert.equal(built.manifest.lock.npm?.["node_modules/is-number"], "7.0.0");
+    assert.deepEqual(built.shape, { vcpus: 1, memoryMib: 320 });
+
+    // The alias is the same image; the template is listed once, under its name.
+    assert.equal((await getTemplate(config, alias))?.key, built.key);
+    assert.equal((await listTemplates(config)).filter((x) => x.key === built.key).length, 1);
+
+    const sb = await createSandbox(t, { template: built });
+    assert.deepEqual(sb.shape, { vcpus: 1, memoryMib: 320 }, "a create without a shape gets the template's");
+    const pkg = await exec(sb, ["cat", "/opt/firebreak/npm/node_modules/is-number/package.json"]);
+    assert.equal(JSON.parse(pkg.stdout).version, "7.0.0");
+    assert.equal(
+      (await exec(sb, ["cat", "/opt/firebreak/test-component/hello.txt"])).stdout,
+      `component ${nonce}\n`,
+    );
+
+    // An alias never takes over another template's name; unknown components are refused.
+    const thief = await writeSpec(`fbtest-thief-${nonce}`, { aliases: ["base"] });
+    await assert.rejects(build(thief), /aliases: base is already the name of template base/);
+    const unknown = await writeSpec(`fbtest-unknown-${nonce}`, { components: ["nope"] });
+    await assert.rejects(build(unknown), /components: nope is not a Firebreak component/);
+
+    // Deleting the template removes its aliases too.
+    assert.equal(await deleteTemplate(config, name), true);
+    assert.equal(await getTemplate(config, alias), undefined);
   });
 });
 

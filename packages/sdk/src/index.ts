@@ -1,5 +1,14 @@
 // @firebreak/sdk: the TypeScript SDK for the Firebreak REST API v1.
 export {
+  Code,
+  type CodeContext,
+  type CodeError,
+  type CodeLanguage,
+  type CodeResult,
+  type Execution,
+  type RunCodeOptions,
+} from "./code.ts";
+export {
   CommandHandle,
   type CommandOptions,
   type CommandResult,

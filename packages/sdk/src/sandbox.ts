@@ -1,5 +1,6 @@
 // Sandbox: create, connect, list, and act on one sandbox; its commands and
 // files live in the `commands` and `files` namespaces.
+import { Code, type Execution, type RunCodeOptions } from "./code.ts";
 import { Commands } from "./commands.ts";
 import { type ConnectionOptions, resolveConnection } from "./connection.ts";
 import { FirebreakApiError, NotFoundError } from "./errors.ts";
@@ -17,9 +18,9 @@ import type {
 export interface SandboxCreateOptions extends ConnectionOptions {
   /** Template to start from. @default "base" */
   template?: string;
-  /** vCPUs. @default 1 */
+  /** vCPUs. @default the template's (1 for base, 2 for code-interpreter) */
   vcpus?: number;
-  /** Guest memory in MiB. @default 256 */
+  /** Guest memory in MiB. @default the template's (256 for base, 1024 for code-interpreter) */
   memoryMib?: number;
   /**
    * Lifetime: the sandbox is killed this long after creation unless extended
@@ -76,6 +77,8 @@ export class Sandbox {
   readonly commands: Commands;
   readonly files: Files;
   readonly network: SandboxNetwork;
+  /** Stateful code execution and contexts (code-interpreter templates). */
+  readonly code: Code;
   #info: SandboxInfo;
   readonly #http: HttpClient;
 
@@ -87,6 +90,16 @@ export class Sandbox {
     this.commands = new Commands(http, info.id);
     this.files = new Files(http, info.id);
     this.network = new SandboxNetwork(http, info.id);
+    this.code = new Code(http, info.id);
+  }
+
+  /**
+   * Runs code in the sandbox's code interpreter (a code-interpreter template):
+   * Python by default; variables survive between calls in the same context.
+   * Shorthand for `sandbox.code.run()`.
+   */
+  runCode(code: string, opts: RunCodeOptions = {}): Promise<Execution> {
+    return this.code.run(code, opts);
   }
 
   /** What the server last said about this sandbox (refresh with getInfo()). */

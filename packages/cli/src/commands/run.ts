@@ -8,8 +8,8 @@ import { execIn } from "./sandbox.ts";
 
 interface RunOpts {
   template: string;
-  cpus: number;
-  memory: number;
+  cpus?: number;
+  memory?: number;
   disk?: number;
   user?: string;
   workdir?: string;
@@ -69,8 +69,8 @@ async function runOnServer(argv: string[], opts: RunOpts): Promise<void> {
   let sb: ApiSandbox | undefined;
   const creating = ApiSandbox.create({
     template: opts.template,
-    vcpus: opts.cpus,
-    memoryMib: opts.memory,
+    ...(opts.cpus !== undefined ? { vcpus: opts.cpus } : {}),
+    ...(opts.memory !== undefined ? { memoryMib: opts.memory } : {}),
     ...(opts.env ? { envVars: opts.env } : {}),
   });
   // Ctrl-C while the VM starts: let the create finish, then kill what it made.

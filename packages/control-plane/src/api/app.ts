@@ -14,6 +14,7 @@ import { ingressRoutes } from "../ingress/routes.ts";
 import type { AppEnv, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
+import { codeRoutes } from "./routes/code.ts";
 import { commandRoutes } from "./routes/commands.ts";
 import { fileRoutes } from "./routes/files.ts";
 import { nodeRoutes } from "./routes/nodes.ts";
@@ -126,6 +127,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
 
   sandboxRoutes(app, deps);
   commandRoutes(app, deps);
+  codeRoutes(app, deps); // /v1/sandboxes/{id}/code (code-interpreter templates)
   fileRoutes(app, deps);
   adminRoutes(app, deps);
   serviceRoutes(app, deps);

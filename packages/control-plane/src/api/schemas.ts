@@ -40,8 +40,20 @@ export const TemplateName = z.string().regex(TEMPLATE_NAME_RE, "1-40 lowercase l
 export const CreateSandboxBody = z
   .object({
     template: TemplateName.default("base"),
-    vcpus: z.number().int().min(1).max(8).default(1),
-    memoryMib: z.number().int().min(128).max(16_384).default(256),
+    vcpus: z
+      .number()
+      .int()
+      .min(1)
+      .max(8)
+      .optional()
+      .openapi({ description: "Default: the template's shape (1 for base, 2 for code-interpreter)." }),
+    memoryMib: z
+      .number()
+      .int()
+      .min(128)
+      .max(16_384)
+      .optional()
+      .openapi({ description: "Default: the template's shape (256 for base, 1024 for code-interpreter)." }),
     timeoutMs: z
       .number()
       .int()
@@ -562,3 +574,77 @@ export const NodePoolBody = z
   })
   .strict()
   .openapi("NodePool");
+
+// ---------------------------------------------------------------- code interpreter
+
+const CodeLanguage = z
+  .string()
+  .min(1)
+  .max(32)
+  .openapi({ description: "python (default), javascript or js, typescript or ts", example: "python" });
+const ContextId = z.string().regex(/^[A-Za-z0-9-]{1,64}$/, "a context id from POST /code/contexts");
+export const CodeExecuteBody = z
+  .object({
+    code: z.string().max(1_000_000),
+    language: CodeLanguage.optional(),
+    contextId: ContextId.optional(),
+    envVars: EnvVars.optional().openapi({ description: "Set for this execution only." }),
+    timeoutMs: z
+      .number()
+      .int()
+      .min(1)
+      .max(24 * 3600_000)
+      .optional()
+      .openapi({ description: "Interrupt the cell after this long (an error line, then end)." }),
+  })
+  .strict()
+  .openapi("CodeExecute");
+export const CodeEventSchema = z
+  .object({
+    type: z.enum([
+      "stdout",
+      "stderr",
+      "result",
+      "error",
+      "number_of_executions",
+      "keepalive",
+      "end_of_execution",
+    ]),
+    text: z.string().optional().openapi({ description: "stdout/stderr text; a result's text/plain" }),
+    timestamp: z.string().optional(),
+    execution_count: z.number().int().optional(),
+    is_main_result: z.boolean().optional(),
+    html: z.string().optional(),
+    markdown: z.string().optional(),
+    svg: z.string().optional(),
+    png: z.string().optional().openapi({ description: "base64" }),
+    jpeg: z.string().optional().openapi({ description: "base64" }),
+    pdf: z.string().optional(),
+    latex: z.string().optional(),
+    json: z.unknown().optional(),
+    javascript: z.string().optional(),
+    data: z.unknown().optional().openapi({ description: "a pandas DataFrame's columns" }),
+    chart: z.unknown().optional().openapi({ description: "a matplotlib figure's chart data" }),
+    extra: z.record(z.string(), z.unknown()).optional(),
+    name: z.string().optional(),
+    value: z.string().optional(),
+    traceback: z.string().optional(),
+  })
+  .openapi("CodeEvent");
+export const CodeContextBody = z
+  .object({
+    language: CodeLanguage.optional(),
+    cwd: z.string().min(1).max(4096).optional().openapi({ description: "Default: the template's workdir" }),
+  })
+  .strict()
+  .openapi("CreateCodeContext");
+export const CodeContextSchema = z
+  .object({ id: z.string(), language: z.string(), cwd: z.string() })
+  .openapi("CodeContext");
+export const CodeContextListSchema = z
+  .object({ contexts: z.array(CodeContextSchema) })
+  .openapi("CodeContextList");
+export const CodeContextParams = z.object({
+  id: z.string().openapi({ param: { name: "id", in: "path" } }),
+  contextId: ContextId.openapi({ param: { name: "contextId", in: "path" } }),
+});

@@ -7,9 +7,11 @@
 // answer (relay/http-relay.ts): a hostile agent fails its own requests only.
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { CODE_INTERPRETER_PORT } from "@firebreak/code-interpreter";
 import { ENVD_PORT } from "@firebreak/protocol";
 import type { Logger } from "pino";
 import { sha256 } from "../auth/keys.ts";
+import type { IngressTokens } from "../ingress/ingress-token.ts";
 import { HOP_BY_HOP, relayHttp } from "../relay/http-relay.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import type { SandboxRecord, Store } from "../store/store.ts";
@@ -34,7 +36,12 @@ function sameHash(a: string, b: string | null): boolean {
   return timingSafeEqual(Buffer.from(a), Buffer.from(b));
 }
 
-export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) {
+export function envdProxy(
+  store: Store,
+  sandboxes: SandboxService,
+  log: Logger,
+  ingressTokens?: IngressTokens,
+) {
   // No keep-alive upstream: sandbox addresses are reused by later sandboxes, and
   // a pooled socket to a dead sandbox's address would fail the next request.
   // maxSockets is per upstream address, so per sandbox.
@@ -51,16 +58,33 @@ export function envdProxy(store: Store, sandboxes: SandboxService, log: Logger) 
     // SECURITY: the token is checked here too (the agent checks it again), so
     // traffic for a sandbox never reaches its VM without the sandbox's token.
     log.debug({ method: req.method, url: req.url, sandboxId: id, hasToken: token !== "" }, "envd proxy");
-    if (!rec || !sameHash(sha256(token), rec.envdTokenHash)) {
+    const port = Number(req.headers["e2b-sandbox-port"] ?? 49983);
+    // SECURITY: port 49999 (the code interpreter) also opens with the
+    // sandbox's traffic token (E2B-Traffic-Access-Token, the ingress token E2B
+    // creates return as trafficAccessToken): @e2b/code-interpreter sends no
+    // X-Access-Token on its /contexts calls, only that. The agent's port
+    // needs the agent's token.
+    const traffic = req.headers["e2b-traffic-access-token"];
+    const trafficOk =
+      port === CODE_INTERPRETER_PORT &&
+      rec !== undefined &&
+      typeof traffic === "string" &&
+      ingressTokens?.verify(rec.id, traffic) === true;
+    if (!rec || !(sameHash(sha256(token), rec.envdTokenHash) || trafficOk)) {
       return fail(res, 401, "unknown sandbox or wrong X-Access-Token");
     }
-    const port = Number(req.headers["e2b-sandbox-port"] ?? 49983);
     if (rec.state !== "running") return fail(res, 502, `sandbox ${rec.id} is ${rec.state}, not running`);
-    if (port !== ENVD_PORT) return fail(res, 502, `port ${port} is not served in sandbox ${rec.id}`);
+    // E2B's two sandbox ports: the agent's and the code interpreter's.
+    if (port !== ENVD_PORT && port !== CODE_INTERPRETER_PORT) {
+      return fail(res, 502, `port ${port} is not served in sandbox ${rec.id}`);
+    }
 
     const headers: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) {
       if (v === undefined || HOP_BY_HOP.has(k) || k === "host") continue;
+      // SECURITY: the agent's token is for the agent, not for the code
+      // interpreter (a guest process any guest user can replace).
+      if (port === CODE_INTERPRETER_PORT && k === "x-access-token") continue;
       headers[k] = v;
     }
     const sandboxId = rec.id;

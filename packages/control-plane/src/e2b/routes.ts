@@ -157,10 +157,9 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
   const create = async (c: Context<AppEnv>) => {
     const caller = c.get("caller");
     const b = await readJson(c, NewSandbox);
+    // E2B's create names no shape: the template's default (code-interpreter: 2 vCPU, 1024 MiB).
     const rec = await sb.create(actor(caller), {
       template: b.templateID,
-      vcpus: 1,
-      memoryMib: 256,
       timeoutMs: (b.timeout ?? 300) * 1000,
       envVars: b.envVars ?? {},
       metadata: b.metadata ?? {},

@@ -67,6 +67,10 @@ export interface TemplateInfo {
   builtAt: string;
   imageBytes: number;
   packages: string[];
+  /** The shape a create gets when it names none. @default 1 vCPU, 256 MiB */
+  shape?: { vcpus: number; memoryMib: number };
+  /** More names the template answers to (code-interpreter: code-interpreter-v1). */
+  aliases?: string[];
 }
 
 export interface TemplateBuildProgress {

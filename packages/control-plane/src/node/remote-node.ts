@@ -199,7 +199,7 @@ export class RemoteNode implements NodeClient {
   }
 
   async hasTemplate(name: string): Promise<boolean> {
-    return (await this.#client.listTemplates()).some((t) => t.name === name);
+    return (await this.#client.listTemplates()).some((t) => t.name === name || t.aliases?.includes(name));
   }
 
   buildTemplate(

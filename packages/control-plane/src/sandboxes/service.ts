@@ -56,8 +56,10 @@ interface Reservation {
 
 export interface CreateRequest {
   template: string;
-  vcpus: number;
-  memoryMib: number;
+  /** @default the template's default shape */
+  vcpus?: number | undefined;
+  /** @default the template's default shape */
+  memoryMib?: number | undefined;
   timeoutMs: number;
   envVars: Record<string, string>;
   metadata: Record<string, string>;
@@ -305,6 +307,13 @@ export class SandboxService {
         `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates`,
       );
     }
+    // A create that names no shape gets the template's (code-interpreter: 2 vCPU, 1024 MiB).
+    const shape =
+      req.vcpus === undefined || req.memoryMib === undefined
+        ? await this.templates.defaultShape(req.template)
+        : undefined;
+    const vcpus = req.vcpus ?? shape!.vcpus;
+    const memoryMib = req.memoryMib ?? shape!.memoryMib;
     const networkPolicy = req.networkPolicy
       ? await this.#checkPolicy(caller.tenant.id, req.networkPolicy, "network.policy")
       : null;
@@ -312,8 +321,8 @@ export class SandboxService {
     // rest are where the create goes if a node fails to start it.
     const want = {
       template: req.template,
-      vcpus: req.vcpus,
-      memoryMib: req.memoryMib,
+      vcpus,
+      memoryMib,
       tenant: caller.tenant.id,
     };
     const capacity = {
@@ -344,8 +353,8 @@ export class SandboxService {
       nodeSandboxId: null,
       template: req.template,
       state: "requested",
-      vcpus: req.vcpus,
-      memoryMib: req.memoryMib,
+      vcpus,
+      memoryMib,
       metadata: req.metadata,
       createdAt: now,
       readyAt: null,
@@ -390,8 +399,8 @@ export class SandboxService {
     if (!quota.ok) throw this.#quotaError(quota);
     await this.#event(id, "requested", {
       template: req.template,
-      vcpus: req.vcpus,
-      memoryMib: req.memoryMib,
+      vcpus,
+      memoryMib,
       timeoutMs: req.timeoutMs,
       key: caller.keyId,
       ...(parent ? { parentId: parent.id, rootId: rec.rootId } : {}),
@@ -416,8 +425,8 @@ export class SandboxService {
       try {
         const request = {
           template: req.template,
-          vcpus: req.vcpus,
-          memoryMib: req.memoryMib,
+          vcpus,
+          memoryMib,
           envVars: { ...req.envVars, FIREBREAK_SANDBOX_ID: id, FIREBREAK_SANDBOX_TOKEN: token },
           ...(networkPolicy
             ? {
@@ -434,7 +443,7 @@ export class SandboxService {
         // create to the next candidate (same sandbox record, billed once).
         let started: Awaited<ReturnType<NodeClient["create"]>> | undefined;
         for (let i = candidates.indexOf(chosen); !started; ) {
-          this.#nodes.notePlaced(chosen.nodeId, req.template, req, chosen.path === "warm");
+          this.#nodes.notePlaced(chosen.nodeId, req.template, { vcpus, memoryMib }, chosen.path === "warm");
           try {
             started = await this.#nodes.node(chosen.nodeId).create(request);
           } catch (e) {

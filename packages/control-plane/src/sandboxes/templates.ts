@@ -66,6 +66,15 @@ export class TemplateAccess {
     return this.#node.hasTemplate(name);
   }
 
+  /**
+   * The shape a create of `name` gets when it names none: the template's own
+   * (by its name or an alias), else 1 vCPU and 256 MiB.
+   */
+  async defaultShape(name: string): Promise<{ vcpus: number; memoryMib: number }> {
+    const t = (await this.#node.listTemplates()).find((x) => x.name === name || x.aliases?.includes(name));
+    return t?.shape ?? { vcpus: 1, memoryMib: 256 };
+  }
+
   /** Templates the caller may boot, with their owner. */
   async list(caller: TemplateCaller): Promise<OwnedTemplate[]> {
     const owners = new Map((await this.#store.listTemplateOwners()).map((o) => [o.name, o.tenantId]));

@@ -341,6 +341,7 @@ export class FakeNode implements NodeClient {
   async hasTemplate(name: string) {
     return this.templates.has(name);
   }
+
   async buildTemplate(
     source: { name: string } | { spec: unknown },
     onProgress: (p: { step: string; index: number; total: number; detail?: string }) => void,

@@ -83,6 +83,8 @@ function templateIn(t: nodePb.TemplateInfo): TemplateInfo {
     builtAt: t.builtAt,
     imageBytes: Number(t.imageBytes),
     packages: t.packages,
+    shape: { vcpus: t.shape?.vcpus || 1, memoryMib: t.shape?.memoryMib || 256 },
+    aliases: t.aliases,
   };
 }
 

@@ -4,6 +4,7 @@
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { buildCodeInterpreterBundle, CODE_INTERPRETER_COMPONENT } from "@firebreak/code-interpreter";
 import { buildAgentBundle } from "@firebreak/guest-agent";
 import { paths } from "../config.ts";
 import {
@@ -16,7 +17,7 @@ import { FirebreakError } from "../errors.ts";
 import { type BuildProgress, buildTemplate } from "../image/builder.ts";
 import { readTemplateSpec } from "../image/template-spec.ts";
 import { deleteTemplate, getTemplate, listTemplates, resolveSpecFile } from "../image/template-store.ts";
-import { DEFAULT_SHAPE, type NodeRuntime, type Sandbox, type Shape } from "../sandbox/node-runtime.ts";
+import { type NodeRuntime, type Sandbox, type Shape, shapeFor } from "../sandbox/node-runtime.ts";
 import { snapshotKey } from "../sandbox/snapshot-store.ts";
 
 export const NODE_VERSION = "0.2.0";
@@ -60,6 +61,10 @@ export interface TemplateInfo {
   builtAt: string;
   imageBytes: number;
   packages: string[];
+  /** The shape a create gets when it names none. */
+  shape: Shape;
+  /** More names the template answers to. */
+  aliases: string[];
 }
 
 export interface TemplateReport {
@@ -286,6 +291,8 @@ export class NodeService {
       builtAt: t.manifest.builtAt,
       imageBytes: t.manifest.imageBytes,
       packages: t.manifest.spec.debian.packages,
+      shape: shapeFor(t),
+      aliases: t.manifest.spec.aliases ?? [],
     }));
   }
 
@@ -307,10 +314,17 @@ export class NodeService {
       const { spec, dir } = await readTemplateSpec(specFile);
       const bundleDir = path.join(paths.cacheDir(this.runtime.config), "agent");
       await buildAgentBundle(bundleDir);
+      // Firebreak components the spec names, built from this checkout.
+      const components: Record<string, string> = {};
+      if (spec.components?.includes(CODE_INTERPRETER_COMPONENT)) {
+        const ci = path.join(paths.cacheDir(this.runtime.config), CODE_INTERPRETER_COMPONENT);
+        components[CODE_INTERPRETER_COMPONENT] = (await buildCodeInterpreterBundle(ci)).dir;
+      }
       const built = await buildTemplate(this.runtime.config, spec, dir, {
         onProgress,
         runtime: async () => this.runtime,
         agent: { bundleDir, nodeBinary: process.execPath },
+        components,
       });
       onProgress({ step: "snapshot", index: 0, total: 0 });
       await this.runtime.prepareSnapshot(built);
@@ -320,6 +334,8 @@ export class NodeService {
         builtAt: built.manifest.builtAt,
         imageBytes: built.manifest.imageBytes,
         packages: built.manifest.spec.debian.packages,
+        shape: shapeFor(built),
+        aliases: built.manifest.spec.aliases ?? [],
       };
     } finally {
       if (tmp) await fs.rm(tmp, { recursive: true, force: true });
@@ -371,7 +387,7 @@ export class NodeService {
     );
     for (const t of await listTemplates(this.runtime.config)) {
       const found = await this.runtime.snapshots.find(
-        snapshotKey(t.key, DEFAULT_SHAPE, this.runtime.kernel, this.runtime.accel.accel),
+        snapshotKey(t.key, shapeFor(t), this.runtime.kernel, this.runtime.accel.accel),
       );
       const warm: Record<string, number> = {};
       for (const p of pools.filter((p) => p.templateKey === t.key)) {

@@ -17,7 +17,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { type NodeConfig, paths } from "../config.ts";
 import { FirebreakError } from "../errors.ts";
-import { run } from "../host/exec.ts";
+import { HOST_PATH, run } from "../host/exec.ts";
 import type { NodeRuntime, TemplateImage } from "../sandbox/node-runtime.ts";
 import { REQUIRED_PACKAGES, type TemplateSpec } from "./template-spec.ts";
 
@@ -55,6 +55,11 @@ export interface BuildOptions {
   runtime?: () => Promise<NodeRuntime>;
   /** The guest agent bundle (directory with agent.mjs) and the Node binary to ship. */
   agent: { bundleDir: string; nodeBinary: string };
+  /**
+   * Firebreak components a spec may name in `components` (name -> a directory
+   * the caller built, copied to /opt/firebreak/<name>).
+   */
+  components?: Record<string, string>;
 }
 
 export interface TemplateManifest {
@@ -73,6 +78,8 @@ export interface PackageLock {
   release: string;
   /** package -> exact version, as installed in the image */
   packages: Record<string, string>;
+  /** npm packages (the spec's and their dependencies): node_modules path -> version. */
+  npm?: Record<string, string>;
 }
 
 export interface BuiltTemplate extends TemplateImage {
@@ -91,6 +98,8 @@ export function templateImageFromManifest(config: NodeConfig, m: TemplateManifes
     workdir: m.spec.workdir,
     start: m.spec.start,
     ready: m.spec.ready,
+    ...(m.spec.readyTimeoutMs !== undefined ? { readyTimeoutMs: m.spec.readyTimeoutMs } : {}),
+    ...(m.spec.shape ? { shape: m.spec.shape } : {}),
     manifest: m,
     cached: true,
   };
@@ -106,7 +115,7 @@ export async function buildTemplate(
   opts: BuildOptions,
 ): Promise<BuiltTemplate> {
   const started = performance.now();
-  const total = 6 + spec.run.length;
+  const total = 6 + spec.run.length + (spec.npm ? 1 : 0);
   let index = 0;
   const progress = (step: string, detail?: string) => {
     if (!detail) index++;
@@ -119,7 +128,9 @@ export async function buildTemplate(
   progress("resolve inputs");
   const lockFile = path.join(paths.templatesDir(config), `${spec.name}.lock.json`);
   const previousLock = opts.refresh ? undefined : await readJson<PackageLock>(lockFile);
-  const inputs = await inputHash(spec, specDir, opts.agent);
+  const components = resolveComponents(spec, opts.components ?? {});
+  await checkAliases(config, spec);
+  const inputs = await inputHash(spec, specDir, opts.agent, components);
   if (previousLock && previousLock.release === spec.debian.release) {
     const key = imageKey(inputs, previousLock);
     const hit = await readJson<TemplateManifest>(path.join(imagesDir, key, "manifest.json"));
@@ -174,6 +185,11 @@ export async function buildTemplate(
       );
     }
     const lock = await readLock(rootfs, spec.debian.release);
+    const npmDir = path.join(staging, "npm");
+    if (spec.npm) {
+      progress(`npm install ${spec.npm.packages.join(" ")}`);
+      lock.npm = await installNpmPackages(spec.npm.packages, npmDir, (line) => progress("npm", line));
+    }
     const key = imageKey(inputs, lock);
     const existing = await readJson<TemplateManifest>(path.join(imagesDir, key, "manifest.json"));
     if (existing) {
@@ -184,6 +200,7 @@ export async function buildTemplate(
 
     progress("install the guest agent, user and files");
     await customize(rootfs, spec, specDir, opts.agent);
+    await installExtras(rootfs, spec.npm ? npmDir : undefined, components);
 
     progress(`make the root image (${spec.diskMib} MiB, ext4)`);
     const image = path.join(staging, "rootfs.ext4");
@@ -375,9 +392,18 @@ async function readLock(rootfs: string, release: string): Promise<PackageLock> {
   return { release, packages: Object.fromEntries(Object.entries(packages).sort()) };
 }
 
-async function inputHash(spec: TemplateSpec, specDir: string, agent: BuildOptions["agent"]): Promise<string> {
+async function inputHash(
+  spec: TemplateSpec,
+  specDir: string,
+  agent: BuildOptions["agent"],
+  components: Record<string, string>,
+): Promise<string> {
   const h = createHash("sha256");
   h.update(JSON.stringify({ v: BUILDER_VERSION, spec, init: ROOTFS_INIT }));
+  for (const [name, dir] of Object.entries(components)) {
+    h.update(`component:${name}:`);
+    await hashPath(h, dir);
+  }
   const specRoot = spec.files.length ? await fs.realpath(specDir) : specDir;
   for (const f of spec.files) {
     h.update(`file:${f.src}:`);
@@ -567,6 +593,160 @@ async function tag(config: NodeConfig, m: TemplateManifest): Promise<void> {
     name: m.name,
     key: m.key,
   });
+  // Aliases are tags to the same image; listing shows the template once.
+  for (const alias of m.spec.aliases ?? []) {
+    if (alias === m.name) continue;
+    await writeJsonAtomic(path.join(paths.templatesDir(config), `${alias}.json`), {
+      name: alias,
+      key: m.key,
+      aliasOf: m.name,
+    });
+  }
+}
+
+/**
+ * SECURITY: an alias never takes over a name that another template answers
+ * to (templates are shared by every tenant of the node).
+ */
+async function checkAliases(config: NodeConfig, spec: TemplateSpec): Promise<void> {
+  for (const alias of spec.aliases ?? []) {
+    if (alias === spec.name) continue;
+    const existing = await readJson<{ key: string; aliasOf?: string }>(
+      path.join(paths.templatesDir(config), `${alias}.json`),
+    );
+    if (!existing) continue;
+    const owner =
+      existing.aliasOf ??
+      (await readJson<TemplateManifest>(path.join(paths.imagesDir(config), existing.key, "manifest.json")))
+        ?.name ??
+      alias;
+    if (owner !== spec.name) {
+      throw new FirebreakError(
+        "TEMPLATE_SPEC_INVALID",
+        `aliases: ${alias} is already the name of template ${owner}; choose another alias or delete ${owner} first`,
+      );
+    }
+  }
+}
+
+/** The component directories a spec names, from those the caller offers. */
+function resolveComponents(spec: TemplateSpec, offered: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of spec.components ?? []) {
+    const dir = offered[name];
+    if (!dir) {
+      throw new FirebreakError(
+        "TEMPLATE_SPEC_INVALID",
+        `components: ${name} is not a Firebreak component; available: ${Object.keys(offered).join(", ") || "none"}`,
+      );
+    }
+    out[name] = dir;
+  }
+  return out;
+}
+
+/** The npm CLI to run with this process's Node: FIREBREAK_NPM_CLI, else the npm on PATH. */
+async function npmCli(): Promise<string> {
+  const env = process.env["FIREBREAK_NPM_CLI"];
+  if (env) return env;
+  for (const dir of (process.env["PATH"] ?? HOST_PATH).split(":")) {
+    const real = await fs.realpath(path.join(dir, "npm")).catch(() => undefined);
+    if (real?.endsWith(".js")) return real;
+  }
+  throw new FirebreakError(
+    "TEMPLATE_BUILD_FAILED",
+    "npm is not installed on this host (needed for the spec's npm packages); run scripts/setup.sh or set FIREBREAK_NPM_CLI to npm-cli.js",
+  );
+}
+
+/**
+ * Installs exact npm packages into `dir/node_modules` on the host, for Linux
+ * x64 and with this process's Node (the guest runs the same binary, so
+ * prebuilt native addons work). Returns every installed package's version.
+ * SECURITY: --ignore-scripts: a package's install scripts would run on the
+ * host as root; packages that need them to work are not supported.
+ */
+async function installNpmPackages(
+  packages: string[],
+  dir: string,
+  onLine: (line: string) => void,
+): Promise<Record<string, string>> {
+  await fs.mkdir(dir, { recursive: true });
+  await fs.writeFile(path.join(dir, "package.json"), JSON.stringify({ private: true }));
+  const res = await run(
+    process.execPath,
+    [
+      await npmCli(),
+      "install",
+      "--prefix",
+      dir,
+      "--ignore-scripts",
+      "--no-audit",
+      "--no-fund",
+      "--save-exact",
+      "--os=linux",
+      "--cpu=x64",
+      "--libc=glibc",
+      "--loglevel=error",
+      ...packages,
+    ],
+    {
+      allowFailure: true,
+      timeoutMs: 20 * 60_000,
+      env: await npmEnv(),
+      onOutput: (chunk) => {
+        for (const line of chunk.split("\n")) if (line.trim()) onLine(line.trim());
+      },
+    },
+  );
+  if (res.exitCode !== 0) {
+    throw new FirebreakError(
+      "TEMPLATE_BUILD_FAILED",
+      `npm install ${packages.join(" ")} failed:\n${(res.stderr + res.stdout).trim().split("\n").slice(-8).join("\n")}\n` +
+        "Check the package names and versions (npm view NAME versions) and that the npm registry is reachable.",
+    );
+  }
+  const hidden = await readJson<{ packages?: Record<string, { version?: string }> }>(
+    path.join(dir, "node_modules", ".package-lock.json"),
+  );
+  const versions: Record<string, string> = {};
+  for (const [p, info] of Object.entries(hidden?.packages ?? {})) {
+    if (p && info.version) versions[p] = info.version;
+  }
+  await fs.rm(path.join(dir, "package-lock.json"), { force: true });
+  return Object.fromEntries(Object.entries(versions).sort());
+}
+
+/**
+ * The environment npm runs with: the host's registry settings (proxy, extra CA
+ * certificates, npm_config_*), and Debian's /etc/npmrc, which npm would not
+ * read when it runs on set-up's Node (its global config follows the Node prefix).
+ */
+async function npmEnv(): Promise<Record<string, string>> {
+  const env: Record<string, string> = { PATH: `${path.dirname(process.execPath)}:${HOST_PATH}` };
+  const pass = /^(HOME|NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|https?_proxy|no_proxy|npm_config_.*)$/i;
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && pass.test(k)) env[k] = v;
+  const hasGlobal = Object.keys(env).some((k) => k.toLowerCase() === "npm_config_globalconfig");
+  if (!hasGlobal && (await fs.stat("/etc/npmrc").catch(() => undefined))?.isFile()) {
+    env["npm_config_globalconfig"] = "/etc/npmrc";
+  }
+  return env;
+}
+
+/** npm packages to /opt/firebreak/npm, components to /opt/firebreak/<name>: file copies only. */
+async function installExtras(
+  rootfs: string,
+  npmDir: string | undefined,
+  components: Record<string, string>,
+): Promise<void> {
+  const base = path.join(rootfs, "opt/firebreak");
+  await fs.mkdir(base, { recursive: true });
+  if (npmDir) await fs.cp(npmDir, path.join(base, "npm"), { recursive: true, verbatimSymlinks: true });
+  for (const [name, dir] of Object.entries(components)) {
+    await fs.cp(dir, path.join(base, name), { recursive: true, dereference: true });
+    // Components run as the template's user: their root is readable whatever the source's mode.
+    await fs.chmod(path.join(base, name), 0o755);
+  }
 }
 
 async function writeJsonAtomic(file: string, value: unknown): Promise<void> {

@@ -46,3 +46,38 @@ test("malformed JSON and missing files give clear errors", async (t) => {
     /cannot read template spec .*ENOENT/,
   );
 });
+
+test("npm packages need exact versions; shape, aliases and readyTimeoutMs are checked", () => {
+  const ok = parseTemplateSpec(
+    {
+      name: "ci",
+      npm: { packages: ["@deno/linux-x64-glibc@2.9.6", "zeromq@6.8.0", "x@1.0.0-rc.1"] },
+      components: ["code-interpreter"],
+      shape: { vcpus: 2, memoryMib: 1024 },
+      aliases: ["ci-v1"],
+      readyTimeoutMs: 600_000,
+    },
+    "s",
+  );
+  assert.deepEqual(ok.shape, { vcpus: 2, memoryMib: 1024 });
+  assert.throws(
+    () => parseTemplateSpec({ name: "x", npm: { packages: ["deno@^2.0.0", "left-pad", "a@latest"] } }, "s"),
+    (e: unknown) => {
+      assert.ok(e instanceof FirebreakError);
+      for (const i of [0, 1, 2])
+        assert.match(e.message, new RegExp(`npm\\.packages\\.${i}: name an exact version`));
+      return true;
+    },
+  );
+  assert.throws(
+    () => parseTemplateSpec({ name: "x", shape: { vcpus: 9, memoryMib: 256 } }, "s"),
+    /shape\.vcpus/,
+  );
+  assert.throws(() => parseTemplateSpec({ name: "x", aliases: ["Bad"] }, "s"), /aliases\.0/);
+  assert.throws(() => parseTemplateSpec({ name: "x", readyTimeoutMs: 10 }, "s"), /readyTimeoutMs/);
+});
+
+test("specs without the optional fields keep their content address (no defaults added)", () => {
+  const s = parseTemplateSpec({ name: "py" }, "t");
+  for (const k of ["npm", "components", "shape", "aliases", "readyTimeoutMs"]) assert.ok(!(k in s), k);
+});

@@ -7,6 +7,10 @@ import { FirebreakError } from "../errors.ts";
 
 const DEBIAN_PACKAGE = /^[a-z0-9][a-z0-9+.-]+$/;
 const ABSOLUTE = /^\/[^\0]*$/;
+/** An npm package at one exact version: name@1.2.3 or @scope/name@1.2.3-pre.1. */
+const NPM_EXACT = /^(@[a-z0-9][a-z0-9._-]*\/)?[a-z0-9][a-z0-9._-]*@\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$/;
+const TEMPLATE_NAME = /^[a-z0-9][a-z0-9-]{0,39}$/;
+const TEMPLATE_NAME_HINT = "use 1-40 lowercase letters, digits or dashes, starting with a letter or digit";
 
 /**
  * Template names: 1-40 lowercase letters, digits or dashes. A name becomes a
@@ -81,6 +85,35 @@ export const TemplateSpecSchema = z
     start: z.string().min(1).max(10_000).optional(),
     ready: z.string().min(1).max(10_000).optional(),
     diskMib: z.number().int().min(512).max(65_536).default(2048),
+    // The fields below are optional without defaults, so specs that do not use
+    // them keep their content address.
+    /** npm packages installed on the host (scripts never run) into /opt/firebreak/npm/node_modules. */
+    npm: z
+      .object({
+        packages: z
+          .array(z.string().regex(NPM_EXACT, "name an exact version, like deno@2.9.6 or @scope/pkg@1.2.3"))
+          .min(1)
+          .max(50),
+      })
+      .strict()
+      .optional(),
+    /** Firebreak components copied into /opt/firebreak/<name> (e.g. code-interpreter). */
+    components: z
+      .array(z.string().regex(/^[a-z][a-z0-9-]{0,39}$/, "a component name, like code-interpreter"))
+      .max(10)
+      .optional(),
+    /** Shape used when a create names none; the template build snapshots this shape. */
+    shape: z
+      .object({
+        vcpus: z.number().int().min(1).max(8),
+        memoryMib: z.number().int().min(128).max(16_384),
+      })
+      .strict()
+      .optional(),
+    /** More names this template answers to. */
+    aliases: z.array(z.string().regex(TEMPLATE_NAME, TEMPLATE_NAME_HINT)).max(10).optional(),
+    /** How long `ready` may take to succeed after a cold boot. @default 60000 */
+    readyTimeoutMs: z.number().int().min(1000).max(900_000).optional(),
   })
   .strict();
 

@@ -72,7 +72,8 @@ export async function listTemplates(config: NodeConfig): Promise<BuiltTemplate[]
   for (const f of files) {
     if (!f.endsWith(".json") || f.endsWith(".lock.json")) continue;
     const t = await getTemplate(config, f.slice(0, -5));
-    if (t) out.push(t);
+    // An alias tag resolves to its template, which is listed under its own name.
+    if (t && t.name === f.slice(0, -5)) out.push(t);
   }
   return out.sort((a, b) => a.name.localeCompare(b.name));
 }
@@ -82,8 +83,20 @@ export async function deleteTemplate(config: NodeConfig, name: string): Promise<
   const t = await getTemplate(config, name); // undefined for anything but a template name
   if (!t) return false;
   const dir = paths.templatesDir(config);
+  if (t.name !== name) {
+    // Deleting an alias removes only that name.
+    await fs.rm(path.join(dir, `${name}.json`), { force: true });
+    return true;
+  }
   await fs.rm(path.join(dir, `${name}.json`), { force: true });
   await fs.rm(path.join(dir, `${name}.lock.json`), { force: true });
+  for (const alias of t.manifest.spec.aliases ?? []) {
+    const tag = await fs
+      .readFile(path.join(dir, `${alias}.json`), "utf8")
+      .then((x) => JSON.parse(x) as { key?: string; aliasOf?: string })
+      .catch(() => undefined);
+    if (tag?.aliasOf === name) await fs.rm(path.join(dir, `${alias}.json`), { force: true });
+  }
   const others = await listTemplates(config);
   if (!others.some((o) => o.key === t.key)) {
     await fs.rm(path.join(paths.imagesDir(config), t.key), { recursive: true, force: true });

@@ -73,6 +73,12 @@ export type {
 export { Sandbox };
 
 export const DEFAULT_SHAPE: Shape = { vcpus: 1, memoryMib: 256 };
+
+/** The shape of a start: what the caller named, else the template's default, else DEFAULT_SHAPE. */
+export function shapeFor(template: TemplateImage, requested: Partial<Shape> = {}): Shape {
+  const defined = Object.fromEntries(Object.entries(requested).filter(([, v]) => v !== undefined));
+  return validateShape({ ...DEFAULT_SHAPE, ...template.shape, ...defined });
+}
 export const SHAPE_LIMITS = { vcpus: { min: 1, max: 8 }, memoryMib: { min: 128, max: 16_384 } };
 
 export interface CreateOptions {
@@ -302,7 +308,7 @@ export class NodeRuntime {
   }
 
   async #createByFastestPath(opts: CreateOptions): Promise<Sandbox> {
-    const shape = validateShape({ ...DEFAULT_SHAPE, ...opts.shape });
+    const shape = shapeFor(opts.template, opts.shape);
     // Refuse a bad policy or a forbidden service binding before anything is made.
     this.egress.validate(opts.network?.policy, opts.network?.tenant);
     const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
@@ -663,14 +669,15 @@ export class NodeRuntime {
       })();
     }
     if (ready) {
-      const deadline = Date.now() + 60_000;
+      const limitMs = sb.template.readyTimeoutMs ?? 60_000;
+      const deadline = Date.now() + limitMs;
       for (;;) {
         const { exitCode } = await sb.exec(["/bin/bash", "-l", "-c", ready]);
         if (exitCode === 0) return;
         if (Date.now() > deadline) {
           throw new FirebreakError(
             "SANDBOX_BOOT_FAILED",
-            `the template's ready check \`${ready}\` did not succeed within 60 s (last exit code ${exitCode})`,
+            `the template's ready check \`${ready}\` did not succeed within ${limitMs / 1000} s (last exit code ${exitCode})`,
           );
         }
         await new Promise((r) => setTimeout(r, 100));
@@ -691,7 +698,7 @@ export class NodeRuntime {
     opts: { force?: boolean } = {},
   ): Promise<{ manifest: SnapshotManifest; created: boolean }> {
     if (!template.key) throw new FirebreakError("INTERNAL", "snapshots need a built template (with a key)");
-    const shape = validateShape({ ...DEFAULT_SHAPE, ...shapeIn });
+    const shape = shapeFor(template, shapeIn);
     const key = snapshotKey(template.key, shape, this.kernel, this.accel.accel);
     if (!opts.force) {
       const found = await this.snapshots.find(key);
@@ -703,6 +710,13 @@ export class NodeRuntime {
       // The agent drops the boot page cache shortly after ready: wait for it,
       // so the saved memory (and every clone's RSS) is smaller.
       await sleep(1500);
+      // The template's start command filled the cache again (a code
+      // interpreter's kernels: ~90 MiB): drop it too; free page reporting
+      // hands the freed pages back, so the snapshot does not carry them.
+      if (template.start) {
+        await sb.exec(["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], { user: "root" });
+        await sleep(2500);
+      }
       const made = { kernel: `${this.kernel.package} ${this.kernel.version}`, accel: this.accel.accel };
       const manifest = await this.snapshots.save(key, template, shape, made, async (memoryFile, diskFile) => {
         const live = sb.requireLive();
@@ -727,7 +741,7 @@ export class NodeRuntime {
 
   /** Fills the warm pool of a template and shape to `size` VMs restored from its snapshot. */
   async fillPool(template: TemplateImage, size: number, shapeIn: Partial<Shape> = {}): Promise<void> {
-    const shape = validateShape({ ...DEFAULT_SHAPE, ...shapeIn });
+    const shape = shapeFor(template, shapeIn);
     if (!template.key) throw new FirebreakError("INTERNAL", "warm pools need a built template (with a key)");
     const found = await this.snapshots.find(snapshotKey(template.key, shape, this.kernel, this.accel.accel));
     if (!found.snapshot) {

@@ -25,6 +25,10 @@ export interface TemplateImage {
   workdir?: string | undefined;
   start?: string | undefined;
   ready?: string | undefined;
+  /** How long `ready` may take after a cold boot. @default 60_000 */
+  readyTimeoutMs?: number | undefined;
+  /** The template's own default shape (else DEFAULT_SHAPE). */
+  shape?: Shape | undefined;
 }
 
 export interface Shape {
