@@ -82,9 +82,6 @@ export function envdProxy(
     const headers: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) {
       if (v === undefined || HOP_BY_HOP.has(k) || k === "host") continue;
-      // SECURITY: the agent's token is for the agent, not for the code
-      // interpreter (a guest process any guest user can replace).
-      if (port === CODE_INTERPRETER_PORT && k === "x-access-token") continue;
       headers[k] = v;
     }
     const sandboxId = rec.id;
@@ -93,7 +90,7 @@ export function envdProxy(
       req,
       res,
       {
-        // Through the sandbox's node, which adds the agent's token itself.
+        // Through the sandbox's node (a byte tunnel); the caller's token goes as sent.
         open: (init) => {
           const r = sandboxes.portRequest(target, port, init.path, init);
           if (!r) throw new Error(`sandbox ${sandboxId} is not running`);

@@ -112,7 +112,7 @@ export interface NodeClient {
   usageSample(id: string): Promise<UsageSample | undefined>;
   /** The guest agent's token while the sandbox lives. */
   accessToken(id: string): Promise<string | undefined>;
-  /** Clients for the guest agent, through the node (which adds the token). */
+  /** Clients for the guest agent, through the node's tunnel, with the agent's token (asked of the node once). */
   envd(id: string, user?: string): EnvdAccess;
   /** An HTTP request to a port inside the sandbox, through the node; the caller writes the body. */
   portRequest(

@@ -259,8 +259,8 @@ export class SandboxService {
   }
 
   /**
-   * An HTTP request to a port inside a running sandbox, through its node
-   * (the node adds the agent's token on its port); undefined when it is not
+   * An HTTP request to a port inside a running sandbox, through its node's
+   * byte tunnel (headers go as given); undefined when it is not
    * running. The caller writes the body and reads the answer.
    */
   portRequest(

@@ -1,11 +1,12 @@
 // The node daemon's listener: the Connect service `firebreak.node.v1.Node`
-// and the sandbox port proxy, behind the node credential.
+// byte tunnels to sandbox ports, and template images, behind the node credential.
 //
 //   POST /firebreak.node.v1.Node/<Method>        typed actions (Connect, JSON)
-//   ANY  /sandboxes/<id>/ports/<port>/<path>     HTTP (and WebSocket upgrades) to a
-//                                                port inside the sandbox; for the
-//                                                guest agent's port the node adds
-//                                                the sandbox's access token itself
+//   GET  /sandboxes/<id>/ports/<port>            Upgrade: firebreak-tunnel: a byte
+//                                                stream to that port of a running
+//                                                sandbox (the caller speaks HTTP
+//                                                to the guest itself)
+//   GET|PUT /templates/<name>/image              template transfer
 //
 // Listens on a unix socket (root-only, the local control plane and CLI) or on
 // TCP with TLS-PSK (the pre-shared key is the node credential: mutual

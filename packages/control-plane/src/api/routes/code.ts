@@ -30,10 +30,12 @@ const tags = ["code"];
 const MAX_ANSWER_BYTES = 1024 * 1024;
 
 /**
- * Opens a request to the sandbox's code interpreter, through its node (which
- * never hands the agent's token to this port); resolves with its response head.
+ * Opens a request to the sandbox's code interpreter, through its node's
+ * tunnel; resolves with its response head. It carries the agent's token, as an
+ * E2B SDK's request does: the service reads the sandbox's env vars from the
+ * agent (/envs) with it. (Not a secret from the guest: it is the guest's own.)
  */
-function request(
+async function request(
   sb: SandboxService,
   rec: SandboxRecord,
   method: string,
@@ -41,9 +43,13 @@ function request(
   payload?: unknown,
 ): Promise<{ res: IncomingMessage; req: http.ClientRequest }> {
   const data = payload === undefined ? undefined : Buffer.from(JSON.stringify(payload));
+  const token = await sb.accessToken(rec);
   const req = sb.portRequest(rec, CODE_INTERPRETER_PORT, path, {
     method,
-    headers: data ? { "content-type": "application/json", "content-length": data.length } : {},
+    headers: {
+      ...(data ? { "content-type": "application/json", "content-length": data.length } : {}),
+      ...(token ? { "x-access-token": token } : {}),
+    },
   });
   if (!req) throw new ApiError("CONFLICT", `sandbox ${rec.id} is ${rec.state}, not running`);
   return new Promise((resolve, reject) => {

@@ -104,6 +104,17 @@ export function nodeRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         );
       }
       const b = c.req.valid("json");
+      // SECURITY: a join token admits a new node, it does not hand over an
+      // existing one: a node id already joined with another credential is
+      // refused (its address and secret stay), until an admin removes it. The
+      // same node joining again (same credential, after a restart) is fine.
+      const known = await store.getNode(b.nodeId);
+      if (known && known.secret !== b.secret) {
+        throw new ApiError(
+          "CONFLICT",
+          `node ${b.nodeId} has already joined with another credential; remove it first (DELETE /v1/nodes/${b.nodeId}) or join under another id (firebreak node --node-id)`,
+        );
+      }
       const now = new Date().toISOString();
       const rec: NodeRecord = {
         id: b.nodeId,
