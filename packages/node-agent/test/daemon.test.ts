@@ -1,6 +1,6 @@
 // The node daemon over its wire (unix socket and TLS-PSK on loopback), with a
 // real runtime: typed actions, errors with the node's codes, the sandbox port
-// proxy (the node adds the guest agent's token), and the credential.
+// tunnels (ended by the node with their sandbox), and the credential.
 import assert from "node:assert/strict";
 import http from "node:http";
 import { after, before, test } from "node:test";
@@ -73,6 +73,27 @@ test("create, status, envd through the node's proxy, usage, kill: over the unix 
     const [gone] = await c.status([sb.id]);
     assert.equal(gone?.state, "gone");
   }
+});
+
+test("a tunnel its client never closes ends when the sandbox is killed (the node ends it, not the client)", {
+  skip: skipUnlessRoot,
+}, async () => {
+  const sb = await client.create({ template: "base" });
+  createdIds.add(sb.id);
+  // Raw tunnels, outside any agent the client would destroy at a kill.
+  const tunnels = [await client.openTunnel(sb.id, 49983), await client.openTunnel(sb.id, 49983)];
+  const closed = tunnels.map((t) => new Promise<void>((resolve) => t.once("close", () => resolve())));
+  for (const t of tunnels) t.on("error", () => {});
+  // One is mid-request: the agent has answered nothing yet.
+  tunnels[0]!.write("GET /health HTTP/1.1\r\nhost: sandbox\r\n");
+  const bare = new NodeDaemonClient({ address: unixDaemon.address, secret: SECRET });
+  try {
+    await bare.kill(sb.id, "test");
+  } finally {
+    bare.close();
+  }
+  await Promise.all(closed);
+  for (const t of tunnels) assert.equal(t.destroyed, true);
 });
 
 test("node errors keep their code across the wire", { skip: skipUnlessRoot }, async () => {

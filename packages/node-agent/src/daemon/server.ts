@@ -340,7 +340,16 @@ export const TUNNEL_ERROR_HEADER = "x-firebreak-tunnel-error";
  * nothing of what flows: the control plane speaks HTTP to the guest through
  * it and applies its own checks to the guest's answers (relay/http-relay.ts).
  */
-function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+/** Open tunnels by sandbox id: ended with the sandbox, and at the daemon's close. */
+type TunnelTable = Map<string, Set<Duplex>>;
+
+function tunnel(
+  svc: NodeService,
+  tunnels: TunnelTable,
+  req: http.IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+): void {
   const refuse = (status: number, why: string): void => {
     socket.end(`HTTP/1.1 ${status} Refused\r\n${TUNNEL_ERROR_HEADER}: ${why}\r\nconnection: close\r\n\r\n`);
   };
@@ -360,8 +369,18 @@ function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, hea
     );
     return;
   }
+  const id = m[1]!;
   const upstream = net.connect({ host, port });
   upstream.setNoDelay(true);
+  // INVARIANT: a tunnel lives no longer than its sandbox's running state
+  // (the stateListeners hook below) nor than the daemon.
+  const open = tunnels.get(id) ?? new Set<Duplex>();
+  tunnels.set(id, open);
+  open.add(upstream);
+  upstream.once("close", () => {
+    open.delete(upstream);
+    if (!open.size && tunnels.get(id) === open) tunnels.delete(id);
+  });
   const onError = (e: NodeJS.ErrnoException) => {
     upstream.destroy();
     if (!socket.destroyed) refuse(502, e.code ?? "CONNECT_FAILED");
@@ -436,8 +455,16 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       socket.end("HTTP/1.1 401 Unauthorized\r\nconnection: close\r\n\r\n");
       return;
     }
-    tunnel(opts.service, req, socket, head);
+    tunnel(opts.service, tunnels, req, socket, head);
   };
+  const tunnels: TunnelTable = new Map();
+  const endTunnels = (id: string) => {
+    for (const s of tunnels.get(id) ?? []) s.destroy();
+  };
+  const onState = (id: string, state: string) => {
+    if (state !== "running") endTunnels(id);
+  };
+  opts.service.runtime.stateListeners.add(onState);
   let server: http.Server;
   let address: string;
   if ("unix" in opts.listen) {
@@ -480,8 +507,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     address,
     close: () =>
       new Promise<void>((resolve) => {
+        opts.service.runtime.stateListeners.delete(onState);
         server.close(() => resolve());
         server.closeAllConnections();
+        for (const id of [...tunnels.keys()]) endTunnels(id);
       }),
   };
 }

@@ -249,7 +249,17 @@ export class NodeRuntime {
     const gainsLive = next.state === sb.state && (next.state === "starting" || next.state === "resuming");
     if (!gainsLive) assertTransition(sb.id, sb.state, next.state);
     sb[SET_HELD](next);
+    for (const listener of this.stateListeners) {
+      try {
+        listener(sb.id, next.state);
+      } catch {
+        // a listener's failure is its own; the state has changed
+      }
+    }
   }
+
+  /** Told of every state a sandbox enters (the node daemon ends its tunnels with it). */
+  readonly stateListeners = new Set<(id: string, state: Held["state"]) => void>();
 
   // ------------------------------------------------------------ create
 
