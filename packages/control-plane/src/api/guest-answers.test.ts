@@ -15,7 +15,9 @@ let id: string;
 let key: string;
 /** What the fake agent does with the next requests (set per test). */
 let agent: (req: http.IncomingMessage, res: http.ServerResponse) => void = (_req, res) => res.end();
-const TIMEOUT_MS = 400;
+// Long enough that a loaded machine never hits it by accident; the tests that
+// expect it wait this long.
+const TIMEOUT_MS = 3000;
 
 const authHeaders = () => ({ authorization: `Bearer ${key}` });
 

@@ -47,6 +47,15 @@ export class Flood {
     pump();
   }
 
+  /** Resolves once more than `bytes` have been written (false if not within `maxMs`): the peer reads again. */
+  async wroteMoreThan(bytes: number, maxMs = 30_000): Promise<boolean> {
+    const t0 = Date.now();
+    while (this.written <= bytes && Date.now() - t0 < maxMs) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return this.written > bytes;
+  }
+
   /** Resolves once the writer has been blocked for `quietMs` (or after `maxMs`): the peer stopped reading. */
   async stalled(quietMs = 300, maxMs = 10_000): Promise<void> {
     const t0 = Date.now();
