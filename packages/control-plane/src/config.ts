@@ -40,6 +40,26 @@ export interface ControlPlaneConfig {
    * the request fails with AGENT_ERROR. @default 60_000
    */
   commandStartTimeoutMs: number;
+  /**
+   * E2B-created sandboxes reach the public internet unless the create says
+   * otherwise (E2B's default). @default FIREBREAK_E2B_INTERNET, else true
+   */
+  e2bInternetDefault: boolean;
+  /**
+   * E2B-created sandboxes' ports are public (no token through ingress) unless
+   * the create sends `allowPublicTraffic: false` (E2B's default).
+   * @default FIREBREAK_E2B_PUBLIC_PORTS, else true
+   */
+  e2bPublicPortsDefault: boolean;
+}
+
+/** A true/false setting from the environment (unset: the default); anything else is refused at start. */
+function flag(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (raw === "true" || raw === "1") return true;
+  if (raw === "false" || raw === "0") return false;
+  throw new Error(`${name} must be true or false, got ${JSON.stringify(raw)}`);
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -76,5 +96,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     capacityRetryAfterSeconds: 10,
     pausedRetentionMs: positive(env, "FIREBREAK_PAUSED_RETENTION_MS", 7 * 24 * 3600_000),
     commandStartTimeoutMs: 60_000,
+    e2bInternetDefault: flag(env, "FIREBREAK_E2B_INTERNET", true),
+    e2bPublicPortsDefault: flag(env, "FIREBREAK_E2B_PUBLIC_PORTS", true),
   };
 }

@@ -52,6 +52,11 @@ export class FakeNode implements NodeClient {
   readonly warm = new Map<string, Record<string, number>>();
   /** Set by tests: the node does not answer (every call fails NODE_UNAVAILABLE). */
   down = false;
+  /** Named snapshots (snapshotOf): snapshot id -> the node sandbox it was taken of. */
+  readonly snapshots = new Map<string, { of: string; template: string }>();
+  /** The snapshot each sandbox started from (create fromSnapshot). */
+  readonly startedFrom = new Map<string, string>();
+  #snap = 0;
 
   constructor(id = "fake") {
     this.id = id;
@@ -102,6 +107,10 @@ export class FakeNode implements NodeClient {
     this.lastEnv = req.envVars ?? {};
     const policy = normalizePolicy(network?.policy ?? {});
     for (const name of policy.services) (await this.#services()).resolveBinding(name, network?.tenant);
+    const fromSnapshot = "fromSnapshot" in req ? req.fromSnapshot : undefined;
+    if (fromSnapshot !== undefined && !this.snapshots.has(fromSnapshot)) {
+      throw new FirebreakError("SANDBOX_NOT_FOUND", `no snapshot ${fromSnapshot} on node ${this.id}`);
+    }
     if (!this.templates.has(req.template)) throw new FirebreakError("TEMPLATE_NOT_FOUND", "no such template");
     await new Promise((r) => setTimeout(r, this.createDelayMs));
     if (this.failNextCreate) {
@@ -118,6 +127,10 @@ export class FakeNode implements NodeClient {
       ...("vcpus" in req ? { vcpus: req.vcpus, memoryMib: req.memoryMib } : {}),
     });
     this.policies.set(id, { policy, tenant: network?.tenant ?? "" });
+    if (fromSnapshot !== undefined) {
+      this.startedFrom.set(id, fromSnapshot);
+      return { id, accessToken: token, path: "snapshot", totalMs: 1, phases: { restore: 1 }, policy };
+    }
     const shape = "vcpus" in req ? `${req.vcpus}x${req.memoryMib}` : "1x256";
     const warm = this.warm.get(req.template);
     if (warm && (warm[shape] ?? 0) > 0) {
@@ -163,6 +176,18 @@ export class FakeNode implements NodeClient {
       );
     }
     return out;
+  }
+  async snapshotOf(id: string): Promise<{ snapshotId: string }> {
+    this.#up();
+    const sb = this.sandboxes.get(id);
+    if (!sb || sb.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
+    const snapshotId = `fsnap${++this.#snap}`;
+    this.snapshots.set(snapshotId, { of: id, template: "base" });
+    return { snapshotId };
+  }
+  async deleteSnapshot(snapshotId: string): Promise<boolean> {
+    this.#up();
+    return this.snapshots.delete(snapshotId);
   }
   #status(id: string): NodeSandboxStatus {
     const sb = this.sandboxes.get(id);
