@@ -17,6 +17,7 @@ import {
   relayHttp,
   upstreamFailure,
 } from "../relay/http-relay.ts";
+import { InflightBySandbox } from "../relay/inflight.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord, type Store } from "../store/store.ts";
 import { AGENT_PORT, E2B_TOKEN_HEADER, ENVD_TOKEN_HEADER, TOKEN_COOKIE, TOKEN_HEADER } from "./config.ts";
@@ -78,6 +79,9 @@ export function createIngress(deps: IngressDeps) {
   const { store, sandboxes, log } = deps;
   const match = targetMatcher(deps.domain);
   const publicPorts = publicPortsOf(store);
+  // INVARIANT: a sandbox that stops running has nothing left open through ingress.
+  const inflight = new InflightBySandbox();
+  sandboxes.onStopped((id) => inflight.closeAll(id));
   // No keep-alive upstream: sandbox addresses are reused by later sandboxes
   // (as in the envd proxy).
 
@@ -268,6 +272,7 @@ export function createIngress(deps: IngressDeps) {
       const setCookie = allowed.setCookie;
       const relayTarget = target(req, t, allowed, false);
       await maskHost(relayTarget.headers, allowed);
+      inflight.add(allowed.rec.id, res);
       relayHttp(req, res, relayTarget, what(t), {
         fail: (f) => fail(res, f, requestId),
         editHeaders: (h) => {
@@ -305,6 +310,7 @@ export function createIngress(deps: IngressDeps) {
       if ("code" in allowed) return failRaw(socket, allowed, requestId);
       const relayTarget = target(req, t, allowed, true);
       await maskHost(relayTarget.headers, allowed);
+      inflight.add(allowed.rec.id, socket);
       const upstream = openGuest(relayTarget, req.method);
       // INVARIANT: set once the client has been answered (relayed head or error).
       let answered = false;

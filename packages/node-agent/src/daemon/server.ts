@@ -104,6 +104,43 @@ function parsePolicy(p: { json: string; tenant: string; admin: boolean } | undef
   return { policy, tenant: p.tenant, admin: p.admin };
 }
 
+/**
+ * Port-proxy requests open to each sandbox, per service: closed when the
+ * sandbox is killed or paused (its VM and network are gone, so nothing else
+ * would ever end them).
+ */
+const inflight = new WeakMap<NodeService, Map<string, Set<{ destroy(): void }>>>();
+
+function track(
+  svc: NodeService,
+  id: string,
+  c: { destroy(): void; once(e: "close", f: () => void): unknown },
+) {
+  let bySandbox = inflight.get(svc);
+  if (!bySandbox) {
+    bySandbox = new Map();
+    inflight.set(svc, bySandbox);
+  }
+  let set = bySandbox.get(id);
+  if (!set) {
+    set = new Set();
+    bySandbox.set(id, set);
+  }
+  set.add(c);
+  c.once("close", () => {
+    set.delete(c);
+    if (!set.size && bySandbox.get(id) === set) bySandbox.delete(id);
+  });
+}
+
+/** INVARIANT: nothing stays open through the port proxy to a sandbox that was killed or paused. */
+function closeInflight(svc: NodeService, id: string): void {
+  const set = inflight.get(svc)?.get(id);
+  if (!set) return;
+  inflight.get(svc)?.delete(id);
+  for (const c of set) c.destroy();
+}
+
 /** Runs fn and turns its errors into Connect errors carrying the node's code. */
 async function call<T>(fn: () => Promise<T> | T): Promise<T> {
   try {
@@ -143,11 +180,13 @@ function routes(svc: NodeService) {
       kill: (req) =>
         call(async () => {
           const last = usageOut(await svc.kill(req.id, req.reason || "killed"));
+          closeInflight(svc, req.id);
           return create(nodePb.KillResponseSchema, last ? { last } : {});
         }),
       pause: (req) =>
         call(async () => {
           const last = usageOut(await svc.pause(req.id));
+          closeInflight(svc, req.id);
           return create(nodePb.KillResponseSchema, last ? { last } : {});
         }),
       resume: (req) => call(async () => create(nodePb.ResumeResponseSchema, await svc.resume(req.id))),
@@ -373,6 +412,7 @@ function proxyRequest(svc: NodeService, req: http.IncomingMessage, res: http.Ser
     headers: forwardHeaders(req, t.port, ep.accessToken),
     maxHeaderSize: MAX_HEADER_BYTES,
   });
+  track(svc, t.id, res);
   upstream.on("response", (up) => {
     const status = up.statusCode ?? 0;
     // SECURITY: a guest's status line or headers must not throw in writeHead.
@@ -412,6 +452,7 @@ function proxyUpgrade(svc: NodeService, req: http.IncomingMessage, socket: Duple
     return;
   }
   socket.on("error", () => {});
+  track(svc, t.id, socket);
   const upstream = http.request({
     host: ep.host,
     port: t.port,
