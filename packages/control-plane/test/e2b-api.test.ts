@@ -199,6 +199,35 @@ describe("E2B SDK against the in-process control plane", () => {
     assert.equal((await native(sb.sandboxId)).state, "paused");
     await sb.connect({ timeoutMs: 60_000 });
     assert.equal((await native(sb.sandboxId)).state, "running");
+    // With autoResume, a request through ingress wakes it.
+    let hits = 0;
+    const appPort = await h.guest.http((_req, res) => {
+      hits++;
+      res.writeHead(200).end("awake");
+    });
+    h.node.guest = { address: h.guest.address, envdPort: 1 };
+    try {
+      const auto = await Sandbox.create("base", {
+        timeoutMs: 1_000,
+        lifecycle: { onTimeout: "pause", autoResume: true },
+      });
+      assert.equal((await auto.getInfo()).lifecycle?.autoResume, true);
+      await new Promise((r) => setTimeout(r, 1_100));
+      await h.sandboxes.reap();
+      assert.equal((await native(auto.sandboxId)).state, "paused");
+      const r = await h.request("/", { host: auto.getHost(appPort) });
+      assert.equal(r.status, 200);
+      assert.equal(hits, 1);
+      assert.equal((await native(auto.sandboxId)).state, "running");
+      await auto.kill();
+    } finally {
+      h.node.guest = undefined;
+    }
+    // A paused sandbox without autoResume stays paused: 409.
+    await sb.pause();
+    const r = await h.request("/", { host: sb.getHost(appPort) });
+    assert.equal(r.status, 409);
+    await sb.connect();
     // Without it, the timeout kills.
     const plain = await Sandbox.create("base", { timeoutMs: 1_000 });
     await new Promise((r) => setTimeout(r, 1_100));

@@ -393,6 +393,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
       rec.id,
       b.network?.allowPublicTraffic ?? deps.config.e2bPublicPortsDefault,
       b.network?.maskRequestHost,
+      b.autoPause === true && b.autoResume?.enabled === true,
     );
     return c.json(await created(sb, rec, deps.ingressTokens), 201);
   };
@@ -477,7 +478,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
           allowPublicTraffic: p.allPublic,
           ...(p.maskRequestHost !== undefined ? { maskRequestHost: p.maskRequestHost } : {}),
         },
-        lifecycle: { onTimeout: onTimeout === "pause" ? "pause" : "kill", autoResume: false },
+        lifecycle: { onTimeout: onTimeout === "pause" ? "pause" : "kill", autoResume: p.autoResume },
       }),
       200,
     );
@@ -569,6 +570,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
         child.id,
         p.e2b ? p.allPublic : deps.config.e2bPublicPortsDefault,
         p.maskRequestHost,
+        p.autoResume,
       );
       out.push({ sandbox: await created(sb, child, deps.ingressTokens) });
     }

@@ -158,6 +158,22 @@ export function createIngress(deps: IngressDeps) {
         setCookie = `${TOKEN_COOKIE}=${encodeURIComponent(t.queryToken)}; Path=${cookiePath}; HttpOnly; SameSite=Lax`;
       }
     }
+    if (rec.state === "paused" && (await publicPorts.settings(rec.id)).autoResume) {
+      // E2B's autoResume: traffic to a paused sandbox wakes it (for its tenant, under its quotas).
+      const tenant = await store.getTenant(rec.tenantId);
+      if (tenant) {
+        try {
+          const resumed = await sandboxes.resume({ keyId: "ingress", tenant }, rec.id);
+          return { rec: resumed, port: t.port, ...(setCookie ? { setCookie } : {}) };
+        } catch (e) {
+          // Another request resumed it meanwhile: go on with it.
+          const now = await store.getSandbox(rec.id);
+          if (now?.state === "running")
+            return { rec: now, port: t.port, ...(setCookie ? { setCookie } : {}) };
+          log.warn({ sandboxId: rec.id, err: (e as Error).message }, "auto-resume failed");
+        }
+      }
+    }
     if (rec.state !== "running") {
       return {
         code: "CONFLICT",

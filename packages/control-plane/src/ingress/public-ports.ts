@@ -22,6 +22,8 @@ export interface PortSettings {
   allPublic: boolean;
   /** E2B's maskRequestHost: the Host the app sees (`${PORT}` is the port). */
   maskRequestHost: string | undefined;
+  /** E2B's autoResume: a request to a paused sandbox resumes it. */
+  autoResume: boolean;
 }
 
 export class PublicPorts {
@@ -44,13 +46,20 @@ export class PublicPorts {
 
   async #read(sandboxId: string): Promise<PortSettings> {
     const ports = new Set<number>();
-    const settings: PortSettings = { ports, e2b: false, allPublic: false, maskRequestHost: undefined };
+    const settings: PortSettings = {
+      ports,
+      e2b: false,
+      allPublic: false,
+      maskRequestHost: undefined,
+      autoResume: false,
+    };
     for (const e of await this.#store.listEvents(sandboxId)) {
       if (e.type === PORTS_E2B_EVENT) {
         settings.e2b = true;
         settings.allPublic = e.detail["allPublic"] === true;
         const mask = e.detail["maskRequestHost"];
         settings.maskRequestHost = typeof mask === "string" ? mask : undefined;
+        settings.autoResume = e.detail["autoResume"] === true;
       }
       if (e.type !== PORT_PUBLIC_EVENT) continue;
       const port = Number(e.detail["port"]);
@@ -75,16 +84,22 @@ export class PublicPorts {
   }
 
   /** Sets E2B port semantics for a sandbox (at its create). */
-  async setE2b(sandboxId: string, allPublic: boolean, maskRequestHost: string | undefined): Promise<void> {
+  async setE2b(
+    sandboxId: string,
+    allPublic: boolean,
+    maskRequestHost: string | undefined,
+    autoResume = false,
+  ): Promise<void> {
     const s = await this.#load(sandboxId);
     await this.#store.addEvent(sandboxId, {
       at: new Date().toISOString(),
       type: PORTS_E2B_EVENT,
-      detail: { allPublic, ...(maskRequestHost !== undefined ? { maskRequestHost } : {}) },
+      detail: { allPublic, autoResume, ...(maskRequestHost !== undefined ? { maskRequestHost } : {}) },
     });
     s.e2b = true;
     s.allPublic = allPublic;
     s.maskRequestHost = maskRequestHost;
+    s.autoResume = autoResume;
   }
 
   /** Preconditions: the caller checked that the sandbox is the caller's and live. */
