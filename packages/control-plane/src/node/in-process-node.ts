@@ -15,7 +15,8 @@ export async function startInProcessNode(
   config: NodeConfig,
   log: (line: string) => void,
 ): Promise<InProcessNode> {
-  const daemon = await runNodeDaemon({ config, log });
+  // A private socket: tests run several control planes on one state dir.
+  const daemon = await runNodeDaemon({ config, log, privateSocket: true });
   const address = daemon.addresses.find((a) => a.startsWith("unix:"))!;
   const client = new RemoteNode(daemon.identity.nodeId, { address, secret: daemon.identity.secret });
   return {

@@ -9,6 +9,7 @@ import { type Client, createClient, type Interceptor } from "@connectrpc/connect
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ENVD_PORT, Filesystem, nodePb, Process } from "@firebreak/protocol";
 import type { EgressPolicy, NormalizedPolicy, PrivateService } from "../egress/index.ts";
+import { FirebreakError } from "../errors.ts";
 import { fromConnectError } from "./errors.ts";
 import type {
   CreateSpec,
@@ -19,6 +20,7 @@ import type {
   Usage,
 } from "./node-service.ts";
 import { PSK_CIPHERS } from "./server.ts";
+import { HEADER_KEY, HEADER_MANIFEST, HEADER_SHA256 } from "./template-transfer.ts";
 
 const { Node } = nodePb;
 
@@ -326,6 +328,85 @@ export class NodeDaemonClient {
       return https.request({ ...opts, host: u.hostname, port: u.port });
     }
     return http.request(opts);
+  }
+
+  /** A raw request to the daemon itself (template transfer). */
+  #raw(method: string, pathAndQuery: string, headers: http.OutgoingHttpHeaders = {}): http.ClientRequest {
+    const opts: http.RequestOptions = {
+      ...this.#requestOptions,
+      method,
+      path: pathAndQuery,
+      headers: { ...headers, authorization: `Bearer ${this.#secret}` },
+    };
+    if (this.#baseUrl.startsWith("https:")) {
+      const u = new URL(this.#baseUrl);
+      return https.request({ ...opts, host: u.hostname, port: u.port });
+    }
+    return http.request(opts);
+  }
+
+  /** The template's image as a stream, with its key, manifest and sha256 in the head. */
+  exportTemplate(name: string): Promise<http.IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      const req = this.#raw("GET", `/templates/${encodeURIComponent(name)}/image`);
+      req.on("response", (res) => {
+        if (res.statusCode === 200) return resolve(res);
+        res.resume();
+        reject(
+          new FirebreakError(
+            res.statusCode === 404 ? "TEMPLATE_NOT_FOUND" : "INTERNAL",
+            `node ${this.address} could not export template ${name} (${res.statusCode})`,
+          ),
+        );
+      });
+      req.on("error", (e) =>
+        reject(new FirebreakError("NODE_UNAVAILABLE", `node ${this.address}: ${e.message}`, { cause: e })),
+      );
+      req.end();
+    });
+  }
+
+  /** Installs a template on this node from an export stream (another node's). */
+  importTemplate(
+    name: string,
+    from: http.IncomingMessage,
+  ): Promise<{ name: string; key: string; installed: boolean }> {
+    return new Promise((resolve, reject) => {
+      const headers: http.OutgoingHttpHeaders = { "content-type": "application/octet-stream" };
+      for (const h of ["content-length", HEADER_KEY, HEADER_MANIFEST, HEADER_SHA256]) {
+        if (from.headers[h] !== undefined) headers[h] = from.headers[h];
+      }
+      const req = this.#raw("PUT", `/templates/${encodeURIComponent(name)}/image`, headers);
+      req.on("response", (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on("data", (c: Buffer) => {
+          size += c.length;
+          if (size <= 64 * 1024) chunks.push(c);
+        });
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString();
+          if (res.statusCode === 200 || res.statusCode === 201) {
+            try {
+              return resolve(JSON.parse(text) as { name: string; key: string; installed: boolean });
+            } catch {
+              // fall through
+            }
+          }
+          reject(
+            new FirebreakError(
+              "INTERNAL",
+              `node ${this.address} refused template ${name}: ${text.slice(0, 300)}`,
+            ),
+          );
+        });
+      });
+      req.on("error", (e) =>
+        reject(new FirebreakError("NODE_UNAVAILABLE", `node ${this.address}: ${e.message}`, { cause: e })),
+      );
+      from.on("error", (e) => req.destroy(e));
+      from.pipe(req);
+    });
   }
 
   /** Clients for a sandbox's guest agent (envd) through this node. */

@@ -338,6 +338,18 @@ export class NodeService {
     await this.runtime.fillPool(template, size, shape);
   }
 
+  /** Prepares a template's snapshot for the default shape in the background (after an import). */
+  prepareSnapshotSoon(name: string): void {
+    setImmediate(() => {
+      void (async () => {
+        const template = await getTemplate(this.runtime.config, name);
+        if (template) await this.runtime.prepareSnapshot(template);
+      })().catch(() => {
+        // the next create boots cold and the report says there is no snapshot
+      });
+    });
+  }
+
   drain(draining: boolean): void {
     this.#draining = draining;
   }

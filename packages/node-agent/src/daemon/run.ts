@@ -1,9 +1,12 @@
 // `firebreak node`: one daemon per host that owns every VM, tap, namespace,
 // nftables table, cgroup, slot and file of Firebreak there, and serves the
 // node API (server.ts) to control planes and local CLI commands.
+import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
+import net from "node:net";
 import path from "node:path";
 import type { NodeConfig } from "../config.ts";
+import { FirebreakError } from "../errors.ts";
 import { NodeRuntime } from "../sandbox/node-runtime.ts";
 import { defaultSocket, loadIdentity, type NodeIdentity } from "./identity.ts";
 import { NodeService } from "./node-service.ts";
@@ -11,8 +14,16 @@ import { type DaemonListen, type RunningDaemon, startDaemon } from "./server.ts"
 
 export interface NodeDaemonOptions {
   config: NodeConfig;
-  /** Where to listen. @default the unix socket <runDir>/node.sock */
+  /**
+   * Where to listen. @default the unix socket of the state dir
+   * (defaultSocket), refused when another daemon answers there.
+   */
   listen?: DaemonListen;
+  /**
+   * A private unix socket instead of the state dir's (a node run inside a
+   * control plane process: several may share a state dir in tests).
+   */
+  privateSocket?: boolean;
   /** Also listen on the local unix socket when `listen` is TCP. @default true */
   localSocket?: boolean;
   nodeId?: string;
@@ -39,7 +50,20 @@ export async function runNodeDaemon(opts: NodeDaemonOptions): Promise<NodeDaemon
     await fs.mkdir(path.dirname(defaultSocket(opts.config)), { recursive: true, mode: 0o700 });
     const wanted: DaemonListen[] = [];
     if (!opts.listen || "unix" in opts.listen || opts.localSocket !== false) {
-      wanted.push(opts.listen && "unix" in opts.listen ? opts.listen : { unix: defaultSocket(opts.config) });
+      let unix = opts.listen && "unix" in opts.listen ? opts.listen.unix : defaultSocket(opts.config);
+      if (opts.privateSocket) {
+        await removeDeadPrivateSockets(path.dirname(defaultSocket(opts.config)));
+        unix = path.join(
+          path.dirname(defaultSocket(opts.config)),
+          `p${process.pid}-${randomBytes(4).toString("hex")}.sock`,
+        );
+      } else if (await answers(unix)) {
+        throw new FirebreakError(
+          "INTERNAL",
+          `another node daemon already serves ${opts.config.stateDir} (socket ${unix}); stop it first (firebreak down), or give this one its own state dir`,
+        );
+      }
+      wanted.push({ unix });
     }
     if (opts.listen && !("unix" in opts.listen)) wanted.push(opts.listen);
     for (const listen of wanted)
@@ -62,4 +86,29 @@ export async function runNodeDaemon(opts: NodeDaemonOptions): Promise<NodeDaemon
       return closing;
     },
   };
+}
+
+/** Whether something accepts connections on a unix socket path. */
+function answers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socketPath);
+    c.once("connect", () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once("error", () => resolve(false));
+  });
+}
+
+/** Private sockets of processes that died without closing them (SIGKILL). */
+async function removeDeadPrivateSockets(dir: string): Promise<void> {
+  for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
+    const m = /^p(\d+)-[0-9a-f]{8}\.sock$/.exec(f);
+    if (!m) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ESRCH") await fs.rm(path.join(dir, f), { force: true });
+    }
+  }
 }

@@ -26,6 +26,7 @@ import type { EgressPolicy, PrivateService } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
 import { toConnectError } from "./errors.ts";
 import type { NodeService, StartedInfo, Usage } from "./node-service.ts";
+import { exportTemplate, importTemplate } from "./template-transfer.ts";
 
 const { Node } = nodePb;
 
@@ -486,6 +487,36 @@ function proxyUpgrade(svc: NodeService, req: http.IncomingMessage, socket: Duple
   upstream.end();
 }
 
+const TEMPLATE_PATH = /^\/templates\/([a-z0-9][a-z0-9-]{0,39})\/image$/;
+
+/** GET and PUT /templates/<name>/image (template-transfer.ts); errors answer JSON with the node's code. */
+async function templateTransfer(svc: NodeService, req: http.IncomingMessage, res: http.ServerResponse) {
+  const m = TEMPLATE_PATH.exec(req.url ?? "");
+  try {
+    if (!m) throw new FirebreakError("TEMPLATE_NOT_FOUND", "no such template route");
+    const config = svc.runtime.config;
+    if (req.method === "GET") return await exportTemplate(config, m[1]!, res);
+    if (req.method === "PUT") {
+      const r = await importTemplate(config, m[1]!, req);
+      res.writeHead(r.installed ? 201 : 200, { "content-type": "application/json" }).end(JSON.stringify(r));
+      // The snapshot is made off the hot path, so the next create here restores.
+      svc.prepareSnapshotSoon(r.name);
+      return;
+    }
+    res.writeHead(405, { "content-type": "text/plain" }).end("GET or PUT\n");
+  } catch (e) {
+    req.resume();
+    const code = e instanceof FirebreakError ? e.code : "INTERNAL";
+    if (!res.headersSent) {
+      res
+        .writeHead(code === "TEMPLATE_NOT_FOUND" ? 404 : code === "INTERNAL" ? 500 : 400, {
+          "content-type": "application/json",
+        })
+        .end(JSON.stringify({ code, message: (e as Error).message }));
+    } else res.destroy();
+  }
+}
+
 /** Starts the daemon's listener. */
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const secret = Buffer.from(opts.secret);
@@ -498,6 +529,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       return;
     }
     if (req.url?.startsWith("/sandboxes/")) proxyRequest(opts.service, req, res);
+    else if (req.url?.startsWith("/templates/")) void templateTransfer(opts.service, req, res);
     else connect(req, res);
   };
   const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
