@@ -96,6 +96,7 @@ describe("E2B SDK against the control plane", { skip: skipUnlessRoot }, () => {
     // What E2B's base template has and code relies on.
     const tools = await sandbox.commands.run(
       "git --version && curl --version | head -1 && pip --version && python -c 'print(6*7)' && sudo -n whoami",
+      { timeoutMs: 0 }, // pip starts slowly under TCG
     );
     assert.match(tools.stdout, /^git version /m);
     assert.match(tools.stdout, /^curl /m);
