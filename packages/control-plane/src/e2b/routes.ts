@@ -374,7 +374,10 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     const snap = snapshots.find(caller.tenant.id, b.templateID);
     const template = snap?.template ?? b.templateID.replace(/:default$/, "");
     if (!snap && !/^[a-z0-9][a-z0-9-]{0,39}$/.test(template)) {
-      throw new ApiError("TEMPLATE_NOT_FOUND", `no template or snapshot named ${b.templateID}`);
+      throw new ApiError(
+        "VALIDATION_FAILED",
+        `templateID: ${JSON.stringify(b.templateID)} is neither a template name (1-40 lowercase letters, digits or dashes) nor one of this tenant's snapshots`,
+      );
     }
     const rec = await sb.create(actor(caller), {
       template,
