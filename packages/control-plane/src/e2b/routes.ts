@@ -358,7 +358,8 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     const b = await readJson(c, NewSandbox);
     // E2B features without a Firebreak counterpart: refused by name, never silently ignored.
     if (b.volumeMounts?.length) throw notServed("volume mounts");
-    if (b.mcp !== undefined && b.mcp !== null) throw notServed("the MCP gateway");
+    // `mcp` needs nothing here: the SDK starts `mcp-gateway` inside the sandbox
+    // itself (it fails, and the SDK kills the sandbox, on templates without it).
     if (b.iam !== undefined && b.iam !== null) throw notServed("IAM tokens");
     if (b.network?.egressProxy !== undefined && b.network.egressProxy !== null)
       throw notServed("egress proxies");
