@@ -303,6 +303,7 @@ describe("E2B SDK against the in-process control plane", () => {
       h.request("/", { host: hostName, headers });
     try {
       const open = await Sandbox.create("base", {
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: E2B's literal placeholder
         network: { maskRequestHost: "custom-host.example.com:${PORT}" },
       });
       const openHost = open.getHost(appPort);
@@ -310,6 +311,11 @@ describe("E2B SDK against the in-process control plane", () => {
       const r = await get(openHost);
       assert.equal(r.status, 200);
       assert.equal(host, `custom-host.example.com:${appPort}`);
+      // It becomes a header: anything but host characters is refused at create.
+      await assert.rejects(
+        Sandbox.create("base", { network: { maskRequestHost: "a.example.com\r\nx-injected: 1" } }),
+        (e: Error) => /maskRequestHost/.test(e.message),
+      );
 
       const closed = await Sandbox.create("base", { network: { allowPublicTraffic: false } });
       const refused = await get(closed.getHost(appPort));

@@ -26,7 +26,13 @@ const NetworkConfig = z
     allowPublicTraffic: z.boolean().optional(),
     allowOut: z.array(z.string().max(253)).max(256).optional(),
     denyOut: z.array(z.string().max(64)).max(256).optional(),
-    maskRequestHost: z.string().max(253).optional(),
+    // SECURITY: it becomes the Host header ingress sends: host characters only
+    // (a CR or LF would make the upstream request throw).
+    maskRequestHost: z
+      .string()
+      .max(253)
+      .regex(/^[A-Za-z0-9.:_[\]${}-]*$/, "host characters only (letters, digits, . : _ - [ ] and $, { })")
+      .optional(),
     egressProxy: z.unknown().optional(),
     rules: z.record(z.string(), z.unknown()).optional(),
     httpsPorts: z.unknown().optional(),
