@@ -204,6 +204,7 @@ export function createIngress(deps: IngressDeps) {
   /** E2B's maskRequestHost: the Host header the app sees (`${PORT}` replaced by the port). */
   async function maskHost(headers: http.OutgoingHttpHeaders, a: Allowed): Promise<void> {
     const mask = (await publicPorts.settings(a.rec.id)).maskRequestHost;
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: E2B's literal placeholder
     if (mask !== undefined) headers["host"] = mask.replaceAll("${PORT}", String(a.port));
   }
 

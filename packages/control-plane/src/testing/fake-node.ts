@@ -183,7 +183,7 @@ export class FakeNode implements NodeClient {
   async snapshotOf(id: string): Promise<{ snapshotId: string }> {
     this.#up();
     const sb = this.sandboxes.get(id);
-    if (!sb || sb.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
+    if (sb?.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
     const snapshotId = `fsnap${++this.#snap}`;
     this.snapshots.set(snapshotId, { of: id, template: "base" });
     return { snapshotId };
