@@ -2,10 +2,10 @@
 // and the sandbox port proxy, behind the node credential.
 //
 //   POST /firebreak.node.v1.Node/<Method>        typed actions (Connect, JSON)
-//   ANY  /sandboxes/<id>/ports/<port>/<path>     HTTP (and WebSocket upgrades) to a
-//                                                port inside the sandbox; for the
-//                                                guest agent's port the node adds
-//                                                the sandbox's access token itself
+//   GET  /sandboxes/<id>/ports/<port>            Upgrade: firebreak-tunnel, a byte
+//                                                tunnel to a port inside the
+//                                                sandbox (`tunnel`); the node
+//                                                reads and adds nothing
 //
 // Listens on a unix socket (root-only, the local control plane and CLI) or on
 // TCP with TLS-PSK (the pre-shared key is the node credential: mutual
@@ -376,6 +376,12 @@ function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, hea
     if (head.length) upstream.write(head);
     upstream.on("close", () => socket.destroy());
     socket.on("close", () => upstream.destroy());
+    // INVARIANT: a tunnel lasts no longer than its client's side. The control
+    // plane never half-closes one (it destroys it: a request aborted, the
+    // sandbox killed or paused), so its end closes the guest's side at once,
+    // never a FIN that waits for the guest: a killed VM never answers it and
+    // a hostile guest would not, and either would hold this socket open.
+    socket.once("end", () => upstream.destroy());
     socket.pipe(upstream);
     upstream.pipe(socket);
   });
