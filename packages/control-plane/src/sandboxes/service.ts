@@ -296,9 +296,10 @@ export class SandboxService {
   }
 
   /**
-   * An HTTP request to a port inside a running sandbox, through its node
-   * (the node adds the agent's token on its port); undefined when it is not
-   * running. The caller writes the body and reads the answer.
+   * An HTTP request to a port inside a running sandbox, over a byte tunnel
+   * through its node (which adds nothing: the caller sends the agent's token
+   * on its port); undefined when it is not running. The caller writes the
+   * body and reads the answer.
    */
   portRequest(
     rec: SandboxRecord,

@@ -1,5 +1,5 @@
-// A client of one node daemon (server.ts): the typed actions, the sandbox
-// port proxy, and clients for a sandbox's guest agent through that proxy.
+// A client of one node daemon (server.ts): the typed actions, byte tunnels to
+// sandbox ports, and clients for a sandbox's guest agent over those tunnels.
 // Used by the control plane (RemoteNode) and by local CLI commands.
 import http from "node:http";
 import https from "node:https";
@@ -33,7 +33,7 @@ const { Node } = nodePb;
 export interface EnvdThroughNode {
   process: Client<typeof Process>;
   filesystem: Client<typeof Filesystem>;
-  /** Plain HTTP against the agent's REST routes (/files, /health); the node adds the token. */
+  /** Plain HTTP against the agent's REST routes (/files, /health); the token is added here. */
   fetch: (pathAndQuery: string, init?: RequestInit) => Promise<Response>;
 }
 

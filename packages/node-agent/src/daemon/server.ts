@@ -1,5 +1,5 @@
 // The node daemon's listener: the Connect service `firebreak.node.v1.Node`
-// and the sandbox port proxy, behind the node credential.
+// and byte tunnels to sandbox ports, behind the node credential.
 //
 //   POST /firebreak.node.v1.Node/<Method>        typed actions (Connect, JSON)
 //   GET  /sandboxes/<id>/ports/<port>            Upgrade: firebreak-tunnel, a byte
