@@ -280,8 +280,14 @@ describe("E2B SDK against the in-process control plane", () => {
       const expired = await fetch(await sb.downloadUrl("hello.txt", { useSignatureExpiration: -10_000 }));
       assert.equal(expired.status, 401);
       assert.deepEqual(await expired.json(), { code: 401, message: "signature is already expired" });
-      const forged = await fetch(url.replace(/signature=v1_[^&]{4}/, "signature=v1_AAAA"));
-      assert.equal(forged.status, 401);
+      // Forged: well formed but not the sandbox's, and malformed (still a signed URL).
+      const forged = new URL(url);
+      forged.searchParams.set("signature", `v1_${"A".repeat(43)}`);
+      assert.equal((await fetch(forged)).status, 401);
+      forged.searchParams.set("signature", "v1_+/not-base64");
+      const malformed = await fetch(forged);
+      assert.equal(malformed.status, 401);
+      assert.deepEqual(await malformed.json(), { code: 401, message: "invalid signature" });
       // An upload URL signs the write operation; used for a read it is refused.
       const upload = await sb.uploadUrl("hello.txt", { useSignatureExpiration: 10_000 });
       assert.equal((await fetch(upload)).status, 401);

@@ -38,7 +38,8 @@ function signedFile(req: IncomingMessage): SignedFile | undefined {
   if (!url.startsWith("/files?")) return undefined;
   const q = new URLSearchParams(url.slice(url.indexOf("?") + 1));
   const signature = q.get("signature");
-  if (!signature || !/^v1_[A-Za-z0-9+/]{43}$/.test(signature)) return undefined;
+  // A malformed signature is still a signed URL (401 invalid signature), not another route.
+  if (!signature) return undefined;
   const exp = q.get("signature_expiration");
   return {
     path: q.get("path") ?? "",
@@ -47,6 +48,9 @@ function signedFile(req: IncomingMessage): SignedFile | undefined {
     expiration: exp === null ? undefined : /^-?\d{1,12}$/.test(exp) ? Number(exp) : Number.NaN,
   };
 }
+
+/** The shape of a signature: `v1_` and an unpadded base64 sha256. */
+const SIGNATURE = /^v1_[A-Za-z0-9+/]{43}$/;
 
 /** E2B's file URL signature: `v1_` + base64(sha256(`path:op:user:token[:expiration]`)), unpadded. */
 export function fileSignature(path: string, op: "read" | "write", user: string, token: string, exp?: number) {
@@ -107,6 +111,7 @@ export function envdProxy(
   ): Promise<SandboxRecord | { status: number; message: string }> => {
     if (Number.isNaN(f.expiration))
       return { status: 400, message: "signature_expiration is not a whole number" };
+    if (!SIGNATURE.test(f.signature)) return { status: 401, message: "invalid signature" };
     const op = req.method === "GET" || req.method === "HEAD" ? "read" : "write";
     const named = hostSandboxId(req);
     const candidates = named
