@@ -384,4 +384,44 @@ describe("E2B SDK against the in-process control plane", () => {
       h.node.guest = undefined;
     }
   });
+
+  test("a sandbox that crashes (its VM gone, seen by the sampler) has its open command stream closed too", async () => {
+    const { Sandbox } = e2b;
+    const port = await h.guest.raw((sock) => {
+      sock.write(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/connect+json\r\ntransfer-encoding: chunked\r\n\r\n",
+      );
+      const f = startEvent(43);
+      sock.write(`${f.length.toString(16)}\r\n`);
+      sock.write(f);
+      sock.write("\r\n");
+    });
+    h.node.guest = { address: h.guest.address, envdPort: port };
+    try {
+      const sb = await Sandbox.create("base");
+      const { res } = await h.open("/process.Process/Start", {
+        method: "POST",
+        headers: {
+          "e2b-sandbox-id": sb.sandboxId,
+          "x-access-token": sb["envdAccessToken" as keyof typeof sb] as string,
+          "content-type": "application/connect+json",
+        },
+        body: Buffer.concat([Buffer.from([0, 0, 0, 0, 2]), Buffer.from("{}")]),
+      });
+      assert.equal(res.statusCode, 200);
+      const ended = new Promise<string>((resolve) => {
+        res.on("error", () => resolve("error"));
+        res.on("close", () => resolve("close"));
+        res.resume();
+      });
+      const rec = await native(sb.sandboxId);
+      h.node.sandboxes.get(rec.nodeSandboxId!)!.state = "gone";
+      await h.sandboxes.sampleAll();
+      assert.equal((await native(sb.sandboxId)).state, "crashed");
+      const how = await Promise.race([ended, new Promise((r) => setTimeout(() => r("still open"), 5_000))]);
+      assert.notEqual(how, "still open");
+    } finally {
+      h.node.guest = undefined;
+    }
+  });
 });

@@ -115,6 +115,12 @@ export interface NodeClient {
   snapshotOf?(id: string): Promise<{ snapshotId: string }>;
   /** Deletes a named snapshot; false when the node has none of that id. */
   deleteSnapshot?(snapshotId: string): Promise<boolean>;
+  /**
+   * Closes every connection this client holds open to a sandbox that ended
+   * without a kill through it (crashed, its node lost, ended by another
+   * replica): what kill and pause do themselves.
+   */
+  closeTunnels?(id: string): void;
   /** States of many sandboxes in one call (an id the node does not know is `gone`). */
   status(ids: string[]): Promise<Map<string, NodeSandboxStatus>>;
   /** Usage samples of many sandboxes (absent: paused or gone). */

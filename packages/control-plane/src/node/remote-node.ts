@@ -129,6 +129,11 @@ export class RemoteNode implements NodeClient {
     return last;
   }
 
+  closeTunnels(id: string): void {
+    this.#client.closeSandbox(id);
+    this.#tokens.delete(id);
+  }
+
   resume(id: string) {
     return this.#client.resume(id);
   }

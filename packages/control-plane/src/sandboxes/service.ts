@@ -588,6 +588,15 @@ export class SandboxService {
     this.metrics.forget(rec.id);
     this.#onTimeout.delete(rec.id);
     this.#notifyStopped(rec.id, "ended");
+    // INVARIANT: nothing this replica holds open to an ended sandbox stays
+    // open, however it ended (a kill closed them already; a crash did not).
+    if (rec.nodeSandboxId) {
+      try {
+        this.#nodeOf(rec).closeTunnels?.(rec.nodeSandboxId);
+      } catch (e) {
+        this.#log.warn({ sandboxId: rec.id, err: (e as Error).message }, "tunnels not closed");
+      }
+    }
     if (ended) {
       await this.#event(rec.id, "state", { from: rec.state, to: state, reason });
       await this.#event(rec.id, "ended", { state, reason, by });

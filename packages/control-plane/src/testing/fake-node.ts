@@ -156,6 +156,9 @@ export class FakeNode implements NodeClient {
     this.#closeTunnels(id);
     return s;
   }
+  closeTunnels(id: string): void {
+    this.#closeTunnels(id);
+  }
   async resume(id: string) {
     const sb = this.sandboxes.get(id);
     if (sb?.state !== "paused") throw new FirebreakError("SANDBOX_STATE_INVALID", "not paused");
