@@ -277,6 +277,9 @@ describe("E2B SDK against the in-process control plane", () => {
       assert.equal(ok.status, 200);
       assert.equal(await ok.text(), "hello world");
       assert.match(seen!, /^\/files\?/);
+      // A signature stands for the agent's token on the agent's port only.
+      const other49999 = await fetch(url, { headers: { "e2b-sandbox-port": "49999" } });
+      assert.equal(other49999.status, 401);
       const expired = await fetch(await sb.downloadUrl("hello.txt", { useSignatureExpiration: -10_000 }));
       assert.equal(expired.status, 401);
       assert.deepEqual(await expired.json(), { code: 401, message: "signature is already expired" });
