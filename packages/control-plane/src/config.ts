@@ -62,6 +62,26 @@ export interface ControlPlaneConfig {
    * @default FIREBREAK_PLACEMENT or "cost"
    */
   placement: "cost" | "random";
+  /**
+   * E2B-created sandboxes reach the public internet unless the create says
+   * otherwise (E2B's default). @default FIREBREAK_E2B_INTERNET, else true
+   */
+  e2bInternetDefault: boolean;
+  /**
+   * E2B-created sandboxes' ports are public (no token through ingress) unless
+   * the create sends `allowPublicTraffic: false` (E2B's default).
+   * @default FIREBREAK_E2B_PUBLIC_PORTS, else true
+   */
+  e2bPublicPortsDefault: boolean;
+}
+
+/** A true/false setting from the environment (unset: the default); anything else is refused at start. */
+function flag(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (raw === "true" || raw === "1") return true;
+  if (raw === "false" || raw === "0") return false;
+  throw new Error(`${name} must be true or false, got ${JSON.stringify(raw)}`);
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -103,5 +123,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     templateSyncIntervalMs: 10_000,
     nodeLeaseMs: positive(env, "FIREBREAK_NODE_LEASE_MS", 15_000),
     placement: env["FIREBREAK_PLACEMENT"] === "random" ? "random" : "cost",
+    e2bInternetDefault: flag(env, "FIREBREAK_E2B_INTERNET", true),
+    e2bPublicPortsDefault: flag(env, "FIREBREAK_E2B_PUBLIC_PORTS", true),
   };
 }

@@ -54,6 +54,11 @@ export const API_ERRORS = {
     status: 422,
     description: "A template build failed (spec invalid or a step failed).",
   },
+  NOT_IMPLEMENTED: {
+    status: 501,
+    description:
+      "A feature of the E2B API that Firebreak does not serve (yet); the message names it (E2B routes only).",
+  },
   INTERNAL: { status: 500, description: "An unexpected internal error (logged with the request id)." },
 } as const;
 

@@ -84,6 +84,62 @@ describe("E2B SDK against the control plane", { skip: skipUnlessRoot }, () => {
     assert.equal(recs[0].final, true);
   });
 
+  test("base has E2B's tools; fork, metrics and signed URLs work on real VMs; killing ends a running command at once", async () => {
+    const t = await tenant(admin);
+    process.env["E2B_API_KEY"] = t.key.replace(/^fb_/, "e2b_");
+    process.env["E2B_API_URL"] = srv.url;
+    process.env["E2B_SANDBOX_URL"] = srv.url;
+    const { Sandbox, TimeoutError } = await import("e2b");
+
+    const sandbox = await Sandbox.create({ timeoutMs: 300_000 });
+    ours.push(sandbox.sandboxId);
+    // What E2B's base template has and code relies on.
+    const tools = await sandbox.commands.run(
+      "git --version && curl --version | head -1 && pip --version && python -c 'print(6*7)' && sudo -n whoami",
+      { timeoutMs: 0 }, // pip starts slowly under TCG
+    );
+    assert.match(tools.stdout, /^git version /m);
+    assert.match(tools.stdout, /^curl /m);
+    assert.match(tools.stdout, /^pip /m);
+    assert.match(tools.stdout, /^42$/m);
+    assert.match(tools.stdout, /^root$/m, "sudo without a password for the default user");
+    // E2B's default for its sandboxes: the public internet (as a policy; the test host has none).
+    assert.equal((await t.api.get(`/v1/sandboxes/${sandbox.sandboxId}/network`)).json.policy.internet, true);
+
+    await sandbox.files.write("/home/user/state.txt", "before fork");
+    const [fork] = await sandbox.fork();
+    assert.ok(fork instanceof Sandbox);
+    ours.push(fork.sandboxId);
+    assert.equal(await fork.files.read("/home/user/state.txt"), "before fork");
+    await fork.files.write("/home/user/state.txt", "in fork");
+    assert.equal(await sandbox.files.read("/home/user/state.txt"), "before fork");
+    await fork.kill();
+
+    // A signed URL carries neither the sandbox's id nor its token.
+    const url = await sandbox.downloadUrl("/home/user/state.txt", { useSignatureExpiration: 600 });
+    assert.ok(!url.includes(sandbox.sandboxId));
+    const got = await fetch(url);
+    assert.equal(got.status, 200);
+    assert.equal(await got.text(), "before fork");
+
+    // The sampler takes a point every 5 s.
+    let metrics: Awaited<ReturnType<typeof sandbox.getMetrics>> = [];
+    for (let i = 0; i < 60 && metrics.length === 0; i++) {
+      metrics = await sandbox.getMetrics();
+      if (!metrics.length) await new Promise((r) => setTimeout(r, 1000));
+    }
+    assert.ok(metrics.length > 0);
+    assert.equal(metrics[0]!.cpuCount, 1);
+    assert.ok(metrics[0]!.memUsed > 0 && metrics[0]!.memTotal === 256 * 2 ** 20);
+
+    // Killing the sandbox ends a running command's stream: the SDK sees the sandbox gone.
+    const cmd = await sandbox.commands.run("sleep 600", { background: true });
+    await sandbox.kill();
+    const err = await cmd.wait().catch((e: unknown) => e);
+    assert.ok(err instanceof TimeoutError, String(err));
+    assert.match((err as Error).message, /sandbox was killed or reached its end of life/);
+  });
+
   test("the envd proxy refuses a wrong access token and unknown sandboxes", async () => {
     const t = await tenant(admin);
     const sb = (await t.api.post("/v1/sandboxes", {})).json;

@@ -70,6 +70,26 @@ describe("filesystem service and /files", () => {
     assert.equal(await readFile(join(agent.home, "multi/two.txt"), "utf8"), "two");
   });
 
+  test("multipart upload of a 'file' part without a filename (a form field) writes its text, as envd does", async () => {
+    const form = new FormData();
+    form.append("file", "file content");
+    const up = await fetch(`${agent.baseUrl}/files?path=field.txt`, {
+      method: "POST",
+      headers: headers(),
+      body: form,
+    });
+    assert.equal(up.status, 200);
+    assert.deepEqual(await up.json(), [
+      { path: join(agent.home, "field.txt"), name: "field.txt", type: "file" },
+    ]);
+    assert.equal(await readFile(join(agent.home, "field.txt"), "utf8"), "file content");
+    // Without a path there is nowhere to write it.
+    const none = new FormData();
+    none.append("file", "x");
+    const bad = await fetch(`${agent.baseUrl}/files`, { method: "POST", headers: headers(), body: none });
+    assert.equal(bad.status, 400);
+  });
+
   test("download of a missing file is a 404 with a JSON error", async () => {
     const res = await fetch(`${agent.baseUrl}/files?path=/no/such/file`, { headers: headers() });
     assert.equal(res.status, 404);

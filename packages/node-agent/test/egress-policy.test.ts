@@ -180,6 +180,24 @@ describe("egress policy on a stand-in guest", { skip }, () => {
     assert.ok(!connected(r.connect[0]), r.connect[0]);
   });
 
+  test("internet on resolves every name to its public addresses; private and walled answers stay empty", async () => {
+    const sb = await standIn({ internet: true });
+    const r = await probe(sb.guestNs, {
+      dns: { server: DNS, names: ["api.bad.test", "a.sub.example.test", "db.good.test", "host.good.test"] },
+    });
+    assert.deepEqual(r.dns["api.bad.test"], [world.internet.bad]);
+    assert.deepEqual(r.dns["a.sub.example.test"], [world.internet.sub]);
+    // A tenant's internet is public space only: names that point inside get no address.
+    assert.equal(r.dns["db.good.test"], "ENODATA");
+    assert.equal(r.dns["host.good.test"], "ENODATA");
+    const c = await probe(sb.guestNs, { connect: [{ host: world.internet.bad, port: 443 }] });
+    assert.ok(connected(c.connect[0]), c.connect[0]);
+    // Back to no internet: names are refused again, before the upstream is asked.
+    await egress.update(sb.id, { internet: false });
+    const off = await probe(sb.guestNs, { dns: { server: DNS, names: ["api.bad.test"] } });
+    assert.equal(off.dns["api.bad.test"], "ENOTFOUND");
+  });
+
   test("hard walls: an admin's allow 0.0.0.0/0 and internet on still cannot reach the host, other sandboxes or metadata", async () => {
     const other = await standIn(undefined);
     const sb = await standIn({

@@ -208,6 +208,36 @@ export const ResumeBody = z
   .strict();
 export const ForkBody = z.object({ count: z.number().int().min(1).max(16).default(1) }).strict();
 
+export const MetricsQuery = z.object({
+  start: z
+    .string()
+    .regex(/^\d{1,15}$/, "milliseconds since the epoch")
+    .optional()
+    .openapi({ description: "Earliest point (ms since the epoch)." }),
+  end: z
+    .string()
+    .regex(/^\d{1,15}$/, "milliseconds since the epoch")
+    .optional()
+    .openapi({ description: "Latest point (ms since the epoch)." }),
+});
+
+export const MetricsSchema = z
+  .object({
+    points: z.array(
+      z.object({
+        at: z.string().openapi({ description: "End of the interval the point covers (ISO 8601)." }),
+        intervalMs: z.number(),
+        vcpus: z.number(),
+        cpuUsedPct: z
+          .number()
+          .openapi({ description: "CPU time over the interval, % of the sandbox's vCPUs." }),
+        memoryUsedBytes: z.number().openapi({ description: "Memory charged to the sandbox's cgroup." }),
+        memoryTotalBytes: z.number().openapi({ description: "Guest memory size." }),
+      }),
+    ),
+  })
+  .openapi("SandboxMetrics");
+
 export const EventsSchema = z
   .object({
     events: z.array(

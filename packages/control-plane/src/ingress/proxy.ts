@@ -41,6 +41,8 @@ const TOKEN_HEADERS = new Set([TOKEN_HEADER, E2B_TOKEN_HEADER, ENVD_TOKEN_HEADER
 interface Failure {
   code: ApiErrorCode;
   message: string;
+  /** For sandboxes created through E2B's API: E2B's status and body instead of ours. */
+  e2b?: { status: number; body: Record<string, unknown> };
 }
 
 interface Allowed {
@@ -51,8 +53,11 @@ interface Allowed {
 }
 
 function errorBody(f: Failure, requestId: string): string {
+  if (f.e2b) return JSON.stringify(f.e2b.body);
   return JSON.stringify({ error: { code: f.code, message: f.message, requestId } });
 }
+
+const statusOf = (f: Failure) => f.e2b?.status ?? API_ERRORS[f.code].status;
 
 function newRequestId(req: IncomingMessage): string {
   const incoming = req.headers["x-request-id"];
@@ -73,11 +78,28 @@ export function createIngress(deps: IngressDeps) {
   const { store, sandboxes, log } = deps;
   const match = targetMatcher(deps.domain);
   const publicPorts = publicPortsOf(store);
+  // What ingress holds open to a sandbox (requests, WebSockets) ends when it is
+  // killed or paused: the node's tunnels to it close (NodeDaemonClient.closeSandbox).
   // No keep-alive upstream: sandbox addresses are reused by later sandboxes
   // (as in the envd proxy).
 
   /** The sandbox and port a request may reach, or why not. */
   async function authorize(
+    req: IncomingMessage,
+    t: IngressTarget,
+    upgrade: boolean,
+  ): Promise<Allowed | Failure> {
+    const a = await authorizeNative(req, t, upgrade);
+    if (!("code" in a) || a.code === "NOT_FOUND" || a.code === "INTERNAL") return a;
+    // E2B's answers for its sandboxes (a private port without the traffic token: 403).
+    const settings = await publicPorts.settings(t.sandboxId);
+    if (settings.e2b && (a.code === "UNAUTHENTICATED" || a.code === "FORBIDDEN")) {
+      return { ...a, e2b: { status: 403, body: { code: 403, message: a.message } } };
+    }
+    return a;
+  }
+
+  async function authorizeNative(
     req: IncomingMessage,
     t: IngressTarget,
     upgrade: boolean,
@@ -89,8 +111,22 @@ export function createIngress(deps: IngressDeps) {
     }
     const rec = await store.getSandbox(t.sandboxId);
     if (!rec || isFinalState(rec.state)) {
+      // E2B answers an ended sandbox's URL with 502 and this body (its SDK tests read it).
+      const e2b = rec ? (await publicPorts.settings(rec.id)).e2b : false;
       publicPorts.forget(t.sandboxId);
-      return { code: "NOT_FOUND", message: `no sandbox ${t.sandboxId} (unknown or ended)` };
+      const message = `no sandbox ${t.sandboxId} (unknown or ended)`;
+      return {
+        code: "NOT_FOUND",
+        message,
+        ...(e2b
+          ? {
+              e2b: {
+                status: 502,
+                body: { code: 502, message: "The sandbox was not found", sandboxId: rec!.id },
+              },
+            }
+          : {}),
+      };
     }
     let setCookie: string | undefined;
     // SECURITY: a token is required unless the sandbox made this port public.
@@ -118,6 +154,22 @@ export function createIngress(deps: IngressDeps) {
       if (t.queryToken !== undefined && header === undefined) {
         const cookiePath = t.prefix ?? "/";
         setCookie = `${TOKEN_COOKIE}=${encodeURIComponent(t.queryToken)}; Path=${cookiePath}; HttpOnly; SameSite=Lax`;
+      }
+    }
+    if (rec.state === "paused" && (await publicPorts.settings(rec.id)).autoResume) {
+      // E2B's autoResume: traffic to a paused sandbox wakes it (for its tenant, under its quotas).
+      const tenant = await store.getTenant(rec.tenantId);
+      if (tenant) {
+        try {
+          const resumed = await sandboxes.resume({ keyId: "ingress", tenant }, rec.id);
+          return { rec: resumed, port: t.port, ...(setCookie ? { setCookie } : {}) };
+        } catch (e) {
+          // Another request resumed it meanwhile: go on with it.
+          const now = await store.getSandbox(rec.id);
+          if (now?.state === "running")
+            return { rec: now, port: t.port, ...(setCookie ? { setCookie } : {}) };
+          log.warn({ sandboxId: rec.id, err: (e as Error).message }, "auto-resume failed");
+        }
       }
     }
     if (rec.state !== "running") {
@@ -149,13 +201,20 @@ export function createIngress(deps: IngressDeps) {
     return headers;
   }
 
+  /** E2B's maskRequestHost: the Host header the app sees (`${PORT}` replaced by the port). */
+  async function maskHost(headers: http.OutgoingHttpHeaders, a: Allowed): Promise<void> {
+    const mask = (await publicPorts.settings(a.rec.id)).maskRequestHost;
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: E2B's literal placeholder
+    if (mask !== undefined) headers["host"] = mask.replaceAll("${PORT}", String(a.port));
+  }
+
   function fail(res: ServerResponse, f: Failure, requestId: string): void {
     if (res.headersSent) {
       res.destroy();
       return;
     }
     const body = errorBody(f, requestId);
-    res.writeHead(API_ERRORS[f.code].status, {
+    res.writeHead(statusOf(f), {
       "content-type": "application/json",
       "content-length": Buffer.byteLength(body),
       "x-request-id": requestId,
@@ -164,7 +223,7 @@ export function createIngress(deps: IngressDeps) {
   }
 
   function failRaw(socket: Duplex, f: Failure, requestId: string): void {
-    const status = API_ERRORS[f.code].status;
+    const status = statusOf(f);
     const body = errorBody(f, requestId);
     socket.end(
       `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ""}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
@@ -226,7 +285,9 @@ export function createIngress(deps: IngressDeps) {
         return fail(res, allowed, requestId);
       }
       const setCookie = allowed.setCookie;
-      relayHttp(req, res, target(req, t, allowed, false), what(t), {
+      const relayTarget = target(req, t, allowed, false);
+      await maskHost(relayTarget.headers, allowed);
+      relayHttp(req, res, relayTarget, what(t), {
         fail: (f) => fail(res, f, requestId),
         editHeaders: (h) => {
           // SECURITY: the app cannot set, replace or shadow the ingress cookie.
@@ -261,7 +322,9 @@ export function createIngress(deps: IngressDeps) {
         return failRaw(socket, { code: "INTERNAL", message: "internal error" }, requestId);
       }
       if ("code" in allowed) return failRaw(socket, allowed, requestId);
-      const upstream = openGuest(target(req, t, allowed, true), req.method);
+      const relayTarget = target(req, t, allowed, true);
+      await maskHost(relayTarget.headers, allowed);
+      const upstream = openGuest(relayTarget, req.method);
       // INVARIANT: set once the client has been answered (relayed head or error).
       let answered = false;
       const failOnce = (f: Failure) => {

@@ -33,6 +33,8 @@ export interface NodeCreateRequest {
   diskMib?: number;
   /** The control plane's id (node logs and traces). */
   platformId?: string;
+  /** Start from this node's named snapshot (snapshotOf) instead of the template's image. */
+  fromSnapshot?: string;
 }
 
 /** Billed traffic classes: internet, private (allowed private ranges and bound services), sandbox (sandbox networks), ingress. */
@@ -105,6 +107,20 @@ export interface NodeClient {
   pause(id: string): Promise<UsageSample | undefined>;
   resume(id: string): Promise<{ path: NodeStartPath; totalMs: number }>;
   fork(id: string, count: number): Promise<NodeSandboxInfo[]>;
+  /**
+   * Saves a running sandbox as a named snapshot (memory and disk) that any
+   * number of sandboxes can start from (create `fromSnapshot`); the sandbox
+   * keeps running. Absent on nodes that cannot (the E2B route answers 501).
+   */
+  snapshotOf?(id: string): Promise<{ snapshotId: string }>;
+  /** Deletes a named snapshot; false when the node has none of that id. */
+  deleteSnapshot?(snapshotId: string): Promise<boolean>;
+  /**
+   * Closes every connection this client holds open to a sandbox that ended
+   * without a kill through it (crashed, its node lost, ended by another
+   * replica): what kill and pause do themselves.
+   */
+  closeTunnels?(id: string): void;
   /** States of many sandboxes in one call (an id the node does not know is `gone`). */
   status(ids: string[]): Promise<Map<string, NodeSandboxStatus>>;
   /** Usage samples of many sandboxes (absent: paused or gone). */

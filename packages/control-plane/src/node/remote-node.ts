@@ -56,7 +56,19 @@ export class RemoteNode implements NodeClient {
     return r;
   }
 
+  // SEAM (named snapshots): the node daemon's API takes none yet, so this
+  // client has no snapshotOf/deleteSnapshot (NodeClient marks them optional)
+  // and E2B's snapshot routes answer 501 NOT_IMPLEMENTED. When the daemon
+  // gains them, add both methods here and pass `fromSnapshot` on in create.
+
   async create(req: NodeCreateRequest): Promise<NodeSandboxInfo> {
+    if (req.fromSnapshot !== undefined) {
+      // INVARIANT: a create from a snapshot never quietly starts from the template.
+      throw new FirebreakError(
+        "SANDBOX_STATE_INVALID",
+        `node ${this.id} takes no named snapshots, so it cannot start from ${req.fromSnapshot}`,
+      );
+    }
     const s = await this.#client.create({
       template: req.template,
       shape: { vcpus: req.vcpus, memoryMib: req.memoryMib },
@@ -115,6 +127,11 @@ export class RemoteNode implements NodeClient {
     const last = sampleOf(await this.#client.pause(id));
     this.#client.closeSandbox(id); // its connections died with its network
     return last;
+  }
+
+  closeTunnels(id: string): void {
+    this.#client.closeSandbox(id);
+    this.#tokens.delete(id);
   }
 
   resume(id: string) {

@@ -36,6 +36,7 @@ import {
   type UsageRecord,
 } from "../store/store.ts";
 import { Meter } from "../usage/meter.ts";
+import { MetricsSeries } from "../usage/metrics-series.ts";
 import { assertTransition, stateAfterLoss } from "./state.ts";
 import { TemplateAccess } from "./templates.ts";
 
@@ -67,7 +68,19 @@ export interface CreateRequest {
   parentToken?: string | undefined;
   /** Egress policy (validated again here); the tenant is always the caller's. */
   networkPolicy?: EgressPolicy | undefined;
+  /** Start from a snapshot of a sandbox (on the node that holds it) instead of the template's image. */
+  fromSnapshot?: { nodeId: string; snapshotId: string } | undefined;
+  /** What the reaper does when the timeout passes. @default "kill" */
+  onTimeout?: TimeoutAction | undefined;
 }
+
+/** What the reaper does with a running sandbox whose timeout passed (E2B's autoPause: "pause"). */
+export type TimeoutAction = "kill" | "pause";
+/** Event that records a sandbox's timeout action (detail `{onTimeout}`); the latest one holds. */
+export const LIFECYCLE_EVENT = "lifecycle";
+
+/** A sandbox stopped running here: it ended, or was paused (its VM is gone either way). */
+export type StoppedListener = (sandboxId: string, why: "ended" | "paused") => void;
 
 const iso = (ms = Date.now()) => new Date(ms).toISOString();
 
@@ -90,6 +103,30 @@ export class SandboxService {
   readonly #pausing = new Set<{ tenantId: string; memoryMib: number }>();
   /** Who may read, build and delete which template. */
   readonly templates: TemplateAccess;
+  /** Per-sandbox CPU and memory series from the sampler (usage/metrics-series.ts). */
+  readonly metrics = new MetricsSeries();
+  readonly #stopped = new Set<StoppedListener>();
+  /** Timeout actions other than kill, by sandbox (cache of the lifecycle events). */
+  readonly #onTimeout = new Map<string, TimeoutAction>();
+
+  /**
+   * Calls `fn` whenever a sandbox stops running (ended or paused), so proxies
+   * can close what they hold open to it. Returns the unsubscribe function.
+   */
+  onStopped(fn: StoppedListener): () => void {
+    this.#stopped.add(fn);
+    return () => this.#stopped.delete(fn);
+  }
+
+  #notifyStopped(id: string, why: "ended" | "paused"): void {
+    for (const fn of this.#stopped) {
+      try {
+        fn(id, why);
+      } catch (e) {
+        this.#log.error({ sandboxId: id, err: e }, "stopped listener failed");
+      }
+    }
+  }
 
   constructor(store: Store, nodes: NodeDirectory, config: ControlPlaneConfig, log: Logger) {
     this.#store = store;
@@ -259,9 +296,10 @@ export class SandboxService {
   }
 
   /**
-   * An HTTP request to a port inside a running sandbox, through its node's
-   * byte tunnel (headers go as given); undefined when it is not
-   * running. The caller writes the body and reads the answer.
+   * An HTTP request to a port inside a running sandbox, over a byte tunnel
+   * through its node (which adds nothing: the caller sends the agent's token
+   * on its port); undefined when it is not running. The caller writes the
+   * body and reads the answer.
    */
   portRequest(
     rec: SandboxRecord,
@@ -301,7 +339,8 @@ export class SandboxService {
       }
     }
     // INVARIANT: another tenant's template answers exactly like a missing one.
-    if (!(await this.templates.readable(req.template, caller))) {
+    // (A snapshot's template was checked when its source sandbox was created.)
+    if (!req.fromSnapshot && !(await this.templates.readable(req.template, caller))) {
       throw new ApiError(
         "TEMPLATE_NOT_FOUND",
         `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates`,
@@ -330,10 +369,12 @@ export class SandboxService {
       memoryOvercommit: this.#config.memoryOvercommit,
       reservedMemoryMib: 0,
     };
+    // A create from a named snapshot goes to the node that holds it.
+    const views = this.#nodes.views().filter((v) => !req.fromSnapshot || v.id === req.fromSnapshot.nodeId);
     const placement =
       this.#config.placement === "random"
-        ? placeRandomly(this.#nodes.views(), want, Math.random, capacity)
-        : place(this.#nodes.views(), want, capacity);
+        ? placeRandomly(views, want, Math.random, capacity)
+        : place(views, want, capacity);
     const candidates = placement.candidates;
     if (!candidates.length) {
       throw new ApiError(
@@ -404,7 +445,12 @@ export class SandboxService {
       timeoutMs: req.timeoutMs,
       key: caller.keyId,
       ...(parent ? { parentId: parent.id, rootId: rec.rootId } : {}),
+      ...(req.fromSnapshot ? { fromSnapshot: req.fromSnapshot.snapshotId } : {}),
     });
+    if (req.onTimeout && req.onTimeout !== "kill") {
+      this.#onTimeout.set(id, req.onTimeout);
+      await this.#event(id, LIFECYCLE_EVENT, { onTimeout: req.onTimeout });
+    }
     const meter = new Meter();
     this.#meters.set(id, meter);
     await this.#store.putInterimUsage(this.#usage(rec, meter, Date.now(), false));
@@ -438,6 +484,7 @@ export class SandboxService {
               }
             : {}),
           platformId: id,
+          ...(req.fromSnapshot ? { fromSnapshot: req.fromSnapshot.snapshotId } : {}),
         };
         // A node that does not answer, or has no room after all, hands the
         // create to the next candidate (same sandbox record, billed once).
@@ -538,6 +585,18 @@ export class SandboxService {
       this.#usage(rec, meter, endMs, true, reason),
     );
     this.#meters.delete(rec.id);
+    this.metrics.forget(rec.id);
+    this.#onTimeout.delete(rec.id);
+    this.#notifyStopped(rec.id, "ended");
+    // INVARIANT: nothing this replica holds open to an ended sandbox stays
+    // open, however it ended (a kill closed them already; a crash did not).
+    if (rec.nodeSandboxId) {
+      try {
+        this.#nodeOf(rec).closeTunnels?.(rec.nodeSandboxId);
+      } catch (e) {
+        this.#log.warn({ sandboxId: rec.id, err: (e as Error).message }, "tunnels not closed");
+      }
+    }
     if (ended) {
       await this.#event(rec.id, "state", { from: rec.state, to: state, reason });
       await this.#event(rec.id, "ended", { state, reason, by });
@@ -693,6 +752,8 @@ export class SandboxService {
           });
         if (sample) meter.add(sample);
         meter.suspend();
+        this.metrics.rebase(id);
+        this.#notifyStopped(id, "paused");
         this.#meters.set(id, meter);
         // INVARIANT: paused sandboxes do not time out (timeoutAt null); resume restarts the
         // timeout. The reaper ends them after the paused retention instead (reap).
@@ -814,6 +875,44 @@ export class SandboxService {
     }
   }
 
+  /**
+   * Saves a running sandbox as a node snapshot (the sandbox keeps running).
+   * NOT_IMPLEMENTED when its node cannot take named snapshots.
+   */
+  async snapshot(
+    caller: Caller,
+    id: string,
+  ): Promise<{ nodeId: string; snapshotId: string; source: SandboxRecord }> {
+    await this.get(caller.tenant.id, id);
+    return this.#withLock(id, async () => {
+      const rec = await this.get(caller.tenant.id, id);
+      if (rec.state !== "running" || !rec.nodeSandboxId) {
+        throw new ApiError("CONFLICT", `cannot snapshot sandbox ${id}: it is ${rec.state}`);
+      }
+      const node = this.#nodeOf(rec);
+      if (!node.snapshotOf) {
+        throw new ApiError(
+          "NOT_IMPLEMENTED",
+          `snapshots of a running sandbox: node ${node.id} does not take named snapshots yet`,
+        );
+      }
+      const { snapshotId } = await node.snapshotOf(rec.nodeSandboxId).catch((e) => {
+        throw toApiError(e);
+      });
+      await this.#event(id, "snapshot", { snapshotId, node: node.id, key: caller.keyId });
+      return { nodeId: node.id, snapshotId, source: rec };
+    });
+  }
+
+  /** Deletes a node snapshot; false when the node has none of that id. */
+  async deleteSnapshot(nodeId: string, snapshotId: string): Promise<boolean> {
+    const node = this.#nodes.node(nodeId);
+    if (!node.deleteSnapshot) return false;
+    return node.deleteSnapshot(snapshotId).catch((e) => {
+      throw toApiError(e);
+    });
+  }
+
   // ---------------------------------------------------------------- background: reaper, sampler, recovery
 
   /**
@@ -886,6 +985,7 @@ export class SandboxService {
     if (!sample) return;
     const meter = await this.#meterOf(rec.id);
     meter.add(sample);
+    this.metrics.record(rec.id, sample, rec);
     await this.#store.putInterimUsage(this.#usage(rec, meter, sample.at, false));
   }
 
@@ -953,9 +1053,7 @@ export class SandboxService {
       );
       await Promise.all([
         ...expired.map((r) =>
-          this.#kill(r.id, "reaper", "timeout").catch((e) =>
-            this.#log.error({ sandboxId: r.id, err: e }, "reaper kill failed"),
-          ),
+          this.#expire(r).catch((e) => this.#log.error({ sandboxId: r.id, err: e }, "reaper kill failed")),
         ),
         ...stale.map((r) =>
           this.#kill(r.id, "reaper", "paused_retention").catch((e) =>
@@ -968,11 +1066,6 @@ export class SandboxService {
     }
   }
 
-  /**
-   * Starts the reaper and the sampler. With several replicas on one store,
-   * `runsBackgroundWork` says whether this one should run a pass now (it holds
-   * that pass's lease, store/leader.ts). @default every pass runs
-   */
   // ---------------------------------------------------------------- nodes: leases, loss, return, templates
 
   /**
@@ -1083,6 +1176,45 @@ export class SandboxService {
     }
   }
 
+  /** The timeout action of a sandbox: its lifecycle event (cached), else kill. */
+  async #timeoutAction(id: string): Promise<TimeoutAction> {
+    const cached = this.#onTimeout.get(id);
+    if (cached) return cached;
+    const events = await this.#store.listEvents(id);
+    const last = events.filter((e) => e.type === LIFECYCLE_EVENT).at(-1);
+    const action = last?.detail["onTimeout"] === "pause" ? "pause" : "kill";
+    if (action !== "kill") this.#onTimeout.set(id, action);
+    return action;
+  }
+
+  /**
+   * A running sandbox whose timeout passed: paused when it asked for that
+   * (E2B's autoPause; a pause that fails, for example over the paused quota,
+   * kills it instead), else killed.
+   */
+  async #expire(r: SandboxRecord): Promise<void> {
+    if ((await this.#timeoutAction(r.id)) === "pause") {
+      const tenant = await this.#store.getTenant(r.tenantId);
+      if (tenant) {
+        try {
+          await this.pause({ keyId: "reaper", tenant }, r.id);
+          await this.#event(r.id, "auto_paused", { reason: "timeout" });
+          return;
+        } catch (e) {
+          // Paused or ended meanwhile (another reaper pass, a request): nothing to do.
+          if ((await this.#store.getSandbox(r.id))?.state !== "running") return;
+          this.#log.warn({ sandboxId: r.id, err: (e as Error).message }, "auto-pause failed; killing");
+        }
+      }
+    }
+    await this.#kill(r.id, "reaper", "timeout");
+  }
+
+  /**
+   * Starts the reaper and the sampler. With several replicas on one store,
+   * `runsBackgroundWork` says whether this one should run a pass now (it holds
+   * that pass's lease, store/leader.ts). @default every pass runs
+   */
   start(
     opts: { runsBackgroundWork?: (pass: "reaper" | "sampler" | "nodes" | "templates") => boolean } = {},
   ): void {

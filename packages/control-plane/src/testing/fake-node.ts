@@ -1,6 +1,7 @@
 // Test support: a NodeClient without VMs, for in-process API tests.
 
 import http from "node:http";
+import type { Socket } from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type EgressPolicy,
@@ -52,6 +53,11 @@ export class FakeNode implements NodeClient {
   readonly warm = new Map<string, Record<string, number>>();
   /** Set by tests: the node does not answer (every call fails NODE_UNAVAILABLE). */
   down = false;
+  /** Named snapshots (snapshotOf): snapshot id -> the node sandbox it was taken of. */
+  readonly snapshots = new Map<string, { of: string; template: string }>();
+  /** The snapshot each sandbox started from (create fromSnapshot). */
+  readonly startedFrom = new Map<string, string>();
+  #snap = 0;
 
   constructor(id = "fake") {
     this.id = id;
@@ -102,6 +108,10 @@ export class FakeNode implements NodeClient {
     this.lastEnv = req.envVars ?? {};
     const policy = normalizePolicy(network?.policy ?? {});
     for (const name of policy.services) (await this.#services()).resolveBinding(name, network?.tenant);
+    const fromSnapshot = "fromSnapshot" in req ? req.fromSnapshot : undefined;
+    if (fromSnapshot !== undefined && !this.snapshots.has(fromSnapshot)) {
+      throw new FirebreakError("SANDBOX_NOT_FOUND", `no snapshot ${fromSnapshot} on node ${this.id}`);
+    }
     if (!this.templates.has(req.template)) throw new FirebreakError("TEMPLATE_NOT_FOUND", "no such template");
     await new Promise((r) => setTimeout(r, this.createDelayMs));
     if (this.failNextCreate) {
@@ -118,6 +128,10 @@ export class FakeNode implements NodeClient {
       ...("vcpus" in req ? { vcpus: req.vcpus, memoryMib: req.memoryMib } : {}),
     });
     this.policies.set(id, { policy, tenant: network?.tenant ?? "" });
+    if (fromSnapshot !== undefined) {
+      this.startedFrom.set(id, fromSnapshot);
+      return { id, accessToken: token, path: "snapshot", totalMs: 1, phases: { restore: 1 }, policy };
+    }
     const shape = "vcpus" in req ? `${req.vcpus}x${req.memoryMib}` : "1x256";
     const warm = this.warm.get(req.template);
     if (warm && (warm[shape] ?? 0) > 0) {
@@ -130,6 +144,7 @@ export class FakeNode implements NodeClient {
     this.#up();
     const s = await this.usageSample(id);
     this.sandboxes.delete(id);
+    this.#closeTunnels(id);
     return s;
   }
   async pause(id: string): Promise<UsageSample | undefined> {
@@ -138,7 +153,11 @@ export class FakeNode implements NodeClient {
     const sb = this.sandboxes.get(id);
     if (sb?.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
     sb.state = "paused";
+    this.#closeTunnels(id);
     return s;
+  }
+  closeTunnels(id: string): void {
+    this.#closeTunnels(id);
   }
   async resume(id: string) {
     const sb = this.sandboxes.get(id);
@@ -163,6 +182,18 @@ export class FakeNode implements NodeClient {
       );
     }
     return out;
+  }
+  async snapshotOf(id: string): Promise<{ snapshotId: string }> {
+    this.#up();
+    const sb = this.sandboxes.get(id);
+    if (sb?.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
+    const snapshotId = `fsnap${++this.#snap}`;
+    this.snapshots.set(snapshotId, { of: id, template: "base" });
+    return { snapshotId };
+  }
+  async deleteSnapshot(snapshotId: string): Promise<boolean> {
+    this.#up();
+    return this.snapshots.delete(snapshotId);
   }
   #status(id: string): NodeSandboxStatus {
     const sb = this.sandboxes.get(id);
@@ -275,10 +306,19 @@ export class FakeNode implements NodeClient {
       return envdClient(g.address, this.sandboxes.get(id)!.token, user, { ...g.options, port: g.envdPort });
     return this.#emptyAgent();
   }
+  /** Connections open to each sandbox's ports (portRequest), as a node client's tunnels. */
+  readonly #tunnels = new Map<string, Set<Socket>>();
+  /** Kill and pause close every connection to the sandbox, as RemoteNode does. */
+  #closeTunnels(id: string): void {
+    const open = this.#tunnels.get(id);
+    this.#tunnels.delete(id);
+    for (const socket of open ?? []) socket.destroy();
+  }
   /**
    * A request to a port inside the sandbox: to the stand-in guest when one is
-   * set (the agent's port is `envdPort`), with the token added for the agent
-   * as the real node does; else nothing listens (connection refused).
+   * set (the agent's port is `envdPort`), headers as given (the real node's
+   * tunnel adds nothing, the agent's token included); else nothing listens
+   * (connection refused).
    */
   portRequest(
     id: string,
@@ -287,18 +327,30 @@ export class FakeNode implements NodeClient {
     init: { method?: string; headers?: http.OutgoingHttpHeaders; maxHeaderSize?: number } = {},
   ): http.ClientRequest {
     const g = this.#guestOf(id);
-    const headers: http.OutgoingHttpHeaders = { ...init.headers };
     const agentPort = port === 49983;
-    if (agentPort) headers["x-access-token"] = this.sandboxes.get(id)?.token ?? "";
-    return http.request({
+    const req = http.request({
       host: g?.address ?? "127.0.0.1",
       port: g ? (agentPort ? g.envdPort : port) : 1,
       method: init.method ?? "GET",
       path: pathAndQuery,
-      headers,
+      headers: { ...init.headers },
       agent: false,
       ...(init.maxHeaderSize ? { maxHeaderSize: init.maxHeaderSize } : {}),
     });
+    req.once("socket", (socket) => {
+      let open = this.#tunnels.get(id);
+      if (!open) {
+        open = new Set();
+        this.#tunnels.set(id, open);
+      }
+      const set = open;
+      set.add(socket);
+      socket.once("close", () => {
+        set.delete(socket);
+        if (!set.size && this.#tunnels.get(id) === set) this.#tunnels.delete(id);
+      });
+    });
+    return req;
   }
   /** Fake images: the template name in the body; another fake node installs it. */
   async exportTemplate(name: string): Promise<http.IncomingMessage> {

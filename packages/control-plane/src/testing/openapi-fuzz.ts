@@ -484,7 +484,7 @@ export async function sendFuzzRequest(
 /**
  * What every answer must satisfy; a message when it does not.
  * INVARIANT (docs/API.md, Errors): no 5xx but the documented 503s (CAPACITY_EXHAUSTED,
- * NODE_UNAVAILABLE), and with
+ * NODE_UNAVAILABLE), E2B's 501 for features not served, and with
  * `allowSandbox502` the 502s that come from a sandbox itself; errors in the
  * native or E2B shape; /v1 answers as /openapi.json documents them.
  */
@@ -507,7 +507,9 @@ export function checkOutcome(
       opts.allowSandbox502 === true &&
       o.status === 502 &&
       (code === "AGENT_ERROR" || code === "SANDBOX_BOOT_FAILED" || code === 502);
-    if (!capacity && !sandbox) return `${o.status} ${o.text.slice(0, 300)}`;
+    // E2B features Firebreak does not serve answer 501 in E2B's shape, naming the feature.
+    const notServed = o.status === 501 && code === 501;
+    if (!capacity && !sandbox && !notServed) return `${o.status} ${o.text.slice(0, 300)}`;
   }
   if (o.status >= 400) {
     const nativeOk =

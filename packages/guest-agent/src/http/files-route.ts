@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { basename } from "node:path";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type { Busboy } from "busboy";
@@ -113,12 +113,7 @@ export async function uploadFiles(
   const seen = new Set<string>();
   const writes: Promise<void>[] = [];
   let failure: { status: number; message: string } | undefined;
-  parser.on("file", (field, stream, info) => {
-    const target = rawPath || info.filename;
-    if (field !== "file" || failure) {
-      stream.resume();
-      return;
-    }
+  const accept = (target: string | null | undefined, stream: Readable) => {
     if (!target) {
       failure = { status: 400, message: "query parameter 'path' or a part filename is required" };
       stream.resume();
@@ -144,6 +139,27 @@ export async function uploadFiles(
         },
       ),
     );
+  };
+  parser.on("file", (field, stream, info) => {
+    if (field !== "file" || failure) {
+      stream.resume();
+      return;
+    }
+    accept(rawPath || info.filename, stream);
+  });
+  // A `file` part without a filename (a form field, as `form.append("file", "text")`
+  // sends it) is the file's content too, as envd takes it; busboy buffers such
+  // parts up to its field limit (1 MiB).
+  parser.on("field", (field, value, info) => {
+    if (field !== "file" || failure) return;
+    if (info.valueTruncated) {
+      failure = {
+        status: 413,
+        message: "a 'file' part without a filename is limited to 1 MiB; send it with a filename",
+      };
+      return;
+    }
+    accept(rawPath, Readable.from([Buffer.from(value)]));
   });
   try {
     await pipeline(req, parser);

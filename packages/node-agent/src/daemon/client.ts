@@ -1,5 +1,5 @@
-// A client of one node daemon (server.ts): the typed actions, the sandbox
-// port proxy, and clients for a sandbox's guest agent through that proxy.
+// A client of one node daemon (server.ts): the typed actions, byte tunnels to
+// sandbox ports, and clients for a sandbox's guest agent over those tunnels.
 // Used by the control plane (RemoteNode) and by local CLI commands.
 import http from "node:http";
 import https from "node:https";
@@ -33,7 +33,7 @@ const { Node } = nodePb;
 export interface EnvdThroughNode {
   process: Client<typeof Process>;
   filesystem: Client<typeof Filesystem>;
-  /** Plain HTTP against the agent's REST routes (/files, /health); the node adds the token. */
+  /** Plain HTTP against the agent's REST routes (/files, /health); the token is added here. */
   fetch: (pathAndQuery: string, init?: RequestInit) => Promise<Response>;
 }
 
@@ -318,6 +318,7 @@ export class NodeDaemonClient {
       });
       req.on("upgrade", (_res, socket, head) => {
         if (head.length) socket.unshift(head);
+        this.#track(id, socket);
         resolve(socket);
       });
       req.on("response", (res) => {
@@ -347,6 +348,22 @@ export class NodeDaemonClient {
   }
 
   readonly #tunnels = new Map<string, http.Agent>();
+  /** Every tunnel open to each sandbox, pooled or not (an upgraded connection leaves its agent). */
+  readonly #open = new Map<string, Set<Duplex>>();
+
+  #track(id: string, socket: Duplex): void {
+    let set = this.#open.get(id);
+    if (!set) {
+      set = new Set();
+      this.#open.set(id, set);
+    }
+    const mine = set;
+    mine.add(socket);
+    socket.once("close", () => {
+      mine.delete(socket);
+      if (!mine.size && this.#open.get(id) === mine) this.#open.delete(id);
+    });
+  }
 
   /**
    * An HTTP agent whose connections are tunnels to a sandbox port (kept
@@ -375,13 +392,21 @@ export class NodeDaemonClient {
     return agent;
   }
 
-  /** Closes every connection to a sandbox (it ended): in-flight streams end now. */
+  /**
+   * Closes every connection to a sandbox (it was killed or paused): in-flight
+   * streams end now, through the envd proxy and ingress alike, including
+   * upgraded ones (WebSockets), which no agent holds any more.
+   * INVARIANT: nothing this client opened to a stopped sandbox stays open.
+   */
   closeSandbox(id: string): void {
     for (const [key, agent] of this.#tunnels) {
       if (!key.startsWith(`${id}:`)) continue;
       agent.destroy();
       this.#tunnels.delete(key);
     }
+    const open = this.#open.get(id);
+    this.#open.delete(id);
+    for (const socket of open ?? []) socket.destroy();
   }
 
   /**
@@ -566,6 +591,8 @@ export class NodeDaemonClient {
     this.#agent.destroy();
     for (const a of this.#tunnels.values()) a.destroy();
     this.#tunnels.clear();
+    for (const set of this.#open.values()) for (const socket of set) socket.destroy();
+    this.#open.clear();
   }
 }
 

@@ -396,6 +396,12 @@ function tunnel(
     if (head.length) upstream.write(head);
     upstream.on("close", () => socket.destroy());
     socket.on("close", () => upstream.destroy());
+    // INVARIANT: a tunnel lasts no longer than its client's side. The control
+    // plane never half-closes one (it destroys it: a request aborted, the
+    // sandbox killed or paused), so its end closes the guest's side at once,
+    // never a FIN that waits for the guest: a killed VM never answers it and
+    // a hostile guest would not, and either would hold this socket open.
+    socket.once("end", () => upstream.destroy());
     socket.pipe(upstream);
     upstream.pipe(socket);
   });

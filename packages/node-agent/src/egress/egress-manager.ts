@@ -644,7 +644,9 @@ export class EgressManager {
       if (question.type !== "A") return reply(q, RCODE.NOERROR);
       return reply(q, RCODE.NOERROR, [{ type: "A", name: question.name, ttl: 5, class: "IN", data: peer }]);
     }
-    if (!domainAllowed(st.policy.allowDomains, name)) {
+    // `internet: true` is the public internet by name too: every name is asked
+    // upstream, and only public answers reach the guest (#classify below).
+    if (!st.policy.internet && !domainAllowed(st.policy.allowDomains, name)) {
       st.dnsRefused++;
       return reply(q, RCODE.NXDOMAIN);
     }
@@ -713,7 +715,8 @@ export class EgressManager {
       // Nothing usable is left: answer like an upstream with no address for the name (NODATA).
       return reply(q, RCODE.NOERROR);
     }
-    if (elements.length) {
+    // With the internet allowed, public addresses pass the firewall without a set entry.
+    if (elements.length && !policy.internet) {
       await this.#admit(st, name, elements);
       for (const e of elements) e.rec.ttl = e.timeoutS;
       // A policy update that landed meanwhile took the name away: those addresses are not admitted.

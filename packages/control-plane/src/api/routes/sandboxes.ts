@@ -1,4 +1,4 @@
-// /v1/sandboxes: create, list, get, kill, timeout, pause, resume, fork, events.
+// /v1/sandboxes: create, list, get, kill, timeout, pause, resume, fork, events, metrics.
 
 import type { EgressPolicy } from "@firebreak/node-agent";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
@@ -15,6 +15,8 @@ import {
   EventsSchema,
   ForkBody,
   ListSandboxesQuery,
+  MetricsQuery,
+  MetricsSchema,
   NetworkSchema,
   PutNetworkBody,
   ResumeBody,
@@ -335,6 +337,31 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       return c.json({ events: await sb.events(caller.tenant.id, c.req.valid("param").id) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/sandboxes/{id}/metrics",
+      tags,
+      security,
+      summary: "CPU and memory of the sandbox over time",
+      description:
+        "One point per usage sample (every 5 s while it runs), the last hour at most, kept in the control plane's memory: a restart starts the series again.",
+      request: { params: SandboxIdParam, query: MetricsQuery },
+      responses: { 200: json(MetricsSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const rec = await sb.get(caller.tenant.id, c.req.valid("param").id);
+      const q = c.req.valid("query");
+      const points = sb.metrics.range(
+        rec.id,
+        q.start !== undefined ? Number(q.start) : 0,
+        q.end !== undefined ? Number(q.end) : Number.POSITIVE_INFINITY,
+      );
+      return c.json({ points: points.map((p) => ({ ...p, at: new Date(p.at).toISOString() })) }, 200);
     },
   );
 }
