@@ -113,7 +113,34 @@ async function call<T>(fn: () => Promise<T> | T): Promise<T> {
   }
 }
 
-function routes(svc: NodeService) {
+/**
+ * Open tunnels per sandbox. A killed or paused guest answers nothing more (its
+ * namespace is gone, so no FIN or RST ever comes): its tunnels are ended by
+ * the node, and every tunnel ends when the daemon closes (http.Server's
+ * closeAllConnections does not see upgraded sockets, so close() waited on them).
+ */
+class Tunnels {
+  readonly #open = new Map<string, Set<Duplex>>();
+  add(id: string, ...sockets: Duplex[]): void {
+    const set = this.#open.get(id) ?? new Set<Duplex>();
+    this.#open.set(id, set);
+    for (const s of sockets) {
+      set.add(s);
+      s.once("close", () => {
+        set.delete(s);
+        if (!set.size && this.#open.get(id) === set) this.#open.delete(id);
+      });
+    }
+  }
+  end(id: string): void {
+    for (const s of this.#open.get(id) ?? []) s.destroy();
+  }
+  endAll(): void {
+    for (const id of [...this.#open.keys()]) this.end(id);
+  }
+}
+
+function routes(svc: NodeService, tunnels: Tunnels) {
   return (router: ConnectRouter) =>
     router.service(Node, {
       report: () =>
@@ -143,11 +170,13 @@ function routes(svc: NodeService) {
       kill: (req) =>
         call(async () => {
           const last = usageOut(await svc.kill(req.id, req.reason || "killed"));
+          tunnels.end(req.id);
           return create(nodePb.KillResponseSchema, last ? { last } : {});
         }),
       pause: (req) =>
         call(async () => {
           const last = usageOut(await svc.pause(req.id));
+          tunnels.end(req.id);
           return create(nodePb.KillResponseSchema, last ? { last } : {});
         }),
       resume: (req) => call(async () => create(nodePb.ResumeResponseSchema, await svc.resume(req.id))),
@@ -339,7 +368,13 @@ export const TUNNEL_ERROR_HEADER = "x-firebreak-tunnel-error";
  * nothing of what flows: the control plane speaks HTTP to the guest through
  * it and applies its own checks to the guest's answers (relay/http-relay.ts).
  */
-function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+function tunnel(
+  svc: NodeService,
+  tunnels: Tunnels,
+  req: http.IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+): void {
   const refuse = (status: number, why: string): void => {
     socket.end(`HTTP/1.1 ${status} Refused\r\n${TUNNEL_ERROR_HEADER}: ${why}\r\nconnection: close\r\n\r\n`);
   };
@@ -360,6 +395,7 @@ function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, hea
     return;
   }
   const upstream = net.connect({ host, port });
+  tunnels.add(m[1]!, socket, upstream);
   upstream.setNoDelay(true);
   const onError = (e: NodeJS.ErrnoException) => {
     upstream.destroy();
@@ -416,7 +452,11 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const secret = Buffer.from(opts.secret);
   if (secret.length < 32)
     throw new FirebreakError("INTERNAL", "the node credential must be at least 32 characters");
-  const connect = connectNodeAdapter({ routes: routes(opts.service), readMaxBytes: 64 * 1024 * 1024 });
+  const tunnels = new Tunnels();
+  const connect = connectNodeAdapter({
+    routes: routes(opts.service, tunnels),
+    readMaxBytes: 64 * 1024 * 1024,
+  });
   const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
     if (!bearerOk(req, secret)) {
       res.writeHead(401, { "content-type": "text/plain" }).end("node credential required\n");
@@ -435,7 +475,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       socket.end("HTTP/1.1 401 Unauthorized\r\nconnection: close\r\n\r\n");
       return;
     }
-    tunnel(opts.service, req, socket, head);
+    tunnel(opts.service, tunnels, req, socket, head);
   };
   let server: http.Server;
   let address: string;
@@ -481,6 +521,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
+        tunnels.endAll();
       }),
   };
 }
