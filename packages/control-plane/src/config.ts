@@ -62,6 +62,16 @@ export interface ControlPlaneConfig {
    * @default FIREBREAK_PLACEMENT or "cost"
    */
   placement: "cost" | "random";
+  /**
+   * Warm pool targets follow demand (scheduler/pool-autoscaler.ts): every
+   * `poolDemandIntervalMs` the holder of the "pools" lease sets each node's
+   * pool per template from the recent creates. Off, pools are what the
+   * operator sets (POST /v1/nodes/{id}/pools, FIREBREAK_WARM_POOL).
+   * @default FIREBREAK_POOL_DEMAND=on, else off
+   */
+  poolDemand: boolean;
+  /** @default 10_000 */
+  poolDemandIntervalMs: number;
 }
 
 export const DEFAULT_LIMITS: TenantLimits = {
@@ -103,5 +113,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     templateSyncIntervalMs: 10_000,
     nodeLeaseMs: positive(env, "FIREBREAK_NODE_LEASE_MS", 15_000),
     placement: env["FIREBREAK_PLACEMENT"] === "random" ? "random" : "cost",
+    poolDemand: env["FIREBREAK_POOL_DEMAND"] === "on",
+    poolDemandIntervalMs: 10_000,
   };
 }
