@@ -73,6 +73,16 @@ export interface ControlPlaneConfig {
    * @default FIREBREAK_E2B_PUBLIC_PORTS, else true
    */
   e2bPublicPortsDefault: boolean;
+  /**
+   * Warm pool targets follow demand (scheduler/pool-autoscaler.ts): every
+   * `poolDemandIntervalMs` the holder of the "pools" lease sets each node's
+   * pool per template from the recent creates. Off, pools are what the
+   * operator sets (POST /v1/nodes/{id}/pools, FIREBREAK_WARM_POOL).
+   * @default FIREBREAK_POOL_DEMAND=on, else off
+   */
+  poolDemand: boolean;
+  /** @default 10_000 */
+  poolDemandIntervalMs: number;
 }
 
 /** A true/false setting from the environment (unset: the default); anything else is refused at start. */
@@ -125,5 +135,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     placement: env["FIREBREAK_PLACEMENT"] === "random" ? "random" : "cost",
     e2bInternetDefault: flag(env, "FIREBREAK_E2B_INTERNET", true),
     e2bPublicPortsDefault: flag(env, "FIREBREAK_E2B_PUBLIC_PORTS", true),
+    poolDemand: env["FIREBREAK_POOL_DEMAND"] === "on",
+    poolDemandIntervalMs: 10_000,
   };
 }

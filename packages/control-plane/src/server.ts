@@ -23,6 +23,7 @@ import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
 import { type InProcessNode, startInProcessNode } from "./node/in-process-node.ts";
 import type { NodeClient } from "./node/node-client.ts";
 import { SandboxService } from "./sandboxes/service.ts";
+import { PoolAutoscaler } from "./scheduler/pool-autoscaler.ts";
 import { LeaseKeeper } from "./store/leader.ts";
 import { type DatabaseChoice, resolveDatabase } from "./store/open.ts";
 import { PgStore } from "./store/pg-store.ts";
@@ -132,7 +133,7 @@ async function bootstrap(
 const heldLocks = new Set<string>();
 
 /** Background passes that run once across replicas, each on the holder of its lease. */
-const LEASES = ["reaper", "sampler", "nodes", "templates"] as const;
+const LEASES = ["reaper", "sampler", "nodes", "templates", "pools"] as const;
 
 /**
  * Runs fn while holding `name` (waiting for it): replicas starting together
@@ -283,6 +284,32 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         log.info(recovered, "recovered sandboxes after restart");
     }
     sandboxes.start(leases ? { runsBackgroundWork: (pass) => leases.isHolder(pass) } : {});
+    // Pool targets from demand, on one replica (the "pools" lease holder).
+    let poolTimer: NodeJS.Timeout | undefined;
+    if (config.poolDemand) {
+      const autoscaler = new PoolAutoscaler({
+        store,
+        nodes,
+        log,
+        capacity: {
+          vcpuOvercommit: config.vcpuOvercommit,
+          memoryOvercommit: config.memoryOvercommit,
+          reservedMemoryMib: 0,
+        },
+      });
+      let running = false;
+      poolTimer = setInterval(() => {
+        if (running || (leases && !leases.isHolder("pools"))) return;
+        running = true;
+        autoscaler
+          .tick()
+          .catch((e: Error) => log.warn({ err: e.message }, "pool targets pass failed"))
+          .finally(() => {
+            running = false;
+          });
+      }, config.poolDemandIntervalMs);
+      poolTimer.unref();
+    }
 
     const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens });
     const api = getRequestListener(app.fetch);
@@ -347,6 +374,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
             server.close(() => r());
             server.closeAllConnections();
           });
+          if (poolTimer) clearInterval(poolTimer);
           await leases?.stop();
           // Only this process's own node's sandboxes end with it (a test's
           // given node counts as its own); joined nodes keep theirs.

@@ -124,10 +124,11 @@ function fleetNode(k: number, withTemplate: boolean): FleetNode {
       }
     },
     async start(join) {
+      // nsenter, not `ip netns exec`: that also remounts /sys for the
+      // namespace, which hides the cgroup v1 hierarchies under
+      // /sys/fs/cgroup (the node then spins on mkdir of its cgroup forever).
       const args = [
-        "netns",
-        "exec",
-        ns,
+        `--net=/run/netns/${ns}`,
         process.execPath,
         CLI,
         "node",
@@ -139,7 +140,7 @@ function fleetNode(k: number, withTemplate: boolean): FleetNode {
         node.id,
         ...(join ? ["--join", join.url, "--token", join.token] : []),
       ];
-      const proc = spawn("ip", args, {
+      const proc = spawn("nsenter", args, {
         env: {
           ...process.env,
           FIREBREAK_STATE_DIR: stateDir,
@@ -212,6 +213,8 @@ export async function startFleet(opts: {
   replicas: number;
   seeded: number;
   env?: Record<string, string>;
+  /** More environment per replica (by index), e.g. FIREBREAK_PLACEMENT=random for one of them. */
+  replicaEnv?: Record<string, string>[];
 }): Promise<Fleet> {
   const pg = await startPostgres();
   const database = await pg.createDatabase();
@@ -246,7 +249,8 @@ export async function startFleet(opts: {
     };
     // The first node's veth carries the replicas' listening address.
     for (const n of nodes) await n.prepare();
-    for (let i = 0; i < opts.replicas; i++) replicas.push(await startReplica(database, cpDir, env));
+    for (let i = 0; i < opts.replicas; i++)
+      replicas.push(await startReplica(database, cpDir, { ...env, ...opts.replicaEnv?.[i] }));
     for (const n of nodes) {
       const t = await replicas[0]!.api.post("/v1/nodes/join-tokens", {});
       assert.equal(t.status, 201, t.text);

@@ -63,5 +63,6 @@ export {
   type StartTimings,
   shapeFor,
   type TemplateImage,
+  validateShape,
 } from "./sandbox/node-runtime.ts";
 export { BASE_CMDLINE, qemuArgs } from "./vmm/qemu-vm.ts";

@@ -1,5 +1,6 @@
 // Test support: a NodeClient without VMs, for in-process API tests.
 
+import { randomBytes } from "node:crypto";
 import http from "node:http";
 import type { Socket } from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -12,6 +13,7 @@ import {
   normalizePolicy,
   type PrivateService,
   ServiceRegistry,
+  validateShape,
 } from "@firebreak/node-agent";
 import type {
   EnvdAccess,
@@ -30,12 +32,34 @@ export interface FakeGuestAddress {
   options?: EnvdClientOptions;
 }
 
+/** What the fake keeps of a sandbox (tests may set entries with the first three only). */
+export interface FakeSandbox {
+  state: "running" | "paused" | "gone";
+  token: string;
+  born: number;
+  template?: string;
+  vcpus?: number;
+  memoryMib?: number;
+  envVars?: Record<string, string>;
+}
+
+/** A policy as it crosses the node's wire (JSON: undefined members are absent). */
+function wire(p: NormalizedPolicy): NormalizedPolicy {
+  return JSON.parse(JSON.stringify(p)) as NormalizedPolicy;
+}
+
+/** The shape a fake template gets when a create names none (the base template's). */
+const DEFAULT_SHAPE = { vcpus: 1, memoryMib: 256 };
+
+/**
+ * A NodeClient without VMs. Its observable behaviour is the real node's (the
+ * NodeClient contract, node-client.contract.ts, runs against both): the same
+ * error codes, fork children that inherit the parent's template, shape, env
+ * and enforced policy, pool VMs that count as committed capacity.
+ */
 export class FakeNode implements NodeClient {
   readonly id: string;
-  readonly sandboxes = new Map<
-    string,
-    { state: "running" | "paused" | "gone"; token: string; born: number; vcpus?: number; memoryMib?: number }
-  >();
+  readonly sandboxes = new Map<string, FakeSandbox>();
   templates = new Set(["base"]);
   /** Output lines the next builds' run step prints. */
   buildRunLines = 0;
@@ -51,6 +75,8 @@ export class FakeNode implements NodeClient {
   draining = false;
   /** Warm VMs this fake reports per template ("<vcpus>x<memoryMib>" -> count); a create takes one. */
   readonly warm = new Map<string, Record<string, number>>();
+  /** Pool targets set by setPool (template -> shape key -> size): a claim refills up to it, as the node does. */
+  readonly #poolTargets = new Map<string, Record<string, number>>();
   /** Set by tests: the node does not answer (every call fails NODE_UNAVAILABLE). */
   down = false;
   /** Named snapshots (snapshotOf): snapshot id -> the node sandbox it was taken of. */
@@ -76,15 +102,25 @@ export class FakeNode implements NodeClient {
   async report(): Promise<NodeReport> {
     this.#up();
     const live = [...this.sandboxes.values()].filter((s) => s.state === "running");
+    // Pool VMs hold capacity too (the real node counts them as committed).
+    const pooled = [...this.warm.values()].flatMap((w) =>
+      Object.entries(w).flatMap(([k, n]) => {
+        const [vcpus, memoryMib] = k.split("x").map(Number) as [number, number];
+        return Array.from({ length: n }, () => ({ vcpus, memoryMib }));
+      }),
+    );
+    const committed = [...live, ...pooled];
     return {
       nodeId: this.id,
       accelerator: "tcg",
       acceleratorReason: "fake node",
       vcpus: this.hostCapacity.vcpus,
       memoryMib: this.hostCapacity.memoryMib,
-      committedVcpus: live.reduce((n, s) => n + (s.vcpus ?? 1), 0),
-      committedMemoryMib: live.reduce((n, s) => n + (s.memoryMib ?? 256), 0),
-      freeMemoryMib: this.hostCapacity.memoryMib - live.reduce((n, s) => n + (s.memoryMib ?? 256), 0),
+      committedVcpus: committed.reduce((n, s) => n + (s.vcpus ?? DEFAULT_SHAPE.vcpus), 0),
+      committedMemoryMib: committed.reduce((n, s) => n + (s.memoryMib ?? DEFAULT_SHAPE.memoryMib), 0),
+      freeMemoryMib:
+        this.hostCapacity.memoryMib -
+        committed.reduce((n, s) => n + (s.memoryMib ?? DEFAULT_SHAPE.memoryMib), 0),
       sandboxes: live.length,
       draining: this.draining,
       version: "fake",
@@ -93,12 +129,24 @@ export class FakeNode implements NodeClient {
         key: `k-${name}`,
         image: true,
         snapshot: true,
-        snapshotShapes: ["1x256"],
+        snapshotShapes: [`${DEFAULT_SHAPE.vcpus}x${DEFAULT_SHAPE.memoryMib}`],
         warm: { ...(this.warm.get(name) ?? {}) },
         recentP50Ms: {},
       })),
     };
   }
+  /** The policy as the node daemon takes it: who made it is the caller's flag, never the JSON's. */
+  static #policyOf(network: NodeCreateRequest["network"]): NormalizedPolicy {
+    if (!network) return normalizePolicy({});
+    const p = network.policy as unknown;
+    // SECURITY: as the daemon's parsePolicy: grantedBy comes from the authenticated admin flag.
+    return normalizePolicy(
+      p && typeof p === "object" && !Array.isArray(p)
+        ? { ...(p as object), grantedBy: network.admin ? "admin" : "tenant" }
+        : p,
+    );
+  }
+
   async create(
     req: NodeCreateRequest | { template: string; envVars?: Record<string, string> },
   ): Promise<NodeSandboxInfo> {
@@ -106,52 +154,88 @@ export class FakeNode implements NodeClient {
     if (this.draining) throw new FirebreakError("CAPACITY_EXHAUSTED", `node ${this.id} is draining`);
     const network = "network" in req ? req.network : undefined;
     this.lastEnv = req.envVars ?? {};
-    const policy = normalizePolicy(network?.policy ?? {});
+    // The daemon's order: template, shape, then the policy and its service bindings.
+    if (!this.templates.has(req.template)) throw new FirebreakError("TEMPLATE_NOT_FOUND", "no such template");
+    const shape = validateShape(
+      "vcpus" in req ? { vcpus: req.vcpus, memoryMib: req.memoryMib } : DEFAULT_SHAPE,
+    );
+    const policy = FakeNode.#policyOf(network);
     for (const name of policy.services) (await this.#services()).resolveBinding(name, network?.tenant);
     const fromSnapshot = "fromSnapshot" in req ? req.fromSnapshot : undefined;
     if (fromSnapshot !== undefined && !this.snapshots.has(fromSnapshot)) {
       throw new FirebreakError("SANDBOX_NOT_FOUND", `no snapshot ${fromSnapshot} on node ${this.id}`);
     }
-    if (!this.templates.has(req.template)) throw new FirebreakError("TEMPLATE_NOT_FOUND", "no such template");
     await new Promise((r) => setTimeout(r, this.createDelayMs));
     if (this.failNextCreate) {
       const e = this.failNextCreate;
       this.failNextCreate = undefined;
       throw e;
     }
-    const id = `fake${++this.#n}`;
-    const token = `tok${this.#n}`;
-    this.sandboxes.set(id, {
-      state: "running",
-      token,
-      born: Date.now(),
-      ...("vcpus" in req ? { vcpus: req.vcpus, memoryMib: req.memoryMib } : {}),
-    });
-    this.policies.set(id, { policy, tenant: network?.tenant ?? "" });
+    const started = this.#start(req.template, shape, req.envVars ?? {}, policy, network?.tenant ?? "");
     if (fromSnapshot !== undefined) {
-      this.startedFrom.set(id, fromSnapshot);
-      return { id, accessToken: token, path: "snapshot", totalMs: 1, phases: { restore: 1 }, policy };
+      this.startedFrom.set(started.id, fromSnapshot);
+      return started;
     }
-    const shape = "vcpus" in req ? `${req.vcpus}x${req.memoryMib}` : "1x256";
+    const key = `${shape.vcpus}x${shape.memoryMib}`;
     const warm = this.warm.get(req.template);
-    if (warm && (warm[shape] ?? 0) > 0) {
-      warm[shape]!--;
-      return { id, accessToken: token, path: "warm", totalMs: 1, phases: { claim: 1 }, policy };
+    if (warm && (warm[key] ?? 0) > 0) {
+      warm[key]!--;
+      // The node refills its pool to the target after a claim.
+      const target = this.#poolTargets.get(req.template)?.[key] ?? 0;
+      if (warm[key]! < target) warm[key] = target;
+      return { ...started, path: "warm", phases: { claim: 1 } };
     }
-    return { id, accessToken: token, path: "snapshot", totalMs: 1, phases: { restore: 1 }, policy };
+    return started;
   }
+
+  #start(
+    template: string,
+    shape: { vcpus: number; memoryMib: number },
+    envVars: Record<string, string>,
+    policy: NormalizedPolicy,
+    tenant: string,
+  ): NodeSandboxInfo {
+    const id = `fake${++this.#n}`;
+    const token = randomBytes(32).toString("hex"); // as the node: 64 hex digits
+    this.sandboxes.set(id, { state: "running", token, born: Date.now(), template, ...shape, envVars });
+    this.policies.set(id, { policy, tenant });
+    return {
+      id,
+      accessToken: token,
+      path: "snapshot",
+      totalMs: 1,
+      phases: { restore: 1 },
+      policy: wire(policy),
+    };
+  }
+
+  /** The sandbox, or SANDBOX_NOT_FOUND (as the node answers for an id it does not hold). */
+  #get(id: string): FakeSandbox {
+    const sb = this.sandboxes.get(id);
+    if (!sb || sb.state === "gone")
+      throw new FirebreakError("SANDBOX_NOT_FOUND", `no sandbox ${id} on this node`);
+    return sb;
+  }
+
+  /** The environment a sandbox's processes see (what the real node's guest would print). */
+  envOf(id: string): Record<string, string> | undefined {
+    return this.sandboxes.get(id)?.envVars;
+  }
+
   async kill(id: string): Promise<UsageSample | undefined> {
     this.#up();
     const s = await this.usageSample(id);
     this.sandboxes.delete(id);
+    this.policies.delete(id);
     this.#closeTunnels(id);
     return s;
   }
   async pause(id: string): Promise<UsageSample | undefined> {
     this.#up();
+    const sb = this.#get(id);
+    if (sb.state !== "running")
+      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${sb.state}`);
     const s = await this.usageSample(id);
-    const sb = this.sandboxes.get(id);
-    if (sb?.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
     sb.state = "paused";
     this.#closeTunnels(id);
     return s;
@@ -159,41 +243,57 @@ export class FakeNode implements NodeClient {
   closeTunnels(id: string): void {
     this.#closeTunnels(id);
   }
-  async resume(id: string) {
-    const sb = this.sandboxes.get(id);
-    if (sb?.state !== "paused") throw new FirebreakError("SANDBOX_STATE_INVALID", "not paused");
-    sb.state = "running";
-    return { path: "snapshot" as const, totalMs: 1 };
-  }
-  async fork(id: string, count: number): Promise<NodeSandboxInfo[]> {
-    this.#up();
-    const parent = this.policies.get(id);
-    const out: NodeSandboxInfo[] = [];
-    for (let i = 0; i < count; i++) {
-      // Children inherit the parent's policy and tenant, as the real node enforces.
-      out.push(
-        await this.create({
-          template: "base",
-          vcpus: 1,
-          memoryMib: 256,
-          envVars: {},
-          ...(parent ? { network: { policy: parent.policy, tenant: parent.tenant } } : {}),
-        }),
-      );
-    }
-    return out;
-  }
   async snapshotOf(id: string): Promise<{ snapshotId: string }> {
     this.#up();
     const sb = this.sandboxes.get(id);
     if (sb?.state !== "running") throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
     const snapshotId = `fsnap${++this.#snap}`;
-    this.snapshots.set(snapshotId, { of: id, template: "base" });
+    this.snapshots.set(snapshotId, { of: id, template: sb.template ?? "base" });
     return { snapshotId };
   }
   async deleteSnapshot(snapshotId: string): Promise<boolean> {
     this.#up();
     return this.snapshots.delete(snapshotId);
+  }
+  async resume(id: string) {
+    this.#up();
+    const sb = this.#get(id);
+    if (sb.state !== "paused")
+      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${sb.state}`);
+    sb.state = "running";
+    return { path: "snapshot" as const, totalMs: 1 };
+  }
+  async fork(id: string, count: number): Promise<NodeSandboxInfo[]> {
+    this.#up();
+    if (!Number.isInteger(count) || count < 1 || count > 16) {
+      throw new FirebreakError(
+        "SHAPE_INVALID",
+        `fork count must be a whole number from 1 to 16, got ${count}`,
+      );
+    }
+    const parent = this.#get(id);
+    if (parent.state !== "running")
+      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${parent.state}`);
+    const enforced = this.policies.get(id) ?? { policy: normalizePolicy({}), tenant: "" };
+    const out: NodeSandboxInfo[] = [];
+    for (let i = 0; i < count; i++) {
+      // INVARIANT (as the real node): children inherit the parent's template,
+      // shape, env, and the policy and tenant in force at the fork.
+      this.lastEnv = parent.envVars ?? {};
+      out.push(
+        this.#start(
+          parent.template ?? "base",
+          {
+            vcpus: parent.vcpus ?? DEFAULT_SHAPE.vcpus,
+            memoryMib: parent.memoryMib ?? DEFAULT_SHAPE.memoryMib,
+          },
+          { ...(parent.envVars ?? {}) },
+          enforced.policy,
+          enforced.tenant,
+        ),
+      );
+    }
+    return out;
   }
   #status(id: string): NodeSandboxStatus {
     const sb = this.sandboxes.get(id);
@@ -236,15 +336,22 @@ export class FakeNode implements NodeClient {
       },
     };
   }
-  async updatePolicy(id: string, input: EgressPolicy): Promise<NormalizedPolicy> {
+  async updatePolicy(
+    id: string,
+    input: EgressPolicy,
+    _tenant?: string,
+    admin = false,
+  ): Promise<NormalizedPolicy> {
     this.#up();
-    const sb = this.sandboxes.get(id);
+    const sb = this.#get(id);
     const cur = this.policies.get(id);
-    if (sb?.state !== "running" || !cur) throw new FirebreakError("SANDBOX_STATE_INVALID", "not running");
-    const policy = normalizePolicy(input);
+    if (sb.state !== "running" || !cur)
+      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${sb.state}`);
+    // The tenant stays the one the sandbox was made for (as the node does).
+    const policy = FakeNode.#policyOf({ policy: input, tenant: cur.tenant, admin });
     for (const name of policy.services) (await this.#services()).resolveBinding(name, cur.tenant);
     cur.policy = policy;
-    return policy;
+    return wire(policy);
   }
   async #services(): Promise<ServiceRegistry> {
     this.#registry ??= await ServiceRegistry.open();
@@ -261,7 +368,8 @@ export class FakeNode implements NodeClient {
   }
   async accessToken(id: string) {
     this.#up();
-    return this.sandboxes.get(id)?.token;
+    const sb = this.sandboxes.get(id);
+    return sb && sb.state !== "gone" ? sb.token : undefined;
   }
   /**
    * A stand-in guest on loopback: with `guest` set, every sandbox's agent and
@@ -301,6 +409,12 @@ export class FakeNode implements NodeClient {
     };
   }
   envd(id: string, user?: string): EnvdAccess {
+    if (!this.sandboxes.has(id)) {
+      // As RemoteNode: no token for an id the node does not hold, so every call fails.
+      const gone = () => new FirebreakError("SANDBOX_NOT_FOUND", `node ${this.id} has no sandbox ${id}`);
+      const agent = this.#emptyAgent();
+      return { ...agent, fetch: async () => Promise.reject(gone()) };
+    }
     const g = this.#guestOf(id);
     if (g)
       return envdClient(g.address, this.sandboxes.get(id)!.token, user, { ...g.options, port: g.envdPort });
@@ -338,12 +452,8 @@ export class FakeNode implements NodeClient {
       ...(init.maxHeaderSize ? { maxHeaderSize: init.maxHeaderSize } : {}),
     });
     req.once("socket", (socket) => {
-      let open = this.#tunnels.get(id);
-      if (!open) {
-        open = new Set();
-        this.#tunnels.set(id, open);
-      }
-      const set = open;
+      const set = this.#tunnels.get(id) ?? new Set<Socket>();
+      this.#tunnels.set(id, set);
       set.add(socket);
       socket.once("close", () => {
         set.delete(socket);
@@ -370,24 +480,33 @@ export class FakeNode implements NodeClient {
     this.templates.add(name);
     return { key: `k-${name}`, installed };
   }
-  async setPool(template: string, size: number, shape = { vcpus: 1, memoryMib: 256 }): Promise<void> {
+  /**
+   * As the node: resolves when the pool holds `size` ready VMs; a smaller
+   * target stops refills but keeps what is ready (the node does not shrink).
+   */
+  async setPool(template: string, size: number, shape = DEFAULT_SHAPE): Promise<void> {
     this.#up();
-    this.warm.set(template, {
-      ...(this.warm.get(template) ?? {}),
-      [`${shape.vcpus}x${shape.memoryMib}`]: size,
-    });
+    if (!this.templates.has(template))
+      throw new FirebreakError("TEMPLATE_NOT_FOUND", `no built template named ${template}`);
+    const key = `${shape.vcpus}x${shape.memoryMib}`;
+    this.#poolTargets.set(template, { ...(this.#poolTargets.get(template) ?? {}), [key]: size });
+    const ready = this.warm.get(template)?.[key] ?? 0;
+    this.warm.set(template, { ...(this.warm.get(template) ?? {}), [key]: Math.max(ready, size) });
   }
   async drain(draining: boolean): Promise<void> {
     this.#up();
     this.draining = draining;
   }
   async listTemplates(): Promise<TemplateInfo[]> {
+    this.#up();
     return [...this.templates].map((name) => ({
       name,
       key: `k-${name}`,
       builtAt: new Date(0).toISOString(),
       imageBytes: 1,
       packages: [],
+      shape: { ...DEFAULT_SHAPE },
+      aliases: [],
     }));
   }
   async hasTemplate(name: string) {

@@ -4,6 +4,7 @@
 // replica killed with SIGKILL leaves its sandboxes running here.
 import fs from "node:fs";
 import path from "node:path";
+import { FirebreakError } from "@firebreak/node-agent";
 import type { NodeReport, NodeSandboxInfo, NodeSandboxStatus, UsageSample } from "../node/node-client.ts";
 import { FakeNode } from "./fake-node.ts";
 
@@ -98,7 +99,9 @@ export class SharedFakeNode extends FakeNode {
 
   override async pause(id: string): Promise<UsageSample | undefined> {
     const e = this.#read(id);
-    if (e?.state !== "running") return super.pause(id); // the same error as the fake node
+    if (!e) return super.pause(id); // the same error as the fake node (SANDBOX_NOT_FOUND)
+    if (e.state !== "running")
+      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${e.state}`);
     const s = await this.usageSample(id);
     this.#write(id, { ...e, state: "paused" });
     return s;
@@ -106,7 +109,9 @@ export class SharedFakeNode extends FakeNode {
 
   override async resume(id: string) {
     const e = this.#read(id);
-    if (e?.state !== "paused") return super.resume(id);
+    if (!e) return super.resume(id);
+    if (e.state !== "paused")
+      throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${e.state}`);
     this.#write(id, { ...e, state: "running" });
     return { path: "snapshot" as const, totalMs: 1 };
   }

@@ -44,8 +44,34 @@ export function fromConnectError(e: unknown): Error {
   if (code?.startsWith("EGRESS:")) {
     return new EgressError(code.slice("EGRESS:".length) as EgressErrorCode, e.rawMessage, { cause: e });
   }
-  if (e.code === Code.Unavailable || e.code === Code.DeadlineExceeded || e.code === Code.Canceled) {
+  if (
+    e.code === Code.Unavailable ||
+    e.code === Code.DeadlineExceeded ||
+    e.code === Code.Canceled ||
+    unreachable(e)
+  ) {
     return new FirebreakError("NODE_UNAVAILABLE", `the node did not answer: ${e.rawMessage}`, { cause: e });
   }
   return new FirebreakError("INTERNAL", e.rawMessage, { cause: e });
+}
+
+/** Errors of reaching the node at all (its socket gone, refused, reset): the node did not answer. */
+const UNREACHABLE = new Set([
+  "ENOENT",
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+]);
+
+function unreachable(e: ConnectError): boolean {
+  let c: unknown = e.cause;
+  for (let depth = 0; c && depth < 5; depth++) {
+    const code = (c as NodeJS.ErrnoException).code;
+    if (typeof code === "string" && UNREACHABLE.has(code)) return true;
+    c = (c as Error).cause;
+  }
+  return false;
 }

@@ -206,6 +206,14 @@ export class NodeService {
   }
 
   updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy> {
+    const sb = this.#sandbox(id);
+    // A paused (or starting, stopping) sandbox has no network to load a policy
+    // into: say so with the sandbox's state, not the egress layer's "unknown".
+    if (sb.state !== "running")
+      throw new FirebreakError(
+        "SANDBOX_STATE_INVALID",
+        `sandbox ${id} is ${sb.state}; its policy changes only while it runs`,
+      );
     return this.runtime.updatePolicy(id, policy);
   }
 
