@@ -18,6 +18,8 @@ let guest: net.Server;
 let guestPort: number;
 /** The guest's side of each connection, as it is accepted. */
 const accepted: net.Socket[] = [];
+/** The stand-in runtime's state listeners (the daemon registers one). */
+const stateListeners = new Set<(id: string, state: string) => void>();
 
 before(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), "fb-tunnel-"));
@@ -31,6 +33,7 @@ before(async () => {
   guestPort = (guest.address() as net.AddressInfo).port;
   const service = {
     endpoint: (id: string) => ({ host: "127.0.0.1", accessToken: `token-of-${id}` }),
+    runtime: { stateListeners },
   } as unknown as NodeService;
   daemon = await startDaemon({ service, listen: { unix: path.join(dir, "node.sock") }, secret: SECRET });
   client = new NodeDaemonClient({ address: daemon.address, secret: SECRET });
@@ -80,4 +83,23 @@ test("closing a sandbox's tunnels closes the node's connection to the guest, eve
   // (which this guest, like a killed VM, never sends).
   await until(() => tcpSockets() === 1);
   g.destroy();
+});
+
+test("a sandbox leaving the running state ends its tunnels at the node, whatever its client does", async () => {
+  await until(() => tcpSockets() === 0);
+  assert.equal(stateListeners.size, 1, "the daemon listens to the runtime's states");
+  const mine = await client.openTunnel("sb3", guestPort);
+  const other = await client.openTunnel("sb4", guestPort);
+  await until(() => accepted.length === 4);
+  const closed = new Promise<void>((r) => mine.once("close", () => r()));
+  mine.on("error", () => {});
+  // The sandbox stops (killed, paused, crashed): the runtime tells its listeners.
+  for (const l of stateListeners) l("sb3", "stopped");
+  await closed;
+  assert.equal(other.destroyed, false, "another sandbox's tunnel stays open");
+  other.write("still here");
+  const g = accepted[3]!;
+  assert.equal(String(await new Promise<Buffer>((r) => g.once("data", r))), "still here");
+  other.destroy();
+  for (const s of accepted) s.destroy();
 });
