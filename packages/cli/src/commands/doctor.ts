@@ -1,11 +1,11 @@
 import fs from "node:fs/promises";
-import { run } from "@firebreak/node-agent/host";
 import { config, localRuntime } from "../local.ts";
 import { printJson } from "../output.ts";
 
 export async function doctorCommand(opts: { json?: boolean }): Promise<void> {
   const rt = await localRuntime();
-  const qemu = (await run("qemu-system-x86_64", ["--version"])).stdout.split("\n")[0] ?? "";
+  // The runtime refuses a QEMU older than 10 (QEMU_MISSING, with the fix).
+  const qemu = `${rt.qemu.version} (${rt.qemu.system})`;
   const st = await fs.statfs(config.stateDir);
   const report = {
     node: process.version,

@@ -187,6 +187,13 @@ export class NodeRuntime {
   readonly tscKhz = hostTscKhz();
   readonly snapshots: SnapshotStore;
   readonly pools: WarmPools;
+  /**
+   * Standby VMs per template and shape: slot, network, cgroup, disk layer and
+   * a QEMU waiting for the snapshot's state, made ahead of time, so that a
+   * snapshot-path create only loads ~100 KB of device state and says init.
+   */
+  readonly standbys: WarmPools;
+  readonly #standbySource = new WeakMap<Sandbox, CloneSource>();
   /** Egress policies, the platform resolver, private services and traffic counters. */
   egress!: EgressManager;
   readonly #sandboxes = new Map<string, Sandbox>();
@@ -211,6 +218,7 @@ export class NodeRuntime {
     this.forkGroups = new ForkPointGroups(config);
     this.snapshots = new SnapshotStore(config);
     this.pools = new WarmPools(log);
+    this.standbys = new WarmPools(log, 256, "standby");
     this.#log = log;
   }
 
@@ -382,6 +390,11 @@ export class NodeRuntime {
         return warm;
       }
     }
+    if (key) {
+      const t0 = performance.now();
+      const standby = await this.standbys.claim(key, shape, (sb) => this.#startFromStandby(sb, opts, t0));
+      if (standby) return standby;
+    }
     let fallback: string | undefined;
     if (key) {
       const found = await this.snapshots.find(snapshotKey(key, shape, this.kernel, this.accel.accel));
@@ -494,6 +507,8 @@ export class NodeRuntime {
       /** Boot with guest RAM in this file, mapped shared (snapshot makers). */
       writerMemory?: string;
       pool?: boolean;
+      /** Stop once QEMU waits for the source's state (a standby VM). */
+      standby?: boolean;
     },
   ): Promise<Sandbox> {
     const t0 = performance.now();
@@ -507,7 +522,7 @@ export class NodeRuntime {
     const id = newSandboxId();
     const dir = path.join(paths.sandboxesDir(this.config), id);
     const sb = new Sandbox(id, opts.template, shape, dir);
-    sb.pooled = how.pool === true;
+    sb.pooled = how.pool === true || how.standby === true;
     sb.discard = () => void this.kill(id, "discarded from the warm pool");
     this.#sandboxes.set(id, sb);
     sb.record = {
@@ -561,7 +576,77 @@ export class NodeRuntime {
         lap,
       );
       this.#set(sb, { state: "starting", live });
+      if (how.standby && source) {
+        this.#standbySource.set(sb, source);
+        this.#set(sb, { state: "standby", live });
+        return sb;
+      }
+      return await this.#finishStart(sb, opts, how, t0, phases, lap);
+    } catch (e) {
+      return this.#startFailed(sb, e);
+    }
+  }
 
+  /** Takes a standby VM for a create: its start resumes where it stopped (state load, init). */
+  async #startFromStandby(sb: Sandbox, opts: CreateOptions, t0: number): Promise<void> {
+    const source = this.#standbySource.get(sb);
+    if (!source) throw new FirebreakError("INTERNAL", `standby ${sb.id} has no source`);
+    const phases: Record<string, number> = {};
+    let mark = t0;
+    const lap = (name: string) => {
+      const now = performance.now();
+      phases[name] = Math.round((now - mark) * 10) / 10;
+      mark = now;
+    };
+    this.#set(sb, { state: "starting", live: sb.requireLive() });
+    sb.pooled = false;
+    try {
+      if (opts.network) {
+        await this.egress.update(sb.id, opts.network.policy ?? {}, {
+          ...(opts.network.tenant !== undefined ? { tenant: opts.network.tenant } : {}),
+        });
+      }
+      lap("standby");
+      await this.#finishStart(sb, opts, { source }, t0, phases, lap);
+    } catch (e) {
+      await this.#startFailed(sb, e);
+    }
+  }
+
+  /**
+   * Keeps `size` standby VMs of a template and shape (see `standbys`),
+   * refilled in the background after each claim.
+   */
+  async fillStandby(template: TemplateImage, size: number, shapeIn: Partial<Shape> = {}): Promise<void> {
+    const shape = validateShape({ ...DEFAULT_SHAPE, ...shapeIn });
+    if (!template.key) throw new FirebreakError("INTERNAL", "standby VMs need a built template (with a key)");
+    const found = await this.snapshots.find(snapshotKey(template.key, shape, this.kernel, this.accel.accel));
+    if (!found.snapshot) {
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `template ${template.name} has no snapshot for ${shape.vcpus} vCPU / ${shape.memoryMib} MiB: ${found.problem ?? "prepare one first"}`,
+      );
+    }
+    const source = this.#templateSource(template, found.snapshot);
+    this.standbys.configure(template.key, shape, size, () =>
+      this.#start({ template }, shape, { source, standby: true }),
+    );
+    await this.standbys.fill(template.key, shape);
+  }
+
+  /** The second half of a start: the guest (restored or booted), then its identity. */
+  async #finishStart(
+    sb: Sandbox,
+    opts: CreateOptions,
+    how: { source?: CloneSource; pool?: boolean },
+    t0: number,
+    phases: Record<string, number>,
+    lap: (name: string) => void,
+  ): Promise<Sandbox> {
+    const live = sb.requireLive();
+    const id = sb.id;
+    const source = how.source;
+    {
       let guestUptimeMs: number | undefined;
       if (source) {
         try {
@@ -604,7 +689,14 @@ export class NodeRuntime {
       }
       await this.#personalize(sb, opts, { fresh: true }, t0, lap);
       return sb;
-    } catch (e) {
+    }
+  }
+
+  /** Tears down a start that failed and says why (console tail included). */
+  async #startFailed(sb: Sandbox, e: unknown): Promise<never> {
+    const id = sb.id;
+    const dir = sb.dir;
+    {
       // Let QEMU's last output reach the console file before reading it.
       const vm = sb.vm;
       const exit = vm ? await Promise.race([vm.exited, sleep(300).then(() => undefined)]) : undefined;
@@ -1048,8 +1140,10 @@ export class NodeRuntime {
     }
     const parent = this.get(id);
     const point = await this.#freeze(parent);
-    const started = await Promise.allSettled(
-      Array.from({ length: count }, () =>
+    // Children start while the parent restarts on top of the fork point.
+    const [back, ...started] = await Promise.allSettled([
+      point.parentBack,
+      ...Array.from({ length: count }, () =>
         this.#start(
           {
             template: parent.template,
@@ -1060,9 +1154,9 @@ export class NodeRuntime {
           { source: point.source },
         ),
       ),
-    );
-    const children = started.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
-    const failed = started.find((s): s is PromiseRejectedResult => s.status === "rejected");
+    ]);
+    const children = started.flatMap((s) => (s.status === "fulfilled" ? [s.value as Sandbox] : []));
+    const failed = [back, ...started].find((s): s is PromiseRejectedResult => s.status === "rejected");
     if (failed) {
       await Promise.all(children.map((c) => this.kill(c.id, "fork failed")));
       throw failed.reason;
@@ -1080,6 +1174,7 @@ export class NodeRuntime {
    */
   async snapshotOf(id: string): Promise<{ snapshotId: string }> {
     const point = await this.#freeze(this.get(id));
+    await point.parentBack;
     await point.sealed;
     await fs.writeFile(path.join(forkPointDir(this.config, point.id), "named"), "");
     this.#log(`snapshot ${point.id} of sandbox ${id}`);
@@ -1167,7 +1262,9 @@ export class NodeRuntime {
    * The parent is `pausing` meanwhile. Any failure ends it (like a failed
    * pause); the fork point goes with its last user.
    */
-  async #freeze(parent: Sandbox): Promise<{ id: string; source: CloneSource; sealed: Promise<void> }> {
+  async #freeze(
+    parent: Sandbox,
+  ): Promise<{ id: string; source: CloneSource; parentBack: Promise<void>; sealed: Promise<void> }> {
     const live = parent.requireLive();
     this.#set(parent, { state: "pausing", live });
     const id = `l${newSandboxId().slice(0, 15)}`;
@@ -1191,6 +1288,13 @@ export class NodeRuntime {
     const statePath = path.join(dir, "state.bin");
     const diskPath = path.join(dir, "disk.qcow2");
     const streamPath = path.join(parent.dir, "freeze-stream.bin");
+    const steps: Record<string, number> = {};
+    let mark = performance.now();
+    const step = (name: string) => {
+      const now = performance.now();
+      steps[name] = Math.round(now - mark);
+      mark = now;
+    };
     try {
       const gid = await this.forkGroups.claim(dir);
       await fs.chown(dir, 0, gid);
@@ -1201,8 +1305,11 @@ export class NodeRuntime {
       await fs.chmod(memoryPath, 0o660);
 
       const old = live.vm;
+      step("prepare");
       await old.saveState(streamPath);
+      step("save");
       await old.stop(1000);
+      step("stop");
       await fs.rename(path.join(parent.dir, "disk.qcow2"), diskPath);
       await fs.chmod(diskPath, 0o400);
       const frozen: DiskLayer[] = [...parent.disk.slice(0, -1), { path: diskPath, format: "qcow2" }];
@@ -1212,9 +1319,12 @@ export class NodeRuntime {
         groups: [gid],
         disk: frozen,
       });
+      step("converterSpawn");
       try {
         await converter.loadState({ run: false });
+        step("converterLoad");
         await converter.saveState(statePath, { ignoreShared: true });
+        step("converterSave");
       } finally {
         await converter.stop(1000);
       }
@@ -1226,21 +1336,34 @@ export class NodeRuntime {
       parent.layers = layers;
       parent.disk = [...frozen, await this.#newLayer(parent.dir, frozen.at(-1)!)];
       const source: CloneSource = { memoryPath, statePath, diskChain: frozen, groups: [gid], layers };
-      // INVARIANT: the replaced VM is gone before the new one is the sandbox's
-      // (its exit is not a crash; the live stack stops whichever VM is current).
-      live.vm = await this.#launchVm(parent, live, {
-        incoming: statePath,
-        memory: { kind: "clone", path: memoryPath },
-        groups: [gid],
-      });
-      await live.vm.loadState();
-      await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
-      this.#set(parent, { state: "running", live });
-      this.#log(`sandbox ${parent.id} frozen into ${id} in ${Math.round(performance.now() - t0)} ms`);
       // Earlier fork points stay as long as this one: its chain reads them.
       for (const l of layers.slice(0, -1)) {
         await fs.writeFile(path.join(forkPointDir(this.config, l), "users", `@${id}`), "").catch(() => {});
       }
+      // The fork point is complete: the parent restarts on top of it while
+      // the caller starts sandboxes from it.
+      const parentBack = (async () => {
+        try {
+          // INVARIANT: the replaced VM is gone before the new one is the sandbox's
+          // (its exit is not a crash; the live stack stops whichever VM is current).
+          live.vm = await this.#launchVm(parent, live, {
+            incoming: statePath,
+            memory: { kind: "clone", path: memoryPath },
+            groups: [gid],
+          });
+          step("relaunch");
+          await live.vm.loadState();
+          step("restore");
+          await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
+          step("init");
+          this.#set(parent, { state: "running", live });
+          this.#log(
+            `sandbox ${parent.id} frozen into ${id} in ${Math.round(performance.now() - t0)} ms ${JSON.stringify(steps)}`,
+          );
+        } catch (e) {
+          await this.#freezeFailed(parent, e);
+        }
+      })();
       const sealed = this.#sealForkPoint({
         id,
         gid,
@@ -1252,17 +1375,28 @@ export class NodeRuntime {
         parent: parent.id,
       });
       sealed.catch(() => {});
-      return { id, source, sealed };
+      parentBack.catch(() => {});
+      return { id, source, parentBack, sealed };
     } catch (e) {
       await fs.rm(streamPath, { force: true }).catch(() => {});
-      this.#set(parent, { state: "failed", reason: `freezing failed: ${(e as Error).message}` });
-      await this.#teardown(parent);
-      await releaseUnusedLayers(this.config).catch(() => {});
-      throw new FirebreakError(
-        "SANDBOX_BOOT_FAILED",
-        `freezing sandbox ${parent.id} failed: ${(e as Error).message}`,
-      );
+      return this.#freezeFailed(parent, e);
     }
+  }
+
+  /** A freeze that failed ends the parent (like a failed pause); its fork point goes with its last user. */
+  async #freezeFailed(parent: Sandbox, e: unknown): Promise<never> {
+    if (!isFinal(parent.state) && parent.state !== "stopping") {
+      this.#set(parent, { state: "failed", reason: `freezing failed: ${(e as Error).message}` });
+    }
+    await this.#teardown(parent);
+    await releaseUnusedLayers(this.config).catch(() => {});
+    throw new FirebreakError(
+      "SANDBOX_BOOT_FAILED",
+      `freezing sandbox ${parent.id} failed: ${(e as Error).message}`,
+      {
+        cause: e,
+      },
+    );
   }
 
   /** Writes a fork point's manifest with the sha256 of its (final) files. */
@@ -1318,6 +1452,7 @@ export class NodeRuntime {
     }
     const inFlight = sb.state === "starting" || sb.state === "resuming";
     this.pools.remove(sb);
+    this.standbys.remove(sb);
     this.#set(sb, { state: "stopping", reason });
     if (inFlight) {
       // The start (or resume) notices at its next step, or at once through its
@@ -1335,6 +1470,7 @@ export class NodeRuntime {
    */
   async close(): Promise<void> {
     await this.pools.close();
+    await this.standbys.close();
     await Promise.all(
       [...this.#sandboxes.values()]
         .filter((sb) => sb.state !== "paused")
@@ -1359,7 +1495,7 @@ export class NodeRuntime {
   }
 
   #onVmExit(sb: Sandbox, how: string): void {
-    if (sb.state === "running" || sb.state === "warm") {
+    if (sb.state === "running" || sb.state === "warm" || sb.state === "standby") {
       this.#log(`sandbox ${sb.id}: QEMU exited unexpectedly (${how}); reclaiming its resources`);
       this.#set(sb, { state: "crashed", reason: `VM exited unexpectedly (${how})` });
       void this.#teardown(sb);
@@ -1392,6 +1528,7 @@ export class NodeRuntime {
     if (problems.length) this.#log(`sandbox ${sb.id} teardown problems: ${problems.join("; ")}`);
     this.#sandboxes.delete(sb.id);
     this.pools.remove(sb);
+    this.standbys.remove(sb);
     if (sb.state === "stopping") this.#set(sb, { state: "stopped", reason: sb.endReason ?? "killed" });
     sb.resolveTorndown();
   }

@@ -482,6 +482,8 @@ export class QemuVm {
     if (ev.data?.["status"] !== "completed") {
       throw new Error(`loading the snapshot ${String(ev.data?.["status"])}`);
     }
+    // The state file is read: QEMU keeps no descriptor of it.
+    await this.qmp.execute("remove-fd", { "fdset-id": INCOMING_FDSET }).catch(() => {});
     // The state was saved from a paused VM, and QEMU keeps the source's run
     // state: start the vCPUs (unless the caller only converts the state).
     if (opts.run !== false) await this.qmp.execute("cont");

@@ -169,7 +169,8 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           // The agent repeats its status as `error` (envd's "exit status N",
           // for E2B's SDK); the native API's `error` is only for what went
           // wrong beyond the exit itself.
-          const agentError = ev.value.error && ev.value.error !== ev.value.status ? ev.value.error : undefined;
+          const agentError =
+            ev.value.error && ev.value.error !== ev.value.status ? ev.value.error : undefined;
           const error = timedOut ? `timed out after ${b.timeoutMs} ms` : agentError;
           return line({ type: "end", exitCode, ...(error ? { error } : {}) });
         }
