@@ -80,7 +80,7 @@ function asUid(uid: number, groups: number[], argv: string[]) {
 }
 
 function groupsOf(pid: number): number[] {
-  const line = /^Groups:\s*(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? "";
+  const line = /^Groups:[ \t]*(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? "";
   return line.split(/\s+/).filter(Boolean).map(Number);
 }
 

@@ -49,6 +49,9 @@ async function memAvailableMib(): Promise<number> {
   return Number(/^MemAvailable:\s+(\d+)/m.exec(info)?.[1] ?? 0) / 1024;
 }
 
+/** The density run stops when the host has less memory available than this. */
+const DENSITY_FLOOR_MIB = 3072;
+
 /** CPU time (utime + stime) of a process, in ms. */
 async function cpuMsOf(pid: number): Promise<number> {
   const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
@@ -278,6 +281,11 @@ export async function benchCommand(opts: BenchOptions) {
       rt.standbys.maxTotal = 16;
       await rt.fillStandby(template, 8);
       for (let i = 0; i < opts.density; i++) {
+        // Never push a shared host into its OOM killer: stop with room to spare.
+        if ((await memAvailableMib()) < DENSITY_FLOOR_MIB) {
+          failure = `stopped: host MemAvailable below ${DENSITY_FLOOR_MIB} MiB`;
+          break;
+        }
         try {
           held.push(await rt.create({ template }));
         } catch (e) {
