@@ -140,6 +140,9 @@ export interface CreateOptions {
 
 export const MAX_DISK_MIB = 262_144;
 
+/** How long the guest agent has to acknowledge `init`. */
+const INIT_TIMEOUT_MS = 60_000;
+
 /** What a paused sandbox needs to come back, in its directory (root-only). */
 interface PausedRecord {
   template: TemplateImage;
@@ -845,17 +848,23 @@ export class NodeRuntime {
     o: { envVars: Record<string, string>; fresh: boolean; accessToken: string },
   ): Promise<void> {
     const user = sb.template.user;
-    await sb.requireLive().vm.control.request({
-      type: "init",
-      sandboxId: sb.id,
-      accessToken: o.accessToken,
-      envVars: o.envVars,
-      defaultUser: user,
-      defaultWorkdir: sb.template.workdir ?? (user === "root" ? "/root" : `/home/${user}`),
-      // Fresh clones get their own clock and entropy (CRNG reseed); a warm
-      // pool VM already has both.
-      ...(o.fresh ? { wallClockMs: Date.now(), entropy: randomBytes(64).toString("base64") } : {}),
-    });
+    await sb.requireLive().vm.control.request(
+      {
+        type: "init",
+        sandboxId: sb.id,
+        accessToken: o.accessToken,
+        envVars: o.envVars,
+        defaultUser: user,
+        defaultWorkdir: sb.template.workdir ?? (user === "root" ? "/root" : `/home/${user}`),
+        // Fresh clones get their own clock and entropy (CRNG reseed); a warm
+        // pool VM already has both.
+        ...(o.fresh ? { wallClockMs: Date.now(), entropy: randomBytes(64).toString("base64") } : {}),
+        // A clone's first init runs guest code nobody has run in that process yet
+        // (translated on first use under emulation): many at once on a busy
+        // host take seconds each.
+      },
+      INIT_TIMEOUT_MS,
+    );
     sb.resetClients();
   }
 
