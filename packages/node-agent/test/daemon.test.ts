@@ -90,6 +90,39 @@ test("node errors keep their code across the wire", { skip: skipUnlessRoot }, as
   );
 });
 
+test("named snapshots over the wire: SnapshotSandbox, Create from_snapshot, DeleteSnapshot", {
+  skip: skipUnlessRoot,
+}, async () => {
+  const sb = await client.create({ template: "base", envVars: { KEPT: "yes" } });
+  createdIds.add(sb.id);
+  const { snapshotId } = await client.snapshot(sb.id);
+  assert.match(snapshotId, /^l[a-z0-9]+$/);
+  const again = await client.create({ template: "base", fromSnapshot: snapshotId });
+  createdIds.add(again.id);
+  assert.equal(again.path, "snapshot");
+  const envd = client.envd(again.id, async () => again.accessToken, "user");
+  let out = "";
+  for await (const r of envd.process.start({
+    process: { cmd: "/bin/sh", args: ["-c", "echo $KEPT"], envs: {} },
+  })) {
+    const ev = r.event?.event;
+    if (ev?.case === "data" && ev.value.output.case === "stdout")
+      out += Buffer.from(ev.value.output.value).toString();
+  }
+  assert.equal(out.trim(), "yes", "the snapshot's env came along");
+  await client.deleteSnapshot(snapshotId);
+  await assert.rejects(
+    client.deleteSnapshot(snapshotId),
+    (e: unknown) => e instanceof FirebreakError && e.code === "SNAPSHOT_NOT_FOUND",
+  );
+  await assert.rejects(
+    client.create({ template: "base", fromSnapshot: snapshotId }),
+    (e: unknown) => e instanceof FirebreakError && e.code === "SNAPSHOT_NOT_FOUND",
+  );
+  await client.kill(again.id, "test");
+  await client.kill(sb.id, "test");
+});
+
 test("a wrong credential gets nothing: 401 on the unix socket, no TLS session on TCP", {
   skip: skipUnlessRoot,
 }, async () => {
