@@ -123,6 +123,42 @@ test("named snapshots over the wire: SnapshotSandbox, Create from_snapshot, Dele
   await client.kill(sb.id, "test");
 });
 
+test("closing the daemon ends its tunnels, also one to a sandbox that went away mid-tunnel", {
+  skip: skipUnlessRoot,
+}, async () => {
+  const sock = `${config.runDir}/test-node-${process.pid}-tunnels.sock`;
+  const daemon = await startDaemon({ service, listen: { unix: sock }, secret: SECRET });
+  let closed = false;
+  try {
+    const sb = await client.create({ template: "base" });
+    createdIds.add(sb.id);
+    // A tunnel to the guest agent's port, as the control plane opens one.
+    const tunnelSocket = await new Promise<import("node:net").Socket>((resolve, reject) => {
+      http
+        .request({
+          socketPath: sock,
+          path: `/sandboxes/${sb.id}/ports/49983`,
+          headers: { authorization: `Bearer ${SECRET}`, connection: "Upgrade", upgrade: "firebreak-tunnel" },
+        })
+        .on("upgrade", (_res, s) => resolve(s))
+        .on("response", (res) => reject(new Error(`no upgrade: ${res.statusCode}`)))
+        .on("error", reject)
+        .end();
+    });
+    tunnelSocket.on("error", () => {});
+    const gone = new Promise<void>((r) => tunnelSocket.once("close", () => r()));
+    // The sandbox goes away under the tunnel; then the client half-closes it:
+    // the node's FIN to the vanished guest is never answered.
+    await client.kill(sb.id, "test");
+    tunnelSocket.end();
+    await daemon.close();
+    closed = true;
+    await gone;
+  } finally {
+    if (!closed) await daemon.close();
+  }
+});
+
 test("a wrong credential gets nothing: 401 on the unix socket, no TLS session on TCP", {
   skip: skipUnlessRoot,
 }, async () => {

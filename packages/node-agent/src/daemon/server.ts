@@ -347,7 +347,13 @@ export const TUNNEL_ERROR_HEADER = "x-firebreak-tunnel-error";
  * nothing of what flows: the control plane speaks HTTP to the guest through
  * it and applies its own checks to the guest's answers (relay/http-relay.ts).
  */
-function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+function tunnel(
+  svc: NodeService,
+  req: http.IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  open: Set<Duplex>,
+): void {
   const refuse = (status: number, why: string): void => {
     socket.end(`HTTP/1.1 ${status} Refused\r\n${TUNNEL_ERROR_HEADER}: ${why}\r\nconnection: close\r\n\r\n`);
   };
@@ -369,6 +375,14 @@ function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, hea
   }
   const upstream = net.connect({ host, port });
   upstream.setNoDelay(true);
+  // INVARIANT: the daemon's close ends every tunnel. A tunnel whose sandbox
+  // went away (paused, killed) can sit half-closed for minutes (the FIN to a
+  // vanished guest is retransmitted until TCP gives up), and an open tunnel
+  // keeps server.close() waiting.
+  open.add(socket);
+  open.add(upstream);
+  socket.once("close", () => open.delete(socket));
+  upstream.once("close", () => open.delete(upstream));
   const onError = (e: NodeJS.ErrnoException) => {
     upstream.destroy();
     if (!socket.destroyed) refuse(502, e.code ?? "CONNECT_FAILED");
@@ -437,13 +451,14 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     } else if (req.url?.startsWith("/templates/")) void templateTransfer(opts.service, req, res);
     else connect(req, res);
   };
+  const tunnels = new Set<Duplex>();
   const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on("error", () => {});
     if (!bearerOk(req, secret)) {
       socket.end("HTTP/1.1 401 Unauthorized\r\nconnection: close\r\n\r\n");
       return;
     }
-    tunnel(opts.service, req, socket, head);
+    tunnel(opts.service, req, socket, head, tunnels);
   };
   let server: http.Server;
   let address: string;
@@ -489,6 +504,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
+        // Upgraded sockets are no longer the HTTP server's to close.
+        for (const t of tunnels) t.destroy();
       }),
   };
 }
