@@ -228,8 +228,12 @@ export async function bareTemplatedRestore(
     const pss = await Promise.all(idle.map((c) => pssMib(c.proc.pid!)));
     return { restoreMs, pssMib: pss, stateBytes };
   } finally {
-    for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
-    await Promise.all(procs.map((p) => (p.exitCode === null ? once(p, "exit").catch(() => {}) : undefined)));
+    // A process killed by a signal has exitCode null (and signalCode set):
+    // waiting for its exit again would never settle.
+    const running = procs.filter((p) => p.exitCode === null && p.signalCode === null);
+    const exited = running.map((p) => once(p, "exit").catch(() => {}));
+    for (const p of running) p.kill("SIGKILL");
+    await Promise.all(exited);
     await fs.rm(dir, { recursive: true, force: true });
   }
 }
