@@ -5,7 +5,8 @@
 # curl or nftables needed beforehand, only apt and network access to the
 # Debian mirror and the npm registry.
 #
-#   scripts/setup.sh     Debian packages, /dev/net/tun, Node.js 24 and npm,
+#   scripts/setup.sh     Debian packages, QEMU 10 (bookworm-backports, into
+#                        /opt/firebreak/qemu), /dev/net/tun, Node.js 24 and npm,
 #                        npm dependencies, the `firebreak` command, the
 #                        systemd unit (enabled when systemd runs)
 #
@@ -36,7 +37,6 @@ die() {
 # --- Debian packages -------------------------------------------------------
 APT_PACKAGES=(
   ca-certificates curl              # downloads (Node.js, npm) over HTTPS
-  qemu-system-x86 qemu-utils        # the VMM (microvm machine) and qemu-img
   busybox-static                    # the guest initramfs
   debootstrap                       # template root filesystems from Debian packages
   e2fsprogs                         # mkfs.ext4 -d: images without mounting
@@ -62,6 +62,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   say "Debian packages present"
 fi
+
+# --- QEMU >= 10 ---------------------------------------------------------------
+# From bookworm-backports, beside the host's QEMU (never over it), into
+# /opt/firebreak/qemu: scripts/lib/install-qemu.sh. Hosts that cannot get it
+# stop here with one line saying what to do instead.
+# shellcheck source=lib/install-qemu.sh
+source "$ROOT/scripts/lib/install-qemu.sh"
+install_qemu
 
 # --- /dev/net/tun ------------------------------------------------------------
 # The node process (root) opens the tap and hands QEMU the file descriptor, so
@@ -129,5 +137,5 @@ else
   service="firebreak.service installed; systemd is not running here, so use: firebreak up --detach"
 fi
 
-say "set-up done: node $(node --version), npm $(npm --version), $(qemu-system-x86_64 --version | head -1)"
+say "set-up done: node $(node --version), npm $(npm --version), $("${FIREBREAK_QEMU_PREFIX:-/opt/firebreak/qemu/current/usr}/bin/qemu-system-x86_64" --version | head -1)"
 say "$service"

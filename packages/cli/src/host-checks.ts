@@ -4,6 +4,7 @@
 import { constants as fsc } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
+import { FirebreakError, MIN_QEMU_MAJOR, type QemuInstall, qemuInstall } from "@firebreak/node-agent";
 import { HOST_PATH, run } from "@firebreak/node-agent/host";
 
 export type CheckStatus = "ok" | "warn" | "fail" | "info";
@@ -21,8 +22,6 @@ const SETUP = "scripts/setup.sh (as root) does this";
 
 /** Host commands the node runs, and the Debian package of each. */
 const REQUIRED_TOOLS: [string, string][] = [
-  ["qemu-system-x86_64", "qemu-system-x86"],
-  ["qemu-img", "qemu-utils"],
   ["debootstrap", "debootstrap"],
   ["mkfs.ext4", "e2fsprogs"],
   ["cpio", "cpio"],
@@ -380,39 +379,43 @@ export async function diskCheck(
   return { check, freeMib };
 }
 
-const MIN_QEMU: [number, number] = [7, 2];
-
+/**
+ * The node's QEMU (set-up's QEMU 10 in /opt/firebreak/qemu, or
+ * FIREBREAK_QEMU_PREFIX): the same lookup the runtime does, which refuses a
+ * QEMU older than MIN_QEMU_MAJOR or without qboot (QEMU_MISSING, with the fix).
+ */
 export async function qemuCheck(): Promise<{ check: HostCheck; version: string }> {
-  const fix = `apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils (${SETUP})`;
-  const v = await run("qemu-system-x86_64", ["--version"], { allowFailure: true }).catch(() => undefined);
-  const version = v?.stdout.split("\n")[0]?.trim() ?? "";
-  if (v?.exitCode !== 0) {
-    return {
-      check: { name: "qemu", status: "fail", detail: "qemu-system-x86_64 is not installed", fix },
-      version,
-    };
-  }
-  const m = /version (\d+)\.(\d+)/.exec(version);
-  const [major, minor] = [Number(m?.[1] ?? 0), Number(m?.[2] ?? 0)];
-  if (major < MIN_QEMU[0] || (major === MIN_QEMU[0] && minor < MIN_QEMU[1])) {
+  let q: QemuInstall;
+  try {
+    q = await qemuInstall();
+  } catch (e) {
+    const message = e instanceof FirebreakError ? e.message : (e as Error).message;
     return {
       check: {
         name: "qemu",
         status: "fail",
-        detail: `${version}: QEMU ${MIN_QEMU.join(".")} or newer needed`,
-        fix,
+        detail: message,
+        fix: `QEMU >= ${MIN_QEMU_MAJOR} from bookworm-backports (${SETUP})`,
       },
-      version,
+      version: "",
     };
   }
-  const machines = await run("qemu-system-x86_64", ["-machine", "help"], { allowFailure: true });
+  const machines = await run(q.system, ["-machine", "help"], { allowFailure: true });
   if (!/^microvm\b/m.test(machines.stdout)) {
     return {
-      check: { name: "qemu", status: "fail", detail: `${version} has no microvm machine type`, fix },
-      version,
+      check: {
+        name: "qemu",
+        status: "fail",
+        detail: `${q.version} (${q.system}) has no microvm machine type`,
+        fix: `QEMU >= ${MIN_QEMU_MAJOR} from bookworm-backports (${SETUP})`,
+      },
+      version: q.version,
     };
   }
-  return { check: { name: "qemu", status: "ok", detail: `${version} (microvm)` }, version };
+  return {
+    check: { name: "qemu", status: "ok", detail: `${q.version} (${q.system}, microvm)` },
+    version: q.version,
+  };
 }
 
 /** Whether /dev/kvm can be used at all; the accelerator probe decides whether it works. */

@@ -408,7 +408,7 @@ program
   .description(
     "measure warm claim, snapshot restore and cold boot, concurrency, command round trip and memory; compare with bare QEMU and gVisor",
   )
-  .addOption(new Option("--boots <n>", "cold boots").argParser(int("--boots", 1, 1000)).default(20))
+  .addOption(new Option("--boots <n>", "cold boots (0: none)").argParser(int("--boots", 0, 1000)).default(3))
   .addOption(
     new Option("--restores <n>", "snapshot restores").argParser(int("--restores", 1, 1000)).default(20),
   )
@@ -427,6 +427,12 @@ program
       "--density <n>",
       "also start up to n idle sandboxes and report how many the node holds",
     ).argParser(int("--density", 1, 1000)),
+  )
+  .addOption(new Option("--forks <n>", "forks measured").argParser(int("--forks", 1, 100)).default(3))
+  .addOption(
+    new Option("--fork-children <n>", "children per fork")
+      .argParser(int("--fork-children", 1, 16))
+      .default(4),
   )
   .option("--json", "print JSON")
   .action(benchCommand);

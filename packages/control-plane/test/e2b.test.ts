@@ -84,7 +84,7 @@ describe("E2B SDK against the control plane", { skip: skipUnlessRoot }, () => {
     assert.equal(recs[0].final, true);
   });
 
-  test("base has E2B's tools; fork, metrics and signed URLs work on real VMs; killing ends a running command at once", async () => {
+  test("base has E2B's tools; fork, snapshots, metrics and signed URLs work on real VMs; killing ends a running command at once", async () => {
     const t = await tenant(admin);
     process.env["E2B_API_KEY"] = t.key.replace(/^fb_/, "e2b_");
     process.env["E2B_API_URL"] = srv.url;
@@ -114,6 +114,15 @@ describe("E2B SDK against the control plane", { skip: skipUnlessRoot }, () => {
     await fork.files.write("/home/user/state.txt", "in fork");
     assert.equal(await sandbox.files.read("/home/user/state.txt"), "before fork");
     await fork.kill();
+
+    // A named snapshot on the real node: a new sandbox starts from it with its files.
+    const snap = await sandbox.createSnapshot({ name: "e2b-vm-snap" });
+    const restored = await Sandbox.create(snap.snapshotId, { timeoutMs: 120_000 });
+    ours.push(restored.sandboxId);
+    assert.equal(await restored.files.read("/home/user/state.txt"), "before fork");
+    await restored.kill();
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true);
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false);
 
     // A signed URL carries neither the sandbox's id nor its token.
     const url = await sandbox.downloadUrl("/home/user/state.txt", { useSignatureExpiration: 600 });

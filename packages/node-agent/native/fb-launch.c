@@ -3,8 +3,9 @@
  * it as root; it prepares the process and then executes QEMU with nothing
  * root could give it by mistake:
  *
- *   fb-launch --uid U --gid G [--parent PID] [--netns PATH] [--tap NAME --tap-fd N]
- *             [--cgroup-procs FILE]... [--readonly-root] -- PROGRAM ARGS...
+ *   fb-launch --uid U --gid G [--groups G1,G2...] [--parent PID] [--netns PATH]
+ *             [--tap NAME --tap-fd N] [--cgroup-procs FILE]... [--readonly-root]
+ *             [--writable-file PATH] [--exec PATH] -- PROGRAM ARGS...
  *
  * In order:
  *  1. joins each cgroup (writes its own pid to every cgroup.procs given), so
@@ -18,11 +19,17 @@
  *  4. with --readonly-root, moves into a mount namespace of its own in which
  *     every mount is read-only: QEMU can create or change no file anywhere
  *     (its disks, sockets and saved state are descriptors it inherited);
- *  5. drops root for good: bounding set emptied, no supplementary groups,
- *     gid and uid set (real, effective, saved), capabilities and ambient set
+ *     --writable-file PATH (a regular file of root's) is the one exception: a
+ *     bind mount of that file alone, writable (a snapshot maker's guest RAM,
+ *     which QEMU opens by path; its mode still decides who may write it);
+ *  5. drops root for good: bounding set emptied, supplementary groups set to
+ *     exactly --groups (none without it: a fork point's group, so QEMU may
+ *     open that fork point's memory file and no other's), gid and uid set
+ *     (real, effective, saved), capabilities and ambient set
  *     cleared, no_new_privs; and asks for SIGKILL when the node process
  *     (its parent) dies, so no VM outlives its supervisor;
- *  6. executes PROGRAM (looked up in PATH).
+ *  6. executes PROGRAM (looked up in PATH), or the file --exec names with
+ *     PROGRAM as its argv[0].
  *
  * Any failure prints one line on stderr and exits 126 without running
  * PROGRAM. Every descriptor it opens itself is close-on-exec except the tap.
@@ -42,11 +49,13 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_CGROUPS 8
+#define MAX_GROUPS 4
 
 static void die(const char *what) {
   fprintf(stderr, "fb-launch: %s: %s\n", what, errno ? strerror(errno) : "invalid");
@@ -149,12 +158,46 @@ static void readonly_root(void) {
   fclose(f);
 }
 
-static void drop_root(uid_t uid, gid_t gid, long parent) {
+/* "g1,g2,..." (each a positive id) into out; returns the count. */
+static int parse_groups(const char *s, gid_t *out) {
+  int n = 0;
+  char *copy = strdup(s), *save = NULL;
+  if (!copy) die("strdup");
+  for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    if (n >= MAX_GROUPS) {
+      errno = 0;
+      die("--groups: too many");
+    }
+    long g = parse_id(t, "--groups");
+    if (g <= 0) {
+      errno = 0;
+      die("--groups: root's group");
+    }
+    out[n++] = (gid_t)g;
+  }
+  free(copy);
+  return n;
+}
+
+/* One root-owned regular file, writable again through a bind mount of itself. */
+static void writable_file(const char *p) {
+  struct stat st;
+  if (lstat(p, &st) != 0) die(p);
+  if (!S_ISREG(st.st_mode) || st.st_uid != 0) {
+    errno = 0;
+    die("--writable-file: not a regular file of root's");
+  }
+  if (mount(p, p, NULL, MS_BIND, NULL) != 0) die("bind mount of --writable-file");
+  if (mount(NULL, p, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+    die("writable remount of --writable-file");
+}
+
+static void drop_root(uid_t uid, gid_t gid, const gid_t *groups, int ngroups, long parent) {
   // The bounding set first: dropping it needs CAP_SETPCAP, which setuid removes.
   for (int cap = 0; cap <= 63; cap++) {
     if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) die("PR_CAPBSET_DROP");
   }
-  if (setgroups(0, NULL) != 0) die("setgroups");
+  if (setgroups((size_t)ngroups, ngroups ? groups : NULL) != 0) die("setgroups");
   if (setresgid(gid, gid, gid) != 0) die("setresgid");
   if (setresuid(uid, uid, uid) != 0) die("setresuid");
   // setresuid cleared the permitted and effective sets; the inheritable and
@@ -181,7 +224,9 @@ static void drop_root(uid_t uid, gid_t gid, long parent) {
 
 int main(int argc, char **argv) {
   long uid = -1, gid = -1, tap_fd = -1, parent = -1;
-  const char *netns = NULL, *tap = NULL;
+  const char *netns = NULL, *tap = NULL, *exec_path = NULL, *writable = NULL;
+  gid_t groups[MAX_GROUPS];
+  int ngroups = 0;
   const char *cgroups[MAX_CGROUPS];
   int ncgroups = 0, ro = 0, i = 1;
   for (; i < argc; i++) {
@@ -204,6 +249,9 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--netns") == 0) netns = v;
     else if (strcmp(a, "--parent") == 0) parent = parse_id(v, "--parent");
     else if (strcmp(a, "--tap") == 0) tap = v;
+    else if (strcmp(a, "--groups") == 0 && ngroups == 0) ngroups = parse_groups(v, groups);
+    else if (strcmp(a, "--exec") == 0 && v[0] == '/') exec_path = v;
+    else if (strcmp(a, "--writable-file") == 0 && v[0] == '/') writable = v;
     else if (strcmp(a, "--tap-fd") == 0) tap_fd = parse_id(v, "--tap-fd");
     else if (strcmp(a, "--cgroup-procs") == 0 && ncgroups < MAX_CGROUPS) cgroups[ncgroups++] = v;
     else {
@@ -212,16 +260,21 @@ int main(int argc, char **argv) {
     }
   }
   // SECURITY: never run the program as root, and never without an explicit id.
-  if (uid <= 0 || gid <= 0 || i >= argc || (tap && tap_fd < 3) || (!tap && tap_fd >= 0)) {
+  if (uid <= 0 || gid <= 0 || i >= argc || (tap && tap_fd < 3) || (!tap && tap_fd >= 0) || (writable && !ro)) {
     errno = 0;
-    die("usage: fb-launch --uid U --gid G [--parent PID] [--netns P] [--tap NAME --tap-fd N] [--cgroup-procs F]... "
-        "[--readonly-root] -- PROGRAM ARGS...");
+    die("usage: fb-launch --uid U --gid G [--groups G1,G2] [--parent PID] [--netns P] [--tap NAME --tap-fd N] "
+        "[--cgroup-procs F]... [--readonly-root [--writable-file /PATH]] [--exec /PATH] -- PROGRAM ARGS...");
   }
   for (int c = 0; c < ncgroups; c++) join_cgroup(cgroups[c]);
   if (netns) join_netns(netns);
   if (tap) open_tap(tap, (int)tap_fd);
   if (ro) readonly_root();
-  drop_root((uid_t)uid, (gid_t)gid, parent);
+  if (writable) writable_file(writable);
+  drop_root((uid_t)uid, (gid_t)gid, groups, ngroups, parent);
+  if (exec_path) {
+    execv(exec_path, &argv[i]);
+    die(exec_path);
+  }
   execvp(argv[i], &argv[i]);
   die(argv[i]);
   return 126;

@@ -3,6 +3,7 @@
 export const ERROR_CODES = {
   KERNEL_MISSING: "The guest kernel is not prepared and could not be prepared.",
   NOT_ROOT: "The node needs root (namespaces, taps, nftables, cgroups).",
+  QEMU_MISSING: "QEMU >= 10 (shared copy-on-write snapshots) is not installed where the node looks for it.",
   TEMPLATE_NOT_FOUND: "No template with that name or spec file.",
   TEMPLATE_SPEC_INVALID: "The template spec does not validate.",
   TEMPLATE_BUILD_FAILED: "A template build step failed.",
@@ -11,6 +12,7 @@ export const ERROR_CODES = {
   SANDBOX_STATE_INVALID: "The action is not allowed in the sandbox's current state.",
   SANDBOX_BOOT_FAILED: "The VM did not boot or its agent did not become ready.",
   SANDBOX_CRASHED: "The VM exited unexpectedly.",
+  SNAPSHOT_NOT_FOUND: "No snapshot with that id on this node (never made, or deleted).",
   SHAPE_INVALID: "The requested vCPUs, memory or disk are out of range.",
   CAPACITY_EXHAUSTED: "The node has no room for another sandbox of that shape.",
   AGENT_ERROR: "The guest agent answered with an error.",

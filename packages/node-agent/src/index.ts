@@ -65,4 +65,6 @@ export {
   type TemplateImage,
   validateShape,
 } from "./sandbox/node-runtime.ts";
+export { type BareTemplateResult, bareTemplatedRestore } from "./vmm/bare-template.ts";
+export { MIN_QEMU_MAJOR, type QemuInstall, qemuInstall } from "./vmm/qemu-install.ts";
 export { BASE_CMDLINE, qemuArgs } from "./vmm/qemu-vm.ts";

@@ -111,6 +111,75 @@ test("node errors keep their code across the wire", { skip: skipUnlessRoot }, as
   );
 });
 
+test("named snapshots over the wire: SnapshotSandbox, Create from_snapshot, DeleteSnapshot", {
+  skip: skipUnlessRoot,
+}, async () => {
+  const sb = await client.create({ template: "base", envVars: { KEPT: "yes" } });
+  createdIds.add(sb.id);
+  const { snapshotId } = await client.snapshot(sb.id);
+  assert.match(snapshotId, /^l[a-z0-9]+$/);
+  const again = await client.create({ template: "base", fromSnapshot: snapshotId });
+  createdIds.add(again.id);
+  assert.equal(again.path, "snapshot");
+  const envd = client.envd(again.id, async () => again.accessToken, "user");
+  let out = "";
+  for await (const r of envd.process.start({
+    process: { cmd: "/bin/sh", args: ["-c", "echo $KEPT"], envs: {} },
+  })) {
+    const ev = r.event?.event;
+    if (ev?.case === "data" && ev.value.output.case === "stdout")
+      out += Buffer.from(ev.value.output.value).toString();
+  }
+  assert.equal(out.trim(), "yes", "the snapshot's env came along");
+  await client.deleteSnapshot(snapshotId);
+  await assert.rejects(
+    client.deleteSnapshot(snapshotId),
+    (e: unknown) => e instanceof FirebreakError && e.code === "SNAPSHOT_NOT_FOUND",
+  );
+  await assert.rejects(
+    client.create({ template: "base", fromSnapshot: snapshotId }),
+    (e: unknown) => e instanceof FirebreakError && e.code === "SNAPSHOT_NOT_FOUND",
+  );
+  await client.kill(again.id, "test");
+  await client.kill(sb.id, "test");
+});
+
+test("closing the daemon ends its tunnels, also one to a sandbox that went away mid-tunnel", {
+  skip: skipUnlessRoot,
+}, async () => {
+  const sock = `${config.runDir}/test-node-${process.pid}-tunnels.sock`;
+  const daemon = await startDaemon({ service, listen: { unix: sock }, secret: SECRET });
+  let closed = false;
+  try {
+    const sb = await client.create({ template: "base" });
+    createdIds.add(sb.id);
+    // A tunnel to the guest agent's port, as the control plane opens one.
+    const tunnelSocket = await new Promise<import("node:net").Socket>((resolve, reject) => {
+      http
+        .request({
+          socketPath: sock,
+          path: `/sandboxes/${sb.id}/ports/49983`,
+          headers: { authorization: `Bearer ${SECRET}`, connection: "Upgrade", upgrade: "firebreak-tunnel" },
+        })
+        .on("upgrade", (_res, s) => resolve(s))
+        .on("response", (res) => reject(new Error(`no upgrade: ${res.statusCode}`)))
+        .on("error", reject)
+        .end();
+    });
+    tunnelSocket.on("error", () => {});
+    const gone = new Promise<void>((r) => tunnelSocket.once("close", () => r()));
+    // The sandbox goes away under the tunnel; then the client half-closes it:
+    // the node's FIN to the vanished guest is never answered.
+    await client.kill(sb.id, "test");
+    tunnelSocket.end();
+    await daemon.close();
+    closed = true;
+    await gone;
+  } finally {
+    if (!closed) await daemon.close();
+  }
+});
+
 test("a wrong credential gets nothing: 401 on the unix socket, no TLS session on TCP", {
   skip: skipUnlessRoot,
 }, async () => {

@@ -104,13 +104,24 @@ test("QEMU sees every mount read-only, in a mount namespace of its own, and hold
   const writable = mounts.filter((m) => !m.ro && !covered(m)).map((m) => m.line);
   assert.deepEqual(writable, [], "no mount is writable for QEMU");
 
-  // Its descriptors: the disk chain, the tap, sockets and pipes; no directory.
-  const targets: string[] = [];
+  // Its descriptors: the disk chain, the tap, sockets and pipes, and the
+  // snapshot's memory file (read-only); no directory.
+  const memoryFile = path.join(config.stateDir, "snapshots");
+  const targets: { fd: string; target: string }[] = [];
   for (const fd of await fs.readdir(`/proc/${pid}/fd`)) {
-    targets.push(await fs.readlink(`/proc/${pid}/fd/${fd}`).catch(() => "gone"));
+    targets.push({ fd, target: await fs.readlink(`/proc/${pid}/fd/${fd}`).catch(() => "gone") });
   }
-  const files = targets.filter((t) => t.startsWith("/"));
-  for (const f of files) {
+  const files = targets.filter((t) => t.target.startsWith("/")).map((t) => t.target);
+  for (const { fd, target: f } of targets.filter((t) => t.target.startsWith("/"))) {
+    if (f.startsWith(memoryFile) && f.endsWith("/memory.ram")) {
+      // SECURITY: QEMU maps the shared snapshot memory private; it holds it read-only.
+      const flags = Number.parseInt(
+        /^flags:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8"))![1]!,
+        8,
+      );
+      assert.equal(flags & 3, 0, `the snapshot's memory file is open read-only (flags ${flags.toString(8)})`);
+      continue;
+    }
     assert.ok(
       f === "/dev/net/tun" ||
         f === "/dev/null" ||
@@ -191,6 +202,7 @@ test("links planted in the sandbox dir (console log, memory files, temp files) a
     `paused.json.${process.pid}.tmp`,
     `state.json.${process.pid}.tmp`,
     "migrate-out.sock",
+    "freeze-stream.bin",
   ];
   const c = await canaries(names.length + 1);
   const plant = async (dir: string) => {

@@ -195,8 +195,9 @@ describe("template snapshots", { skip: skipUnlessRoot }, () => {
     );
     assert.deepEqual(snapFilesAfter, snapFilesBefore, "a clone modified the snapshot's files");
     assert.equal(await sha256File(snap.memoryPath), snap.manifest.memory.sha256);
+    assert.equal(await sha256File(snap.statePath), snap.manifest.state.sha256);
     assert.equal(await sha256File(snap.diskPath), snap.manifest.disk.sha256);
-    for (const file of [snap.memoryPath, snap.diskPath]) {
+    for (const file of [snap.memoryPath, snap.statePath, snap.diskPath]) {
       const bytes = await fs.readFile(file);
       for (const [what, s] of [
         ["a's token", a.accessToken],
@@ -317,7 +318,7 @@ describe("template snapshots", { skip: skipUnlessRoot }, () => {
       const { size } = await fs.stat(snap.memoryPath);
       await fs.truncate(snap.memoryPath, Math.floor(size / 2));
       const sb = await createSandbox(t, { shape: SHAPE });
-      await assertColdFallback(sb, /memory\.bin is \d+ bytes/);
+      await assertColdFallback(sb, /memory\.ram is \d+ bytes/);
     });
 
     test("same-size corruption (bytes flipped, verified stamp gone): checksum mismatch, cold boot", async (t) => {
@@ -336,18 +337,18 @@ describe("template snapshots", { skip: skipUnlessRoot }, () => {
       }
       assert.equal((await fs.stat(snap.memoryPath)).size, size);
       const sb = await createSandbox(t, { shape: SHAPE });
-      await assertColdFallback(sb, /memory\.bin does not match its checksum/);
+      await assertColdFallback(sb, /memory\.ram does not match its checksum/);
     });
 
     test("a state QEMU cannot load (manifest rewritten to match): restore fails, VM removed, cold boot", async (t) => {
       const snap = await goodSnapshot();
-      const { size } = await fs.stat(snap.memoryPath);
-      await fs.truncate(snap.memoryPath, Math.floor(size / 2));
+      const { size } = await fs.stat(snap.statePath);
+      await fs.truncate(snap.statePath, Math.floor(size / 2));
       // A manifest that agrees with the damaged file gets it past the store's
       // checks, so the failure surfaces in QEMU's incoming migration.
       const manifest = snap.manifest;
-      manifest.memory.bytes = (await fs.stat(snap.memoryPath)).size;
-      manifest.memory.sha256 = await sha256File(snap.memoryPath);
+      manifest.state.bytes = (await fs.stat(snap.statePath)).size;
+      manifest.state.sha256 = await sha256File(snap.statePath);
       await fs.writeFile(path.join(dir, "manifest.json"), JSON.stringify(manifest, null, 2));
       await fs.rm(path.join(dir, "verified"));
       assert.ok((await rt.snapshots.find(bkey)).snapshot, "the store rejected the rewritten snapshot");

@@ -56,19 +56,23 @@ export class RemoteNode implements NodeClient {
     return r;
   }
 
-  // SEAM (named snapshots): the node daemon's API takes none yet, so this
-  // client has no snapshotOf/deleteSnapshot (NodeClient marks them optional)
-  // and E2B's snapshot routes answer 501 NOT_IMPLEMENTED. When the daemon
-  // gains them, add both methods here and pass `fromSnapshot` on in create.
+  /** A named snapshot of a running sandbox on this node (it keeps running). */
+  snapshotOf(id: string): Promise<{ snapshotId: string }> {
+    return this.#client.snapshot(id);
+  }
+
+  /** Deletes a named snapshot; false when this node has none of that id. */
+  async deleteSnapshot(snapshotId: string): Promise<boolean> {
+    try {
+      await this.#client.deleteSnapshot(snapshotId);
+      return true;
+    } catch (e) {
+      if (e instanceof FirebreakError && e.code === "SNAPSHOT_NOT_FOUND") return false;
+      throw e;
+    }
+  }
 
   async create(req: NodeCreateRequest): Promise<NodeSandboxInfo> {
-    if (req.fromSnapshot !== undefined) {
-      // INVARIANT: a create from a snapshot never quietly starts from the template.
-      throw new FirebreakError(
-        "SANDBOX_STATE_INVALID",
-        `node ${this.id} takes no named snapshots, so it cannot start from ${req.fromSnapshot}`,
-      );
-    }
     const s = await this.#client.create({
       template: req.template,
       shape: { vcpus: req.vcpus, memoryMib: req.memoryMib },
@@ -84,6 +88,7 @@ export class RemoteNode implements NodeClient {
         : {}),
       ...(req.diskMib !== undefined ? { diskMib: req.diskMib } : {}),
       ...(req.platformId ? { platformId: req.platformId } : {}),
+      ...(req.fromSnapshot !== undefined ? { fromSnapshot: req.fromSnapshot } : {}),
     });
     this.#tokens.set(s.id, s.accessToken);
     return {

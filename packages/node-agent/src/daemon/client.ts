@@ -193,6 +193,7 @@ export class NodeDaemonClient {
             : {}),
           ...(spec.diskMib !== undefined ? { diskMib: spec.diskMib } : {}),
           platformId: spec.platformId ?? "",
+          ...(spec.fromSnapshot !== undefined ? { fromSnapshot: spec.fromSnapshot } : {}),
         }),
       ),
     );
@@ -215,6 +216,19 @@ export class NodeDaemonClient {
 
   fork(id: string, count: number): Promise<StartedInfo[]> {
     return this.#call(async () => (await this.#rpc.fork({ id, count })).children.map(infoIn));
+  }
+
+  /** A named snapshot of a running sandbox (it keeps running). */
+  snapshot(id: string): Promise<{ snapshotId: string }> {
+    return this.#call(async () => ({
+      snapshotId: (await this.#rpc.snapshotSandbox({ id, reason: "snapshot" })).snapshotId,
+    }));
+  }
+
+  deleteSnapshot(snapshotId: string): Promise<void> {
+    return this.#call(async () => {
+      await this.#rpc.deleteSnapshot({ snapshotId });
+    });
   }
 
   status(ids: string[]): Promise<SandboxStatus[]> {

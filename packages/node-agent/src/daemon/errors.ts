@@ -10,6 +10,7 @@ export const ERROR_CODE_HEADER = "fb-error-code";
 const connectCodes: Partial<Record<ErrorCode, Code>> = {
   SANDBOX_NOT_FOUND: Code.NotFound,
   TEMPLATE_NOT_FOUND: Code.NotFound,
+  SNAPSHOT_NOT_FOUND: Code.NotFound,
   SHAPE_INVALID: Code.InvalidArgument,
   TEMPLATE_SPEC_INVALID: Code.InvalidArgument,
   SANDBOX_STATE_INVALID: Code.FailedPrecondition,

@@ -29,6 +29,8 @@ export interface CreateSpec {
   policy?: { policy: EgressPolicy; tenant: string; admin?: boolean };
   diskMib?: number;
   platformId?: string;
+  /** A named snapshot to start from (then `template` is the snapshot's). */
+  fromSnapshot?: string;
 }
 
 export interface StartedInfo {
@@ -144,6 +146,18 @@ export class NodeService {
         `node ${this.nodeId} is draining and takes no new sandboxes`,
       );
     }
+    if (spec.fromSnapshot !== undefined) {
+      const sb = await this.runtime.create({
+        template: { name: spec.template, imagePath: "", env: {}, user: "user" },
+        fromSnapshot: spec.fromSnapshot,
+        ...(spec.shape ? { shape: spec.shape } : {}),
+        ...(spec.envVars ? { envVars: spec.envVars } : {}),
+        ...(spec.diskMib !== undefined ? { diskMib: spec.diskMib } : {}),
+        ...(spec.policy ? { network: { policy: spec.policy.policy, tenant: spec.policy.tenant } } : {}),
+      });
+      this.#known.set(sb.id, sb);
+      return this.#info(sb);
+    }
     const template = await getTemplate(this.runtime.config, spec.template);
     if (!template) {
       throw new FirebreakError(
@@ -246,6 +260,14 @@ export class NodeService {
     const t0 = performance.now();
     await this.runtime.resume(id);
     return { path: "snapshot", totalMs: Math.round((performance.now() - t0) * 10) / 10 };
+  }
+
+  snapshot(id: string): Promise<{ snapshotId: string }> {
+    return this.runtime.snapshotOf(id);
+  }
+
+  deleteSnapshot(snapshotId: string): Promise<void> {
+    return this.runtime.deleteSnapshot(snapshotId);
   }
 
   async fork(id: string, count: number): Promise<StartedInfo[]> {

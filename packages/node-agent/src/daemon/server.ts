@@ -138,6 +138,7 @@ function routes(svc: NodeService) {
             ...(policy ? { policy } : {}),
             ...(req.diskMib !== undefined ? { diskMib: req.diskMib } : {}),
             platformId: req.platformId,
+            ...(req.fromSnapshot !== undefined ? { fromSnapshot: req.fromSnapshot } : {}),
           });
           return infoOut(info);
         }),
@@ -156,6 +157,13 @@ function routes(svc: NodeService) {
         call(async () =>
           create(nodePb.ForkResponseSchema, { children: (await svc.fork(req.id, req.count)).map(infoOut) }),
         ),
+      snapshotSandbox: (req) =>
+        call(async () => create(nodePb.SnapshotResponseSchema, await svc.snapshot(req.id))),
+      deleteSnapshot: (req) =>
+        call(async () => {
+          await svc.deleteSnapshot(req.snapshotId);
+          return create(nodePb.EmptySchema, {});
+        }),
       status: (req) =>
         call(() =>
           create(nodePb.StatusResponseSchema, {

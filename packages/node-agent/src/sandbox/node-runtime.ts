@@ -31,7 +31,17 @@ import { SandboxCgroup } from "../jail/cgroup.ts";
 import { ensureLauncher } from "../jail/launcher.ts";
 import { createSandboxNetwork, destroySandboxNetwork } from "../network/index.ts";
 import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
-import { type DiskLayer, hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
+import { type QemuInstall, qemuInstall } from "../vmm/qemu-install.ts";
+import { type DiskLayer, hostTscKhz, QemuVm, type VmMemory } from "../vmm/qemu-vm.ts";
+import {
+  ForkPointGroups,
+  type ForkPointManifest,
+  forkPointDir,
+  isNamed,
+  layersDir,
+  readForkPoint,
+  writeForkPointManifest,
+} from "./fork-points.ts";
 import { newAccessToken, newSandboxId } from "./ids.ts";
 import {
   PAUSED_FILE,
@@ -52,10 +62,12 @@ import {
 } from "./sandbox.ts";
 import { SlotRegistry } from "./slots.ts";
 import {
+  createMemoryFile,
   type LoadedSnapshot,
   type SnapshotManifest,
   SnapshotRestoreError,
   SnapshotStore,
+  sha256File,
   snapshotKey,
 } from "./snapshot-store.ts";
 import { assertTransition, isFinal } from "./state.ts";
@@ -79,6 +91,22 @@ export function shapeFor(template: TemplateImage, requested: Partial<Shape> = {}
   const defined = Object.fromEntries(Object.entries(requested).filter(([, v]) => v !== undefined));
   return validateShape({ ...DEFAULT_SHAPE, ...template.shape, ...defined });
 }
+
+/** What a clone starts from: a template snapshot or a fork point. */
+export interface CloneSource {
+  /** Guest RAM, mapped private and copy-on-write by the clone (never written). */
+  memoryPath: string;
+  /** Device state, saved with x-ignore-shared. */
+  statePath: string;
+  /** Disk chain below the clone's own layer, base image first. */
+  diskChain: DiskLayer[];
+  /** Supplementary groups the clone's QEMU needs to open memoryPath (a fork point's). */
+  groups: number[];
+  /** Fork points the chain needs (the clone registers as a user of each). */
+  layers: string[];
+  /** Set for template snapshots: a restore QEMU rejects quarantines it (cold boot instead). */
+  snapshot?: LoadedSnapshot;
+}
 export const SHAPE_LIMITS = { vcpus: { min: 1, max: 8 }, memoryMib: { min: 128, max: 16_384 } };
 
 export interface CreateOptions {
@@ -95,6 +123,13 @@ export interface CreateOptions {
   /** Skip warm pools and snapshots (benchmarks, the snapshot's own boot). */
   forceCold?: boolean;
   /**
+   * Start from a named snapshot (snapshotOf) instead of the template: its
+   * memory, processes and disk, a new identity, env = the snapshot's under
+   * these envVars. `template` and `shape` are the snapshot's (a different
+   * shape is SHAPE_INVALID).
+   */
+  fromSnapshot?: string;
+  /**
    * Grow the sandbox's root disk to this size (MiB) after it starts: the disk
    * layer is resized through QMP and the guest grows its ext4 online. Smaller
    * than the image's own size is refused. @default the template's diskMib
@@ -108,6 +143,9 @@ export interface CreateOptions {
 }
 
 export const MAX_DISK_MIB = 262_144;
+
+/** How long the guest agent has to acknowledge `init`. */
+const INIT_TIMEOUT_MS = 60_000;
 
 /** What a paused sandbox needs to come back, in its directory (root-only). */
 interface PausedRecord {
@@ -146,12 +184,23 @@ export class NodeRuntime {
   readonly kernel: KernelManifest;
   readonly initramfs: string;
   readonly accel: AccelProbe;
+  /** The QEMU the node runs (>= 10; vmm/qemu-install.ts). */
+  readonly qemu: QemuInstall;
   /** The QEMU jailer (jail/launcher.ts). */
   readonly launcher: string;
   readonly slots: SlotRegistry;
+  /** Host-wide groups of fork points (who may map which memory file). */
+  readonly forkGroups: ForkPointGroups;
   readonly tscKhz = hostTscKhz();
   readonly snapshots: SnapshotStore;
   readonly pools: WarmPools;
+  /**
+   * Standby VMs per template and shape: slot, network, cgroup, disk layer and
+   * a QEMU waiting for the snapshot's state, made ahead of time, so that a
+   * snapshot-path create only loads ~100 KB of device state and says init.
+   */
+  readonly standbys: WarmPools;
+  readonly #standbySource = new WeakMap<Sandbox, CloneSource>();
   /** Egress policies, the platform resolver, private services and traffic counters. */
   egress!: EgressManager;
   readonly #sandboxes = new Map<string, Sandbox>();
@@ -162,17 +211,21 @@ export class NodeRuntime {
     kernel: KernelManifest,
     initramfs: string,
     accel: AccelProbe,
+    qemu: QemuInstall,
     launcher: string,
     log: (line: string) => void,
   ) {
     this.config = config;
+    this.qemu = qemu;
     this.launcher = launcher;
     this.kernel = kernel;
     this.initramfs = initramfs;
     this.accel = accel;
     this.slots = new SlotRegistry(paths.slotsDir(config));
+    this.forkGroups = new ForkPointGroups(config);
     this.snapshots = new SnapshotStore(config);
     this.pools = new WarmPools(log);
+    this.standbys = new WarmPools(log, 256, "standby");
     this.#log = log;
   }
 
@@ -189,9 +242,10 @@ export class NodeRuntime {
       );
     }
     await fs.mkdir(paths.sandboxesDir(config), { recursive: true, mode: 0o755 });
+    const qemu = await qemuInstall();
     const kernel = await ensureKernel(config, log);
     const initramfs = await ensureInitramfs(config, kernel);
-    const accel = await probeAccelerator(config, kernel, initramfs);
+    const accel = await probeAccelerator(config, kernel, initramfs, qemu);
     log(`accelerator: ${accel.accel} (${accel.reason})`);
     if (!Number.isInteger(config.vmUidBase) || config.vmUidBase < 1000 || config.vmUidBase > 4_000_000_000) {
       throw new FirebreakError(
@@ -200,10 +254,11 @@ export class NodeRuntime {
       );
     }
     const launcher = await ensureLauncher(config);
-    const rt = new NodeRuntime(config, kernel, initramfs, accel, launcher, log);
+    const rt = new NodeRuntime(config, kernel, initramfs, accel, qemu, launcher, log);
     rt.egress = await EgressManager.open({ stateDir: config.stateDir, log });
     const report = await rt.reconcile();
     if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
+    await rt.#adoptForkPointGroups();
     const adopted = await rt.adoptPaused();
     if (adopted.length) log(`adopted paused sandboxes: ${adopted.join(", ")}`);
     return rt;
@@ -294,7 +349,7 @@ export class NodeRuntime {
   async #growDisk(sb: Sandbox, diskMib: number): Promise<void> {
     const t0 = performance.now();
     const info = JSON.parse(
-      (await run("qemu-img", ["info", "--force-share", "--output=json", path.join(sb.dir, "disk.qcow2")]))
+      (await run(this.qemu.img, ["info", "--force-share", "--output=json", path.join(sb.dir, "disk.qcow2")]))
         .stdout,
     ) as {
       "virtual-size": number;
@@ -318,6 +373,22 @@ export class NodeRuntime {
   }
 
   async #createByFastestPath(opts: CreateOptions): Promise<Sandbox> {
+    if (opts.fromSnapshot !== undefined) {
+      this.egress.validate(opts.network?.policy, opts.network?.tenant);
+      const { manifest, source } = await this.#snapshotSource(opts.fromSnapshot);
+      const want = { ...manifest.shape, ...opts.shape };
+      if (want.vcpus !== manifest.shape.vcpus || want.memoryMib !== manifest.shape.memoryMib) {
+        throw new FirebreakError(
+          "SHAPE_INVALID",
+          `snapshot ${opts.fromSnapshot} is ${manifest.shape.vcpus} vCPU / ${manifest.shape.memoryMib} MiB; a sandbox started from it has that shape`,
+        );
+      }
+      return this.#start(
+        { ...opts, template: manifest.template, envVars: { ...manifest.envVars, ...opts.envVars } },
+        manifest.shape,
+        { source },
+      );
+    }
     const shape = shapeFor(opts.template, opts.shape);
     // Refuse a bad policy or a forbidden service binding before anything is made.
     this.egress.validate(opts.network?.policy, opts.network?.tenant);
@@ -336,17 +407,18 @@ export class NodeRuntime {
         return warm;
       }
     }
+    if (key) {
+      const t0 = performance.now();
+      const standby = await this.standbys.claim(key, shape, (sb) => this.#startFromStandby(sb, opts, t0));
+      if (standby) return standby;
+    }
     let fallback: string | undefined;
     if (key) {
       const found = await this.snapshots.find(snapshotKey(key, shape, this.kernel, this.accel.accel));
       if (found.snapshot) {
         try {
           return await this.#start(opts, shape, {
-            snapshot: found.snapshot,
-            diskChain: [
-              { path: opts.template.imagePath, format: "raw" },
-              { path: found.snapshot.diskPath, format: "qcow2" },
-            ],
+            source: this.#templateSource(opts.template, found.snapshot),
           });
         } catch (e) {
           if (!(e instanceof SnapshotRestoreError)) throw e;
@@ -375,7 +447,10 @@ export class NodeRuntime {
     opts: {
       network?: CreateOptions["network"];
       incoming?: string;
-      beforeLaunch?: () => Promise<void>;
+      memory?: VmMemory;
+      groups?: number[];
+      /** Runs once the slot (and so the VM's uid) is known, before QEMU starts. */
+      beforeLaunch?: (vmUid: number) => Promise<void>;
       /** QEMU refusing to start is the snapshot's fault (a restore falls back cold). */
       launchFailureIsSnapshot?: boolean;
     },
@@ -402,7 +477,7 @@ export class NodeRuntime {
     lap("network");
     signal.throwIfAborted();
 
-    await opts.beforeLaunch?.();
+    await opts.beforeLaunch?.(uid);
     lap("disk");
     signal.throwIfAborted();
 
@@ -412,7 +487,15 @@ export class NodeRuntime {
     lap("cgroup");
     signal.throwIfAborted();
 
-    const vm = await this.#launchVm(sb, { slot, network, cgroup }, opts.incoming).catch((e: Error) => {
+    const vm = await this.#launchVm(
+      sb,
+      { slot, network, cgroup },
+      {
+        ...(opts.incoming ? { incoming: opts.incoming } : {}),
+        ...(opts.memory ? { memory: opts.memory } : {}),
+        ...(opts.groups ? { groups: opts.groups } : {}),
+      },
+    ).catch((e: Error) => {
       // QEMU refusing the snapshot's files (unreadable disk layer, ...) is a
       // snapshot problem: the create falls back to a cold boot.
       if (opts.launchFailureIsSnapshot && !signal.aborted) throw new SnapshotRestoreError(e.message);
@@ -435,7 +518,15 @@ export class NodeRuntime {
   async #start(
     opts: CreateOptions,
     shape: Shape,
-    how: { snapshot?: LoadedSnapshot; diskChain?: DiskLayer[]; pool?: boolean; layers?: string[] },
+    how: {
+      /** Restore from a snapshot or fork point instead of booting. */
+      source?: CloneSource;
+      /** Boot with guest RAM in this file, mapped shared (snapshot makers). */
+      writerMemory?: string;
+      pool?: boolean;
+      /** Stop once QEMU waits for the source's state (a standby VM). */
+      standby?: boolean;
+    },
   ): Promise<Sandbox> {
     const t0 = performance.now();
     let mark = t0;
@@ -448,7 +539,7 @@ export class NodeRuntime {
     const id = newSandboxId();
     const dir = path.join(paths.sandboxesDir(this.config), id);
     const sb = new Sandbox(id, opts.template, shape, dir);
-    sb.pooled = how.pool === true;
+    sb.pooled = how.pool === true || how.standby === true;
     sb.discard = () => void this.kill(id, "discarded from the warm pool");
     this.#sandboxes.set(id, sb);
     sb.record = {
@@ -465,34 +556,123 @@ export class NodeRuntime {
       sb.filesStack.defer(() => fs.rm(dir, { recursive: true, force: true }));
       // INVARIANT: the owner record exists before any host-global resource.
       await writeRecord(this.config, dir, sb.record);
-      sb.layers = how.layers ?? [];
+      sb.layers = how.source?.layers ?? [];
       for (const layer of sb.layers) {
         await fs.writeFile(path.join(this.config.stateDir, "layers", layer, "users", id), "");
         sb.filesStack.defer(() => releaseUnusedLayers(this.config, { layer, user: id }).then(() => {}));
       }
-      const base: DiskLayer[] = how.diskChain ?? [{ path: opts.template.imagePath, format: "raw" }];
+      const source = how.source;
+      const base: DiskLayer[] = source?.diskChain ?? [{ path: opts.template.imagePath, format: "raw" }];
+      const memory: VmMemory = source
+        ? { kind: "clone", path: source.memoryPath }
+        : how.writerMemory
+          ? { kind: "writer", path: how.writerMemory }
+          : { kind: "private" };
       const live = await this.#acquireLive(
         sb,
         {
           ...(opts.network ? { network: opts.network } : {}),
-          ...(how.snapshot ? { incoming: how.snapshot.memoryPath, launchFailureIsSnapshot: true } : {}),
-          beforeLaunch: async () => {
+          ...(source
+            ? {
+                incoming: source.statePath,
+                groups: source.groups,
+                launchFailureIsSnapshot: source.snapshot !== undefined,
+              }
+            : {}),
+          memory,
+          beforeLaunch: async (vmUid) => {
+            // SECURITY: the snapshot maker's RAM file is writable by its VM's
+            // group only (QEMU opens it by path), and by nobody once saved.
+            if (how.writerMemory) {
+              await fs.chown(how.writerMemory, 0, vmUid);
+              await fs.chmod(how.writerMemory, 0o660);
+            }
             sb.disk = opts.writableImage ? base : [...base, await this.#newLayer(dir, base.at(-1)!)];
           },
         },
         lap,
       );
       this.#set(sb, { state: "starting", live });
+      if (how.standby && source) {
+        this.#standbySource.set(sb, source);
+        this.#set(sb, { state: "standby", live });
+        return sb;
+      }
+      return await this.#finishStart(sb, opts, how, t0, phases, lap);
+    } catch (e) {
+      return this.#startFailed(sb, e);
+    }
+  }
 
+  /** Takes a standby VM for a create: its start resumes where it stopped (state load, init). */
+  async #startFromStandby(sb: Sandbox, opts: CreateOptions, t0: number): Promise<void> {
+    const source = this.#standbySource.get(sb);
+    if (!source) throw new FirebreakError("INTERNAL", `standby ${sb.id} has no source`);
+    const phases: Record<string, number> = {};
+    let mark = t0;
+    const lap = (name: string) => {
+      const now = performance.now();
+      phases[name] = Math.round((now - mark) * 10) / 10;
+      mark = now;
+    };
+    this.#set(sb, { state: "starting", live: sb.requireLive() });
+    sb.pooled = false;
+    try {
+      if (opts.network) {
+        await this.egress.update(sb.id, opts.network.policy ?? {}, {
+          ...(opts.network.tenant !== undefined ? { tenant: opts.network.tenant } : {}),
+        });
+      }
+      lap("standby");
+      await this.#finishStart(sb, opts, { source }, t0, phases, lap);
+    } catch (e) {
+      await this.#startFailed(sb, e);
+    }
+  }
+
+  /**
+   * Keeps `size` standby VMs of a template and shape (see `standbys`),
+   * refilled in the background after each claim.
+   */
+  async fillStandby(template: TemplateImage, size: number, shapeIn: Partial<Shape> = {}): Promise<void> {
+    const shape = shapeFor(template, shapeIn);
+    if (!template.key) throw new FirebreakError("INTERNAL", "standby VMs need a built template (with a key)");
+    const found = await this.snapshots.find(snapshotKey(template.key, shape, this.kernel, this.accel.accel));
+    if (!found.snapshot) {
+      throw new FirebreakError(
+        "SANDBOX_BOOT_FAILED",
+        `template ${template.name} has no snapshot for ${shape.vcpus} vCPU / ${shape.memoryMib} MiB: ${found.problem ?? "prepare one first"}`,
+      );
+    }
+    const source = this.#templateSource(template, found.snapshot);
+    this.standbys.configure(template.key, shape, size, () =>
+      this.#start({ template }, shape, { source, standby: true }),
+    );
+    await this.standbys.fill(template.key, shape);
+  }
+
+  /** The second half of a start: the guest (restored or booted), then its identity. */
+  async #finishStart(
+    sb: Sandbox,
+    opts: CreateOptions,
+    how: { source?: CloneSource; pool?: boolean },
+    t0: number,
+    phases: Record<string, number>,
+    lap: (name: string) => void,
+  ): Promise<Sandbox> {
+    const live = sb.requireLive();
+    const id = sb.id;
+    const source = how.source;
+    {
       let guestUptimeMs: number | undefined;
-      if (how.snapshot) {
+      if (source) {
         try {
           await live.vm.loadState();
         } catch (e) {
           // A sandbox killed while restoring, or a QEMU killed from outside, says
           // nothing about the snapshot: fail this create, keep the snapshot.
           const exit = live.vm.exitStatus;
-          if (sb.state !== "starting" || exit?.signal) {
+          if (sb.state !== "starting" || exit?.signal || !source.snapshot) {
             throw new FirebreakError(
               "SANDBOX_BOOT_FAILED",
               `sandbox ${id} ended while restoring (${sb.endReason ?? exit?.signal ?? "killed"})`,
@@ -506,7 +686,7 @@ export class NodeRuntime {
         lap("boot");
       }
       sb.timings = {
-        path: how.snapshot ? "snapshot" : "cold",
+        path: source ? "snapshot" : "cold",
         totalMs: 0,
         phases,
         ...(guestUptimeMs !== undefined ? { guestUptimeMs } : {}),
@@ -526,7 +706,14 @@ export class NodeRuntime {
       }
       await this.#personalize(sb, opts, { fresh: true }, t0, lap);
       return sb;
-    } catch (e) {
+    }
+  }
+
+  /** Tears down a start that failed and says why (console tail included). */
+  async #startFailed(sb: Sandbox, e: unknown): Promise<never> {
+    const id = sb.id;
+    const dir = sb.dir;
+    {
       // Let QEMU's last output reach the console file before reading it.
       const vm = sb.vm;
       const exit = vm ? await Promise.race([vm.exited, sleep(300).then(() => undefined)]) : undefined;
@@ -551,16 +738,46 @@ export class NodeRuntime {
     }
   }
 
+  /** What a clone of a template snapshot starts from. */
+  #templateSource(template: TemplateImage, snapshot: LoadedSnapshot): CloneSource {
+    return {
+      memoryPath: snapshot.memoryPath,
+      statePath: snapshot.statePath,
+      diskChain: [
+        { path: template.imagePath, format: "raw" },
+        { path: snapshot.diskPath, format: "qcow2" },
+      ],
+      groups: [],
+      layers: [],
+      snapshot,
+    };
+  }
+
   /** Spawns QEMU for a sandbox whose network and cgroup exist, and supervises it. */
-  async #launchVm(sb: Sandbox, res: Omit<LiveResources, "vm">, incoming?: string): Promise<QemuVm> {
+  async #launchVm(
+    sb: Sandbox,
+    res: Omit<LiveResources, "vm">,
+    how: {
+      incoming?: string;
+      memory?: VmMemory;
+      groups?: number[];
+      /** A disk chain other than the sandbox's, read-only (a fork's state converter). */
+      disk?: DiskLayer[];
+    } = {},
+  ): Promise<QemuVm> {
     const record = sb.record!;
+    const incoming = how.incoming;
     const vm = await QemuVm.launch(
       {
         name: `fb-${sb.id}`,
+        qemu: this.qemu,
+        ...(how.memory ? { memory: how.memory } : {}),
+        ...(how.groups?.length ? { groups: how.groups } : {}),
+        ...(how.disk ? { diskReadOnly: true } : {}),
         dir: sb.dir,
         vmlinux: this.kernel.vmlinux,
         initramfs: this.initramfs,
-        disk: sb.disk,
+        disk: how.disk ?? sb.disk,
         vcpus: sb.shape.vcpus,
         memoryMib: sb.shape.memoryMib,
         accel: this.accel.accel,
@@ -608,7 +825,7 @@ export class NodeRuntime {
   /** A new root-only qcow2 layer in `dir` over `backing`. */
   async #newLayer(dir: string, backing: DiskLayer): Promise<DiskLayer> {
     const file = path.join(dir, "disk.qcow2");
-    await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", backing.format, "-b", backing.path, file]);
+    await run(this.qemu.img, ["create", "-q", "-f", "qcow2", "-F", backing.format, "-b", backing.path, file]);
     await fs.chmod(file, 0o600);
     return { path: file, format: "qcow2" };
   }
@@ -645,17 +862,23 @@ export class NodeRuntime {
     o: { envVars: Record<string, string>; fresh: boolean; accessToken: string },
   ): Promise<void> {
     const user = sb.template.user;
-    await sb.requireLive().vm.control.request({
-      type: "init",
-      sandboxId: sb.id,
-      accessToken: o.accessToken,
-      envVars: o.envVars,
-      defaultUser: user,
-      defaultWorkdir: sb.template.workdir ?? (user === "root" ? "/root" : `/home/${user}`),
-      // Fresh clones get their own clock and entropy (CRNG reseed); a warm
-      // pool VM already has both.
-      ...(o.fresh ? { wallClockMs: Date.now(), entropy: randomBytes(64).toString("base64") } : {}),
-    });
+    await sb.requireLive().vm.control.request(
+      {
+        type: "init",
+        sandboxId: sb.id,
+        accessToken: o.accessToken,
+        envVars: o.envVars,
+        defaultUser: user,
+        defaultWorkdir: sb.template.workdir ?? (user === "root" ? "/root" : `/home/${user}`),
+        // Fresh clones get their own clock and entropy (CRNG reseed); a warm
+        // pool VM already has both.
+        ...(o.fresh ? { wallClockMs: Date.now(), entropy: randomBytes(64).toString("base64") } : {}),
+        // A clone's first init runs guest code nobody has run in that process yet
+        // (translated on first use under emulation): many at once on a busy
+        // host take seconds each.
+      },
+      INIT_TIMEOUT_MS,
+    );
     sb.resetClients();
   }
 
@@ -715,38 +938,56 @@ export class NodeRuntime {
       if (found.snapshot) return { manifest: found.snapshot.manifest, created: false };
     }
     await this.snapshots.removeStale();
-    const sb = await this.#start({ template }, shape, {});
+    const made = { kernel: `${this.kernel.package} ${this.kernel.version}`, accel: this.accel.accel };
+    let sb: Sandbox | undefined;
     try {
-      // The agent drops the boot page cache shortly after ready: wait for it,
-      // so the saved memory (and every clone's RSS) is smaller.
-      await sleep(1500);
-      // The template's start command filled the cache again (a code
-      // interpreter's kernels: ~90 MiB): drop it too; free page reporting
-      // hands the freed pages back, so the snapshot does not carry them.
-      if (template.start) {
-        await sb.exec(["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], { user: "root" });
-        await sleep(2500);
-      }
-      const made = { kernel: `${this.kernel.package} ${this.kernel.version}`, accel: this.accel.accel };
-      const manifest = await this.snapshots.save(key, template, shape, made, async (memoryFile, diskFile) => {
+      const manifest = await this.snapshots.save(key, template, shape, made, async (files) => {
+        // The snapshot VM's RAM is the snapshot's memory file itself (shared
+        // mapping): saving it is writing ~100 KB of device state.
+        // Off the start path: a busy host may take longer than a create's boot.
+        sb = await this.#start({ template, bootTimeoutMs: 300_000 }, shape, { writerMemory: files.memory });
+        // Under emulation, code that runs for the first time after a restore
+        // is translated first (the translation cache is host memory, empty in
+        // every clone); JavaScript that runs for the first time is also parsed
+        // and compiled by V8. Run the command path here, a few times, so the
+        // compiled code (and the binaries' page cache) is in the snapshot and
+        // a clone's first command only pays for translation.
+        await this.#warmUp(sb);
+        // No page-cache drop for templates with a start command (a code
+        // interpreter's kernels): with no balloon, freed guest pages stay in
+        // the memory file anyway, and that file is shared by every clone
+        // through the host's page cache, so the cache costs no clone PSS.
+        await sleep(500);
         const live = sb.requireLive();
         // The sandbox ends with this save: its VM stopping is not a crash.
         this.#set(sb, { state: "pausing", live });
         const t0 = performance.now();
-        await live.vm.saveState(memoryFile);
+        await live.vm.saveState(files.state, { ignoreShared: true });
         const saveMs = performance.now() - t0;
         await live.vm.stop(1000);
-        await fs.rename(path.join(sb.dir, "disk.qcow2"), diskFile);
+        await fs.rename(path.join(sb.dir, "disk.qcow2"), files.disk);
         return { saveMs, bootMs: sb.timings?.phases["boot"] ?? 0 };
       });
       return { manifest, created: true };
     } finally {
       // The snapshot VM ends here, saved or not.
-      if (sb.state === "pausing") {
-        this.#set(sb, { state: "stopping", reason: "snapshot saved" });
-        await this.#teardown(sb);
-      } else await this.kill(sb.id, "snapshot saved");
+      const made = sb as Sandbox | undefined;
+      if (made?.state === "pausing") {
+        this.#set(made, { state: "stopping", reason: "snapshot saved" });
+        await this.#teardown(made);
+      } else if (made) await this.kill(made.id, "snapshot saved");
     }
+  }
+
+  /** The command path, run before a snapshot is saved (see prepareSnapshot). */
+  async #warmUp(sb: Sandbox): Promise<void> {
+    for (let i = 0; i < 3; i++) {
+      await sb.exec(["true"]);
+      await sb.exec(["/bin/bash", "-l", "-c", "true"]);
+      await sb.exec(["true"], { user: "root" });
+    }
+    // No connection of the node's into the template's guest is saved with it.
+    sb.resetClients();
   }
 
   /** Fills the warm pool of a template and shape to `size` VMs restored from its snapshot. */
@@ -762,14 +1003,7 @@ export class NodeRuntime {
     }
     const snapshot = found.snapshot;
     this.pools.configure(template.key, shape, size, () =>
-      this.#start({ template }, shape, {
-        snapshot,
-        pool: true,
-        diskChain: [
-          { path: template.imagePath, format: "raw" },
-          { path: snapshot.diskPath, format: "qcow2" },
-        ],
-      }),
+      this.#start({ template }, shape, { source: this.#templateSource(template, snapshot), pool: true }),
     );
     await this.pools.fill(template.key, shape);
   }
@@ -919,10 +1153,11 @@ export class NodeRuntime {
   }
 
   /**
-   * Forks a running sandbox into `count` children. The parent is paused for a
-   * moment: its memory and disk are frozen into a shared layer, the parent
-   * continues on a new disk layer over it, and each child is restored from it
-   * with a fresh identity and CRNG state, writing only to its own layer.
+   * Forks a running sandbox into `count` children. The parent is frozen once
+   * into a fork point (its RAM as an immutable memory file, its device state,
+   * its disk layer) and continues on top of it; each child maps the same
+   * memory file copy-on-write, with a fresh identity and CRNG state, writing
+   * only to its own disk layer.
    */
   async fork(id: string, count: number): Promise<Sandbox[]> {
     if (!Number.isInteger(count) || count < 1 || count > 16) {
@@ -932,70 +1167,300 @@ export class NodeRuntime {
       );
     }
     const parent = this.get(id);
-    const live = parent.requireLive();
-    this.#set(parent, { state: "pausing", live });
-    const layer = `l${newSandboxId().slice(0, 15)}`;
-    const layerDir = path.join(this.config.stateDir, "layers", layer);
-    // SECURITY: a fork layer holds the parent's memory (token, env) and disk:
-    // root-only; children's QEMUs get the files as descriptors.
-    await fs.mkdir(layerDir, { recursive: true, mode: 0o700 });
-    await fs.mkdir(path.join(layerDir, "users"), { mode: 0o700 });
-    await fs.writeFile(path.join(layerDir, "users", parent.id), "");
-    parent.filesStack.defer(() =>
-      releaseUnusedLayers(this.config, { layer, user: parent.id }).then(() => {}),
-    );
-    const memoryPath = path.join(layerDir, "memory.bin");
-    const diskPath = path.join(layerDir, "disk.qcow2");
-    let frozen: DiskLayer[] = [];
-    try {
-      const old = live.vm;
-      await old.saveState(memoryPath);
-      await old.stop(1000);
-      await fs.rename(path.join(parent.dir, "disk.qcow2"), diskPath);
-      for (const f of [memoryPath, diskPath]) await fs.chmod(f, 0o400);
-      parent.layers = [...parent.layers, layer];
-      frozen = [...parent.disk.slice(0, -1), { path: diskPath, format: "qcow2" }];
-      parent.disk = [...frozen, await this.#newLayer(parent.dir, frozen.at(-1)!)];
-      // INVARIANT: the replaced VM is gone before the new one is the sandbox's
-      // (its exit is not a crash; the live stack stops whichever VM is current).
-      live.vm = await this.#launchVm(parent, live, memoryPath);
-      await live.vm.loadState();
-      await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
-      this.#set(parent, { state: "running", live });
-    } catch (e) {
-      this.#set(parent, { state: "failed", reason: `fork failed: ${(e as Error).message}` });
-      await this.#teardown(parent);
-      await releaseUnusedLayers(this.config).catch(() => {});
-      throw new FirebreakError(
-        "SANDBOX_BOOT_FAILED",
-        `forking sandbox ${id} failed: ${(e as Error).message}`,
-      );
-    }
-    const snapshot: LoadedSnapshot = {
-      dir: layerDir,
-      memoryPath,
-      diskPath,
-      manifest: undefined as unknown as SnapshotManifest,
-    };
-    const children: Sandbox[] = [];
-    try {
-      for (let i = 0; i < count; i++) {
-        const child = await this.#start(
+    const point = await this.#freeze(parent);
+    // Children start while the parent restarts on top of the fork point.
+    const [back, ...started] = await Promise.allSettled([
+      point.parentBack,
+      ...Array.from({ length: count }, () =>
+        this.#start(
           {
             template: parent.template,
             envVars: parent.envVars,
             network: this.egress.optionsOf(parent.id) ?? {},
           },
           parent.shape,
-          { snapshot, diskChain: frozen, layers: parent.layers },
-        );
-        children.push(child);
-      }
-    } catch (e) {
+          { source: point.source },
+        ),
+      ),
+    ]);
+    const children = started.flatMap((s) => (s.status === "fulfilled" ? [s.value as Sandbox] : []));
+    const failed = [back, ...started].find((s): s is PromiseRejectedResult => s.status === "rejected");
+    if (failed) {
       await Promise.all(children.map((c) => this.kill(c.id, "fork failed")));
+      throw failed.reason;
+    }
+    // Checksums for the record (the files are final; the children run already).
+    void point.sealed.catch((e: Error) => this.#log(`fork point ${point.id}: ${e.message}`));
+    return children;
+  }
+
+  /**
+   * A named snapshot of a running sandbox: its memory and disk frozen into an
+   * immutable, checksummed fork point (exactly as a fork does) while the
+   * sandbox keeps running. `create({ fromSnapshot })` starts sandboxes from it,
+   * on this node, also after a node restart, until deleteSnapshot.
+   */
+  async snapshotOf(id: string): Promise<{ snapshotId: string }> {
+    const point = await this.#freeze(this.get(id));
+    await point.parentBack;
+    await point.sealed;
+    await fs.writeFile(path.join(forkPointDir(this.config, point.id), "named"), "");
+    this.#log(`snapshot ${point.id} of sandbox ${id}`);
+    return { snapshotId: point.id };
+  }
+
+  /**
+   * Deletes a named snapshot: no new sandbox starts from it; its files go when
+   * the last sandbox using them ends (at once when none does). Unknown ids
+   * (never made, already deleted): SNAPSHOT_NOT_FOUND.
+   */
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    const dir = forkPointDir(this.config, snapshotId);
+    if (!isNamed(this.config, snapshotId)) {
+      throw new FirebreakError("SNAPSHOT_NOT_FOUND", `no snapshot ${snapshotId} on this node`);
+    }
+    await fs.rm(path.join(dir, "named"), { force: true });
+    await releaseUnusedLayers(this.config);
+  }
+
+  /** Named snapshots kept by this node (ids). */
+  async listSnapshots(): Promise<string[]> {
+    const out: string[] = [];
+    for (const id of await fs.readdir(layersDir(this.config)).catch(() => [] as string[])) {
+      if (/^l[a-z0-9]+$/.test(id) && isNamed(this.config, id)) out.push(id);
+    }
+    return out.sort();
+  }
+
+  /** What a sandbox started from a named snapshot needs, checked against its manifest. */
+  async #snapshotSource(snapshotId: string): Promise<{ manifest: ForkPointManifest; source: CloneSource }> {
+    const manifest = isNamed(this.config, snapshotId)
+      ? await readForkPoint(this.config, snapshotId)
+      : undefined;
+    if (!manifest) throw new FirebreakError("SNAPSHOT_NOT_FOUND", `no snapshot ${snapshotId} on this node`);
+    const dir = forkPointDir(this.config, snapshotId);
+    const files = [manifest.memory, manifest.state, manifest.diskFile];
+    const stamp: string[] = [];
+    for (const f of files) {
+      const st = await fs.stat(path.join(dir, f.file)).catch(() => undefined);
+      if (!st || st.size !== f.bytes) {
+        throw new FirebreakError(
+          "SANDBOX_BOOT_FAILED",
+          `snapshot ${snapshotId} is damaged: ${f.file} does not match its manifest`,
+        );
+      }
+      stamp.push(`${f.file}:${st.ino}:${st.size}:${st.mtimeMs}`);
+    }
+    // INVARIANT: checksums once per file version (like template snapshots).
+    const verified = await fs.readFile(path.join(dir, "verified"), "utf8").catch(() => "");
+    if (verified !== stamp.join(",")) {
+      for (const f of files) {
+        if ((await sha256File(path.join(dir, f.file))) !== f.sha256) {
+          throw new FirebreakError(
+            "SANDBOX_BOOT_FAILED",
+            `snapshot ${snapshotId} is damaged: ${f.file} does not match its checksum`,
+          );
+        }
+      }
+      await writeFileAtomic(path.join(dir, "verified"), stamp.join(","), 0o600);
+    }
+    return {
+      manifest,
+      source: {
+        memoryPath: path.join(dir, manifest.memory.file),
+        statePath: path.join(dir, manifest.state.file),
+        diskChain: manifest.disk,
+        groups: [manifest.gid],
+        layers: manifest.layers,
+      },
+    };
+  }
+
+  /**
+   * Freezes a running sandbox into a new fork point and continues it on top:
+   *
+   *   1. the VM is stopped and its whole state (RAM included) saved to a
+   *      root-only file in its directory;
+   *   2. a converter QEMU (the parent's uid, never running guest code) loads
+   *      that state into a new memory file it maps shared (so the file becomes
+   *      the parent's RAM) and saves the device state with x-ignore-shared;
+   *   3. the parent restarts as a clone of the fork point (memory file mapped
+   *      private, device state loaded) on a new disk layer over its frozen one.
+   *
+   * The parent is `pausing` meanwhile. Any failure ends it (like a failed
+   * pause); the fork point goes with its last user.
+   */
+  async #freeze(
+    parent: Sandbox,
+  ): Promise<{ id: string; source: CloneSource; parentBack: Promise<void>; sealed: Promise<void> }> {
+    const live = parent.requireLive();
+    this.#set(parent, { state: "pausing", live });
+    const id = `l${newSandboxId().slice(0, 15)}`;
+    const dir = forkPointDir(this.config, id);
+    const t0 = performance.now();
+    try {
+      await fs.mkdir(layersDir(this.config), { recursive: true, mode: 0o755 });
+      // SECURITY: root's until its group exists; then traversable by that group only.
+      await fs.mkdir(dir, { mode: 0o700 });
+      await fs.mkdir(path.join(dir, "users"), { mode: 0o700 });
+      await fs.writeFile(path.join(dir, "users", parent.id), "");
+    } catch (e) {
+      this.#set(parent, { state: "running", live });
+      await fs.rm(dir, { recursive: true, force: true });
       throw e;
     }
-    return children;
+    parent.filesStack.defer(() =>
+      releaseUnusedLayers(this.config, { layer: id, user: parent.id }).then(() => {}),
+    );
+    const memoryPath = path.join(dir, "memory.ram");
+    const statePath = path.join(dir, "state.bin");
+    const diskPath = path.join(dir, "disk.qcow2");
+    const streamPath = path.join(parent.dir, "freeze-stream.bin");
+    const steps: Record<string, number> = {};
+    let mark = performance.now();
+    const step = (name: string) => {
+      const now = performance.now();
+      steps[name] = Math.round(now - mark);
+      mark = now;
+    };
+    try {
+      const gid = await this.forkGroups.claim(dir);
+      await fs.chown(dir, 0, gid);
+      await fs.chmod(dir, 0o750);
+      await createMemoryFile(memoryPath, parent.shape.memoryMib);
+      // SECURITY: writable by this fork point's group only, for the converter.
+      await fs.chown(memoryPath, 0, gid);
+      await fs.chmod(memoryPath, 0o660);
+
+      const old = live.vm;
+      step("prepare");
+      await old.saveState(streamPath);
+      step("save");
+      await old.stop(1000);
+      step("stop");
+      await fs.rename(path.join(parent.dir, "disk.qcow2"), diskPath);
+      await fs.chmod(diskPath, 0o400);
+      const frozen: DiskLayer[] = [...parent.disk.slice(0, -1), { path: diskPath, format: "qcow2" }];
+      const converter = await this.#launchVm(parent, live, {
+        incoming: streamPath,
+        memory: { kind: "writer", path: memoryPath },
+        groups: [gid],
+        disk: frozen,
+      });
+      step("converterSpawn");
+      try {
+        await converter.loadState({ run: false });
+        step("converterLoad");
+        await converter.saveState(statePath, { ignoreShared: true });
+        step("converterSave");
+      } finally {
+        await converter.stop(1000);
+      }
+      await fs.rm(streamPath, { force: true });
+      await fs.chmod(statePath, 0o400);
+      // INVARIANT: from here on nobody writes the memory file.
+      await fs.chmod(memoryPath, 0o440);
+      const layers = [...parent.layers, id];
+      parent.layers = layers;
+      parent.disk = [...frozen, await this.#newLayer(parent.dir, frozen.at(-1)!)];
+      const source: CloneSource = { memoryPath, statePath, diskChain: frozen, groups: [gid], layers };
+      // Earlier fork points stay as long as this one: its chain reads them.
+      for (const l of layers.slice(0, -1)) {
+        await fs.writeFile(path.join(forkPointDir(this.config, l), "users", `@${id}`), "").catch(() => {});
+      }
+      // The fork point is complete: the parent restarts on top of it while
+      // the caller starts sandboxes from it.
+      const parentBack = (async () => {
+        try {
+          // INVARIANT: the replaced VM is gone before the new one is the sandbox's
+          // (its exit is not a crash; the live stack stops whichever VM is current).
+          live.vm = await this.#launchVm(parent, live, {
+            incoming: statePath,
+            memory: { kind: "clone", path: memoryPath },
+            groups: [gid],
+          });
+          step("relaunch");
+          await live.vm.loadState();
+          step("restore");
+          await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
+          step("init");
+          this.#set(parent, { state: "running", live });
+          this.#log(
+            `sandbox ${parent.id} frozen into ${id} in ${Math.round(performance.now() - t0)} ms ${JSON.stringify(steps)}`,
+          );
+        } catch (e) {
+          await this.#freezeFailed(parent, e);
+        }
+      })();
+      const sealed = this.#sealForkPoint({
+        id,
+        gid,
+        template: parent.template,
+        shape: parent.shape,
+        envVars: parent.envVars,
+        disk: frozen,
+        layers,
+        parent: parent.id,
+      });
+      sealed.catch(() => {});
+      parentBack.catch(() => {});
+      return { id, source, parentBack, sealed };
+    } catch (e) {
+      await fs.rm(streamPath, { force: true }).catch(() => {});
+      return this.#freezeFailed(parent, e);
+    }
+  }
+
+  /** A freeze that failed ends the parent (like a failed pause); its fork point goes with its last user. */
+  async #freezeFailed(parent: Sandbox, e: unknown): Promise<never> {
+    if (!isFinal(parent.state) && parent.state !== "stopping") {
+      this.#set(parent, { state: "failed", reason: `freezing failed: ${(e as Error).message}` });
+    }
+    await this.#teardown(parent);
+    await releaseUnusedLayers(this.config).catch(() => {});
+    throw new FirebreakError(
+      "SANDBOX_BOOT_FAILED",
+      `freezing sandbox ${parent.id} failed: ${(e as Error).message}`,
+      {
+        cause: e,
+      },
+    );
+  }
+
+  /** Writes a fork point's manifest with the sha256 of its (final) files. */
+  async #sealForkPoint(
+    m: Omit<ForkPointManifest, "memory" | "state" | "diskFile" | "createdAt">,
+  ): Promise<void> {
+    const dir = forkPointDir(this.config, m.id);
+    const file = async (name: string) => {
+      const p = path.join(dir, name);
+      return { file: name, bytes: (await fs.stat(p)).size, sha256: await sha256File(p) };
+    };
+    await writeForkPointManifest(this.config, {
+      ...m,
+      memory: await file("memory.ram"),
+      state: await file("state.bin"),
+      diskFile: await file("disk.qcow2"),
+      createdAt: new Date().toISOString(),
+    });
+  }
+
+  /**
+   * After a host reboot the run dir is empty: named snapshots kept in this
+   * state dir claim their groups again (or a new one, their files re-grouped).
+   */
+  async #adoptForkPointGroups(): Promise<void> {
+    for (const id of await fs.readdir(layersDir(this.config)).catch(() => [] as string[])) {
+      if (!/^l[a-z0-9]+$/.test(id)) continue;
+      const m = await readForkPoint(this.config, id);
+      if (!m) continue;
+      const dir = forkPointDir(this.config, id);
+      if (await this.forkGroups.adopt(m.gid, dir)) continue;
+      const gid = await this.forkGroups.claim(dir);
+      await fs.chown(dir, 0, gid);
+      await fs.chown(path.join(dir, "memory.ram"), 0, gid);
+      await writeForkPointManifest(this.config, { ...m, gid });
+    }
   }
 
   // ------------------------------------------------------------ ending
@@ -1015,6 +1480,7 @@ export class NodeRuntime {
     }
     const inFlight = sb.state === "starting" || sb.state === "resuming";
     this.pools.remove(sb);
+    this.standbys.remove(sb);
     this.#set(sb, { state: "stopping", reason });
     if (inFlight) {
       // The start (or resume) notices at its next step, or at once through its
@@ -1032,6 +1498,7 @@ export class NodeRuntime {
    */
   async close(): Promise<void> {
     await this.pools.close();
+    await this.standbys.close();
     await Promise.all(
       [...this.#sandboxes.values()]
         .filter((sb) => sb.state !== "paused")
@@ -1056,7 +1523,7 @@ export class NodeRuntime {
   }
 
   #onVmExit(sb: Sandbox, how: string): void {
-    if (sb.state === "running" || sb.state === "warm") {
+    if (sb.state === "running" || sb.state === "warm" || sb.state === "standby") {
       this.#log(`sandbox ${sb.id}: QEMU exited unexpectedly (${how}); reclaiming its resources`);
       this.#set(sb, { state: "crashed", reason: `VM exited unexpectedly (${how})` });
       void this.#teardown(sb);
@@ -1089,6 +1556,7 @@ export class NodeRuntime {
     if (problems.length) this.#log(`sandbox ${sb.id} teardown problems: ${problems.join("; ")}`);
     this.#sandboxes.delete(sb.id);
     this.pools.remove(sb);
+    this.standbys.remove(sb);
     if (sb.state === "stopping") this.#set(sb, { state: "stopped", reason: sb.endReason ?? "killed" });
     sb.resolveTorndown();
   }

@@ -15,6 +15,7 @@ import { type NodeConfig, paths } from "../config.ts";
 import { writeFileAtomic } from "../host/safe-fs.ts";
 import { listSandboxCgroups, SandboxCgroup } from "../jail/cgroup.ts";
 import { destroySandboxNetwork, listNetworkResources, NETNS_PREFIX } from "../network/index.ts";
+import { ForkPointGroups, layersDir } from "./fork-points.ts";
 import { MAX_SLOTS, type SlotRegistry } from "./slots.ts";
 
 export interface SandboxRecord {
@@ -209,33 +210,49 @@ export async function reconcile(
 }
 
 /**
- * Fork layers (frozen memory + disk shared by a parent and its children) are
- * removed once no sandbox directory that used them remains.
+ * Fork points (frozen memory + disk shared by a parent and its children, see
+ * fork-points.ts) are removed once nothing uses them: no sandbox directory
+ * that used them remains, no named snapshot keeps them (`named`), and no
+ * other kept fork point is built on them (`@<id>` markers). Their host-wide
+ * group claims go with them.
  */
 export async function releaseUnusedLayers(
   config: NodeConfig,
   drop?: { layer: string; user: string },
 ): Promise<string[]> {
-  const base = path.join(config.stateDir, "layers");
+  const base = layersDir(config);
   if (drop) await fs.rm(path.join(base, drop.layer, "users", drop.user), { force: true });
   const removed: string[] = [];
-  for (const layer of await fs.readdir(base).catch(() => [] as string[])) {
-    const users = await fs.readdir(path.join(base, layer, "users")).catch(() => [] as string[]);
-    let inUse = false;
-    for (const u of users) {
-      const exists = await fs.access(path.join(paths.sandboxesDir(config), u)).then(
-        () => true,
-        () => false,
-      );
-      if (exists) inUse = true;
-      else await fs.rm(path.join(base, layer, "users", u), { force: true });
+  const exists = (p: string) =>
+    fs.access(p).then(
+      () => true,
+      () => false,
+    );
+  // Passes until nothing more goes: removing a named snapshot's layer can free
+  // the earlier layers its chain kept.
+  for (let pass = 0; pass < 8; pass++) {
+    let changed = false;
+    for (const layer of await fs.readdir(base).catch(() => [] as string[])) {
+      if (layer.startsWith(".")) continue;
+      const dir = path.join(base, layer);
+      let inUse = await exists(path.join(dir, "named"));
+      for (const u of await fs.readdir(path.join(dir, "users")).catch(() => [] as string[])) {
+        const alive = u.startsWith("@")
+          ? await exists(path.join(base, u.slice(1)))
+          : await exists(path.join(paths.sandboxesDir(config), u));
+        if (alive) inUse = true;
+        else await fs.rm(path.join(dir, "users", u), { force: true });
+      }
+      // A freeze writes the parent's marker right after creating the layer, so a
+      // layer without markers has no users left.
+      if (!inUse) {
+        await fs.rm(dir, { recursive: true, force: true });
+        removed.push(`layer ${layer}`);
+        changed = true;
+      }
     }
-    // A fork writes the parent's marker right after creating the layer, so a
-    // layer without markers has no users left.
-    if (!inUse) {
-      await fs.rm(path.join(base, layer), { recursive: true, force: true });
-      removed.push(`layer ${layer}`);
-    }
+    if (!changed) break;
   }
+  removed.push(...(await new ForkPointGroups(config).releaseOrphans()));
   return removed;
 }

@@ -66,7 +66,7 @@ export interface LiveResources {
  */
 export type Held =
   | { state: "starting" | "resuming"; live?: LiveResources }
-  | { state: "warm" | "running" | "pausing"; live: LiveResources }
+  | { state: "standby" | "warm" | "running" | "pausing"; live: LiveResources }
   | { state: "paused" }
   | { state: "stopping"; reason: string }
   | { state: "stopped" | "failed" | "crashed"; reason: string };

@@ -16,3 +16,12 @@ test("final states have no way out", () => {
   for (const s of ["stopped", "crashed", "failed"] as const) assert.equal(isFinal(s), true);
   for (const s of ["starting", "running", "stopping"] as const) assert.equal(isFinal(s), false);
 });
+
+test("a standby VM is claimed into a start, or ends; it never runs without starting", () => {
+  assert.equal(canTransition("starting", "standby"), true);
+  assert.equal(canTransition("standby", "starting"), true);
+  assert.equal(canTransition("standby", "stopping"), true);
+  assert.equal(canTransition("standby", "crashed"), true);
+  assert.equal(canTransition("standby", "running"), false);
+  assert.equal(canTransition("standby", "warm"), false);
+});

@@ -2,9 +2,14 @@
 // anything else is refused with a specific error.
 import { FirebreakError } from "../errors.ts";
 
-/** warm: restored into a pool, no identity yet, not visible to users until claimed. */
+/**
+ * warm: restored into a pool, no identity yet, not visible to users until claimed.
+ * standby: everything but the guest is ready (slot, network, cgroup, disk
+ * layer, QEMU waiting for a snapshot's state); a claim resumes the start.
+ */
 export type SandboxState =
   | "starting"
+  | "standby"
   | "warm"
   | "running"
   | "pausing"
@@ -16,7 +21,8 @@ export type SandboxState =
   | "failed";
 
 const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
-  starting: ["warm", "running", "failed", "stopping", "crashed"],
+  starting: ["standby", "warm", "running", "failed", "stopping", "crashed"],
+  standby: ["starting", "stopping", "crashed"],
   warm: ["running", "stopping", "crashed"],
   running: ["pausing", "stopping", "crashed"],
   // A fork pauses the parent for a moment and returns it to running; a

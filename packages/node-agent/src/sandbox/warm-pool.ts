@@ -4,6 +4,7 @@
 // refills in the background, off the start path. Because personalization
 // happens after the claim, creates that carry env vars still hit the pool.
 import type { Sandbox, Shape } from "./node-runtime.ts";
+import type { SandboxState } from "./state.ts";
 
 interface Pool {
   key: string;
@@ -32,9 +33,13 @@ export class WarmPools {
   /** Most pool VMs this node may hold in total (capacity bound). */
   maxTotal: number;
 
-  constructor(log: (line: string) => void, maxTotal = 64) {
+  /** The state a VM waits in (`warm`: restored; `standby`: QEMU waiting for its state). */
+  readonly #waiting: SandboxState;
+
+  constructor(log: (line: string) => void, maxTotal = 64, waiting: "warm" | "standby" = "warm") {
     this.#log = log;
     this.maxTotal = maxTotal;
+    this.#waiting = waiting;
   }
 
   static id(key: string, shape: Shape): string {
@@ -68,9 +73,10 @@ export class WarmPools {
         this.#refill(pool);
         return undefined;
       }
-      if (sb.state !== "warm") continue; // crashed while waiting
+      if (sb.state !== this.#waiting) continue; // crashed while waiting
       const t0 = performance.now();
-      sb.timings = { path: "warm", totalMs: 0, phases: {} };
+      // A standby's start reports its own timings (snapshot path).
+      if (this.#waiting === "warm") sb.timings = { path: "warm", totalMs: 0, phases: {} };
       try {
         await personalize(sb);
       } catch (e) {
@@ -78,7 +84,8 @@ export class WarmPools {
         sb.discard?.();
         continue;
       }
-      sb.timings.phases["claim"] = Math.round((performance.now() - t0) * 10) / 10;
+      if (this.#waiting === "warm" && sb.timings)
+        sb.timings.phases["claim"] = Math.round((performance.now() - t0) * 10) / 10;
       this.#refill(pool);
       return sb;
     }

@@ -5,6 +5,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import type { NodeConfig } from "../config.ts";
 import { run } from "../host/exec.ts";
+import type { QemuInstall } from "./qemu-install.ts";
 import type { Accelerator } from "./qemu-vm.ts";
 
 export interface AccelProbe {
@@ -22,6 +23,7 @@ export async function probeAccelerator(
   config: NodeConfig,
   kernel: { vmlinux: string; vmlinuxSha256: string },
   initramfs: string,
+  qemu: Pick<QemuInstall, "system" | "bios">,
 ): Promise<AccelProbe> {
   const cacheFile = path.join(config.stateDir, "accel.json");
   const bootId = (await fs.readFile("/proc/sys/kernel/random/boot_id", "utf8").catch(() => "")).trim();
@@ -41,7 +43,7 @@ export async function probeAccelerator(
   } catch {
     // probe below
   }
-  const result = await probe(kernel.vmlinux, initramfs);
+  const result = await probe(kernel.vmlinux, initramfs, qemu);
   const out: AccelProbe = {
     ...result,
     probedAt: new Date().toISOString(),
@@ -54,17 +56,23 @@ export async function probeAccelerator(
   return out;
 }
 
-async function probe(vmlinux: string, initramfs: string): Promise<{ accel: Accelerator; reason: string }> {
+async function probe(
+  vmlinux: string,
+  initramfs: string,
+  qemu: Pick<QemuInstall, "system" | "bios">,
+): Promise<{ accel: Accelerator; reason: string }> {
   try {
     await fs.access("/dev/kvm", fs.constants.R_OK | fs.constants.W_OK);
   } catch {
     return { accel: "tcg", reason: "/dev/kvm is not available" };
   }
   const res = await run(
-    "qemu-system-x86_64",
+    qemu.system,
     [
       "-M",
       "microvm,x-option-roms=off,rtc=on,acpi=on",
+      "-bios",
+      qemu.bios,
       "-accel",
       "kvm",
       "-cpu",

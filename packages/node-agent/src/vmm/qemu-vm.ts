@@ -11,6 +11,7 @@ import { pipeline } from "node:stream/promises";
 import { start } from "../host/exec.ts";
 import { openNoFollow } from "../host/safe-fs.ts";
 import { ControlChannel } from "./control-channel.ts";
+import type { QemuInstall } from "./qemu-install.ts";
 import { QmpClient, type QmpEvent } from "./qmp.ts";
 
 export type Accelerator = "kvm" | "tcg";
@@ -21,9 +22,40 @@ export interface DiskLayer {
   format: "qcow2" | "raw";
 }
 
+/**
+ * Where guest RAM lives. Every VM names its RAM backend `ram0`, so a state
+ * saved by one kind loads into another (the RAM block's id is in the stream).
+ *
+ * - `private`: anonymous memory (cold boots of plain sandboxes, resumes).
+ * - `writer`: a file the VM maps shared (`share=on`): guest RAM *is* the
+ *   file. Snapshot and fork-point makers run this way; their state is then
+ *   saved with `x-ignore-shared` (device state only, ~100 KB).
+ * - `clone`: an immutable file mapped private (`share=off,readonly=on,rom=off`:
+ *   QEMU opens it read-only, and the guest's writes land in copy-on-write
+ *   pages of this process). Every clone of a snapshot shares the file's page
+ *   cache; a clone's writes never reach the file. QEMU >= 8.2.
+ *
+ * SECURITY: QEMU opens `path` itself (memory-backend-file takes no
+ * descriptor; QEMU 10 `file_ram_open` calls open(2) on mem-path), so the file
+ * and its directories must be reachable by the VM's uid: template memory is
+ * world-readable (no secrets: saved before personalization); a fork point's is
+ * readable only by its own group, which only the VMs that map it get
+ * (VmSpec.groups).
+ */
+export type VmMemory =
+  | { kind: "private" }
+  | { kind: "writer"; path: string }
+  | { kind: "clone"; path: string };
+
 export interface VmSpec {
   /** Used in QEMU's -name so the reconciler can find the process. */
   name: string;
+  /** The QEMU to run (vmm/qemu-install.ts). */
+  qemu: Pick<QemuInstall, "system" | "bios">;
+  /** Guest RAM. @default private */
+  memory?: VmMemory;
+  /** Supplementary groups QEMU keeps (a fork point's group, to map its memory file). */
+  groups?: number[];
   /**
    * The sandbox's directory: root-owned, group the VM's gid, mode 0710 (QEMU
    * may only reach a socket the node makes there while saving state).
@@ -107,10 +139,27 @@ export const BASE_CMDLINE = [
   "8250.nr_uarts=1",
   "rcupdate.rcu_expedited=1",
   "random.trust_cpu=on",
-  // Freed guest pages are zeroed, so snapshots skip them (zero pages are not
-  // saved) and restored clones touch less host memory.
-  "init_on_free=1",
 ];
+
+/** `-object` for the guest RAM backend `ram0`. */
+export function memoryObject(memory: VmMemory, memoryMib: number): string {
+  const size = `size=${memoryMib}M`;
+  switch (memory.kind) {
+    case "private":
+      return `memory-backend-ram,id=ram0,${size}`;
+    case "writer":
+      return `memory-backend-file,id=ram0,${size},mem-path=${qemuOptValue(memory.path)},share=on`;
+    case "clone":
+      // readonly=on without rom=off makes guest RAM read-only (the guest hangs).
+      return `memory-backend-file,id=ram0,${size},mem-path=${qemuOptValue(memory.path)},share=off,readonly=on,rom=off`;
+  }
+}
+
+/** A value inside a QEMU option string: commas are doubled. */
+function qemuOptValue(v: string): string {
+  if (/[\0\n]/.test(v)) throw new Error(`unusable path for QEMU: ${JSON.stringify(v)}`);
+  return v.replaceAll(",", ",,");
+}
 
 export function qemuArgs(spec: VmSpec): string[] {
   const tb = spec.tcgTbSizeMib ?? (Number(process.env["FIREBREAK_TCG_TB_MIB"]) || DEFAULT_TCG_TB_MIB);
@@ -119,7 +168,12 @@ export function qemuArgs(spec: VmSpec): string[] {
     "-name",
     `${spec.name},debug-threads=on`,
     "-M",
-    "microvm,x-option-roms=off,rtc=on,acpi=on,pit=on,pic=on",
+    "microvm,x-option-roms=off,rtc=on,acpi=on,pit=on,pic=on,memory-backend=ram0",
+    "-object",
+    memoryObject(spec.memory ?? { kind: "private" }, spec.memoryMib),
+    // QEMU 10's default microvm firmware is SeaBIOS, which does not boot the guest.
+    "-bios",
+    spec.qemu.bios,
     "-accel",
     accel,
     "-cpu",
@@ -159,9 +213,10 @@ export function qemuArgs(spec: VmSpec): string[] {
     "virtio-blk-device,drive=root",
     "-device",
     "virtio-rng-device",
-    // Pages the guest frees go back to the host (smaller RSS per idle sandbox).
-    "-device",
-    "virtio-balloon-device,free-page-reporting=on",
+    // No virtio-balloon: clones map their RAM from a read-only snapshot file,
+    // where QEMU cannot discard pages (free page reporting would only wake
+    // the guest and the host for nothing), and a guest page reverted to the
+    // file's content under the guest's feet would be wrong.
     "-device",
     "virtio-serial-device,max_ports=2",
     "-chardev",
@@ -180,6 +235,9 @@ export function qemuArgs(spec: VmSpec): string[] {
   }
   return args;
 }
+
+/** The fd set holding the saved state a VM loads (file: migration URI). */
+const INCOMING_FDSET = 100;
 
 /** Descriptor numbers QEMU inherits (0-2: stdio). */
 export const FD = { tap: 3, qmp: 4, control: 5, firstDisk: 6 } as const;
@@ -294,17 +352,30 @@ export class QemuVm {
     }
     const consoleFile = consoleLog;
     // -incoming defer: wait for a saved state instead of booting (snapshot restore).
-    const qemu = ["qemu-system-x86_64", ...qemuArgs(spec), ...(opts.incoming ? ["-incoming", "defer"] : [])];
+    // argv[0] stays the bare name (the reconciler finds QEMU by it); the
+    // jailer executes spec.qemu.system.
+    const qemu = [
+      "qemu-system-x86_64",
+      ...qemuArgs(spec),
+      ...(incomingFd !== undefined
+        ? ["-add-fd", `fd=${incomingFd},set=${INCOMING_FDSET}`, "-incoming", "defer"]
+        : []),
+    ];
     // SECURITY: QEMU never runs as root. The jailer joins the cgroup, the
     // namespace and the tap as root, makes every mount read-only for QEMU,
     // then drops to the VM user with no capabilities, no supplementary groups
-    // and no_new_privs before it executes QEMU (native/fb-launch.c).
+    // but the fork point groups it is given (--groups: read a fork point's
+    // memory file) and no_new_privs before it executes QEMU (native/fb-launch.c).
     // --parent: QEMU is killed when this process dies (PR_SET_PDEATHSIG).
     const jail = ["--uid", String(spec.uid), "--gid", String(spec.gid), "--parent", String(process.pid)];
+    jail.push("--exec", spec.qemu.system);
+    if (spec.groups?.length) jail.push("--groups", spec.groups.join(","));
     if (spec.netnsPath) jail.push("--netns", spec.netnsPath);
     if (spec.tapName) jail.push("--tap", spec.tapName, "--tap-fd", String(FD.tap));
     for (const f of spec.cgroupProcs ?? []) jail.push("--cgroup-procs", f);
     jail.push("--readonly-root");
+    // The one file a snapshot maker writes: its guest RAM (QEMU opens it by path).
+    if (spec.memory?.kind === "writer") jail.push("--writable-file", spec.memory.path);
     const proc = start(spec.launcher, [...jail, "--", ...qemu], { stdio, cwd: "/" });
     await Promise.all(opened.map((f) => f.close()));
     const exited = new Promise<VmExit>((resolve) => {
@@ -344,7 +415,7 @@ export class QemuVm {
    * unix socket the node listens on; QEMU never writes host files itself).
    * The VM stays paused afterwards; the caller quits it.
    */
-  async saveState(file: string): Promise<{ bytes: number }> {
+  async saveState(file: string, opts: { ignoreShared?: boolean } = {}): Promise<{ bytes: number }> {
     const sockPath = path.join(this.spec.dir, "migrate-out.sock");
     await fs.rm(sockPath, { force: true });
     const server = net.createServer();
@@ -357,7 +428,11 @@ export class QemuVm {
     try {
       await this.qmp.execute("stop");
       await this.qmp.execute("migrate-set-capabilities", {
-        capabilities: [{ capability: "events", state: true }],
+        capabilities: [
+          { capability: "events", state: true },
+          // RAM that is a shared file is not sent: only device state (~100 KB).
+          { capability: "x-ignore-shared", state: opts.ignoreShared === true },
+        ],
       });
       // The default cap (32 MiB/s) would make a save take seconds.
       await this.qmp.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 ** 3 });
@@ -387,13 +462,19 @@ export class QemuVm {
    * Loads the state file given to launch() (`incoming`) into this VM; QEMU
    * reads it from the inherited descriptor. The VM runs once the state is in.
    */
-  async loadState(timeoutMs = 60_000): Promise<void> {
+  async loadState(opts: { timeoutMs?: number; run?: boolean } = {}): Promise<void> {
+    const timeoutMs = opts.timeoutMs ?? 60_000;
     if (this.#incomingFd === undefined) throw new Error("this VM was not launched to load a state");
     await this.qmp.execute("migrate-set-capabilities", {
-      capabilities: [{ capability: "events", state: true }],
+      capabilities: [
+        { capability: "events", state: true },
+        // A clone's RAM is already mapped from the snapshot's memory file: the
+        // stream carries device state only, and must be read that way.
+        { capability: "x-ignore-shared", state: this.spec.memory?.kind === "clone" },
+      ],
     });
     const done = this.qmp.waitEvent("MIGRATION", timeoutMs, migrationEnded);
-    await this.qmp.execute("migrate-incoming", { uri: `fd:${this.#incomingFd}` });
+    await this.qmp.execute("migrate-incoming", { uri: `file:/dev/fdset/${INCOMING_FDSET}` });
     const exited = this.exited.then((e) => {
       throw new Error(`QEMU exited while loading the snapshot (${e.signal ?? `code ${e.code}`})`);
     });
@@ -402,9 +483,11 @@ export class QemuVm {
     if (ev.data?.["status"] !== "completed") {
       throw new Error(`loading the snapshot ${String(ev.data?.["status"])}`);
     }
+    // The state file is read: QEMU keeps no descriptor of it.
+    await this.qmp.execute("remove-fd", { "fdset-id": INCOMING_FDSET }).catch(() => {});
     // The state was saved from a paused VM, and QEMU keeps the source's run
-    // state: start the vCPUs.
-    await this.qmp.execute("cont");
+    // state: start the vCPUs (unless the caller only converts the state).
+    if (opts.run !== false) await this.qmp.execute("cont");
   }
 
   /** Stops the VM: QMP quit, then SIGKILL if it has not exited within graceMs. */

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file node/v1/node.proto.
  */
 export const file_node_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIq8CCg1DcmVhdGVSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSPwoIZW52X3ZhcnMYAyADKAsyLS5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0LkVudlZhcnNFbnRyeRIuCgZwb2xpY3kYBCABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lIAIgBARIVCghkaXNrX21pYhgFIAEoDUgBiAEBEhMKC3BsYXRmb3JtX2lkGAYgASgJGi4KDEVudlZhcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB19wb2xpY3lCCwoJX2Rpc2tfbWliIvMBCgtTYW5kYm94SW5mbxIKCgJpZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSDAoEcGF0aBgDIAEoCRIQCgh0b3RhbF9tcxgEIAEoARI6CgZwaGFzZXMYBSADKAsyKi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mby5QaGFzZXNFbnRyeRIVCghmYWxsYmFjaxgGIAEoCUgAiAEBEhMKC3BvbGljeV9qc29uGAcgASgJGi0KC1BoYXNlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAFCCwoJX2ZhbGxiYWNrIiYKDFRyYWZmaWNCeXRlcxIKCgJ0eBgBIAEoBBIKCgJyeBgCIAEoBCLvAQoLVXNhZ2VTYW1wbGUSDQoFYXRfbXMYASABKAESEQoJY3B1X25hbm9zGAIgASgEEhQKDG1lbW9yeV9ieXRlcxgDIAEoBBIZChFtZW1vcnlfcGVha19ieXRlcxgEIAEoBBI8Cgd0cmFmZmljGAUgAygLMisuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGUuVHJhZmZpY0VudHJ5Gk8KDFRyYWZmaWNFbnRyeRILCgNrZXkYASABKAkSLgoFdmFsdWUYAiABKAsyHy5maXJlYnJlYWsubm9kZS52MS5UcmFmZmljQnl0ZXM6AjgBIkoKDEtpbGxSZXNwb25zZRIxCgRsYXN0GAEgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAIgBAUIHCgVfbGFzdCIwCg5SZXN1bWVSZXNwb25zZRIMCgRwYXRoGAEgASgJEhAKCHRvdGFsX21zGAIgASgBIigKC0ZvcmtSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWNvdW50GAIgASgNIkAKDEZvcmtSZXNwb25zZRIwCghjaGlsZHJlbhgBIAMoCzIeLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hJbmZvIhwKDVN0YXR1c1JlcXVlc3QSCwoDaWRzGAEgAygJIksKDVNhbmRib3hTdGF0dXMSCgoCaWQYASABKAkSDQoFc3RhdGUYAiABKAkSDgoGcmVhc29uGAMgASgJEg8KB2NyYXNoZWQYBCABKAgiRQoOU3RhdHVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1cyIbCgxVc2FnZVJlcXVlc3QSCwoDaWRzGAEgAygJIp8BCg1Vc2FnZVJlc3BvbnNlEj4KB3NhbXBsZXMYASADKAsyLS5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlLlNhbXBsZXNFbnRyeRpOCgxTYW1wbGVzRW50cnkSCwoDa2V5GAEgASgJEi0KBXZhbHVlGAIgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGU6AjgBIkwKE1VwZGF0ZVBvbGljeVJlcXVlc3QSCgoCaWQYASABKAkSKQoGcG9saWN5GAIgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5Ih4KDlBvbGljeVJlc3BvbnNlEgwKBGpzb24YASABKAkiGAoISnNvbkxpc3QSDAoEanNvbhgBIAMoCSIZCglKc29uVmFsdWUSDAoEanNvbhgBIAEoCSIbCgtOYW1lUmVxdWVzdBIMCgRuYW1lGAEgASgJIiIKD1JlbW92ZWRSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIIpwBCgxUZW1wbGF0ZUluZm8SDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSEAoIYnVpbHRfYXQYAyABKAkSEwoLaW1hZ2VfYnl0ZXMYBCABKAQSEAoIcGFja2FnZXMYBSADKAkSJwoFc2hhcGUYBiABKAsyGC5maXJlYnJlYWsubm9kZS52MS5TaGFwZRIPCgdhbGlhc2VzGAcgAygJIkcKEVRlbXBsYXRlc1Jlc3BvbnNlEjIKCXRlbXBsYXRlcxgBIAMoCzIfLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlSW5mbyI9CgxCdWlsZFJlcXVlc3QSDgoEbmFtZRgBIAEoCUgAEhMKCXNwZWNfanNvbhgCIAEoCUgAQggKBnNvdXJjZSJ8CgpCdWlsZEV2ZW50EjQKCHByb2dyZXNzGAEgASgLMiAuZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRQcm9ncmVzc0gAEi8KBGRvbmUYAiABKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm9IAEIHCgVldmVudCJLCg1CdWlsZFByb2dyZXNzEgwKBHN0ZXAYASABKAkSDQoFaW5kZXgYAiABKA0SDQoFdG90YWwYAyABKA0SDgoGZGV0YWlsGAQgASgJIlkKDlNldFBvb2xSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSDAoEc2l6ZRgDIAEoDSIgCgxEcmFpblJlcXVlc3QSEAoIZHJhaW5pbmcYASABKAgirQIKCk5vZGVSZXBvcnQSDwoHbm9kZV9pZBgBIAEoCRITCgthY2NlbGVyYXRvchgCIAEoCRIaChJhY2NlbGVyYXRvcl9yZWFzb24YAyABKAkSDQoFdmNwdXMYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoBBIXCg9jb21taXR0ZWRfdmNwdXMYBiABKA0SHAoUY29tbWl0dGVkX21lbW9yeV9taWIYByABKAQSFwoPZnJlZV9tZW1vcnlfbWliGAggASgEEhEKCXNhbmRib3hlcxgJIAEoDRIQCghkcmFpbmluZxgKIAEoCBI0Cgl0ZW1wbGF0ZXMYCyADKAsyIS5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydBIPCgd2ZXJzaW9uGAwgASgJIswCCg5UZW1wbGF0ZVJlcG9ydBIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRINCgVpbWFnZRgDIAEoCBIQCghzbmFwc2hvdBgEIAEoCBIXCg9zbmFwc2hvdF9zaGFwZXMYByADKAkSOQoEd2FybRgFIAMoCzIrLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0Lldhcm1FbnRyeRJJCg1yZWNlbnRfcDUwX21zGAYgAygLMjIuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQuUmVjZW50UDUwTXNFbnRyeRorCglXYXJtRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ARoyChBSZWNlbnRQNTBNc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEiTAoVTGlzdFNhbmRib3hlc1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMyvgsKBE5vZGUSQQoGUmVwb3J0EhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaHS5maXJlYnJlYWsubm9kZS52MS5Ob2RlUmVwb3J0EkoKBkNyZWF0ZRIgLmZpcmVicmVhay5ub2RlLnYxLkNyZWF0ZVJlcXVlc3QaHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbxJGCgRLaWxsEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhofLmZpcmVicmVhay5ub2RlLnYxLktpbGxSZXNwb25zZRJHCgVQYXVzZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHy5maXJlYnJlYWsubm9kZS52MS5LaWxsUmVzcG9uc2USSgoGUmVzdW1lEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhohLmZpcmVicmVhay5ub2RlLnYxLlJlc3VtZVJlc3BvbnNlEkcKBEZvcmsSHi5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVxdWVzdBofLmZpcmVicmVhay5ub2RlLnYxLkZvcmtSZXNwb25zZRJNCgZTdGF0dXMSIC5maXJlYnJlYWsubm9kZS52MS5TdGF0dXNSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVzcG9uc2USSgoFVXNhZ2USHy5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlcXVlc3QaIC5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlElkKDFVwZGF0ZVBvbGljeRImLmZpcmVicmVhay5ub2RlLnYxLlVwZGF0ZVBvbGljeVJlcXVlc3QaIS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lSZXNwb25zZRJFCgxMaXN0U2VydmljZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRobLmZpcmVicmVhay5ub2RlLnYxLkpzb25MaXN0EkgKClB1dFNlcnZpY2USHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUSUwoNUmVtb3ZlU2VydmljZRIeLmZpcmVicmVhay5ub2RlLnYxLk5hbWVSZXF1ZXN0GiIuZmlyZWJyZWFrLm5vZGUudjEuUmVtb3ZlZFJlc3BvbnNlEk8KDUxpc3RUZW1wbGF0ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRokLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlc1Jlc3BvbnNlElEKDUJ1aWxkVGVtcGxhdGUSHy5maXJlYnJlYWsubm9kZS52MS5CdWlsZFJlcXVlc3QaHS5maXJlYnJlYWsubm9kZS52MS5CdWlsZEV2ZW50MAESVAoORGVsZXRlVGVtcGxhdGUSHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJGCgdTZXRQb29sEiEuZmlyZWJyZWFrLm5vZGUudjEuU2V0UG9vbFJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJCCgVEcmFpbhIfLmZpcmVicmVhay5ub2RlLnYxLkRyYWluUmVxdWVzdBoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5ElMKDUxpc3RTYW5kYm94ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRooLmZpcmVicmVhay5ub2RlLnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZRJKCgtBY2Nlc3NUb2tlbhIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWViBnByb3RvMw");
+  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIt0CCg1DcmVhdGVSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSPwoIZW52X3ZhcnMYAyADKAsyLS5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0LkVudlZhcnNFbnRyeRIuCgZwb2xpY3kYBCABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lIAIgBARIVCghkaXNrX21pYhgFIAEoDUgBiAEBEhMKC3BsYXRmb3JtX2lkGAYgASgJEhoKDWZyb21fc25hcHNob3QYByABKAlIAogBARouCgxFbnZWYXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIJCgdfcG9saWN5QgsKCV9kaXNrX21pYkIQCg5fZnJvbV9zbmFwc2hvdCLzAQoLU2FuZGJveEluZm8SCgoCaWQYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEgwKBHBhdGgYAyABKAkSEAoIdG90YWxfbXMYBCABKAESOgoGcGhhc2VzGAUgAygLMiouZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8uUGhhc2VzRW50cnkSFQoIZmFsbGJhY2sYBiABKAlIAIgBARITCgtwb2xpY3lfanNvbhgHIAEoCRotCgtQaGFzZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQgsKCV9mYWxsYmFjayImCgxUcmFmZmljQnl0ZXMSCgoCdHgYASABKAQSCgoCcngYAiABKAQi7wEKC1VzYWdlU2FtcGxlEg0KBWF0X21zGAEgASgBEhEKCWNwdV9uYW5vcxgCIAEoBBIUCgxtZW1vcnlfYnl0ZXMYAyABKAQSGQoRbWVtb3J5X3BlYWtfYnl0ZXMYBCABKAQSPAoHdHJhZmZpYxgFIAMoCzIrLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlLlRyYWZmaWNFbnRyeRpPCgxUcmFmZmljRW50cnkSCwoDa2V5GAEgASgJEi4KBXZhbHVlGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVHJhZmZpY0J5dGVzOgI4ASJKCgxLaWxsUmVzcG9uc2USMQoEbGFzdBgBIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSACIAQFCBwoFX2xhc3QiMAoOUmVzdW1lUmVzcG9uc2USDAoEcGF0aBgBIAEoCRIQCgh0b3RhbF9tcxgCIAEoASIoCgtGb3JrUmVxdWVzdBIKCgJpZBgBIAEoCRINCgVjb3VudBgCIAEoDSJACgxGb3JrUmVzcG9uc2USMAoIY2hpbGRyZW4YASADKAsyHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbyInChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJIiIKC1NuYXBzaG90UmVmEhMKC3NuYXBzaG90X2lkGAEgASgJIhwKDVN0YXR1c1JlcXVlc3QSCwoDaWRzGAEgAygJIksKDVNhbmRib3hTdGF0dXMSCgoCaWQYASABKAkSDQoFc3RhdGUYAiABKAkSDgoGcmVhc29uGAMgASgJEg8KB2NyYXNoZWQYBCABKAgiRQoOU3RhdHVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1cyIbCgxVc2FnZVJlcXVlc3QSCwoDaWRzGAEgAygJIp8BCg1Vc2FnZVJlc3BvbnNlEj4KB3NhbXBsZXMYASADKAsyLS5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlLlNhbXBsZXNFbnRyeRpOCgxTYW1wbGVzRW50cnkSCwoDa2V5GAEgASgJEi0KBXZhbHVlGAIgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGU6AjgBIkwKE1VwZGF0ZVBvbGljeVJlcXVlc3QSCgoCaWQYASABKAkSKQoGcG9saWN5GAIgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5Ih4KDlBvbGljeVJlc3BvbnNlEgwKBGpzb24YASABKAkiGAoISnNvbkxpc3QSDAoEanNvbhgBIAMoCSIZCglKc29uVmFsdWUSDAoEanNvbhgBIAEoCSIbCgtOYW1lUmVxdWVzdBIMCgRuYW1lGAEgASgJIiIKD1JlbW92ZWRSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIIpwBCgxUZW1wbGF0ZUluZm8SDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSEAoIYnVpbHRfYXQYAyABKAkSEwoLaW1hZ2VfYnl0ZXMYBCABKAQSEAoIcGFja2FnZXMYBSADKAkSJwoFc2hhcGUYBiABKAsyGC5maXJlYnJlYWsubm9kZS52MS5TaGFwZRIPCgdhbGlhc2VzGAcgAygJIkcKEVRlbXBsYXRlc1Jlc3BvbnNlEjIKCXRlbXBsYXRlcxgBIAMoCzIfLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlSW5mbyI9CgxCdWlsZFJlcXVlc3QSDgoEbmFtZRgBIAEoCUgAEhMKCXNwZWNfanNvbhgCIAEoCUgAQggKBnNvdXJjZSJ8CgpCdWlsZEV2ZW50EjQKCHByb2dyZXNzGAEgASgLMiAuZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRQcm9ncmVzc0gAEi8KBGRvbmUYAiABKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm9IAEIHCgVldmVudCJLCg1CdWlsZFByb2dyZXNzEgwKBHN0ZXAYASABKAkSDQoFaW5kZXgYAiABKA0SDQoFdG90YWwYAyABKA0SDgoGZGV0YWlsGAQgASgJIlkKDlNldFBvb2xSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSDAoEc2l6ZRgDIAEoDSIgCgxEcmFpblJlcXVlc3QSEAoIZHJhaW5pbmcYASABKAgirQIKCk5vZGVSZXBvcnQSDwoHbm9kZV9pZBgBIAEoCRITCgthY2NlbGVyYXRvchgCIAEoCRIaChJhY2NlbGVyYXRvcl9yZWFzb24YAyABKAkSDQoFdmNwdXMYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoBBIXCg9jb21taXR0ZWRfdmNwdXMYBiABKA0SHAoUY29tbWl0dGVkX21lbW9yeV9taWIYByABKAQSFwoPZnJlZV9tZW1vcnlfbWliGAggASgEEhEKCXNhbmRib3hlcxgJIAEoDRIQCghkcmFpbmluZxgKIAEoCBI0Cgl0ZW1wbGF0ZXMYCyADKAsyIS5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydBIPCgd2ZXJzaW9uGAwgASgJIswCCg5UZW1wbGF0ZVJlcG9ydBIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRINCgVpbWFnZRgDIAEoCBIQCghzbmFwc2hvdBgEIAEoCBIXCg9zbmFwc2hvdF9zaGFwZXMYByADKAkSOQoEd2FybRgFIAMoCzIrLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0Lldhcm1FbnRyeRJJCg1yZWNlbnRfcDUwX21zGAYgAygLMjIuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQuUmVjZW50UDUwTXNFbnRyeRorCglXYXJtRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ARoyChBSZWNlbnRQNTBNc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEiTAoVTGlzdFNhbmRib3hlc1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMy4QwKBE5vZGUSQQoGUmVwb3J0EhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaHS5maXJlYnJlYWsubm9kZS52MS5Ob2RlUmVwb3J0EkoKBkNyZWF0ZRIgLmZpcmVicmVhay5ub2RlLnYxLkNyZWF0ZVJlcXVlc3QaHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbxJGCgRLaWxsEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhofLmZpcmVicmVhay5ub2RlLnYxLktpbGxSZXNwb25zZRJHCgVQYXVzZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHy5maXJlYnJlYWsubm9kZS52MS5LaWxsUmVzcG9uc2USSgoGUmVzdW1lEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhohLmZpcmVicmVhay5ub2RlLnYxLlJlc3VtZVJlc3BvbnNlEkcKBEZvcmsSHi5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVxdWVzdBofLmZpcmVicmVhay5ub2RlLnYxLkZvcmtSZXNwb25zZRJVCg9TbmFwc2hvdFNhbmRib3gSHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGiMuZmlyZWJyZWFrLm5vZGUudjEuU25hcHNob3RSZXNwb25zZRJKCg5EZWxldGVTbmFwc2hvdBIeLmZpcmVicmVhay5ub2RlLnYxLlNuYXBzaG90UmVmGhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSTQoGU3RhdHVzEiAuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVxdWVzdBohLmZpcmVicmVhay5ub2RlLnYxLlN0YXR1c1Jlc3BvbnNlEkoKBVVzYWdlEh8uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXF1ZXN0GiAuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZRJZCgxVcGRhdGVQb2xpY3kSJi5maXJlYnJlYWsubm9kZS52MS5VcGRhdGVQb2xpY3lSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5UmVzcG9uc2USRQoMTGlzdFNlcnZpY2VzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaGy5maXJlYnJlYWsubm9kZS52MS5Kc29uTGlzdBJICgpQdXRTZXJ2aWNlEhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlElMKDVJlbW92ZVNlcnZpY2USHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJPCg1MaXN0VGVtcGxhdGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaJC5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZXNSZXNwb25zZRJRCg1CdWlsZFRlbXBsYXRlEh8uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRSZXF1ZXN0Gh0uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRFdmVudDABElQKDkRlbGV0ZVRlbXBsYXRlEh4uZmlyZWJyZWFrLm5vZGUudjEuTmFtZVJlcXVlc3QaIi5maXJlYnJlYWsubm9kZS52MS5SZW1vdmVkUmVzcG9uc2USRgoHU2V0UG9vbBIhLmZpcmVicmVhay5ub2RlLnYxLlNldFBvb2xSZXF1ZXN0GhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSQgoFRHJhaW4SHy5maXJlYnJlYWsubm9kZS52MS5EcmFpblJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJTCg1MaXN0U2FuZGJveGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaKC5maXJlYnJlYWsubm9kZS52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2USSgoLQWNjZXNzVG9rZW4SHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlYgZwcm90bzM");
 
 /**
  * @generated from message firebreak.node.v1.Empty
@@ -146,6 +146,15 @@ export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
    * @generated from field: string platform_id = 6;
    */
   platformId: string;
+
+  /**
+   * Start from this named snapshot (SnapshotSandbox) instead of the template:
+   * its memory, processes and disk; env is the snapshot's under env_vars;
+   * `template` is ignored and `shape`, when given, must be the snapshot's.
+   *
+   * @generated from field: optional string from_snapshot = 7;
+   */
+  fromSnapshot?: string | undefined;
 };
 
 /**
@@ -352,6 +361,44 @@ export const ForkResponseSchema: GenMessage<ForkResponse> = /*@__PURE__*/
   messageDesc(file_node_v1_node, 11);
 
 /**
+ * A named snapshot: the sandbox's memory and disk frozen into an immutable,
+ * checksummed fork point while it keeps running. Kept by the node (also
+ * across its restarts) until DeleteSnapshot.
+ *
+ * @generated from message firebreak.node.v1.SnapshotResponse
+ */
+export type SnapshotResponse = Message<"firebreak.node.v1.SnapshotResponse"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.SnapshotResponse.
+ * Use `create(SnapshotResponseSchema)` to create a new message.
+ */
+export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 12);
+
+/**
+ * @generated from message firebreak.node.v1.SnapshotRef
+ */
+export type SnapshotRef = Message<"firebreak.node.v1.SnapshotRef"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.SnapshotRef.
+ * Use `create(SnapshotRefSchema)` to create a new message.
+ */
+export const SnapshotRefSchema: GenMessage<SnapshotRef> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 13);
+
+/**
  * @generated from message firebreak.node.v1.StatusRequest
  */
 export type StatusRequest = Message<"firebreak.node.v1.StatusRequest"> & {
@@ -366,7 +413,7 @@ export type StatusRequest = Message<"firebreak.node.v1.StatusRequest"> & {
  * Use `create(StatusRequestSchema)` to create a new message.
  */
 export const StatusRequestSchema: GenMessage<StatusRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 12);
+  messageDesc(file_node_v1_node, 14);
 
 /**
  * @generated from message firebreak.node.v1.SandboxStatus
@@ -400,7 +447,7 @@ export type SandboxStatus = Message<"firebreak.node.v1.SandboxStatus"> & {
  * Use `create(SandboxStatusSchema)` to create a new message.
  */
 export const SandboxStatusSchema: GenMessage<SandboxStatus> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 13);
+  messageDesc(file_node_v1_node, 15);
 
 /**
  * @generated from message firebreak.node.v1.StatusResponse
@@ -417,7 +464,7 @@ export type StatusResponse = Message<"firebreak.node.v1.StatusResponse"> & {
  * Use `create(StatusResponseSchema)` to create a new message.
  */
 export const StatusResponseSchema: GenMessage<StatusResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 14);
+  messageDesc(file_node_v1_node, 16);
 
 /**
  * @generated from message firebreak.node.v1.UsageRequest
@@ -434,7 +481,7 @@ export type UsageRequest = Message<"firebreak.node.v1.UsageRequest"> & {
  * Use `create(UsageRequestSchema)` to create a new message.
  */
 export const UsageRequestSchema: GenMessage<UsageRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 15);
+  messageDesc(file_node_v1_node, 17);
 
 /**
  * @generated from message firebreak.node.v1.UsageResponse
@@ -453,7 +500,7 @@ export type UsageResponse = Message<"firebreak.node.v1.UsageResponse"> & {
  * Use `create(UsageResponseSchema)` to create a new message.
  */
 export const UsageResponseSchema: GenMessage<UsageResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 16);
+  messageDesc(file_node_v1_node, 18);
 
 /**
  * @generated from message firebreak.node.v1.UpdatePolicyRequest
@@ -475,7 +522,7 @@ export type UpdatePolicyRequest = Message<"firebreak.node.v1.UpdatePolicyRequest
  * Use `create(UpdatePolicyRequestSchema)` to create a new message.
  */
 export const UpdatePolicyRequestSchema: GenMessage<UpdatePolicyRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 17);
+  messageDesc(file_node_v1_node, 19);
 
 /**
  * @generated from message firebreak.node.v1.PolicyResponse
@@ -492,7 +539,7 @@ export type PolicyResponse = Message<"firebreak.node.v1.PolicyResponse"> & {
  * Use `create(PolicyResponseSchema)` to create a new message.
  */
 export const PolicyResponseSchema: GenMessage<PolicyResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 18);
+  messageDesc(file_node_v1_node, 20);
 
 /**
  * @generated from message firebreak.node.v1.JsonList
@@ -509,7 +556,7 @@ export type JsonList = Message<"firebreak.node.v1.JsonList"> & {
  * Use `create(JsonListSchema)` to create a new message.
  */
 export const JsonListSchema: GenMessage<JsonList> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 19);
+  messageDesc(file_node_v1_node, 21);
 
 /**
  * @generated from message firebreak.node.v1.JsonValue
@@ -526,7 +573,7 @@ export type JsonValue = Message<"firebreak.node.v1.JsonValue"> & {
  * Use `create(JsonValueSchema)` to create a new message.
  */
 export const JsonValueSchema: GenMessage<JsonValue> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 20);
+  messageDesc(file_node_v1_node, 22);
 
 /**
  * @generated from message firebreak.node.v1.NameRequest
@@ -543,7 +590,7 @@ export type NameRequest = Message<"firebreak.node.v1.NameRequest"> & {
  * Use `create(NameRequestSchema)` to create a new message.
  */
 export const NameRequestSchema: GenMessage<NameRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 21);
+  messageDesc(file_node_v1_node, 23);
 
 /**
  * @generated from message firebreak.node.v1.RemovedResponse
@@ -560,7 +607,7 @@ export type RemovedResponse = Message<"firebreak.node.v1.RemovedResponse"> & {
  * Use `create(RemovedResponseSchema)` to create a new message.
  */
 export const RemovedResponseSchema: GenMessage<RemovedResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 22);
+  messageDesc(file_node_v1_node, 24);
 
 /**
  * @generated from message firebreak.node.v1.TemplateInfo
@@ -613,7 +660,7 @@ export type TemplateInfo = Message<"firebreak.node.v1.TemplateInfo"> & {
  * Use `create(TemplateInfoSchema)` to create a new message.
  */
 export const TemplateInfoSchema: GenMessage<TemplateInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 23);
+  messageDesc(file_node_v1_node, 25);
 
 /**
  * @generated from message firebreak.node.v1.TemplatesResponse
@@ -630,7 +677,7 @@ export type TemplatesResponse = Message<"firebreak.node.v1.TemplatesResponse"> &
  * Use `create(TemplatesResponseSchema)` to create a new message.
  */
 export const TemplatesResponseSchema: GenMessage<TemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 24);
+  messageDesc(file_node_v1_node, 26);
 
 /**
  * @generated from message firebreak.node.v1.BuildRequest
@@ -663,7 +710,7 @@ export type BuildRequest = Message<"firebreak.node.v1.BuildRequest"> & {
  * Use `create(BuildRequestSchema)` to create a new message.
  */
 export const BuildRequestSchema: GenMessage<BuildRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 25);
+  messageDesc(file_node_v1_node, 27);
 
 /**
  * @generated from message firebreak.node.v1.BuildEvent
@@ -692,7 +739,7 @@ export type BuildEvent = Message<"firebreak.node.v1.BuildEvent"> & {
  * Use `create(BuildEventSchema)` to create a new message.
  */
 export const BuildEventSchema: GenMessage<BuildEvent> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 26);
+  messageDesc(file_node_v1_node, 28);
 
 /**
  * @generated from message firebreak.node.v1.BuildProgress
@@ -724,7 +771,7 @@ export type BuildProgress = Message<"firebreak.node.v1.BuildProgress"> & {
  * Use `create(BuildProgressSchema)` to create a new message.
  */
 export const BuildProgressSchema: GenMessage<BuildProgress> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 27);
+  messageDesc(file_node_v1_node, 29);
 
 /**
  * @generated from message firebreak.node.v1.SetPoolRequest
@@ -751,7 +798,7 @@ export type SetPoolRequest = Message<"firebreak.node.v1.SetPoolRequest"> & {
  * Use `create(SetPoolRequestSchema)` to create a new message.
  */
 export const SetPoolRequestSchema: GenMessage<SetPoolRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 28);
+  messageDesc(file_node_v1_node, 30);
 
 /**
  * @generated from message firebreak.node.v1.DrainRequest
@@ -770,7 +817,7 @@ export type DrainRequest = Message<"firebreak.node.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 29);
+  messageDesc(file_node_v1_node, 31);
 
 /**
  * What the node can activate and how fast: the scheduler's input.
@@ -846,7 +893,7 @@ export type NodeReport = Message<"firebreak.node.v1.NodeReport"> & {
  * Use `create(NodeReportSchema)` to create a new message.
  */
 export const NodeReportSchema: GenMessage<NodeReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 30);
+  messageDesc(file_node_v1_node, 32);
 
 /**
  * @generated from message firebreak.node.v1.TemplateReport
@@ -901,7 +948,7 @@ export type TemplateReport = Message<"firebreak.node.v1.TemplateReport"> & {
  * Use `create(TemplateReportSchema)` to create a new message.
  */
 export const TemplateReportSchema: GenMessage<TemplateReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 31);
+  messageDesc(file_node_v1_node, 33);
 
 /**
  * @generated from message firebreak.node.v1.ListSandboxesResponse
@@ -918,7 +965,7 @@ export type ListSandboxesResponse = Message<"firebreak.node.v1.ListSandboxesResp
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 32);
+  messageDesc(file_node_v1_node, 34);
 
 /**
  * @generated from service firebreak.node.v1.Node
@@ -971,6 +1018,25 @@ export const Node: GenService<{
     methodKind: "unary";
     input: typeof ForkRequestSchema;
     output: typeof ForkResponseSchema;
+  },
+  /**
+   * @generated from rpc firebreak.node.v1.Node.SnapshotSandbox
+   */
+  snapshotSandbox: {
+    methodKind: "unary";
+    input: typeof SandboxRefSchema;
+    output: typeof SnapshotResponseSchema;
+  },
+  /**
+   * No new sandbox starts from it; its files go with the last sandbox using
+   * them. Unknown or already deleted: NotFound (SNAPSHOT_NOT_FOUND).
+   *
+   * @generated from rpc firebreak.node.v1.Node.DeleteSnapshot
+   */
+  deleteSnapshot: {
+    methodKind: "unary";
+    input: typeof SnapshotRefSchema;
+    output: typeof EmptySchema;
   },
   /**
    * @generated from rpc firebreak.node.v1.Node.Status
