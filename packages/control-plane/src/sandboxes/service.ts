@@ -65,6 +65,13 @@ export interface CreateRequest {
   parentToken?: string | undefined;
   /** Egress policy (validated again here); the tenant is always the caller's. */
   networkPolicy?: EgressPolicy | undefined;
+  /**
+   * Where the sandbox sits in a cost tree when no parent sandbox sent the
+   * request: a job's task sandboxes have the job as parent and root.
+   * INVARIANT: set only by the control plane itself (src/jobs), never from a
+   * request body.
+   */
+  lineage?: { parentId: string; rootId: string } | undefined;
 }
 
 const iso = (ms = Date.now()) => new Date(ms).toISOString();
@@ -356,8 +363,8 @@ export class SandboxService {
       timeoutAt: null,
       startPath: null,
       timings: null,
-      parentId: parent?.id ?? null,
-      rootId: parent?.rootId ?? id,
+      parentId: parent?.id ?? req.lineage?.parentId ?? null,
+      rootId: parent?.rootId ?? req.lineage?.rootId ?? id,
       tokenHash: hash,
       envdTokenHash: null,
       createdByKey: caller.keyId,
@@ -394,7 +401,7 @@ export class SandboxService {
       memoryMib: req.memoryMib,
       timeoutMs: req.timeoutMs,
       key: caller.keyId,
-      ...(parent ? { parentId: parent.id, rootId: rec.rootId } : {}),
+      ...(rec.parentId ? { parentId: rec.parentId, rootId: rec.rootId } : {}),
     });
     const meter = new Meter();
     this.#meters.set(id, meter);
@@ -588,6 +595,11 @@ export class SandboxService {
       }
     }
     return policy;
+  }
+
+  /** An egress policy as a create would take it (VALIDATION_FAILED naming `field` otherwise). */
+  checkPolicy(tenantId: string, input: EgressPolicy, field: string): Promise<NormalizedPolicy> {
+    return this.#checkPolicy(tenantId, input, field);
   }
 
   /** Private services a tenant may bind (null: every service, for admins). */
