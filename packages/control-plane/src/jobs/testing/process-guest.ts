@@ -21,6 +21,16 @@ type Event =
   | { case: "data"; value: { output: { case: "stdout" | "stderr"; value: Uint8Array } } }
   | { case: "end"; value: { exitCode: number; exited: boolean; status: string } };
 
+/** Kills a command and everything it started (its process group). */
+function killGroup(child: ChildProcess): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, "SIGKILL");
+  } catch {
+    child.kill("SIGKILL"); // the group is gone already
+  }
+}
+
 export class ProcessGuest {
   readonly home: string;
   readonly server: http.Server;
@@ -55,7 +65,7 @@ export class ProcessGuest {
         router.service(Process, {
           start: (req, ctx) => this.#start(req.process!, ctx.signal, resolve),
           sendSignal: async (req) => {
-            for (const c of this.#children) if (c.pid === req.process?.selector.value) c.kill("SIGKILL");
+            for (const c of this.#children) if (c.pid === req.process?.selector.value) killGroup(c);
             return {};
           },
         });
@@ -128,6 +138,8 @@ export class ProcessGuest {
       cwd,
       env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: this.home, ...cfg.envs },
       stdio: ["ignore", "pipe", "pipe"],
+      // A process group of its own: a kill ends the command's children too, as a VM's end would.
+      detached: true,
     });
     this.#children.add(child);
     const queue: Event[] = [];
@@ -157,7 +169,7 @@ export class ProcessGuest {
               },
       });
     });
-    const onAbort = () => child.kill("SIGKILL");
+    const onAbort = () => killGroup(child);
     signal.addEventListener("abort", onAbort, { once: true });
     try {
       yield { event: { event: { case: "start", value: { pid: child.pid ?? 0 } } } };
@@ -174,14 +186,14 @@ export class ProcessGuest {
       }
     } finally {
       signal.removeEventListener("abort", onAbort);
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      if (child.exitCode === null && child.signalCode === null) killGroup(child);
       await closed;
     }
   }
 
   /** The sandbox ends: its processes are killed, its files removed. */
   async stop(): Promise<void> {
-    for (const c of this.#children) c.kill("SIGKILL");
+    for (const c of this.#children) killGroup(c);
     this.server.closeAllConnections();
     await new Promise((r) => this.server.close(r));
     fs.rmSync(this.home, { recursive: true, force: true });
