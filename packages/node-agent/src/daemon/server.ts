@@ -346,16 +346,18 @@ function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, hea
   const m = PORT_PATH.exec(req.url ?? "");
   const port = Number(m?.[2]);
   if (!m || String(req.headers.upgrade).toLowerCase() !== TUNNEL_PROTOCOL || port < 1 || port > 65535) {
-    return refuse(400, "BAD_TUNNEL");
+    refuse(400, "BAD_TUNNEL");
+    return;
   }
   let host: string;
   try {
     host = svc.endpoint(m[1]!).host;
   } catch (e) {
-    return refuse(
+    refuse(
       e instanceof FirebreakError && e.code === "SANDBOX_NOT_FOUND" ? 404 : 409,
       (e as FirebreakError).code ?? "SANDBOX_STATE_INVALID",
     );
+    return;
   }
   const upstream = net.connect({ host, port });
   upstream.setNoDelay(true);
@@ -372,8 +374,18 @@ function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, hea
       `HTTP/1.1 101 Switching Protocols\r\nupgrade: ${TUNNEL_PROTOCOL}\r\nconnection: Upgrade\r\n\r\n`,
     );
     if (head.length) upstream.write(head);
+    // Ended with its sandbox (kill, pause): see NodeService.trackTunnel.
+    const untrack = svc.trackTunnel(m[1]!, {
+      destroy: () => {
+        upstream.destroy();
+        socket.destroy();
+      },
+    });
     upstream.on("close", () => socket.destroy());
-    socket.on("close", () => upstream.destroy());
+    socket.on("close", () => {
+      untrack();
+      upstream.destroy();
+    });
     socket.pipe(upstream);
     upstream.pipe(socket);
   });
