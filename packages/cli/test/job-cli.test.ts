@@ -156,6 +156,19 @@ describe("firebreak job (control plane over HTTP, jobs fake node)", { timeout: 1
     assert.equal(got.tasks[0].state, "cancelled");
   });
 
+  test("job run -- ./run.sh: the program is shipped when named as a path, executable", async () => {
+    await fs.writeFile(path.join(dir, "run.sh"), '#!/bin/sh\necho "ran with $1"\n', { mode: 0o755 });
+    const r = await cli(["job", "run", "--json", "--", "./run.sh", "x"]);
+    assert.equal(r.code, 0, r.stderr);
+    const { job, tasks } = JSON.parse(r.stdout);
+    assert.deepEqual(
+      job.files.map((f: { path: string; mode?: number }) => [f.path, f.mode]),
+      [["run.sh", 0o755]],
+    );
+    assert.equal(tasks[0].state, "succeeded");
+    assert.equal((await cli(["job", "logs", job.id])).stdout, "ran with x\n");
+  });
+
   test("bad input: clear errors and the usage exit code", async () => {
     await fs.writeFile(path.join(dir, "bad.jsonl"), '1\n{"n": \n');
     const bad = await cli(["job", "run", "--inputs", "bad.jsonl", "--", "true"]);

@@ -85,7 +85,9 @@ async function regularFile(p: string): Promise<boolean> {
 /**
  * The files to ship: every --file, and every command argument that names a
  * local regular file by a relative path inside the current directory (the
- * task finds it at the same relative path in its working directory).
+ * task finds it at the same relative path in its working directory; an
+ * executable keeps its execute bit). The program counts when it is a path
+ * (./run.sh).
  */
 async function filesToShip(
   argv: string[],
@@ -100,7 +102,9 @@ async function filesToShip(
     wanted.set(remote, local);
   }
   if (auto) {
-    for (const a of argv.slice(1)) {
+    for (const [i, a] of argv.entries()) {
+      // The program itself only when named as a path (./run.sh), not python3.
+      if (i === 0 && !a.includes("/")) continue;
       if (path.isAbsolute(a) || a.startsWith("-") || a.split(/[\\/]/).includes("..")) continue;
       if (!wanted.has(path.normalize(a)) && (await regularFile(a))) wanted.set(path.normalize(a), a);
     }
