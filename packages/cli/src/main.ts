@@ -2,7 +2,7 @@
 import { FirebreakError } from "@firebreak/node-agent";
 import { FirebreakApiError } from "@firebreak/sdk";
 // firebreak: the command-line interface. Without a server it drives the local
-// node runtime directly (root needed); `sandbox`, `keys` and `usage` talk to a
+// node runtime directly (root needed); `sandbox`, `job`, `keys` and `usage` talk to a
 // server (FIREBREAK_URL, FIREBREAK_API_KEY), and so do `run` and `template`
 // when both are set.
 import { Command, InvalidArgumentError, Option } from "commander";
@@ -11,6 +11,18 @@ import { useServer } from "./commands/api-client.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { doctorCommand } from "./commands/doctor.ts";
 import { downCommand } from "./commands/down.ts";
+import {
+  exitCodes,
+  failureKinds,
+  fileFlag,
+  jobArtifacts,
+  jobCancel,
+  jobGet,
+  jobList,
+  jobLogs,
+  jobRun,
+  jobUsage,
+} from "./commands/job.ts";
 import { keysCreate, keysList, keysRevoke } from "./commands/keys.ts";
 import {
   allowCidr,
@@ -322,6 +334,135 @@ withPolicyFlags(
 )
   .option("--json", "print JSON ({ policy })")
   .action(sandboxNetworkSet);
+
+const job = program
+  .command("job")
+  .description(
+    "batch jobs on a server: run a command to completion over many inputs, each task in a sandbox of its own",
+  );
+withPolicyFlags(
+  job
+    .command("run")
+    .description(
+      "submit a job and wait for it: one task per --inputs line (or --input-file), each in its own sandbox; prints every task's result in order; exits 1 unless every task succeeded",
+    )
+    .argument(
+      "<cmd...>",
+      "command and arguments (put them after --); one argument with spaces is a shell line",
+    )
+    .option("-t, --template <name>", "template every task starts from (default: base)")
+    .addOption(
+      new Option("--parallel <n>", "tasks running at once (default: 4)").argParser(int("--parallel", 1, 64)),
+    )
+    .option(
+      "--inputs <file.jsonl>",
+      "one task per line, each a JSON value (in the task: $FIREBREAK_INPUT_FILE); - for stdin",
+    )
+    .option("--input-file <path>", "one task per file (in the task: input/<name>; repeatable)", list)
+    .option(
+      "--file <local[:remote]>",
+      "copy a local file into every task's working directory (repeatable)",
+      fileFlag,
+    )
+    .option("--no-auto-files", "do not ship command arguments that name local files")
+    .option(
+      "--output <path>",
+      "path collected as artifacts after the command (repeatable; default: out)",
+      list,
+    )
+    .addOption(new Option("--cpus <n>", "vCPUs per task (default: 1)").argParser(int("--cpus", 1, 8)))
+    .addOption(
+      new Option("--memory <MiB>", "memory per task in MiB (default: 256)").argParser(
+        int("--memory", 128, 16384),
+      ),
+    )
+    .option(
+      "-e, --env <KEY=VALUE>",
+      "environment variable (repeatable; stored with the job: not for secrets)",
+      keyValue,
+    )
+    .option("--metadata <key=value>", "label for listing and usage (repeatable)", keyValue)
+    .addOption(
+      new Option("--timeout-ms <ms>", "kill a task's command after this long (default: 600000)").argParser(
+        int("--timeout-ms", 1000, 24 * 3600_000),
+      ),
+    )
+    .addOption(
+      new Option("--retries <n>", "run a failed task again up to n times (default: 0)").argParser(
+        int("--retries", 0, 9),
+      ),
+    )
+    .addOption(
+      new Option(
+        "--retry-on <kinds>",
+        "failures retried: exit_code, timeout, killed, infrastructure (default: infrastructure)",
+      ).argParser(failureKinds),
+    )
+    .addOption(
+      new Option("--retry-exit-code <codes>", "with --retry-on exit_code: only these codes").argParser(
+        exitCodes,
+      ),
+    )
+    .addOption(
+      new Option(
+        "--backoff-ms <ms>",
+        "wait before the first retry, doubled each time (default: 1000)",
+      ).argParser(int("--backoff-ms", 0, 3600_000)),
+    )
+    .addOption(
+      new Option(
+        "--max-log-bytes <n>",
+        "output kept per attempt before the truncation marker (default: 1 MiB)",
+      ).argParser(int("--max-log-bytes", 1024, 16 * 1024 * 1024)),
+    )
+    .option("-d, --detach", "print the job id and return without waiting"),
+)
+  .option("--json", "print the job and its tasks as JSON")
+  .action(jobRun);
+job
+  .command("list")
+  .description("list your jobs, newest first")
+  .option("--state <state>", "only these states (repeatable or comma-separated: running,queued)", list)
+  .addOption(new Option("--limit <n>", "at most this many").argParser(int("--limit", 1, 1_000_000)))
+  .option("--json", "print JSON")
+  .action(jobList);
+job
+  .command("get")
+  .description("show a job and every task's result")
+  .argument("<id>")
+  .option("--json", "print JSON ({ job, tasks })")
+  .action(jobGet);
+job
+  .command("logs")
+  .description(
+    "a task's stdout and stderr (the result attempt's, or --attempt); --follow streams while it runs",
+  )
+  .argument("<id>")
+  .argument("[task]", "task index (default: 0)", int("[task]", 0, 1_000_000))
+  .addOption(new Option("--attempt <n>", "this attempt (1-based)").argParser(int("--attempt", 1, 1_000_000)))
+  .option("-f, --follow", "keep streaming until the task ends, through its retries")
+  .option("--json", "print NDJSON events")
+  .action(jobLogs);
+job
+  .command("cancel")
+  .description("cancel a job: queued tasks at once, running ones killed")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(jobCancel);
+job
+  .command("artifacts")
+  .description("list a job's artifacts (each task's result attempt), or --download them")
+  .argument("<id>")
+  .addOption(new Option("--task <n>", "only this task").argParser(int("--task", 0, 1_000_000)))
+  .option("--download <dir>", "write them to <dir>/<task>/<path>")
+  .option("--json", "print JSON")
+  .action(jobArtifacts);
+job
+  .command("usage")
+  .description("a job's cost: every task's attempts (retries labelled) and the total")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(jobUsage);
 
 const services = program
   .command("services")

@@ -17,6 +17,9 @@ import { envdProxy } from "./e2b/envd-proxy.ts";
 import { ingressDomain } from "./ingress/config.ts";
 import { INGRESS_SECRET_FILE, IngressTokens } from "./ingress/ingress-token.ts";
 import { createIngress } from "./ingress/proxy.ts";
+import { FileArtifactStore } from "./jobs/artifact-store.ts";
+import { defaultJobsConfig, type JobsConfig } from "./jobs/config.ts";
+import { JobService } from "./jobs/job-service.ts";
 import { createListener } from "./listener.ts";
 import { Cluster } from "./node/cluster.ts";
 import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
@@ -53,6 +56,8 @@ export interface ServerOptions {
   adminKey?: string;
   /** Overrides of the control plane settings (timeouts, sampling, limits). */
   config?: Partial<ControlPlaneConfig>;
+  /** Overrides of the job settings (jobs/config.ts). */
+  jobsConfig?: Partial<JobsConfig>;
   /** @default FIREBREAK_LOG_LEVEL or "info" (JSON lines on stderr) */
   logLevel?: string;
   /**
@@ -133,7 +138,7 @@ async function bootstrap(
 const heldLocks = new Set<string>();
 
 /** Background passes that run once across replicas, each on the holder of its lease. */
-const LEASES = ["reaper", "sampler", "nodes", "templates", "pools"] as const;
+const LEASES = ["reaper", "sampler", "nodes", "templates", "pools", "jobs"] as const;
 
 /**
  * Runs fn while holding `name` (waiting for it): replicas starting together
@@ -310,8 +315,21 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       }, config.poolDemandIntervalMs);
       poolTimer.unref();
     }
+    // Jobs: artifacts under the state dir; the dispatcher on the `jobs` lease
+    // holder, after recovery (sandboxes lost in a restart are ended first).
+    const artifacts = new FileArtifactStore(path.join(nodeConfig.stateDir, "artifacts"));
+    artifacts.sweep();
+    const jobs = new JobService({
+      store,
+      sandboxes,
+      artifacts,
+      config: { ...defaultJobsConfig(env), ...opts.jobsConfig },
+      controlPlane: config,
+      log: log.child({ component: "jobs" }),
+    });
+    jobs.start(leases ? { isLeader: () => leases.isHolder("jobs") } : {});
 
-    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens });
+    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens, jobs });
     const api = getRequestListener(app.fetch);
     // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
     // go to a port inside the sandbox, before the envd proxy and the API
@@ -375,6 +393,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
             server.closeAllConnections();
           });
           if (poolTimer) clearInterval(poolTimer);
+          // Running job tasks end as interrupted (they run again at the next start).
+          await jobs.close();
           await leases?.stop();
           // Only this process's own node's sandboxes end with it (a test's
           // given node counts as its own); joined nodes keep theirs.

@@ -3,6 +3,7 @@
 import { type ConnectionOptions, resolveConnection } from "./connection.ts";
 import { apiError, FirebreakApiError, NotFoundError } from "./errors.ts";
 import { HttpClient } from "./http.ts";
+import { Jobs } from "./jobs.ts";
 import type {
   ApiKeyInfo,
   BuildProgress,
@@ -237,9 +238,11 @@ export interface HealthInfo {
   node: Record<string, unknown>;
 }
 
-/** Server-wide operations: templates, API keys, tenants, usage, private services. */
+/** Server-wide operations: templates, API keys, tenants, usage, private services, jobs. */
 export class Firebreak {
   readonly templates: Templates;
+  /** Batch jobs: run a command to completion over many inputs, each task in its own sandbox. */
+  readonly jobs: Jobs;
   readonly keys: Keys;
   readonly tenants: Tenants;
   readonly usage: Usage;
@@ -253,6 +256,7 @@ export class Firebreak {
     this.tenants = new Tenants(this.#http);
     this.usage = new Usage(this.#http);
     this.services = new Services(this.#http);
+    this.jobs = new Jobs(this.#http);
   }
 
   /** The server's health and accelerator. */

@@ -51,6 +51,25 @@ export {
   type UsageGroupBy,
   type UsageQueryOptions,
 } from "./firebreak.ts";
+export {
+  type ArtifactRef,
+  type AttemptInfo,
+  type FailureKind,
+  type JobCreateOptions,
+  type JobFileInput,
+  type JobInfo,
+  type JobInputFile,
+  type JobLogEvent,
+  type JobState,
+  Jobs,
+  type JobUsage,
+  type RetryPolicy,
+  type TaskDetail,
+  type TaskInfo,
+  type TaskInput,
+  type TaskState,
+  type UsageTotals,
+} from "./jobs.ts";
 export { ndjson } from "./ndjson.ts";
 export { Paginator } from "./paginator.ts";
 export {

@@ -17,6 +17,7 @@ import { adminRoutes } from "./routes/admin.ts";
 import { codeRoutes } from "./routes/code.ts";
 import { commandRoutes } from "./routes/commands.ts";
 import { fileRoutes } from "./routes/files.ts";
+import { jobRoutes } from "./routes/jobs.ts";
 import { nodeRoutes } from "./routes/nodes.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
 import { serviceRoutes } from "./routes/services.ts";
@@ -40,7 +41,7 @@ function logError(c: Context<AppEnv>, e: ApiError, raw: unknown): void {
   else log?.debug({ code: e.code, msg: e.message }, "request failed");
 }
 
-const JSON_BODY_EXEMPT = /^\/v1\/sandboxes\/[^/]+\/files$/; // raw uploads (PUT)
+const JSON_BODY_EXEMPT = /^\/v1\/(sandboxes\/[^/]+\/files|jobs\/files)$/; // raw uploads (PUT)
 
 export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   const app = new OpenAPIHono<AppEnv>({
@@ -133,6 +134,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   serviceRoutes(app, deps);
   ingressRoutes(app, deps); // /v1/sandboxes/{id}/ports (src/ingress)
   nodeRoutes(app, deps);
+  if (deps.jobs) jobRoutes(app, deps, deps.jobs);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.openAPIRegistry.registerComponent("securitySchemes", "joinToken", {

@@ -2,6 +2,7 @@
 import type { Logger } from "pino";
 import type { ControlPlaneConfig } from "../config.ts";
 import type { IngressTokens } from "../ingress/ingress-token.ts";
+import type { JobService } from "../jobs/job-service.ts";
 import type { NodesFacade } from "../node/directory.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import type { Scope, Store, Tenant } from "../store/store.ts";
@@ -29,4 +30,6 @@ export interface Deps {
   log: Logger;
   /** The sandboxes' ingress tokens (ingress/ingress-token.ts). */
   ingressTokens: IngressTokens;
+  /** Jobs (src/jobs); without it the /v1/jobs routes are not served. */
+  jobs?: JobService;
 }

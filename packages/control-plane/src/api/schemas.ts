@@ -23,13 +23,13 @@ export const SandboxIdParam = z.object({
   id: z.string().openapi({ param: { name: "id", in: "path" }, example: "k3x9q2m7a1b5c8d0e4f6" }),
 });
 
-const EnvVars = z
+export const EnvVars = z
   .record(
     z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "not an environment variable name"),
     z.string().max(32_768),
   )
   .refine((r) => Object.keys(r).length <= 200, "at most 200 variables");
-const Metadata = z
+export const Metadata = z
   .record(z.string().min(1).max(64), z.string().max(512))
   .refine((r) => Object.keys(r).length <= 50, "at most 50 keys");
 

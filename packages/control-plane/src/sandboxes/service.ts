@@ -72,6 +72,13 @@ export interface CreateRequest {
   fromSnapshot?: { nodeId: string; snapshotId: string } | undefined;
   /** What the reaper does when the timeout passes. @default "kill" */
   onTimeout?: TimeoutAction | undefined;
+  /**
+   * Where the sandbox sits in a cost tree when no parent sandbox sent the
+   * request: a job's task sandboxes have the job as parent and root.
+   * INVARIANT: set only by the control plane itself (src/jobs), never from a
+   * request body.
+   */
+  lineage?: { parentId: string; rootId: string } | undefined;
 }
 
 /** What the reaper does with a running sandbox whose timeout passed (E2B's autoPause: "pause"). */
@@ -406,8 +413,8 @@ export class SandboxService {
       timeoutAt: null,
       startPath: null,
       timings: null,
-      parentId: parent?.id ?? null,
-      rootId: parent?.rootId ?? id,
+      parentId: parent?.id ?? req.lineage?.parentId ?? null,
+      rootId: parent?.rootId ?? req.lineage?.rootId ?? id,
       tokenHash: hash,
       envdTokenHash: null,
       createdByKey: caller.keyId,
@@ -444,7 +451,7 @@ export class SandboxService {
       memoryMib,
       timeoutMs: req.timeoutMs,
       key: caller.keyId,
-      ...(parent ? { parentId: parent.id, rootId: rec.rootId } : {}),
+      ...(rec.parentId ? { parentId: rec.parentId, rootId: rec.rootId } : {}),
       ...(req.fromSnapshot ? { fromSnapshot: req.fromSnapshot.snapshotId } : {}),
     });
     if (req.onTimeout && req.onTimeout !== "kill") {
@@ -656,6 +663,11 @@ export class SandboxService {
       }
     }
     return policy;
+  }
+
+  /** An egress policy as a create would take it (VALIDATION_FAILED naming `field` otherwise). */
+  checkPolicy(tenantId: string, input: EgressPolicy, field: string): Promise<NormalizedPolicy> {
+    return this.#checkPolicy(tenantId, input, field);
   }
 
   /** Private services a tenant may bind (null: every service, for admins). */

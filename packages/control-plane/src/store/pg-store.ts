@@ -32,6 +32,7 @@
 // NUL; a lookup by one that does finds nothing. Every text column compares
 // bytewise (COLLATE "C"), like SQLite, so orderings agree.
 import pg from "pg";
+import { PG_JOBS_MIGRATION, PgJobStore } from "./pg-job-store.ts";
 import { keyVerdict, nodeVerdict, tenantVerdict } from "./quota.ts";
 import {
   checkTtl,
@@ -195,6 +196,8 @@ export const PG_MIGRATIONS: readonly string[] = [
     expires_at TIMESTAMPTZ NOT NULL
   );
   `,
+  // 2: the job queue: jobs, tasks, attempts, their logs, uploaded files (pg-job-store.ts).
+  PG_JOBS_MIGRATION,
 ];
 
 /** Advisory lock classes (first key of pg_advisory_xact_lock(int4, int4)); "FB" in the high bytes. */
@@ -259,10 +262,12 @@ export interface PgStoreOptions {
 
 export class PgStore implements Store {
   readonly pool: pg.Pool;
+  readonly jobs: PgJobStore;
   #closed: Promise<void> | undefined;
 
   private constructor(pool: pg.Pool) {
     this.pool = pool;
+    this.jobs = new PgJobStore(pool);
   }
 
   /** Connects, runs the migrations this database lacks, and returns the store. */

@@ -21,6 +21,7 @@ import {
   usageCols,
   usageFrom,
 } from "./rows.ts";
+import { SQLITE_JOBS_MIGRATION, SqliteJobStore } from "./sqlite-job-store.ts";
 import type {
   ApiKeyRecord,
   JoinTokenRecord,
@@ -169,6 +170,8 @@ export const MIGRATIONS: readonly string[] = [
     expires_at TEXT NOT NULL
   );
   `,
+  // 5: the job queue: jobs, tasks, attempts, their logs, uploaded files (sqlite-job-store.ts).
+  SQLITE_JOBS_MIGRATION,
 ];
 
 const LIVE = "('requested','starting','running','paused','stopping')";
@@ -179,6 +182,7 @@ type Row = Record<string, SQLInputValue>;
 
 export class SqliteStore implements Store {
   readonly db: DatabaseSync;
+  readonly jobs: SqliteJobStore;
 
   constructor(file: string) {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -188,6 +192,7 @@ export class SqliteStore implements Store {
     this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;");
     this.db.exec("PRAGMA foreign_keys = ON;");
     this.#migrate();
+    this.jobs = new SqliteJobStore(this.db);
   }
 
   #migrate(): void {

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, type TestContext, test } from "node:test";
 import { DEFAULT_LIMITS } from "../config.ts";
+import { jobStoreContract } from "./job-store.contract.ts";
 import type { ApiKeyRecord, NodeRecord, SandboxRecord, Store, TenantLimits, UsageRecord } from "./store.ts";
 
 export interface StoreFactory {
@@ -129,6 +130,7 @@ const BIG: TenantLimits = {
 
 export function storeContract(name: string, factory: StoreFactory): void {
   describe(`Store contract: ${name}`, () => {
+    jobStoreContract((t) => factory.fresh(t));
     test("tenants: create, get, list in creation order; names are unique", async (t) => {
       const { store } = await factory.fresh(t);
       assert.deepEqual(await store.listTenants(), []);

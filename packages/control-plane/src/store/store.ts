@@ -13,6 +13,7 @@
 // store one); a lookup by one that does finds nothing rather than failing.
 
 import type { NormalizedPolicy, TrafficBytes } from "../node/node-client.ts";
+import type { JobStore } from "./job-store.ts";
 
 export type Scope = "sandboxes" | "templates" | "admin";
 export const SCOPES: readonly Scope[] = ["sandboxes", "templates", "admin"];
@@ -367,6 +368,9 @@ export interface Store {
    * `at` is before its expiry. Atomic: of concurrent uses at most one wins.
    */
   useJoinToken(hash: string, at: string): Promise<boolean>;
+
+  /** The job queue (jobs, tasks, attempts, logs, uploaded files): job-store.ts. */
+  readonly jobs: JobStore;
 
   close(): void | Promise<void>;
 }

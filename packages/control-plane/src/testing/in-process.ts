@@ -7,6 +7,9 @@ import { createApp } from "../api/app.ts";
 import { newApiKey } from "../auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "../config.ts";
 import { IngressTokens } from "../ingress/ingress-token.ts";
+import { FileArtifactStore } from "../jobs/artifact-store.ts";
+import { defaultJobsConfig, type JobsConfig } from "../jobs/config.ts";
+import { JobService } from "../jobs/job-service.ts";
 import { StaticNodes } from "../node/directory.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
@@ -14,11 +17,14 @@ import type { Scope, TenantLimits } from "../store/store.ts";
 import { ApiClient } from "./api-client.ts";
 import { FakeNode } from "./fake-node.ts";
 
-export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
+export async function inProcess<N extends FakeNode = FakeNode>(
+  config: Partial<ControlPlaneConfig> = {},
+  opts: { node?: N; jobs?: Partial<JobsConfig> } = {},
+) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fb-cp-"));
   const dbFile = path.join(dir, "cp.db");
   const store = new SqliteStore(dbFile);
-  const node = new FakeNode();
+  const node = opts.node ?? (new FakeNode() as N);
   const nodes = new StaticNodes([node], { intervalMs: 200 });
   await nodes.poll();
   nodes.start();
@@ -26,7 +32,16 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
   const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
   const sandboxes = new SandboxService(store, nodes, cfg, log);
   const ingressTokens = IngressTokens.open(path.join(dir, "ingress-secret"));
-  const app = createApp({ store, node: sandboxes.nodes, sandboxes, config: cfg, log, ingressTokens });
+  // Jobs are served; their dispatcher runs only when a test starts it (jobs.start()).
+  const jobs = new JobService({
+    store,
+    sandboxes,
+    artifacts: new FileArtifactStore(path.join(dir, "artifacts")),
+    config: { ...defaultJobsConfig({}), ...opts.jobs },
+    controlPlane: cfg,
+    log,
+  });
+  const app = createApp({ store, node: sandboxes.nodes, sandboxes, config: cfg, log, ingressTokens, jobs });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
   ).init();
@@ -64,10 +79,12 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     /** The node directory (poll() after changing the fake node's capacity or warm slots). */
     nodes,
     sandboxes,
+    jobs,
     ingressTokens,
     config: cfg,
     tenant,
     async close() {
+      await jobs.close();
       await sandboxes.close({ endOn: [node.id] });
       await nodes.close();
       store.close();

@@ -123,6 +123,8 @@ export class NodeService {
   /** Every sandbox handed out, kept after the runtime forgets it (to say why it ended). */
   readonly #known = new Map<string, Sandbox>();
   readonly #latencies = new Latencies();
+  /** Open tunnels to each sandbox's ports (server.ts), ended with the sandbox. */
+  readonly #tunnels = new Map<string, Set<{ destroy(): void }>>();
   #draining = false;
 
   constructor(runtime: NodeRuntime, nodeId: string) {
@@ -245,15 +247,47 @@ export class NodeService {
 
   async kill(id: string, reason: string): Promise<Usage | undefined> {
     const last = await this.usage(id).catch(() => undefined);
-    await this.runtime.kill(id, reason);
+    try {
+      await this.runtime.kill(id, reason);
+    } finally {
+      this.#endTunnels(id);
+    }
     this.#known.delete(id);
     return last;
   }
 
   async pause(id: string): Promise<Usage | undefined> {
     const last = await this.usage(id).catch(() => undefined);
-    await this.runtime.pause(id);
+    try {
+      await this.runtime.pause(id);
+    } finally {
+      this.#endTunnels(id);
+    }
     return last;
+  }
+
+  /**
+   * Registers an open tunnel to a port of sandbox `id`; it is destroyed when
+   * the sandbox is killed or paused. Returns the function that forgets it.
+   */
+  trackTunnel(id: string, tunnel: { destroy(): void }): () => void {
+    const set = this.#tunnels.get(id) ?? new Set();
+    this.#tunnels.set(id, set);
+    set.add(tunnel);
+    return () => {
+      set.delete(tunnel);
+      if (set.size === 0 && this.#tunnels.get(id) === set) this.#tunnels.delete(id);
+    };
+  }
+
+  // INVARIANT: no tunnel outlives its sandbox. A guest that is gone sends no
+  // FIN and no RST (its network namespace is deleted), so a tunnel whose
+  // control plane side was half-closed would otherwise wait on it until TCP
+  // gives up (minutes), holding sockets and the daemon's close().
+  #endTunnels(id: string): void {
+    const set = this.#tunnels.get(id);
+    this.#tunnels.delete(id);
+    for (const t of set ?? []) t.destroy();
   }
 
   async resume(id: string): Promise<{ path: "snapshot"; totalMs: number }> {

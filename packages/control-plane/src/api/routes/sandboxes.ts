@@ -71,7 +71,7 @@ export async function sandboxJson(
  * policy is a tenant's (public addresses only), and asking for "admin" is
  * refused rather than silently narrowed.
  */
-function granted<P extends EgressPolicy>(
+export function granted<P extends EgressPolicy>(
   caller: Parameters<typeof hasScope>[0],
   policy: P | undefined,
   field: string,
