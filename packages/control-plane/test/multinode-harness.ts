@@ -208,6 +208,46 @@ async function startReplica(database: string, cpDir: string, env: Record<string,
  * Starts the fleet. `seeded`: how many nodes start with the base template
  * (the others receive it from the control plane).
  */
+/**
+ * Removes what a fleet of a test process that is gone left behind (it was
+ * killed before its close): node daemons still running in its namespaces
+ * (orphans: their parent is gone), the namespaces, their host veths. Their
+ * addresses (10.219.k.1) would otherwise shadow this fleet's, and its nodes
+ * could not reach the replicas. A namespace whose daemons still have their
+ * parent belongs to a live fleet and is left alone.
+ */
+async function sweepDeadFleets(): Promise<void> {
+  const list = await run("ip", ["netns", "list"], { allowFailure: true });
+  for (const line of list.stdout.split("\n")) {
+    const ns = /^(fbmn\d+n\d+)\b/.exec(line)?.[1];
+    if (!ns) continue;
+    const pids = (await run("ip", ["netns", "pids", ns], { allowFailure: true })).stdout
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+    const owned = await Promise.all(pids.map(async (pid) => (await parentOf(pid)) > 1));
+    if (owned.includes(true)) continue; // a live fleet's
+    for (const pid of pids) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    await run("ip", ["netns", "del", ns], { allowFailure: true });
+  }
+}
+
+/** The parent pid of a process (0 when it is gone). */
+async function parentOf(pid: number): Promise<number> {
+  try {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return 0;
+  }
+}
+
 export async function startFleet(opts: {
   nodes: number;
   replicas: number;
@@ -216,6 +256,7 @@ export async function startFleet(opts: {
   /** More environment per replica (by index), e.g. FIREBREAK_PLACEMENT=random for one of them. */
   replicaEnv?: Record<string, string>[];
 }): Promise<Fleet> {
+  await sweepDeadFleets();
   const pg = await startPostgres();
   const database = await pg.createDatabase();
   const cpDir = await fs.mkdtemp(`${STATE_DIR}-mncp-`);

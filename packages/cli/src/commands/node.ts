@@ -58,6 +58,13 @@ export async function nodeCommand(opts: NodeCommandOptions): Promise<void> {
         method: "POST",
         headers: { authorization: `Bearer ${opts.token}`, "content-type": "application/json" },
         body: JSON.stringify({ nodeId: daemon.identity.nodeId, address, secret: daemon.identity.secret }),
+      }).catch((e: Error) => {
+        const why = (e.cause as Error | undefined)?.message ?? e.message;
+        throw new FirebreakError(
+          "NODE_UNAVAILABLE",
+          `could not reach the control plane at ${opts.join} to join (${why}); check the URL and that this host can reach it`,
+          { cause: e },
+        );
       });
       if (!res.ok) {
         throw new FirebreakError(

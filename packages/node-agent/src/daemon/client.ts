@@ -589,6 +589,13 @@ export class NodeDaemonClient {
         }
       });
       req.on("error", reject);
+      // A guest that answers a plain request with 101, or closes without a
+      // head, fails this request (a settled promise ignores the rest).
+      req.on("upgrade", (_res, socket) => {
+        socket.destroy();
+        reject(new Error("the guest agent answered 101 Switching Protocols to a plain request"));
+      });
+      req.on("close", () => reject(new Error("the guest agent closed the connection without answering")));
       init.signal?.addEventListener("abort", () => req.destroy(new Error("aborted")), { once: true });
       const body = init.body;
       if (body === undefined || body === null) req.end();
