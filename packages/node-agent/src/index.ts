@@ -10,7 +10,8 @@ export type {
   TemplateReport,
   Usage,
 } from "./daemon/node-service.ts";
-export { NODE_VERSION, NodeService } from "./daemon/node-service.ts";
+export { NODE_VERSION, NodeService, type ResumedInfo } from "./daemon/node-service.ts";
+export { type OverheadKind, OverheadLedger, type OverheadRecord } from "./daemon/overhead.ts";
 export { type NodeDaemon, type NodeDaemonOptions, runNodeDaemon } from "./daemon/run.ts";
 export { type DaemonListen, startDaemon } from "./daemon/server.ts";
 export {
@@ -18,6 +19,9 @@ export {
   type EgressErrorCode,
   type EgressPolicy,
   EgressPolicySchema,
+  PLATFORM_HEADER,
+  PLATFORM_SERVICE_NAME,
+  type PlatformTarget,
   type NormalizedPolicy,
   normalizePolicy,
   type PrivateService,
@@ -25,6 +29,26 @@ export {
   ServiceRegistry,
 } from "./egress/index.ts";
 export { ERROR_CODES, type ErrorCode, FirebreakError } from "./errors.ts";
+export { type LogSource, LOG_SOURCES } from "./sandbox/sandbox-logs.ts";
+export { type LogSink, lineLogger, type NodeLogger, toNodeLogger } from "./telemetry/log.ts";
+export { NodeMetrics, START_BUCKETS_S } from "./telemetry/node-metrics.ts";
+export { assembleTrace, RecentTraces, spanToJson } from "./telemetry/recent-traces.ts";
+export {
+  ATTR,
+  activeTraceId,
+  contextFromHeaders,
+  flushTraces,
+  inSpan,
+  initTracing,
+  otlpConfigured,
+  PhaseClock,
+  recentTraces,
+  recordPhases,
+  type SpanJson,
+  type TraceJson,
+  traceHeaders,
+  tracer,
+} from "./telemetry/tracing.ts";
 export {
   activeBuildDirs,
   type BuildProgress,

@@ -476,6 +476,14 @@ export const UsageRecordSchema = z
     rootId: z.string(),
     final: z.boolean(),
     traffic: TrafficSchema,
+    chargedFrom: z.string().nullable().openapi({
+      description:
+        "When charging began: the hand-over (warm claim, restore or boot finished). CPU, memory and traffic are charged from then until endedAt; null when the sandbox never started.",
+    }),
+    overheadCpuSeconds: z.number().openapi({
+      description:
+        "CPU the sandbox's VM used before hand-over (restore, boot, its time in a warm pool): the platform's overhead, not charged.",
+    }),
   })
   .openapi("UsageRecord");
 export const UsageRecordsSchema = z.object({ records: z.array(UsageRecordSchema) }).openapi("UsageRecords");

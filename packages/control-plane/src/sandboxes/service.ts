@@ -4,11 +4,18 @@
 
 import type http from "node:http";
 import {
+  ATTR,
+  activeTraceId,
   EgressError,
   type EgressPolicy,
   type NormalizedPolicy,
   normalizePolicy,
+  PhaseClock,
+  PLATFORM_SERVICE_NAME,
+  type PlatformTarget,
+  tracer,
 } from "@firebreak/node-agent";
+import { context, trace } from "@opentelemetry/api";
 import type { Logger } from "pino";
 import { newId, newSandboxToken, sha256 } from "../auth/keys.ts";
 import type { ControlPlaneConfig } from "../config.ts";
@@ -36,6 +43,9 @@ import {
   type UsageRecord,
 } from "../store/store.ts";
 import { Meter } from "../usage/meter.ts";
+import { MetricsSeries } from "../usage/metrics-series.ts";
+import type { SandboxObserver } from "./observer.ts";
+import { isDescendant, type PlatformTokens, policyWithin } from "./platform.ts";
 import { assertTransition, stateAfterLoss } from "./state.ts";
 import { TemplateAccess } from "./templates.ts";
 
@@ -44,6 +54,19 @@ export interface Caller {
   tenant: Tenant;
   /** An admin key: may use every tenant's templates. */
   admin?: boolean;
+  /**
+   * A sandbox calling through its platform grant (sandboxes/platform.ts): it
+   * acts on its own descendants only, and what it creates is its child.
+   */
+  sandbox?: SandboxRecord;
+}
+
+/** Spans of the control plane's work (telemetry: traces). */
+const cpTracer = tracer("firebreak-control-plane");
+
+/** Marks the request's span (the HTTP server span) with the sandbox and its tenant. */
+function tagSpan(id: string, tenantId: string): void {
+  trace.getActiveSpan()?.setAttributes({ [ATTR.sandboxId]: id, [ATTR.tenantId]: tenantId });
 }
 
 /** vCPUs and memory held back for resumes and forks in flight (not yet in the store as holding). */
@@ -88,6 +111,51 @@ export class SandboxService {
   readonly #pausing = new Set<{ tenantId: string; memoryMib: number }>();
   /** Who may read, build and delete which template. */
   readonly templates: TemplateAccess;
+  /** Per-sandbox CPU, memory, disk and network series from the sampler (usage/metrics-series.ts). */
+  readonly metrics = new MetricsSeries();
+  readonly #observers = new Set<SandboxObserver>();
+  /** The platform grant: credentials, and where nodes reach this API (set once listening). */
+  #platform: { tokens: PlatformTokens; endpoint?: { address: string; port: number } } | undefined;
+
+  /** Registers an observer (metrics); returns the unsubscribe function. */
+  observe(o: SandboxObserver): () => void {
+    this.#observers.add(o);
+    return () => this.#observers.delete(o);
+  }
+
+  #notify(fn: (o: SandboxObserver) => void): void {
+    for (const o of this.#observers) {
+      try {
+        fn(o);
+      } catch (e) {
+        this.#log.error({ err: e }, "sandbox observer failed");
+      }
+    }
+  }
+
+  /**
+   * Enables the platform grant: its credentials, and the API's address as
+   * the nodes reach it (IPv4 and port; without it, `platform: true` is refused).
+   */
+  setPlatform(tokens: PlatformTokens, endpoint?: { address: string; port: number }): void {
+    this.#platform = { tokens, ...(endpoint ? { endpoint } : {}) };
+  }
+
+  /** The platform credential of a sandbox, verified: the sandbox id it is for. */
+  verifyPlatformToken(token: string | undefined): string | undefined {
+    return this.#platform?.tokens.verify(token);
+  }
+
+  #platformTarget(id: string): PlatformTarget {
+    const ep = this.#platform?.endpoint;
+    if (!ep || !this.#platform) {
+      throw new ApiError(
+        "VALIDATION_FAILED",
+        "network.policy.platform: this control plane does not know the address its nodes reach it at; set FIREBREAK_PLATFORM_ADDRESS (host:port) or leave platform out",
+      );
+    }
+    return { address: ep.address, port: ep.port, token: this.#platform.tokens.tokenFor(id) };
+  }
 
   constructor(store: Store, nodes: NodeDirectory, config: ControlPlaneConfig, log: Logger) {
     this.#store = store;
@@ -215,6 +283,19 @@ export class SandboxService {
     return rec;
   }
 
+  /**
+   * A sandbox the caller may act on: its tenant's, and for a sandbox caller
+   * (platform grant) only its own descendants. INVARIANT: anything else is
+   * NOT_FOUND, never FORBIDDEN.
+   */
+  async getFor(caller: Pick<Caller, "tenant" | "sandbox">, id: string): Promise<SandboxRecord> {
+    const rec = await this.get(caller.tenant.id, id);
+    if (caller.sandbox && !(await isDescendant(this.#store, caller.sandbox.id, rec))) {
+      throw new ApiError("NOT_FOUND", `no sandbox ${id}`);
+    }
+    return rec;
+  }
+
   list(q: ListSandboxesQuery) {
     return this.#store.listSandboxes(q);
   }
@@ -286,10 +367,50 @@ export class SandboxService {
     }
   }
 
+  /**
+   * Creates a sandbox. Its trace has one span per phase (admission,
+   * placement, start with the node's phases inside, record), tiling the
+   * create without gaps.
+   */
   async create(caller: Caller, req: CreateRequest): Promise<SandboxRecord> {
+    const t0 = performance.now();
+    const clock = new PhaseClock(cpTracer, { [ATTR.tenantId]: caller.tenant.id, [ATTR.template]: req.template });
+    clock.next("admission");
+    try {
+      const rec = await this.#create(caller, req, clock);
+      clock.end();
+      this.#notify((o) =>
+        o.created?.({
+          tenantId: caller.tenant.id,
+          template: req.template,
+          path: rec.startPath,
+          outcome: "started",
+          ms: performance.now() - t0,
+        }),
+      );
+      return rec;
+    } catch (e) {
+      clock.end(e);
+      this.#notify((o) =>
+        o.created?.({
+          tenantId: caller.tenant.id,
+          template: req.template,
+          path: null,
+          outcome: "failed",
+          code: toApiError(e).code,
+          ms: performance.now() - t0,
+        }),
+      );
+      throw e;
+    }
+  }
+
+  async #create(caller: Caller, req: CreateRequest, clock: PhaseClock): Promise<SandboxRecord> {
     this.#checkTimeout(req.timeoutMs);
-    let parent: SandboxRecord | undefined;
-    if (req.parentToken !== undefined) {
+    let parent: SandboxRecord | undefined = caller.sandbox;
+    if (caller.sandbox) {
+      // A sandbox creating through its platform grant: the child is its own.
+    } else if (req.parentToken !== undefined) {
       parent = await this.#store.findSandboxByTokenHash(sha256(req.parentToken));
       if (!parent || parent.tenantId !== caller.tenant.id) {
         throw new ApiError(
@@ -305,9 +426,22 @@ export class SandboxService {
         `no built template named ${req.template}; list them with GET /v1/templates or build it with POST /v1/templates`,
       );
     }
-    const networkPolicy = req.networkPolicy
+    let networkPolicy = req.networkPolicy
       ? await this.#checkPolicy(caller.tenant.id, req.networkPolicy, "network.policy")
       : null;
+    if (caller.sandbox) {
+      // SECURITY: a sandbox cannot widen its own egress through a child.
+      const own = caller.sandbox.networkPolicy ?? normalizePolicy({});
+      networkPolicy ??= own;
+      const wider = policyWithin(networkPolicy, own);
+      if (wider) {
+        throw new ApiError(
+          "FORBIDDEN",
+          `network.policy: a sandbox creates children whose egress is within its own; this policy adds ${wider}`,
+        );
+      }
+    }
+    clock.next("placement");
     // Placement by activation cost (scheduler/placement.ts): best first, the
     // rest are where the create goes if a node fails to start it.
     const want = {
@@ -334,6 +468,8 @@ export class SandboxService {
       );
     }
     const id = newId();
+    tagSpan(id, caller.tenant.id);
+    const platform = networkPolicy?.platform ? this.#platformTarget(id) : undefined;
     const { token, hash } = newSandboxToken();
     const now = iso();
     let chosen = candidates[0]!;
@@ -395,6 +531,8 @@ export class SandboxService {
       timeoutMs: req.timeoutMs,
       key: caller.keyId,
       ...(parent ? { parentId: parent.id, rootId: rec.rootId } : {}),
+      ...(caller.sandbox ? { bySandbox: caller.sandbox.id } : {}),
+      ...(activeTraceId() ? { traceId: activeTraceId() } : {}),
     });
     const meter = new Meter();
     this.#meters.set(id, meter);
@@ -418,7 +556,13 @@ export class SandboxService {
           template: req.template,
           vcpus: req.vcpus,
           memoryMib: req.memoryMib,
-          envVars: { ...req.envVars, FIREBREAK_SANDBOX_ID: id, FIREBREAK_SANDBOX_TOKEN: token },
+          envVars: {
+            ...req.envVars,
+            FIREBREAK_SANDBOX_ID: id,
+            FIREBREAK_SANDBOX_TOKEN: token,
+            // The platform grant: the SDK inside reaches the API here, as this sandbox.
+            ...(platform ? { FIREBREAK_URL: `http://${PLATFORM_SERVICE_NAME}:${platform.port}` } : {}),
+          },
           ...(networkPolicy
             ? {
                 network: {
@@ -429,14 +573,17 @@ export class SandboxService {
               }
             : {}),
           platformId: id,
+          ...(platform ? { platform } : {}),
         };
         // A node that does not answer, or has no room after all, hands the
         // create to the next candidate (same sandbox record, billed once).
         let started: Awaited<ReturnType<NodeClient["create"]>> | undefined;
+        const startCtx = clock.next("start");
         for (let i = candidates.indexOf(chosen); !started; ) {
           this.#nodes.notePlaced(chosen.nodeId, req.template, req, chosen.path === "warm");
           try {
-            started = await this.#nodes.node(chosen.nodeId).create(request);
+            clock.set(ATTR.nodeId, chosen.nodeId);
+            started = await context.with(startCtx, () => this.#nodes.node(chosen.nodeId).create(request));
           } catch (e) {
             const code = toApiError(e).code;
             const next = candidates[++i];
@@ -447,6 +594,10 @@ export class SandboxService {
             rec = { ...rec, nodeId: chosen.nodeId };
           }
         }
+        clock.set(ATTR.startPath, started.path);
+        clock.next("record");
+        // Charged from hand-over: what the VM used before is the platform's.
+        if (started.handover) (await this.#meterOf(id)).handOver(started.handover);
         const ready = Date.now();
         await this.#event(id, "started", {
           path: started.path,
@@ -508,6 +659,9 @@ export class SandboxService {
       rootId: rec.rootId,
       final,
       traffic: meter.traffic,
+      chargedFrom: meter.handedOverAt === null ? null : iso(meter.handedOverAt),
+      overheadCpuSeconds: meter.overheadCpuSeconds,
+      meterState: meter.state(),
     };
   }
 
@@ -521,7 +675,7 @@ export class SandboxService {
     endMs = Date.now(),
   ): Promise<boolean> {
     const meter = await this.#meterOf(rec.id);
-    if (lastSample) meter.add(lastSample);
+    if (lastSample) this.#meterAdd(rec, meter, lastSample);
     const endedAt = iso(endMs);
     const ended = await this.#store.endSandbox(
       rec.id,
@@ -529,6 +683,7 @@ export class SandboxService {
       this.#usage(rec, meter, endMs, true, reason),
     );
     this.#meters.delete(rec.id);
+    this.metrics.forget(rec.id);
     if (ended) {
       await this.#event(rec.id, "state", { from: rec.state, to: state, reason });
       await this.#event(rec.id, "ended", { state, reason, by });
@@ -547,15 +702,22 @@ export class SandboxService {
       let rec = await this.#store.getSandbox(id);
       if (!rec || isFinalState(rec.state)) return;
       if (rec.state === "requested" || rec.state === "starting") return; // the create's own failure path ends it
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: rec.tenantId });
+      clock.next("admission");
       rec = await this.#transition(rec, "stopping", {}, reason, "kill");
       await this.#event(id, "kill", { by, reason });
       let sample: UsageSample | undefined;
+      const teardown = clock.next("teardown");
       try {
-        if (rec.nodeSandboxId) sample = await this.#nodeOf(rec).kill(rec.nodeSandboxId, reason);
+        const node = this.#nodeOf(rec);
+        if (rec.nodeSandboxId)
+          sample = await context.with(teardown, () => node.kill(rec!.nodeSandboxId!, reason));
       } catch (e) {
         this.#log.error({ sandboxId: id, err: e }, "node kill failed");
       }
+      clock.next("record");
       await this.#end(rec, "killed", reason, by, sample);
+      clock.end();
     });
   }
 
@@ -676,14 +838,20 @@ export class SandboxService {
       assertTransition(id, rec.state, "paused", "pause");
       const release = await this.#admitPause(caller.tenant, rec.memoryMib);
       const meter = await this.#meterOf(id);
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: rec.tenantId });
       try {
-        const sample = await this.#nodeOf(rec)
-          .pause(rec.nodeSandboxId!)
+        const save = clock.next("save");
+        const node = this.#nodeOf(rec);
+        const sample = await context
+          .with(save, () => node.pause(rec.nodeSandboxId!))
           .catch((e) => {
+            clock.end(e);
             throw toApiError(e);
           });
-        if (sample) meter.add(sample);
+        clock.next("record");
+        if (sample) this.#meterAdd(rec, meter, sample);
         meter.suspend();
+        this.metrics.rebase(id);
         this.#meters.set(id, meter);
         // INVARIANT: paused sandboxes do not time out (timeoutAt null); resume restarts the
         // timeout. The reaper ends them after the paused retention instead (reap).
@@ -698,6 +866,7 @@ export class SandboxService {
         release();
       }
       await this.#store.putInterimUsage(this.#usage(rec, meter, Date.now(), false));
+      clock.end();
       return rec;
     });
   }
@@ -710,15 +879,27 @@ export class SandboxService {
       assertTransition(id, rec.state, "running", "resume");
       // It already counts towards maxSandboxes; its vCPUs and memory come back.
       const limits = { ...caller.tenant.limits, maxSandboxes: Number.MAX_SAFE_INTEGER };
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: rec.tenantId });
+      clock.next("admission");
       const release = await this.#admit(rec.tenantId, rec, 1, limits, rec.nodeId);
       try {
-        const r = await this.#nodeOf(rec)
-          .resume(rec.nodeSandboxId!)
+        const restore = clock.next("restore");
+        const node = this.#nodeOf(rec);
+        const r = await context
+          .with(restore, () => node.resume(rec.nodeSandboxId!))
           .catch((e) => {
+            clock.end(e);
             throw toApiError(e);
           });
+        clock.next("record");
+        // A new cgroup: charged from when it runs again; the restore is the platform's.
+        if (r.handover) {
+          const meter = await this.#meterOf(id);
+          meter.handOver(r.handover);
+          await this.#store.putInterimUsage(this.#usage(rec, meter, r.handover.at, false));
+        }
         const t = timeoutMs ?? rec.timeoutMs;
-        await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs });
+        await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs, ...(r.phases ? { phases: r.phases } : {}) });
         rec = await this.#transition(
           rec,
           "running",
@@ -726,6 +907,7 @@ export class SandboxService {
           "resumed by request",
           "resume",
         );
+        clock.end();
       } finally {
         release();
       }
@@ -752,11 +934,16 @@ export class SandboxService {
     {
       const id = parent.id;
       await this.#event(id, "fork", { count });
-      const children = await this.#nodeOf(parent)
-        .fork(parent.nodeSandboxId!, count)
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: parent.tenantId });
+      const forking = clock.next("fork");
+      const node = this.#nodeOf(parent);
+      const children = await context
+        .with(forking, () => node.fork(parent.nodeSandboxId!, count))
         .catch((e) => {
+          clock.end(e);
           throw toApiError(e);
         });
+      clock.next("record");
       const out: SandboxRecord[] = [];
       const unlimited: TenantLimits = {
         maxSandboxes: Number.MAX_SAFE_INTEGER,
@@ -797,10 +984,20 @@ export class SandboxService {
         await this.#event(child.id, "started", { path: "snapshot", totalMs: c.totalMs, phases: c.phases });
         await this.#event(child.id, "ready", { path: "snapshot", timeoutAt: child.timeoutAt });
         const meter = new Meter();
+        if (c.handover) meter.handOver(c.handover);
         this.#meters.set(child.id, meter);
         await this.#store.putInterimUsage(this.#usage(child, meter, now, false));
+        // A child with the platform grant acts as itself, not as its parent.
+        if (child.networkPolicy?.platform && this.#platform?.endpoint) {
+          await node
+            .updatePolicy(c.id, child.networkPolicy, child.tenantId, false, this.#platformTarget(child.id))
+            .catch((e) =>
+              this.#log.warn({ sandboxId: child.id, err: (e as Error).message }, "fork child kept its parent's platform credential"),
+            );
+        }
         out.push(child);
       }
+      clock.end();
       return out;
     }
   }
@@ -876,8 +1073,30 @@ export class SandboxService {
     sample ??= await this.#nodeOf(rec).usageSample(rec.nodeSandboxId);
     if (!sample) return;
     const meter = await this.#meterOf(rec.id);
-    meter.add(sample);
+    this.#meterAdd(rec, meter, sample);
+    this.metrics.record(rec.id, sample, rec);
     await this.#store.putInterimUsage(this.#usage(rec, meter, sample.at, false));
+  }
+
+  /** Adds a sample to a meter and tells observers what it added. */
+  #meterAdd(rec: SandboxRecord, meter: Meter, sample: UsageSample): void {
+    const before = { cpu: meter.cpuSeconds, gib: meter.memoryGibSeconds, traffic: meter.traffic };
+    meter.add(sample);
+    if (!this.#observers.size) return;
+    const after = meter.traffic;
+    const traffic = structuredClone(after);
+    for (const c of Object.keys(traffic) as (keyof typeof traffic)[]) {
+      traffic[c] = {
+        tx: Math.max(0, after[c].tx - before.traffic[c].tx),
+        rx: Math.max(0, after[c].rx - before.traffic[c].rx),
+      };
+    }
+    const delta = {
+      cpuSeconds: Math.max(0, meter.cpuSeconds - before.cpu),
+      memoryGibSeconds: Math.max(0, meter.memoryGibSeconds - before.gib),
+      traffic,
+    };
+    this.#notify((o) => o.metered?.(rec, delta));
   }
 
   /** One sampler pass: interim usage of every running sandbox; VMs that died are ended as crashed. */

@@ -93,6 +93,9 @@ export function usageRec(sandboxId: string, over: Partial<UsageRecord> = {}): Us
     rootId: sandboxId,
     final: false,
     traffic: NO_TRAFFIC,
+    chargedFrom: null,
+    overheadCpuSeconds: 0,
+    meterState: null,
     ...over,
   };
 }

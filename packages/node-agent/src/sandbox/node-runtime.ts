@@ -20,6 +20,7 @@ import {
   EgressManager,
   type EgressPolicy,
   type NormalizedPolicy,
+  type PlatformTarget,
   type SandboxTraffic,
 } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
@@ -30,6 +31,7 @@ import { ensureKernel, type KernelManifest } from "../image/kernel.ts";
 import { SandboxCgroup } from "../jail/cgroup.ts";
 import { ensureLauncher } from "../jail/launcher.ts";
 import { createSandboxNetwork, destroySandboxNetwork } from "../network/index.ts";
+import { type LogSink, type NodeLogger, toNodeLogger } from "../telemetry/log.ts";
 import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
 import { type DiskLayer, hostTscKhz, QemuVm } from "../vmm/qemu-vm.ts";
 import { newAccessToken, newSandboxId } from "./ids.ts";
@@ -47,11 +49,13 @@ import {
   type Held,
   type LiveResources,
   Sandbox,
+  type SandboxAccount,
   SET_HELD,
   type Shape,
   type StartTimings,
   type TemplateImage,
 } from "./sandbox.ts";
+import { consoleTail, EndedLogStore } from "./sandbox-logs.ts";
 import { SlotRegistry } from "./slots.ts";
 import {
   type LoadedSnapshot,
@@ -67,6 +71,7 @@ export type {
   ExecOptions,
   Held,
   LiveResources,
+  SandboxAccount,
   Shape,
   StartPath,
   StartTimings,
@@ -100,7 +105,15 @@ export interface CreateOptions {
    * Egress policy (see egress/README.md) and the tenant whose private services
    * it may bind. @default deny all egress
    */
-  network?: { policy?: EgressPolicy; tenant?: string };
+  network?: { policy?: EgressPolicy; tenant?: string; platform?: PlatformTarget };
+}
+
+/** Work whose CPU no tenant is charged for (reported to the runtime's onOverhead). */
+export interface OverheadEvent {
+  kind: "warm_pool" | "snapshot_prepare" | "template_build" | "failed_start";
+  sandbox: Sandbox;
+  cpuNanos: number;
+  wallMs: number;
 }
 
 export const MAX_DISK_MIB = 262_144;
@@ -128,7 +141,8 @@ function cgroupLimits(shape: Shape) {
 }
 
 export interface RuntimeOptions {
-  log?: (line: string) => void;
+  /** Structured log (pino-like), or a function that prints lines. */
+  log?: LogSink;
 }
 
 /** The messages of every error inside a SuppressedError chain (stack disposal). */
@@ -151,7 +165,13 @@ export class NodeRuntime {
   /** Egress policies, the platform resolver, private services and traffic counters. */
   egress!: EgressManager;
   readonly #sandboxes = new Map<string, Sandbox>();
-  readonly #log: (line: string) => void;
+  readonly #log: NodeLogger;
+  /** Called with platform work that no tenant is charged for (daemon/overhead.ts). */
+  onOverhead: ((e: OverheadEvent) => void) | undefined;
+  /** Log tails of sandboxes that ended (their files are gone). */
+  readonly endedLogs = new EndedLogStore();
+  /** Template names by image key (warm pool metrics). */
+  readonly templateNames = new Map<string, string>();
 
   private constructor(
     config: NodeConfig,
@@ -159,7 +179,7 @@ export class NodeRuntime {
     initramfs: string,
     accel: AccelProbe,
     launcher: string,
-    log: (line: string) => void,
+    log: NodeLogger,
   ) {
     this.config = config;
     this.launcher = launcher;
@@ -168,7 +188,7 @@ export class NodeRuntime {
     this.accel = accel;
     this.slots = new SlotRegistry(paths.slotsDir(config));
     this.snapshots = new SnapshotStore(config);
-    this.pools = new WarmPools(log);
+    this.pools = new WarmPools((line) => log.warn({ component: "warm-pool" }, line));
     this.#log = log;
   }
 
@@ -177,7 +197,8 @@ export class NodeRuntime {
    * reconcile pass that removes whatever dead owners left behind.
    */
   static async open(config: NodeConfig, opts: RuntimeOptions = {}): Promise<NodeRuntime> {
-    const log = opts.log ?? (() => {});
+    const logger = toNodeLogger(opts.log);
+    const log = (line: string) => logger.info({}, line);
     if (process.getuid?.() !== 0) {
       throw new FirebreakError(
         "NOT_ROOT",
@@ -196,8 +217,11 @@ export class NodeRuntime {
       );
     }
     const launcher = await ensureLauncher(config);
-    const rt = new NodeRuntime(config, kernel, initramfs, accel, launcher, log);
-    rt.egress = await EgressManager.open({ stateDir: config.stateDir, log });
+    const rt = new NodeRuntime(config, kernel, initramfs, accel, launcher, logger);
+    rt.egress = await EgressManager.open({
+      stateDir: config.stateDir,
+      log: (line) => logger.info({ component: "egress" }, line),
+    });
     const report = await rt.reconcile();
     if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
     const adopted = await rt.adoptPaused();
@@ -310,6 +334,8 @@ export class NodeRuntime {
     const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
     if (key) {
       const warm = await this.pools.claim(key, shape, async (sb) => {
+        // From here the VM is the tenant's: its CPU so far is reported at hand-over.
+        sb.account = "tenant";
         await this.#personalize(sb, opts, { fresh: false });
         sb.pooled = false;
       });
@@ -317,6 +343,7 @@ export class NodeRuntime {
         if (opts.network) {
           await this.egress.update(warm.id, opts.network.policy ?? {}, {
             ...(opts.network.tenant !== undefined ? { tenant: opts.network.tenant } : {}),
+            ...(opts.network.platform ? { platform: opts.network.platform } : {}),
           });
         }
         return warm;
@@ -337,12 +364,15 @@ export class NodeRuntime {
         } catch (e) {
           if (!(e instanceof SnapshotRestoreError)) throw e;
           fallback = `snapshot restore failed: ${e.message}`;
-          this.#log(`${fallback}; quarantining it and booting cold`);
+          this.#log.warn(
+            { template: opts.template.name, snapshot: found.snapshot.dir, reason: e.message },
+            "snapshot restore failed; quarantining it and booting cold",
+          );
           await this.snapshots.quarantine(found.snapshot, e.message);
         }
       } else if (found.problem) {
         fallback = found.problem;
-        this.#log(`${found.problem}; booting cold`);
+        this.#log.warn({ template: opts.template.name, reason: found.problem }, "no usable snapshot; booting cold");
       }
     }
     const sb = await this.#start(opts, shape, {});
@@ -421,7 +451,13 @@ export class NodeRuntime {
   async #start(
     opts: CreateOptions,
     shape: Shape,
-    how: { snapshot?: LoadedSnapshot; diskChain?: DiskLayer[]; pool?: boolean; layers?: string[] },
+    how: {
+      snapshot?: LoadedSnapshot;
+      diskChain?: DiskLayer[];
+      pool?: boolean;
+      layers?: string[];
+      account?: SandboxAccount;
+    },
   ): Promise<Sandbox> {
     const t0 = performance.now();
     let mark = t0;
@@ -435,6 +471,7 @@ export class NodeRuntime {
     const dir = path.join(paths.sandboxesDir(this.config), id);
     const sb = new Sandbox(id, opts.template, shape, dir);
     sb.pooled = how.pool === true;
+    sb.account = how.account ?? (how.pool ? "warm_pool" : opts.writableImage ? "template_build" : "tenant");
     sb.discard = () => void this.kill(id, "discarded from the warm pool");
     this.#sandboxes.set(id, sb);
     sb.record = {
@@ -621,8 +658,16 @@ export class NodeRuntime {
     this.#set(sb, { state: "running", live: sb.requireLive() });
     sb.timings ??= { path: "warm", totalMs: 0, phases: {} };
     sb.timings.totalMs = Math.round((performance.now() - t0) * 10) / 10;
-    this.#log(
-      `sandbox ${sb.id} running via ${sb.timings.path} in ${sb.timings.totalMs} ms ${JSON.stringify(sb.timings.phases)}`,
+    this.#log.info(
+      {
+        sandboxId: sb.id,
+        platformId: sb.platformId,
+        template: sb.template.name,
+        path: sb.timings.path,
+        ms: sb.timings.totalMs,
+        phases: sb.timings.phases,
+      },
+      "sandbox running",
     );
   }
 
@@ -653,16 +698,9 @@ export class NodeRuntime {
         process: { cmd: "/bin/bash", args: ["-l", "-c", start], envs: {} },
         tag: "template-start",
       });
-      // Drain in the background; the process lives as long as the sandbox.
-      void (async () => {
-        try {
-          for await (const _ of stream) {
-            // output is visible through process.Connect with tag template-start
-          }
-        } catch {
-          // sandbox ended
-        }
-      })();
+      // Drain in the background into the sandbox's start log (GET .../logs);
+      // the process lives as long as the sandbox.
+      void this.#collectStartOutput(sb, stream);
     }
     if (ready) {
       const deadline = Date.now() + 60_000;
@@ -677,6 +715,39 @@ export class NodeRuntime {
         }
         await new Promise((r) => setTimeout(r, 100));
       }
+    }
+  }
+
+  async #collectStartOutput(
+    sb: Sandbox,
+    stream: AsyncIterable<{ event?: { event: { case: string | undefined; value?: unknown } } }>,
+  ): Promise<void> {
+    try {
+      for await (const res of stream) {
+        const ev = res.event?.event;
+        if (ev?.case !== "data") continue;
+        const out = (ev.value as { output: { case: string | undefined; value?: Uint8Array } }).output;
+        if (out.value instanceof Uint8Array) sb.startOutput.append(out.value);
+      }
+    } catch {
+      // the sandbox ended, or the stream broke (a clone reattaches on its own)
+    }
+  }
+
+  /**
+   * A sandbox restored from a snapshot (or a warm pool) runs the template's
+   * start command the snapshot VM started: follow its output from now on.
+   * Best effort, in the background.
+   */
+  followStartOutput(sb: Sandbox): void {
+    if (!sb.template.start || sb.timings?.path === "cold") return;
+    try {
+      const stream = sb.envd("root").process.connect({
+        process: { selector: { case: "tag", value: "template-start" } },
+      });
+      void this.#collectStartOutput(sb, stream);
+    } catch {
+      // no network any more
     }
   }
 
@@ -700,7 +771,7 @@ export class NodeRuntime {
       if (found.snapshot) return { manifest: found.snapshot.manifest, created: false };
     }
     await this.snapshots.removeStale();
-    const sb = await this.#start({ template }, shape, {});
+    const sb = await this.#start({ template }, shape, { account: "snapshot_prepare" });
     try {
       // The agent drops the boot page cache shortly after ready: wait for it,
       // so the saved memory (and every clone's RSS) is smaller.
@@ -739,6 +810,7 @@ export class NodeRuntime {
       );
     }
     const snapshot = found.snapshot;
+    this.templateNames.set(template.key, template.name);
     this.pools.configure(template.key, shape, size, () =>
       this.#start({ template }, shape, {
         snapshot,
@@ -776,9 +848,12 @@ export class NodeRuntime {
     const sb = this.get(id);
     const live = sb.requireLive();
     this.#set(sb, { state: "pausing", live });
+    const lap = lapper((sb.lastPhases = {}));
     try {
       await live.vm.saveState(path.join(sb.dir, "paused-memory.bin"));
+      lap("save");
       await this.#releaseLive(sb, true);
+      lap("release");
       const paused: PausedRecord = {
         template: sb.template,
         shape: sb.shape,
@@ -796,7 +871,7 @@ export class NodeRuntime {
       await writeRecord(this.config, sb.dir, sb.record!);
       await removeOwner(this.config, id);
       this.#set(sb, { state: "paused" });
-      this.#log(`sandbox ${id} paused`);
+      this.#log.info({ sandboxId: id, platformId: sb.platformId, phase: "pause" }, "sandbox paused");
     } catch (e) {
       this.#set(sb, { state: "failed", reason: `pause failed: ${problemsOf(e).join("; ")}` });
       await this.#teardown(sb);
@@ -859,21 +934,23 @@ export class NodeRuntime {
     const sb = this.get(id);
     this.#set(sb, { state: "resuming" });
     const t0 = performance.now();
+    const lap = lapper((sb.lastPhases = {}));
     try {
       await writeRecord(this.config, sb.dir, sb.record!);
-      const live = await this.#acquireLive(
-        sb,
-        { incoming: path.join(sb.dir, "paused-memory.bin") },
-        () => {},
-      );
+      const live = await this.#acquireLive(sb, { incoming: path.join(sb.dir, "paused-memory.bin") }, lap);
       this.#set(sb, { state: "resuming", live });
       await live.vm.loadState();
+      lap("restore");
       // Same identity; the clock moved on while paused, and a reseed costs nothing.
       await this.#init(sb, { envVars: sb.envVars, fresh: true, accessToken: sb.accessToken });
+      lap("init");
       await fs.rm(path.join(sb.dir, "paused-memory.bin"), { force: true });
       await fs.rm(path.join(sb.dir, PAUSED_FILE), { force: true });
       this.#set(sb, { state: "running", live });
-      this.#log(`sandbox ${id} resumed in ${Math.round(performance.now() - t0)} ms`);
+      this.#log.info(
+        { sandboxId: id, platformId: sb.platformId, phase: "resume", ms: Math.round(performance.now() - t0) },
+        "sandbox resumed",
+      );
       return sb;
     } catch (e) {
       if (sb.state === "stopping") {
@@ -885,7 +962,10 @@ export class NodeRuntime {
       }
       // Keep the paused state on disk: release what this attempt made.
       await this.#releaseLive(sb, true).catch((err) =>
-        this.#log(`sandbox ${id}: releasing a failed resume: ${problemsOf(err).join("; ")}`),
+        this.#log.error(
+          { sandboxId: id, phase: "resume", problems: problemsOf(err) },
+          "releasing a failed resume",
+        ),
       );
       await removeOwner(this.config, id);
       this.#set(sb, { state: "paused" });
@@ -925,9 +1005,11 @@ export class NodeRuntime {
     const memoryPath = path.join(layerDir, "memory.bin");
     const diskPath = path.join(layerDir, "disk.qcow2");
     let frozen: DiskLayer[] = [];
+    const lap = lapper((parent.lastPhases = {}));
     try {
       const old = live.vm;
       await old.saveState(memoryPath);
+      lap("save");
       await old.stop(1000);
       await fs.rename(path.join(parent.dir, "disk.qcow2"), diskPath);
       for (const f of [memoryPath, diskPath]) await fs.chmod(f, 0o400);
@@ -939,6 +1021,7 @@ export class NodeRuntime {
       live.vm = await this.#launchVm(parent, live, memoryPath);
       await live.vm.loadState();
       await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
+      lap("relaunch");
       this.#set(parent, { state: "running", live });
     } catch (e) {
       this.#set(parent, { state: "failed", reason: `fork failed: ${(e as Error).message}` });
@@ -969,6 +1052,7 @@ export class NodeRuntime {
         );
         children.push(child);
       }
+      lap("children");
     } catch (e) {
       await Promise.all(children.map((c) => this.kill(c.id, "fork failed")));
       throw e;
@@ -1023,9 +1107,9 @@ export class NodeRuntime {
    * resolves (one nft transaction). Throws EgressError for an invalid policy
    * or a service the sandbox's tenant may not bind.
    */
-  async updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy> {
+  async updatePolicy(id: string, policy: EgressPolicy, platform?: PlatformTarget): Promise<NormalizedPolicy> {
     const sb = this.get(id);
-    return this.egress.update(sb.id, policy);
+    return this.egress.update(sb.id, policy, platform ? { platform } : {});
   }
 
   /** Bytes in/out of a sandbox per destination class (internet, private, service, sandbox, ingress, ...). */
@@ -1035,11 +1119,46 @@ export class NodeRuntime {
 
   #onVmExit(sb: Sandbox, how: string): void {
     if (sb.state === "running" || sb.state === "warm") {
-      this.#log(`sandbox ${sb.id}: QEMU exited unexpectedly (${how}); reclaiming its resources`);
+      this.#log.warn(
+        { sandboxId: sb.id, platformId: sb.platformId, how },
+        "QEMU exited unexpectedly; reclaiming its resources",
+      );
       this.#set(sb, { state: "crashed", reason: `VM exited unexpectedly (${how})` });
       void this.#teardown(sb);
     }
     // Starting or resuming: the wait in flight fails and its own path cleans up.
+  }
+
+  /**
+   * What the sandbox's cgroup used, reported as overhead when no tenant is
+   * charged for it: platform VMs (pool, snapshot, build) and tenant sandboxes
+   * that never were handed over (failed starts).
+   */
+  async #reportOverhead(sb: Sandbox): Promise<void> {
+    const cg = sb.cgroup;
+    if (!this.onOverhead || !cg || (sb.account === "tenant" && sb.handedOver)) return;
+    try {
+      const u = await cg.usage();
+      this.onOverhead({
+        kind: sb.account === "tenant" ? "failed_start" : sb.account,
+        sandbox: sb,
+        cpuNanos: u.cpuNanos,
+        wallMs: Date.now() - sb.createdAt.getTime(),
+      });
+    } catch (e) {
+      this.#log.warn({ sandboxId: sb.id, err: (e as Error).message }, "overhead not recorded");
+    }
+  }
+
+  /** Keeps the tail of an ending sandbox's console and start output (its directory goes next). */
+  async #keepLogs(sb: Sandbox): Promise<void> {
+    const tail = await consoleTail(sb.dir);
+    const start = sb.startOutput.read(Math.max(0, sb.startOutput.end - 64 * 1024), 64 * 1024);
+    this.endedLogs.put(sb.id, {
+      console: tail,
+      start: { offset: start.offset, data: start.data },
+      endedAt: Date.now(),
+    });
   }
 
   #teardownStarted = new WeakSet<Sandbox>();
@@ -1054,17 +1173,32 @@ export class NodeRuntime {
     if (this.#teardownStarted.has(sb)) return sb.torndown;
     this.#teardownStarted.add(sb);
     const problems: string[] = [];
-    for (const stack of [sb.liveStack, sb.filesStack]) {
+    await this.#reportOverhead(sb);
+    const phases: [string, AsyncDisposableStack][] = [
+      ["stop", sb.liveStack],
+      ["cleanup", sb.filesStack],
+    ];
+    for (const [name, stack] of phases) {
+      const t0 = performance.now();
+      if (name === "cleanup" && !sb.pooled && sb.account === "tenant") await this.#keepLogs(sb);
       try {
         await stack.disposeAsync();
       } catch (e) {
         problems.push(...problemsOf(e));
       }
+      sb.teardownPhases[name] = Math.round((performance.now() - t0) * 10) / 10;
     }
+    sb.startOutput.close();
     // INVARIANT: the owner record goes last, once nothing of the sandbox remains.
     if (!problems.length)
       await removeOwner(this.config, sb.id).catch((e) => problems.push((e as Error).message));
-    if (problems.length) this.#log(`sandbox ${sb.id} teardown problems: ${problems.join("; ")}`);
+    if (problems.length)
+      this.#log.error({ sandboxId: sb.id, phase: "teardown", problems }, "sandbox teardown problems");
+    else
+      this.#log.info(
+        { sandboxId: sb.id, platformId: sb.platformId, phase: "teardown", phases: sb.teardownPhases },
+        "sandbox torn down",
+      );
     this.#sandboxes.delete(sb.id);
     this.pools.remove(sb);
     if (sb.state === "stopping") this.#set(sb, { state: "stopped", reason: sb.endReason ?? "killed" });
@@ -1091,6 +1225,16 @@ export function validateShape(shape: Shape): Shape {
     );
   }
   return { vcpus, memoryMib };
+}
+
+/** A lap timer writing `name -> ms since the last lap` into `phases`. */
+function lapper(phases: Record<string, number>): (name: string) => void {
+  let mark = performance.now();
+  return (name) => {
+    const now = performance.now();
+    phases[name] = Math.round((now - mark) * 10) / 10;
+    mark = now;
+  };
 }
 
 function sleep(ms: number): Promise<void> {

@@ -392,7 +392,8 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         ...(q.sandboxId ? { sandboxId: q.sandboxId } : {}),
         limit: q.limit,
       });
-      return c.json({ records }, 200);
+      // The meter's raw state is the control plane's own business.
+      return c.json({ records: records.map(({ meterState: _internal, ...r }) => r) }, 200);
     },
   );
 

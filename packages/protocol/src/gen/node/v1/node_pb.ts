@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file node/v1/node.proto.
  */
 export const file_node_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIq8CCg1DcmVhdGVSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSPwoIZW52X3ZhcnMYAyADKAsyLS5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0LkVudlZhcnNFbnRyeRIuCgZwb2xpY3kYBCABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lIAIgBARIVCghkaXNrX21pYhgFIAEoDUgBiAEBEhMKC3BsYXRmb3JtX2lkGAYgASgJGi4KDEVudlZhcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB19wb2xpY3lCCwoJX2Rpc2tfbWliIvMBCgtTYW5kYm94SW5mbxIKCgJpZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSDAoEcGF0aBgDIAEoCRIQCgh0b3RhbF9tcxgEIAEoARI6CgZwaGFzZXMYBSADKAsyKi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mby5QaGFzZXNFbnRyeRIVCghmYWxsYmFjaxgGIAEoCUgAiAEBEhMKC3BvbGljeV9qc29uGAcgASgJGi0KC1BoYXNlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAFCCwoJX2ZhbGxiYWNrIiYKDFRyYWZmaWNCeXRlcxIKCgJ0eBgBIAEoBBIKCgJyeBgCIAEoBCLvAQoLVXNhZ2VTYW1wbGUSDQoFYXRfbXMYASABKAESEQoJY3B1X25hbm9zGAIgASgEEhQKDG1lbW9yeV9ieXRlcxgDIAEoBBIZChFtZW1vcnlfcGVha19ieXRlcxgEIAEoBBI8Cgd0cmFmZmljGAUgAygLMisuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGUuVHJhZmZpY0VudHJ5Gk8KDFRyYWZmaWNFbnRyeRILCgNrZXkYASABKAkSLgoFdmFsdWUYAiABKAsyHy5maXJlYnJlYWsubm9kZS52MS5UcmFmZmljQnl0ZXM6AjgBIkoKDEtpbGxSZXNwb25zZRIxCgRsYXN0GAEgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAIgBAUIHCgVfbGFzdCIwCg5SZXN1bWVSZXNwb25zZRIMCgRwYXRoGAEgASgJEhAKCHRvdGFsX21zGAIgASgBIigKC0ZvcmtSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWNvdW50GAIgASgNIkAKDEZvcmtSZXNwb25zZRIwCghjaGlsZHJlbhgBIAMoCzIeLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hJbmZvIhwKDVN0YXR1c1JlcXVlc3QSCwoDaWRzGAEgAygJIksKDVNhbmRib3hTdGF0dXMSCgoCaWQYASABKAkSDQoFc3RhdGUYAiABKAkSDgoGcmVhc29uGAMgASgJEg8KB2NyYXNoZWQYBCABKAgiRQoOU3RhdHVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1cyIbCgxVc2FnZVJlcXVlc3QSCwoDaWRzGAEgAygJIp8BCg1Vc2FnZVJlc3BvbnNlEj4KB3NhbXBsZXMYASADKAsyLS5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlLlNhbXBsZXNFbnRyeRpOCgxTYW1wbGVzRW50cnkSCwoDa2V5GAEgASgJEi0KBXZhbHVlGAIgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGU6AjgBIkwKE1VwZGF0ZVBvbGljeVJlcXVlc3QSCgoCaWQYASABKAkSKQoGcG9saWN5GAIgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5Ih4KDlBvbGljeVJlc3BvbnNlEgwKBGpzb24YASABKAkiGAoISnNvbkxpc3QSDAoEanNvbhgBIAMoCSIZCglKc29uVmFsdWUSDAoEanNvbhgBIAEoCSIbCgtOYW1lUmVxdWVzdBIMCgRuYW1lGAEgASgJIiIKD1JlbW92ZWRSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIImIKDFRlbXBsYXRlSW5mbxIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRIQCghidWlsdF9hdBgDIAEoCRITCgtpbWFnZV9ieXRlcxgEIAEoBBIQCghwYWNrYWdlcxgFIAMoCSJHChFUZW1wbGF0ZXNSZXNwb25zZRIyCgl0ZW1wbGF0ZXMYASADKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm8iPQoMQnVpbGRSZXF1ZXN0Eg4KBG5hbWUYASABKAlIABITCglzcGVjX2pzb24YAiABKAlIAEIICgZzb3VyY2UifAoKQnVpbGRFdmVudBI0Cghwcm9ncmVzcxgBIAEoCzIgLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUHJvZ3Jlc3NIABIvCgRkb25lGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVJbmZvSABCBwoFZXZlbnQiSwoNQnVpbGRQcm9ncmVzcxIMCgRzdGVwGAEgASgJEg0KBWluZGV4GAIgASgNEg0KBXRvdGFsGAMgASgNEg4KBmRldGFpbBgEIAEoCSJZCg5TZXRQb29sUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEgwKBHNpemUYAyABKA0iIAoMRHJhaW5SZXF1ZXN0EhAKCGRyYWluaW5nGAEgASgIIq0CCgpOb2RlUmVwb3J0Eg8KB25vZGVfaWQYASABKAkSEwoLYWNjZWxlcmF0b3IYAiABKAkSGgoSYWNjZWxlcmF0b3JfcmVhc29uGAMgASgJEg0KBXZjcHVzGAQgASgNEhIKCm1lbW9yeV9taWIYBSABKAQSFwoPY29tbWl0dGVkX3ZjcHVzGAYgASgNEhwKFGNvbW1pdHRlZF9tZW1vcnlfbWliGAcgASgEEhcKD2ZyZWVfbWVtb3J5X21pYhgIIAEoBBIRCglzYW5kYm94ZXMYCSABKA0SEAoIZHJhaW5pbmcYCiABKAgSNAoJdGVtcGxhdGVzGAsgAygLMiEuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQSDwoHdmVyc2lvbhgMIAEoCSLMAgoOVGVtcGxhdGVSZXBvcnQSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSDQoFaW1hZ2UYAyABKAgSEAoIc25hcHNob3QYBCABKAgSFwoPc25hcHNob3Rfc2hhcGVzGAcgAygJEjkKBHdhcm0YBSADKAsyKy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydC5XYXJtRW50cnkSSQoNcmVjZW50X3A1MF9tcxgGIAMoCzIyLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0LlJlY2VudFA1ME1zRW50cnkaKwoJV2FybUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEaMgoQUmVjZW50UDUwTXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBIkwKFUxpc3RTYW5kYm94ZXNSZXNwb25zZRIzCglzYW5kYm94ZXMYASADKAsyIC5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94U3RhdHVzMr4LCgROb2RlEkEKBlJlcG9ydBIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5Gh0uZmlyZWJyZWFrLm5vZGUudjEuTm9kZVJlcG9ydBJKCgZDcmVhdGUSIC5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0Gh4uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8SRgoES2lsbBIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHy5maXJlYnJlYWsubm9kZS52MS5LaWxsUmVzcG9uc2USRwoFUGF1c2USHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGh8uZmlyZWJyZWFrLm5vZGUudjEuS2lsbFJlc3BvbnNlEkoKBlJlc3VtZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaIS5maXJlYnJlYWsubm9kZS52MS5SZXN1bWVSZXNwb25zZRJHCgRGb3JrEh4uZmlyZWJyZWFrLm5vZGUudjEuRm9ya1JlcXVlc3QaHy5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVzcG9uc2USTQoGU3RhdHVzEiAuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVxdWVzdBohLmZpcmVicmVhay5ub2RlLnYxLlN0YXR1c1Jlc3BvbnNlEkoKBVVzYWdlEh8uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXF1ZXN0GiAuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZRJZCgxVcGRhdGVQb2xpY3kSJi5maXJlYnJlYWsubm9kZS52MS5VcGRhdGVQb2xpY3lSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5UmVzcG9uc2USRQoMTGlzdFNlcnZpY2VzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaGy5maXJlYnJlYWsubm9kZS52MS5Kc29uTGlzdBJICgpQdXRTZXJ2aWNlEhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlElMKDVJlbW92ZVNlcnZpY2USHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJPCg1MaXN0VGVtcGxhdGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaJC5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZXNSZXNwb25zZRJRCg1CdWlsZFRlbXBsYXRlEh8uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRSZXF1ZXN0Gh0uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRFdmVudDABElQKDkRlbGV0ZVRlbXBsYXRlEh4uZmlyZWJyZWFrLm5vZGUudjEuTmFtZVJlcXVlc3QaIi5maXJlYnJlYWsubm9kZS52MS5SZW1vdmVkUmVzcG9uc2USRgoHU2V0UG9vbBIhLmZpcmVicmVhay5ub2RlLnYxLlNldFBvb2xSZXF1ZXN0GhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSQgoFRHJhaW4SHy5maXJlYnJlYWsubm9kZS52MS5EcmFpblJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJTCg1MaXN0U2FuZGJveGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaKC5maXJlYnJlYWsubm9kZS52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2USSgoLQWNjZXNzVG9rZW4SHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlYgZwcm90bzM");
+  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIj4KDlBsYXRmb3JtVGFyZ2V0Eg8KB2FkZHJlc3MYASABKAkSDAoEcG9ydBgCIAEoDRINCgV0b2tlbhgDIAEoCSL2AgoNQ3JlYXRlUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEj8KCGVudl92YXJzGAMgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuQ3JlYXRlUmVxdWVzdC5FbnZWYXJzRW50cnkSLgoGcG9saWN5GAQgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5SACIAQESFQoIZGlza19taWIYBSABKA1IAYgBARITCgtwbGF0Zm9ybV9pZBgGIAEoCRI4CghwbGF0Zm9ybRgHIAEoCzIhLmZpcmVicmVhay5ub2RlLnYxLlBsYXRmb3JtVGFyZ2V0SAKIAQEaLgoMRW52VmFyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHX3BvbGljeUILCglfZGlza19taWJCCwoJX3BsYXRmb3JtIrcCCgtTYW5kYm94SW5mbxIKCgJpZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSDAoEcGF0aBgDIAEoCRIQCgh0b3RhbF9tcxgEIAEoARI6CgZwaGFzZXMYBSADKAsyKi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mby5QaGFzZXNFbnRyeRIVCghmYWxsYmFjaxgGIAEoCUgAiAEBEhMKC3BvbGljeV9qc29uGAcgASgJEjUKCGhhbmRvdmVyGAggASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAYgBARotCgtQaGFzZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQgsKCV9mYWxsYmFja0ILCglfaGFuZG92ZXIiJgoMVHJhZmZpY0J5dGVzEgoKAnR4GAEgASgEEgoKAnJ4GAIgASgEItUCCgtVc2FnZVNhbXBsZRINCgVhdF9tcxgBIAEoARIRCgljcHVfbmFub3MYAiABKAQSFAoMbWVtb3J5X2J5dGVzGAMgASgEEhkKEW1lbW9yeV9wZWFrX2J5dGVzGAQgASgEEjwKB3RyYWZmaWMYBSADKAsyKy5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVNhbXBsZS5UcmFmZmljRW50cnkSHAoPZGlza191c2VkX2J5dGVzGAYgASgESACIAQESHQoQZGlza190b3RhbF9ieXRlcxgHIAEoBEgBiAEBGk8KDFRyYWZmaWNFbnRyeRILCgNrZXkYASABKAkSLgoFdmFsdWUYAiABKAsyHy5maXJlYnJlYWsubm9kZS52MS5UcmFmZmljQnl0ZXM6AjgBQhIKEF9kaXNrX3VzZWRfYnl0ZXNCEwoRX2Rpc2tfdG90YWxfYnl0ZXMiSgoMS2lsbFJlc3BvbnNlEjEKBGxhc3QYASABKAsyHi5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVNhbXBsZUgAiAEBQgcKBV9sYXN0IuIBCg5SZXN1bWVSZXNwb25zZRIMCgRwYXRoGAEgASgJEhAKCHRvdGFsX21zGAIgASgBEjUKCGhhbmRvdmVyGAMgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAIgBARI9CgZwaGFzZXMYBCADKAsyLS5maXJlYnJlYWsubm9kZS52MS5SZXN1bWVSZXNwb25zZS5QaGFzZXNFbnRyeRotCgtQaGFzZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQgsKCV9oYW5kb3ZlciIoCgtGb3JrUmVxdWVzdBIKCgJpZBgBIAEoCRINCgVjb3VudBgCIAEoDSJACgxGb3JrUmVzcG9uc2USMAoIY2hpbGRyZW4YASADKAsyHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbyIcCg1TdGF0dXNSZXF1ZXN0EgsKA2lkcxgBIAMoCSJLCg1TYW5kYm94U3RhdHVzEgoKAmlkGAEgASgJEg0KBXN0YXRlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIPCgdjcmFzaGVkGAQgASgIIkUKDlN0YXR1c1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMiGwoMVXNhZ2VSZXF1ZXN0EgsKA2lkcxgBIAMoCSKfAQoNVXNhZ2VSZXNwb25zZRI+CgdzYW1wbGVzGAEgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZS5TYW1wbGVzRW50cnkaTgoMU2FtcGxlc0VudHJ5EgsKA2tleRgBIAEoCRItCgV2YWx1ZRgCIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlOgI4ASKTAQoTVXBkYXRlUG9saWN5UmVxdWVzdBIKCgJpZBgBIAEoCRIpCgZwb2xpY3kYAiABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3kSOAoIcGxhdGZvcm0YAyABKAsyIS5maXJlYnJlYWsubm9kZS52MS5QbGF0Zm9ybVRhcmdldEgAiAEBQgsKCV9wbGF0Zm9ybSIeCg5Qb2xpY3lSZXNwb25zZRIMCgRqc29uGAEgASgJIhgKCEpzb25MaXN0EgwKBGpzb24YASADKAkiGQoJSnNvblZhbHVlEgwKBGpzb24YASABKAkiGwoLTmFtZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIiCg9SZW1vdmVkUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoCCJiCgxUZW1wbGF0ZUluZm8SDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSEAoIYnVpbHRfYXQYAyABKAkSEwoLaW1hZ2VfYnl0ZXMYBCABKAQSEAoIcGFja2FnZXMYBSADKAkiRwoRVGVtcGxhdGVzUmVzcG9uc2USMgoJdGVtcGxhdGVzGAEgAygLMh8uZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVJbmZvIj0KDEJ1aWxkUmVxdWVzdBIOCgRuYW1lGAEgASgJSAASEwoJc3BlY19qc29uGAIgASgJSABCCAoGc291cmNlInwKCkJ1aWxkRXZlbnQSNAoIcHJvZ3Jlc3MYASABKAsyIC5maXJlYnJlYWsubm9kZS52MS5CdWlsZFByb2dyZXNzSAASLwoEZG9uZRgCIAEoCzIfLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlSW5mb0gAQgcKBWV2ZW50IksKDUJ1aWxkUHJvZ3Jlc3MSDAoEc3RlcBgBIAEoCRINCgVpbmRleBgCIAEoDRINCgV0b3RhbBgDIAEoDRIOCgZkZXRhaWwYBCABKAkiWQoOU2V0UG9vbFJlcXVlc3QSEAoIdGVtcGxhdGUYASABKAkSJwoFc2hhcGUYAiABKAsyGC5maXJlYnJlYWsubm9kZS52MS5TaGFwZRIMCgRzaXplGAMgASgNIiAKDERyYWluUmVxdWVzdBIQCghkcmFpbmluZxgBIAEoCCKtAgoKTm9kZVJlcG9ydBIPCgdub2RlX2lkGAEgASgJEhMKC2FjY2VsZXJhdG9yGAIgASgJEhoKEmFjY2VsZXJhdG9yX3JlYXNvbhgDIAEoCRINCgV2Y3B1cxgEIAEoDRISCgptZW1vcnlfbWliGAUgASgEEhcKD2NvbW1pdHRlZF92Y3B1cxgGIAEoDRIcChRjb21taXR0ZWRfbWVtb3J5X21pYhgHIAEoBBIXCg9mcmVlX21lbW9yeV9taWIYCCABKAQSEQoJc2FuZGJveGVzGAkgASgNEhAKCGRyYWluaW5nGAogASgIEjQKCXRlbXBsYXRlcxgLIAMoCzIhLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0Eg8KB3ZlcnNpb24YDCABKAkizAIKDlRlbXBsYXRlUmVwb3J0EgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEg0KBWltYWdlGAMgASgIEhAKCHNuYXBzaG90GAQgASgIEhcKD3NuYXBzaG90X3NoYXBlcxgHIAMoCRI5CgR3YXJtGAUgAygLMisuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQuV2FybUVudHJ5EkkKDXJlY2VudF9wNTBfbXMYBiADKAsyMi5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydC5SZWNlbnRQNTBNc0VudHJ5GisKCVdhcm1FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKA06AjgBGjIKEFJlY2VudFA1ME1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASJECg9PdmVyaGVhZFJlcXVlc3QSEQoJYWNrX2Vwb2NoGAEgASgJEg8KB2Fja19zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iNwoQT3ZlcmhlYWRSZXNwb25zZRINCgVlcG9jaBgBIAEoCRIUCgxyZWNvcmRzX2pzb24YAiADKAkiIAoMU3BhbnNSZXF1ZXN0EhAKCHRyYWNlX2lkGAEgASgJIkkKC0xvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIOCgZvZmZzZXQYAyABKAQSDgoGZm9sbG93GAQgASgIIkgKCExvZ0NodW5rEg4KBm9mZnNldBgBIAEoBBIMCgRkYXRhGAIgASgMEg8KB3NraXBwZWQYAyABKAQSDQoFZW5kZWQYBCABKAgiTAoVTGlzdFNhbmRib3hlc1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMy5A0KBE5vZGUSQQoGUmVwb3J0EhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaHS5maXJlYnJlYWsubm9kZS52MS5Ob2RlUmVwb3J0EkoKBkNyZWF0ZRIgLmZpcmVicmVhay5ub2RlLnYxLkNyZWF0ZVJlcXVlc3QaHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbxJGCgRLaWxsEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhofLmZpcmVicmVhay5ub2RlLnYxLktpbGxSZXNwb25zZRJHCgVQYXVzZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHy5maXJlYnJlYWsubm9kZS52MS5LaWxsUmVzcG9uc2USSgoGUmVzdW1lEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhohLmZpcmVicmVhay5ub2RlLnYxLlJlc3VtZVJlc3BvbnNlEkcKBEZvcmsSHi5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVxdWVzdBofLmZpcmVicmVhay5ub2RlLnYxLkZvcmtSZXNwb25zZRJNCgZTdGF0dXMSIC5maXJlYnJlYWsubm9kZS52MS5TdGF0dXNSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVzcG9uc2USSgoFVXNhZ2USHy5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlcXVlc3QaIC5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlElkKDFVwZGF0ZVBvbGljeRImLmZpcmVicmVhay5ub2RlLnYxLlVwZGF0ZVBvbGljeVJlcXVlc3QaIS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lSZXNwb25zZRJFCgxMaXN0U2VydmljZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRobLmZpcmVicmVhay5ub2RlLnYxLkpzb25MaXN0EkgKClB1dFNlcnZpY2USHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUSUwoNUmVtb3ZlU2VydmljZRIeLmZpcmVicmVhay5ub2RlLnYxLk5hbWVSZXF1ZXN0GiIuZmlyZWJyZWFrLm5vZGUudjEuUmVtb3ZlZFJlc3BvbnNlEk8KDUxpc3RUZW1wbGF0ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRokLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlc1Jlc3BvbnNlElEKDUJ1aWxkVGVtcGxhdGUSHy5maXJlYnJlYWsubm9kZS52MS5CdWlsZFJlcXVlc3QaHS5maXJlYnJlYWsubm9kZS52MS5CdWlsZEV2ZW50MAESVAoORGVsZXRlVGVtcGxhdGUSHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJGCgdTZXRQb29sEiEuZmlyZWJyZWFrLm5vZGUudjEuU2V0UG9vbFJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJCCgVEcmFpbhIfLmZpcmVicmVhay5ub2RlLnYxLkRyYWluUmVxdWVzdBoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5ElMKDUxpc3RTYW5kYm94ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRooLmZpcmVicmVhay5ub2RlLnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZRJKCgtBY2Nlc3NUb2tlbhIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUSUwoIT3ZlcmhlYWQSIi5maXJlYnJlYWsubm9kZS52MS5PdmVyaGVhZFJlcXVlc3QaIy5maXJlYnJlYWsubm9kZS52MS5PdmVyaGVhZFJlc3BvbnNlEkEKB01ldHJpY3MSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRocLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRJFCgVTcGFucxIfLmZpcmVicmVhay5ub2RlLnYxLlNwYW5zUmVxdWVzdBobLmZpcmVicmVhay5ub2RlLnYxLkpzb25MaXN0EkUKBExvZ3MSHi5maXJlYnJlYWsubm9kZS52MS5Mb2dzUmVxdWVzdBobLmZpcmVicmVhay5ub2RlLnYxLkxvZ0NodW5rMAFiBnByb3RvMw");
 
 /**
  * @generated from message firebreak.node.v1.Empty
@@ -112,6 +112,38 @@ export const PolicySchema: GenMessage<Policy> = /*@__PURE__*/
   messageDesc(file_node_v1_node, 3);
 
 /**
+ * Where a sandbox with the platform grant (policy `platform: true`) reaches
+ * the Firebreak API: the control plane's IPv4 address and port as this node
+ * reaches it, and the sandbox's own platform credential, which the node's
+ * proxy adds to the guest's requests (it never enters the guest).
+ *
+ * @generated from message firebreak.node.v1.PlatformTarget
+ */
+export type PlatformTarget = Message<"firebreak.node.v1.PlatformTarget"> & {
+  /**
+   * @generated from field: string address = 1;
+   */
+  address: string;
+
+  /**
+   * @generated from field: uint32 port = 2;
+   */
+  port: number;
+
+  /**
+   * @generated from field: string token = 3;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.PlatformTarget.
+ * Use `create(PlatformTargetSchema)` to create a new message.
+ */
+export const PlatformTargetSchema: GenMessage<PlatformTarget> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 4);
+
+/**
  * @generated from message firebreak.node.v1.CreateRequest
  */
 export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
@@ -146,6 +178,11 @@ export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
    * @generated from field: string platform_id = 6;
    */
   platformId: string;
+
+  /**
+   * @generated from field: optional firebreak.node.v1.PlatformTarget platform = 7;
+   */
+  platform?: PlatformTarget | undefined;
 };
 
 /**
@@ -153,7 +190,7 @@ export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
  * Use `create(CreateRequestSchema)` to create a new message.
  */
 export const CreateRequestSchema: GenMessage<CreateRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 4);
+  messageDesc(file_node_v1_node, 5);
 
 /**
  * @generated from message firebreak.node.v1.SandboxInfo
@@ -199,6 +236,15 @@ export type SandboxInfo = Message<"firebreak.node.v1.SandboxInfo"> & {
    * @generated from field: string policy_json = 7;
    */
   policyJson: string;
+
+  /**
+   * The sandbox's counters at the moment it was handed over (warm claim,
+   * restore or boot finished): its tenant is charged only for what follows;
+   * what came before is the platform's overhead (the Overhead call).
+   *
+   * @generated from field: optional firebreak.node.v1.UsageSample handover = 8;
+   */
+  handover?: UsageSample | undefined;
 };
 
 /**
@@ -206,7 +252,7 @@ export type SandboxInfo = Message<"firebreak.node.v1.SandboxInfo"> & {
  * Use `create(SandboxInfoSchema)` to create a new message.
  */
 export const SandboxInfoSchema: GenMessage<SandboxInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 5);
+  messageDesc(file_node_v1_node, 6);
 
 /**
  * @generated from message firebreak.node.v1.TrafficBytes
@@ -228,7 +274,7 @@ export type TrafficBytes = Message<"firebreak.node.v1.TrafficBytes"> & {
  * Use `create(TrafficBytesSchema)` to create a new message.
  */
 export const TrafficBytesSchema: GenMessage<TrafficBytes> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 6);
+  messageDesc(file_node_v1_node, 7);
 
 /**
  * @generated from message firebreak.node.v1.UsageSample
@@ -262,6 +308,18 @@ export type UsageSample = Message<"firebreak.node.v1.UsageSample"> & {
    * @generated from field: map<string, firebreak.node.v1.TrafficBytes> traffic = 5;
    */
   traffic: { [key: string]: TrafficBytes };
+
+  /**
+   * The sandbox's own disk layer: bytes allocated on the host, and its size as the guest sees it.
+   *
+   * @generated from field: optional uint64 disk_used_bytes = 6;
+   */
+  diskUsedBytes?: bigint | undefined;
+
+  /**
+   * @generated from field: optional uint64 disk_total_bytes = 7;
+   */
+  diskTotalBytes?: bigint | undefined;
 };
 
 /**
@@ -269,7 +327,7 @@ export type UsageSample = Message<"firebreak.node.v1.UsageSample"> & {
  * Use `create(UsageSampleSchema)` to create a new message.
  */
 export const UsageSampleSchema: GenMessage<UsageSample> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 7);
+  messageDesc(file_node_v1_node, 8);
 
 /**
  * @generated from message firebreak.node.v1.KillResponse
@@ -288,7 +346,7 @@ export type KillResponse = Message<"firebreak.node.v1.KillResponse"> & {
  * Use `create(KillResponseSchema)` to create a new message.
  */
 export const KillResponseSchema: GenMessage<KillResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 8);
+  messageDesc(file_node_v1_node, 9);
 
 /**
  * @generated from message firebreak.node.v1.ResumeResponse
@@ -303,6 +361,18 @@ export type ResumeResponse = Message<"firebreak.node.v1.ResumeResponse"> & {
    * @generated from field: double total_ms = 2;
    */
   totalMs: number;
+
+  /**
+   * Counters when the resumed sandbox runs again (its cgroup is new; what the restore used is overhead).
+   *
+   * @generated from field: optional firebreak.node.v1.UsageSample handover = 3;
+   */
+  handover?: UsageSample | undefined;
+
+  /**
+   * @generated from field: map<string, double> phases = 4;
+   */
+  phases: { [key: string]: number };
 };
 
 /**
@@ -310,7 +380,7 @@ export type ResumeResponse = Message<"firebreak.node.v1.ResumeResponse"> & {
  * Use `create(ResumeResponseSchema)` to create a new message.
  */
 export const ResumeResponseSchema: GenMessage<ResumeResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 9);
+  messageDesc(file_node_v1_node, 10);
 
 /**
  * @generated from message firebreak.node.v1.ForkRequest
@@ -332,7 +402,7 @@ export type ForkRequest = Message<"firebreak.node.v1.ForkRequest"> & {
  * Use `create(ForkRequestSchema)` to create a new message.
  */
 export const ForkRequestSchema: GenMessage<ForkRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 10);
+  messageDesc(file_node_v1_node, 11);
 
 /**
  * @generated from message firebreak.node.v1.ForkResponse
@@ -349,7 +419,7 @@ export type ForkResponse = Message<"firebreak.node.v1.ForkResponse"> & {
  * Use `create(ForkResponseSchema)` to create a new message.
  */
 export const ForkResponseSchema: GenMessage<ForkResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 11);
+  messageDesc(file_node_v1_node, 12);
 
 /**
  * @generated from message firebreak.node.v1.StatusRequest
@@ -366,7 +436,7 @@ export type StatusRequest = Message<"firebreak.node.v1.StatusRequest"> & {
  * Use `create(StatusRequestSchema)` to create a new message.
  */
 export const StatusRequestSchema: GenMessage<StatusRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 12);
+  messageDesc(file_node_v1_node, 13);
 
 /**
  * @generated from message firebreak.node.v1.SandboxStatus
@@ -400,7 +470,7 @@ export type SandboxStatus = Message<"firebreak.node.v1.SandboxStatus"> & {
  * Use `create(SandboxStatusSchema)` to create a new message.
  */
 export const SandboxStatusSchema: GenMessage<SandboxStatus> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 13);
+  messageDesc(file_node_v1_node, 14);
 
 /**
  * @generated from message firebreak.node.v1.StatusResponse
@@ -417,7 +487,7 @@ export type StatusResponse = Message<"firebreak.node.v1.StatusResponse"> & {
  * Use `create(StatusResponseSchema)` to create a new message.
  */
 export const StatusResponseSchema: GenMessage<StatusResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 14);
+  messageDesc(file_node_v1_node, 15);
 
 /**
  * @generated from message firebreak.node.v1.UsageRequest
@@ -434,7 +504,7 @@ export type UsageRequest = Message<"firebreak.node.v1.UsageRequest"> & {
  * Use `create(UsageRequestSchema)` to create a new message.
  */
 export const UsageRequestSchema: GenMessage<UsageRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 15);
+  messageDesc(file_node_v1_node, 16);
 
 /**
  * @generated from message firebreak.node.v1.UsageResponse
@@ -453,7 +523,7 @@ export type UsageResponse = Message<"firebreak.node.v1.UsageResponse"> & {
  * Use `create(UsageResponseSchema)` to create a new message.
  */
 export const UsageResponseSchema: GenMessage<UsageResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 16);
+  messageDesc(file_node_v1_node, 17);
 
 /**
  * @generated from message firebreak.node.v1.UpdatePolicyRequest
@@ -468,6 +538,13 @@ export type UpdatePolicyRequest = Message<"firebreak.node.v1.UpdatePolicyRequest
    * @generated from field: firebreak.node.v1.Policy policy = 2;
    */
   policy?: Policy | undefined;
+
+  /**
+   * A new platform target (a fork child gets its own credential).
+   *
+   * @generated from field: optional firebreak.node.v1.PlatformTarget platform = 3;
+   */
+  platform?: PlatformTarget | undefined;
 };
 
 /**
@@ -475,7 +552,7 @@ export type UpdatePolicyRequest = Message<"firebreak.node.v1.UpdatePolicyRequest
  * Use `create(UpdatePolicyRequestSchema)` to create a new message.
  */
 export const UpdatePolicyRequestSchema: GenMessage<UpdatePolicyRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 17);
+  messageDesc(file_node_v1_node, 18);
 
 /**
  * @generated from message firebreak.node.v1.PolicyResponse
@@ -492,7 +569,7 @@ export type PolicyResponse = Message<"firebreak.node.v1.PolicyResponse"> & {
  * Use `create(PolicyResponseSchema)` to create a new message.
  */
 export const PolicyResponseSchema: GenMessage<PolicyResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 18);
+  messageDesc(file_node_v1_node, 19);
 
 /**
  * @generated from message firebreak.node.v1.JsonList
@@ -509,7 +586,7 @@ export type JsonList = Message<"firebreak.node.v1.JsonList"> & {
  * Use `create(JsonListSchema)` to create a new message.
  */
 export const JsonListSchema: GenMessage<JsonList> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 19);
+  messageDesc(file_node_v1_node, 20);
 
 /**
  * @generated from message firebreak.node.v1.JsonValue
@@ -526,7 +603,7 @@ export type JsonValue = Message<"firebreak.node.v1.JsonValue"> & {
  * Use `create(JsonValueSchema)` to create a new message.
  */
 export const JsonValueSchema: GenMessage<JsonValue> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 20);
+  messageDesc(file_node_v1_node, 21);
 
 /**
  * @generated from message firebreak.node.v1.NameRequest
@@ -543,7 +620,7 @@ export type NameRequest = Message<"firebreak.node.v1.NameRequest"> & {
  * Use `create(NameRequestSchema)` to create a new message.
  */
 export const NameRequestSchema: GenMessage<NameRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 21);
+  messageDesc(file_node_v1_node, 22);
 
 /**
  * @generated from message firebreak.node.v1.RemovedResponse
@@ -560,7 +637,7 @@ export type RemovedResponse = Message<"firebreak.node.v1.RemovedResponse"> & {
  * Use `create(RemovedResponseSchema)` to create a new message.
  */
 export const RemovedResponseSchema: GenMessage<RemovedResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 22);
+  messageDesc(file_node_v1_node, 23);
 
 /**
  * @generated from message firebreak.node.v1.TemplateInfo
@@ -599,7 +676,7 @@ export type TemplateInfo = Message<"firebreak.node.v1.TemplateInfo"> & {
  * Use `create(TemplateInfoSchema)` to create a new message.
  */
 export const TemplateInfoSchema: GenMessage<TemplateInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 23);
+  messageDesc(file_node_v1_node, 24);
 
 /**
  * @generated from message firebreak.node.v1.TemplatesResponse
@@ -616,7 +693,7 @@ export type TemplatesResponse = Message<"firebreak.node.v1.TemplatesResponse"> &
  * Use `create(TemplatesResponseSchema)` to create a new message.
  */
 export const TemplatesResponseSchema: GenMessage<TemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 24);
+  messageDesc(file_node_v1_node, 25);
 
 /**
  * @generated from message firebreak.node.v1.BuildRequest
@@ -649,7 +726,7 @@ export type BuildRequest = Message<"firebreak.node.v1.BuildRequest"> & {
  * Use `create(BuildRequestSchema)` to create a new message.
  */
 export const BuildRequestSchema: GenMessage<BuildRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 25);
+  messageDesc(file_node_v1_node, 26);
 
 /**
  * @generated from message firebreak.node.v1.BuildEvent
@@ -678,7 +755,7 @@ export type BuildEvent = Message<"firebreak.node.v1.BuildEvent"> & {
  * Use `create(BuildEventSchema)` to create a new message.
  */
 export const BuildEventSchema: GenMessage<BuildEvent> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 26);
+  messageDesc(file_node_v1_node, 27);
 
 /**
  * @generated from message firebreak.node.v1.BuildProgress
@@ -710,7 +787,7 @@ export type BuildProgress = Message<"firebreak.node.v1.BuildProgress"> & {
  * Use `create(BuildProgressSchema)` to create a new message.
  */
 export const BuildProgressSchema: GenMessage<BuildProgress> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 27);
+  messageDesc(file_node_v1_node, 28);
 
 /**
  * @generated from message firebreak.node.v1.SetPoolRequest
@@ -737,7 +814,7 @@ export type SetPoolRequest = Message<"firebreak.node.v1.SetPoolRequest"> & {
  * Use `create(SetPoolRequestSchema)` to create a new message.
  */
 export const SetPoolRequestSchema: GenMessage<SetPoolRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 28);
+  messageDesc(file_node_v1_node, 29);
 
 /**
  * @generated from message firebreak.node.v1.DrainRequest
@@ -756,7 +833,7 @@ export type DrainRequest = Message<"firebreak.node.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 29);
+  messageDesc(file_node_v1_node, 30);
 
 /**
  * What the node can activate and how fast: the scheduler's input.
@@ -832,7 +909,7 @@ export type NodeReport = Message<"firebreak.node.v1.NodeReport"> & {
  * Use `create(NodeReportSchema)` to create a new message.
  */
 export const NodeReportSchema: GenMessage<NodeReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 30);
+  messageDesc(file_node_v1_node, 31);
 
 /**
  * @generated from message firebreak.node.v1.TemplateReport
@@ -887,7 +964,153 @@ export type TemplateReport = Message<"firebreak.node.v1.TemplateReport"> & {
  * Use `create(TemplateReportSchema)` to create a new message.
  */
 export const TemplateReportSchema: GenMessage<TemplateReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 31);
+  messageDesc(file_node_v1_node, 32);
+
+/**
+ * @generated from message firebreak.node.v1.OverheadRequest
+ */
+export type OverheadRequest = Message<"firebreak.node.v1.OverheadRequest"> & {
+  /**
+   * What the caller stored already: records of this epoch up to this seq are dropped.
+   *
+   * @generated from field: string ack_epoch = 1;
+   */
+  ackEpoch: string;
+
+  /**
+   * @generated from field: uint64 ack_seq = 2;
+   */
+  ackSeq: bigint;
+
+  /**
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message firebreak.node.v1.OverheadRequest.
+ * Use `create(OverheadRequestSchema)` to create a new message.
+ */
+export const OverheadRequestSchema: GenMessage<OverheadRequest> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 33);
+
+/**
+ * @generated from message firebreak.node.v1.OverheadResponse
+ */
+export type OverheadResponse = Message<"firebreak.node.v1.OverheadResponse"> & {
+  /**
+   * This daemon's life (records' ids are <node>:<epoch>:<seq>).
+   *
+   * @generated from field: string epoch = 1;
+   */
+  epoch: string;
+
+  /**
+   * Records waiting, oldest first (JSON objects, daemon/overhead.ts OverheadRecord).
+   *
+   * @generated from field: repeated string records_json = 2;
+   */
+  recordsJson: string[];
+};
+
+/**
+ * Describes the message firebreak.node.v1.OverheadResponse.
+ * Use `create(OverheadResponseSchema)` to create a new message.
+ */
+export const OverheadResponseSchema: GenMessage<OverheadResponse> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 34);
+
+/**
+ * @generated from message firebreak.node.v1.SpansRequest
+ */
+export type SpansRequest = Message<"firebreak.node.v1.SpansRequest"> & {
+  /**
+   * @generated from field: string trace_id = 1;
+   */
+  traceId: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.SpansRequest.
+ * Use `create(SpansRequestSchema)` to create a new message.
+ */
+export const SpansRequestSchema: GenMessage<SpansRequest> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 35);
+
+/**
+ * @generated from message firebreak.node.v1.LogsRequest
+ */
+export type LogsRequest = Message<"firebreak.node.v1.LogsRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * console | start
+   *
+   * @generated from field: string source = 2;
+   */
+  source: string;
+
+  /**
+   * Absolute byte offset to start from.
+   *
+   * @generated from field: uint64 offset = 3;
+   */
+  offset: bigint;
+
+  /**
+   * Keep the stream open and send what is written next, until the sandbox ends.
+   *
+   * @generated from field: bool follow = 4;
+   */
+  follow: boolean;
+};
+
+/**
+ * Describes the message firebreak.node.v1.LogsRequest.
+ * Use `create(LogsRequestSchema)` to create a new message.
+ */
+export const LogsRequestSchema: GenMessage<LogsRequest> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 36);
+
+/**
+ * @generated from message firebreak.node.v1.LogChunk
+ */
+export type LogChunk = Message<"firebreak.node.v1.LogChunk"> & {
+  /**
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+
+  /**
+   * Bytes before `offset` that are no longer held.
+   *
+   * @generated from field: uint64 skipped = 3;
+   */
+  skipped: bigint;
+
+  /**
+   * The sandbox ended: nothing more will come.
+   *
+   * @generated from field: bool ended = 4;
+   */
+  ended: boolean;
+};
+
+/**
+ * Describes the message firebreak.node.v1.LogChunk.
+ * Use `create(LogChunkSchema)` to create a new message.
+ */
+export const LogChunkSchema: GenMessage<LogChunk> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 37);
 
 /**
  * @generated from message firebreak.node.v1.ListSandboxesResponse
@@ -904,7 +1127,7 @@ export type ListSandboxesResponse = Message<"firebreak.node.v1.ListSandboxesResp
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 32);
+  messageDesc(file_node_v1_node, 38);
 
 /**
  * @generated from service firebreak.node.v1.Node
@@ -1064,6 +1287,46 @@ export const Node: GenService<{
     methodKind: "unary";
     input: typeof SandboxRefSchema;
     output: typeof JsonValueSchema;
+  },
+  /**
+   * Platform overhead records waiting for collection (daemon/overhead.ts).
+   *
+   * @generated from rpc firebreak.node.v1.Node.Overhead
+   */
+  overhead: {
+    methodKind: "unary";
+    input: typeof OverheadRequestSchema;
+    output: typeof OverheadResponseSchema;
+  },
+  /**
+   * The node's Prometheus metrics (prom-client JSON).
+   *
+   * @generated from rpc firebreak.node.v1.Node.Metrics
+   */
+  metrics: {
+    methodKind: "unary";
+    input: typeof EmptySchema;
+    output: typeof JsonValueSchema;
+  },
+  /**
+   * Spans of a trace this node recorded (JSON, one span each).
+   *
+   * @generated from rpc firebreak.node.v1.Node.Spans
+   */
+  spans: {
+    methodKind: "unary";
+    input: typeof SpansRequestSchema;
+    output: typeof JsonListSchema;
+  },
+  /**
+   * A sandbox's console or start-command output.
+   *
+   * @generated from rpc firebreak.node.v1.Node.Logs
+   */
+  logs: {
+    methodKind: "server_streaming";
+    input: typeof LogsRequestSchema;
+    output: typeof LogChunkSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_node_v1_node, 0);
