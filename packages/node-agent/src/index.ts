@@ -19,36 +19,16 @@ export {
   type EgressErrorCode,
   type EgressPolicy,
   EgressPolicySchema,
+  type NormalizedPolicy,
+  normalizePolicy,
   PLATFORM_HEADER,
   PLATFORM_SERVICE_NAME,
   type PlatformTarget,
-  type NormalizedPolicy,
-  normalizePolicy,
   type PrivateService,
   type SandboxTraffic,
   ServiceRegistry,
 } from "./egress/index.ts";
 export { ERROR_CODES, type ErrorCode, FirebreakError } from "./errors.ts";
-export { type LogSource, LOG_SOURCES } from "./sandbox/sandbox-logs.ts";
-export { type LogSink, lineLogger, type NodeLogger, toNodeLogger } from "./telemetry/log.ts";
-export { NodeMetrics, START_BUCKETS_S } from "./telemetry/node-metrics.ts";
-export { assembleTrace, RecentTraces, spanToJson } from "./telemetry/recent-traces.ts";
-export {
-  ATTR,
-  activeTraceId,
-  contextFromHeaders,
-  flushTraces,
-  inSpan,
-  initTracing,
-  otlpConfigured,
-  PhaseClock,
-  recentTraces,
-  recordPhases,
-  type SpanJson,
-  type TraceJson,
-  traceHeaders,
-  tracer,
-} from "./telemetry/tracing.ts";
 export {
   activeBuildDirs,
   type BuildProgress,
@@ -86,4 +66,24 @@ export {
   type StartTimings,
   type TemplateImage,
 } from "./sandbox/node-runtime.ts";
+export { LOG_SOURCES, type LogSource } from "./sandbox/sandbox-logs.ts";
+export { type LogSink, lineLogger, type NodeLogger, toNodeLogger } from "./telemetry/log.ts";
+export { NodeMetrics, START_BUCKETS_S } from "./telemetry/node-metrics.ts";
+export { assembleTrace, RecentTraces, spanToJson } from "./telemetry/recent-traces.ts";
+export {
+  ATTR,
+  activeTraceId,
+  contextFromHeaders,
+  flushTraces,
+  initTracing,
+  inSpan,
+  otlpConfigured,
+  PhaseClock,
+  recentTraces,
+  recordPhases,
+  type SpanJson,
+  type TraceJson,
+  traceHeaders,
+  tracer,
+} from "./telemetry/tracing.ts";
 export { BASE_CMDLINE, qemuArgs } from "./vmm/qemu-vm.ts";

@@ -480,6 +480,9 @@ export const UsageRecordSchema = z
       description:
         "When charging began: the hand-over (warm claim, restore or boot finished). CPU, memory and traffic are charged from then until endedAt; null when the sandbox never started.",
     }),
+    account: z.literal("tenant").openapi({
+      description: "Who pays: the tenant (the platform's own work is in GET /v1/usage/overhead).",
+    }),
     overheadCpuSeconds: z.number().openapi({
       description:
         "CPU the sandbox's VM used before hand-over (restore, boot, its time in a warm pool): the platform's overhead, not charged.",
@@ -487,6 +490,62 @@ export const UsageRecordSchema = z
   })
   .openapi("UsageRecord");
 export const UsageRecordsSchema = z.object({ records: z.array(UsageRecordSchema) }).openapi("UsageRecords");
+
+// The platform's overhead account (admin)
+
+export const OverheadQuery = z.object({
+  from: z.iso.datetime({ offset: true }).optional(),
+  to: z.iso.datetime({ offset: true }).optional(),
+});
+export const OverheadRecordsQuery = OverheadQuery.extend({
+  limit: z.coerce.number().int().min(1).max(10_000).default(100),
+});
+export const OverheadReportSchema = z
+  .object({
+    from: z.string().nullable(),
+    to: z.string().nullable(),
+    groups: z.array(
+      z.object({
+        nodeId: z.string(),
+        template: z.string(),
+        records: z.number().int(),
+        cpuSeconds: z.number(),
+        wallSeconds: z.number(),
+        cpuSecondsByKind: z.record(z.string(), z.number()),
+        from: z.string(),
+        to: z.string(),
+      }),
+    ),
+    total: z.object({ records: z.number().int(), cpuSeconds: z.number(), wallSeconds: z.number() }),
+  })
+  .openapi("OverheadReport");
+export const OverheadRecordSchema = z
+  .object({
+    id: z.string(),
+    account: z.literal("platform"),
+    nodeId: z.string(),
+    kind: z.string().openapi({
+      description:
+        "What the CPU was spent on: warm_pool, restore, boot, resume, fork (before a hand-over), snapshot_prepare, template_build, failed_start.",
+    }),
+    template: z.string(),
+    from: z.string().openapi({ description: "When the work began (at less wallSeconds)." }),
+    at: z
+      .string()
+      .openapi({ description: "When the work ended (a sandbox's hand-over, a pool VM's claim or discard)." }),
+    cpuSeconds: z.number(),
+    wallSeconds: z.number(),
+    memoryMib: z.number(),
+    nodeSandboxId: z.string().nullable(),
+    sandboxId: z
+      .string()
+      .nullable()
+      .openapi({ description: "The sandbox the work was for, when it was for one." }),
+  })
+  .openapi("OverheadRecord");
+export const OverheadRecordsSchema = z
+  .object({ records: z.array(OverheadRecordSchema) })
+  .openapi("OverheadRecords");
 
 export const HealthSchema = z
   .object({

@@ -15,7 +15,15 @@ import type {
 } from "@firebreak/node-agent";
 import type { Filesystem, Process } from "@firebreak/protocol";
 
-export type { EgressPolicy, LogSource, NodeReport, NormalizedPolicy, OverheadRecord, PlatformTarget, PrivateService };
+export type {
+  EgressPolicy,
+  LogSource,
+  NodeReport,
+  NormalizedPolicy,
+  OverheadRecord,
+  PlatformTarget,
+  PrivateService,
+};
 
 export type NodeStartPath = "warm" | "snapshot" | "cold";
 
@@ -130,9 +138,12 @@ export interface NodeClient {
   kill(id: string, reason: string): Promise<UsageSample | undefined>;
   /** Pauses to disk; resolves with the last usage sample before the pause (the cgroup goes away). */
   pause(id: string): Promise<UsageSample | undefined>;
-  resume(
-    id: string,
-  ): Promise<{ path: NodeStartPath; totalMs: number; phases?: Record<string, number>; handover?: UsageSample }>;
+  resume(id: string): Promise<{
+    path: NodeStartPath;
+    totalMs: number;
+    phases?: Record<string, number>;
+    handover?: UsageSample;
+  }>;
   fork(id: string, count: number): Promise<NodeSandboxInfo[]>;
   /** States of many sandboxes in one call (an id the node does not know is `gone`). */
   status(ids: string[]): Promise<Map<string, NodeSandboxStatus>>;

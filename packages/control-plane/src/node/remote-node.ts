@@ -116,7 +116,13 @@ export class RemoteNode implements NodeClient {
     return this.#client.spans(traceId);
   }
 
-  logs(id: string, source: LogSource, offset: number, follow: boolean, signal?: AbortSignal): AsyncIterable<LogChunk> {
+  logs(
+    id: string,
+    source: LogSource,
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ): AsyncIterable<LogChunk> {
     return this.#client.logs(id, source, offset, follow, signal);
   }
 

@@ -44,6 +44,7 @@ import {
 } from "../store/store.ts";
 import { Meter } from "../usage/meter.ts";
 import { MetricsSeries } from "../usage/metrics-series.ts";
+import { OverheadCollector } from "../usage/overhead.ts";
 import type { SandboxObserver } from "./observer.ts";
 import { isDescendant, type PlatformTokens, policyWithin } from "./platform.ts";
 import { assertTransition, stateAfterLoss } from "./state.ts";
@@ -111,6 +112,8 @@ export class SandboxService {
   readonly #pausing = new Set<{ tenantId: string; memoryMib: number }>();
   /** Who may read, build and delete which template. */
   readonly templates: TemplateAccess;
+  /** Pulls the nodes' platform overhead records into the store (usage/overhead.ts). */
+  readonly overhead: OverheadCollector;
   /** Per-sandbox CPU, memory, disk and network series from the sampler (usage/metrics-series.ts). */
   readonly metrics = new MetricsSeries();
   readonly #observers = new Set<SandboxObserver>();
@@ -164,6 +167,7 @@ export class SandboxService {
     this.#config = config;
     this.#log = log;
     this.templates = new TemplateAccess(store, this.nodes.templates);
+    this.overhead = new OverheadCollector(store, nodes, log);
   }
 
   /** The node that holds a sandbox. */
@@ -171,14 +175,14 @@ export class SandboxService {
     return this.#nodes.node(rec.nodeId);
   }
 
-  /** A sandbox's meter: this replica's, or restored from the last interim record. */
+  /**
+   * A sandbox's meter: this replica's while the store holds the state it
+   * last wrote, else continued from the stored raw state (another replica
+   * sampled, paused or resumed it since: usage/meter.ts, Meter.current).
+   */
   async #meterOf(id: string): Promise<Meter> {
-    let meter = this.#meters.get(id);
-    if (!meter) {
-      const interim = await this.#store.getUsage(id);
-      meter = interim ? Meter.restore(interim) : new Meter();
-      this.#meters.set(id, meter);
-    }
+    const meter = Meter.current(this.#meters.get(id), await this.#store.getUsage(id));
+    this.#meters.set(id, meter);
     return meter;
   }
 
@@ -374,7 +378,10 @@ export class SandboxService {
    */
   async create(caller: Caller, req: CreateRequest): Promise<SandboxRecord> {
     const t0 = performance.now();
-    const clock = new PhaseClock(cpTracer, { [ATTR.tenantId]: caller.tenant.id, [ATTR.template]: req.template });
+    const clock = new PhaseClock(cpTracer, {
+      [ATTR.tenantId]: caller.tenant.id,
+      [ATTR.template]: req.template,
+    });
     clock.next("admission");
     try {
       const rec = await this.#create(caller, req, clock);
@@ -661,7 +668,7 @@ export class SandboxService {
       traffic: meter.traffic,
       chargedFrom: meter.handedOverAt === null ? null : iso(meter.handedOverAt),
       overheadCpuSeconds: meter.overheadCpuSeconds,
-      meterState: meter.state(),
+      meterState: meter.checkpoint(),
     };
   }
 
@@ -899,7 +906,11 @@ export class SandboxService {
           await this.#store.putInterimUsage(this.#usage(rec, meter, r.handover.at, false));
         }
         const t = timeoutMs ?? rec.timeoutMs;
-        await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs, ...(r.phases ? { phases: r.phases } : {}) });
+        await this.#event(id, "resumed", {
+          path: r.path,
+          totalMs: r.totalMs,
+          ...(r.phases ? { phases: r.phases } : {}),
+        });
         rec = await this.#transition(
           rec,
           "running",
@@ -992,7 +1003,10 @@ export class SandboxService {
           await node
             .updatePolicy(c.id, child.networkPolicy, child.tenantId, false, this.#platformTarget(child.id))
             .catch((e) =>
-              this.#log.warn({ sandboxId: child.id, err: (e as Error).message }, "fork child kept its parent's platform credential"),
+              this.#log.warn(
+                { sandboxId: child.id, err: (e as Error).message },
+                "fork child kept its parent's platform credential",
+              ),
             );
         }
         out.push(child);
@@ -1313,6 +1327,9 @@ export class SandboxService {
     };
     every(this.#config.reaperIntervalMs, "reaper", () => this.reap());
     every(this.#config.usageIntervalMs, "sampler", () => this.sampleAll());
+    every(this.#config.usageIntervalMs, "sampler", async () => {
+      await this.overhead.collect();
+    });
     every(this.#config.nodeWatchIntervalMs, "nodes", () => this.watchNodes());
     every(this.#config.templateSyncIntervalMs, "templates", () => this.distributeTemplates());
   }

@@ -1188,7 +1188,12 @@ export class PgStore implements Store {
     });
   }
 
-  async claimDeliveries(holder: string, now: string, leaseMs: number, limit: number): Promise<DeliveryRecord[]> {
+  async claimDeliveries(
+    holder: string,
+    now: string,
+    leaseMs: number,
+    limit: number,
+  ): Promise<DeliveryRecord[]> {
     const until = new Date(Date.parse(now) + leaseMs).toISOString();
     // INVARIANT: SKIP LOCKED + the claim columns: two replicas never hold one delivery at once.
     const rows = await this.#q(
@@ -1203,7 +1208,9 @@ export class PgStore implements Store {
     );
     return rows
       .map(deliveryFrom)
-      .sort((a, b) => a.nextAttemptAt.localeCompare(b.nextAttemptAt) || a.createdAt.localeCompare(b.createdAt));
+      .sort(
+        (a, b) => a.nextAttemptAt.localeCompare(b.nextAttemptAt) || a.createdAt.localeCompare(b.createdAt),
+      );
   }
 
   async finishDelivery(id: string, holder: string, outcome: DeliveryOutcome): Promise<boolean> {

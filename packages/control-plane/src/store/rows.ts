@@ -8,8 +8,8 @@ import type {
   ApiKeyRecord,
   DeliveryRecord,
   NodeRecord,
-  OverheadUsageRecord,
   NodeState,
+  OverheadUsageRecord,
   SandboxRecord,
   TemplateOwner,
   Tenant,
@@ -213,7 +213,8 @@ export function usageFrom(r: Row): UsageRecord {
   out["metadata"] = JSON.parse(String(r["metadata"]));
   out["traffic"] = trafficFrom(r);
   out["final"] = Number(r["final"]) === 1 || r["final"] === true;
-  out["chargedFrom"] = r["charged_from"] === null || r["charged_from"] === undefined ? null : String(r["charged_from"]);
+  out["chargedFrom"] =
+    r["charged_from"] === null || r["charged_from"] === undefined ? null : String(r["charged_from"]);
   out["overheadCpuSeconds"] = Number(r["overhead_cpu_seconds"] ?? 0);
   out["meterState"] =
     r["meter_state"] === null || r["meter_state"] === undefined ? null : JSON.parse(String(r["meter_state"]));
@@ -299,7 +300,14 @@ export function deliveryFrom(r: Row): DeliveryRecord {
 /** The outbox rows a new event (or final usage record) makes, one per webhook that wants it. */
 export function deliveriesFor(
   hooks: WebhookRecord[],
-  ev: { eventKey: string; type: string; eventSeq: number | null; sandboxId: string; tenantId: string; at: string },
+  ev: {
+    eventKey: string;
+    type: string;
+    eventSeq: number | null;
+    sandboxId: string;
+    tenantId: string;
+    at: string;
+  },
 ): Record<string, Value>[] {
   return hooks.map((h) => ({
     id: `${h.id}:${ev.eventKey}`,

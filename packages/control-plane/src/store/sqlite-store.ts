@@ -953,7 +953,9 @@ export class SqliteStore implements Store {
 
   async putSetting(key: string, value: unknown): Promise<void> {
     this.db
-      .prepare("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+      .prepare(
+        "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+      )
       .run(key, JSON.stringify(value));
   }
 
@@ -998,7 +1000,12 @@ export class SqliteStore implements Store {
     });
   }
 
-  async claimDeliveries(holder: string, now: string, leaseMs: number, limit: number): Promise<DeliveryRecord[]> {
+  async claimDeliveries(
+    holder: string,
+    now: string,
+    leaseMs: number,
+    limit: number,
+  ): Promise<DeliveryRecord[]> {
     return this.#tx(() => {
       const until = new Date(Date.parse(now) + leaseMs).toISOString();
       const rows = this.db
@@ -1009,7 +1016,9 @@ export class SqliteStore implements Store {
            ORDER BY next_attempt_at, created_at, id LIMIT ?`,
         )
         .all(now, now, Math.max(1, Math.floor(limit))) as Row[];
-      const claim = this.db.prepare("UPDATE webhook_deliveries SET claim = ?, claimed_until = ? WHERE id = ?");
+      const claim = this.db.prepare(
+        "UPDATE webhook_deliveries SET claim = ?, claimed_until = ? WHERE id = ?",
+      );
       for (const r of rows) claim.run(holder, until, String(r["id"]));
       return rows.map(deliveryFrom);
     });

@@ -9,6 +9,7 @@ import {
   FirebreakError,
   type NormalizedPolicy,
   normalizePolicy,
+  OverheadLedger,
   type PrivateService,
   ServiceRegistry,
 } from "@firebreak/node-agent";
@@ -33,7 +34,15 @@ export class FakeNode implements NodeClient {
   readonly id: string;
   readonly sandboxes = new Map<
     string,
-    { state: "running" | "paused" | "gone"; token: string; born: number; vcpus?: number; memoryMib?: number }
+    {
+      state: "running" | "paused" | "gone";
+      token: string;
+      born: number;
+      vcpus?: number;
+      memoryMib?: number;
+      /** CPU its cgroup had at hand-over (the platform's). */
+      cpuBefore?: number;
+    }
   >();
   templates = new Set(["base"]);
   /** Output lines the next builds' run step prints. */
@@ -52,9 +61,22 @@ export class FakeNode implements NodeClient {
   readonly warm = new Map<string, Record<string, number>>();
   /** Set by tests: the node does not answer (every call fails NODE_UNAVAILABLE). */
   down = false;
+  /**
+   * CPU a new sandbox's VM has used before its hand-over (restore, warm-up,
+   * its time in a warm pool): reported as overhead, never charged.
+   */
+  startCpuNanos = 0;
+  /** The platform overhead this fake reports (as a real node's daemon/overhead.ts). */
+  readonly overheadLedger: OverheadLedger;
 
   constructor(id = "fake") {
     this.id = id;
+    this.overheadLedger = new OverheadLedger(id);
+  }
+
+  async overhead(ack: { epoch: string; seq: number } | undefined) {
+    this.#up();
+    return { epoch: this.overheadLedger.epoch, records: this.overheadLedger.take(ack) };
   }
 
   #up(): void {
@@ -120,11 +142,24 @@ export class FakeNode implements NodeClient {
     this.policies.set(id, { policy, tenant: network?.tenant ?? "" });
     const shape = "vcpus" in req ? `${req.vcpus}x${req.memoryMib}` : "1x256";
     const warm = this.warm.get(req.template);
-    if (warm && (warm[shape] ?? 0) > 0) {
-      warm[shape]!--;
-      return { id, accessToken: token, path: "warm", totalMs: 1, phases: { claim: 1 }, policy };
+    const path = warm && (warm[shape] ?? 0) > 0 ? "warm" : "snapshot";
+    if (path === "warm") warm![shape]!--;
+    this.sandboxes.get(id)!.cpuBefore = this.startCpuNanos;
+    const handover = (await this.usageSample(id))!;
+    if (this.startCpuNanos > 0) {
+      this.overheadLedger.add({
+        kind: path === "warm" ? "warm_pool" : "restore",
+        template: req.template,
+        cpuSeconds: this.startCpuNanos / 1e9,
+        wallSeconds: 1,
+        memoryMib: "memoryMib" in req ? req.memoryMib : 256,
+        nodeSandboxId: id,
+        ...("platformId" in req && req.platformId ? { platformId: req.platformId } : {}),
+      });
     }
-    return { id, accessToken: token, path: "snapshot", totalMs: 1, phases: { restore: 1 }, policy };
+    return path === "warm"
+      ? { id, accessToken: token, path, totalMs: 1, phases: { claim: 1 }, policy, handover }
+      : { id, accessToken: token, path, totalMs: 1, phases: { restore: 1 }, policy, handover };
   }
   async kill(id: string): Promise<UsageSample | undefined> {
     this.#up();
@@ -194,7 +229,7 @@ export class FakeNode implements NodeClient {
     // 10% of a CPU, 100 MiB; 1 kB/s out and 2 kB/s in to the internet.
     return {
       at: Date.now(),
-      cpuNanos: ms * 1e5,
+      cpuNanos: (sb.cpuBefore ?? 0) + ms * 1e5,
       memoryBytes: 100 * 2 ** 20,
       memoryPeakBytes: 100 * 2 ** 20,
       traffic: {

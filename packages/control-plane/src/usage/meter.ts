@@ -16,6 +16,16 @@
 // interim usage record, so whichever replica takes the next sample continues
 // it exactly (`Meter.fromState`): the node's counters are totals since the
 // cgroup was made, never increments.
+//
+// Replicas: each keeps its meters cached, and a cached meter goes stale as
+// soon as another replica stores a newer state (it sampled, paused or
+// resumed the sandbox). Continuing a stale meter bills wrong: a pause another
+// replica banked is lost or banked twice, and memory is integrated over the
+// paused interval. So every stored state carries a revision (`rev`, new at
+// every write: `checkpoint()`), and `Meter.current` continues the cached
+// meter only while the store still holds the state it wrote or read;
+// otherwise it continues the stored raw state.
+import { randomBytes } from "node:crypto";
 import { TRAFFIC_CLASSES, type TrafficBytes, type UsageSample } from "../node/node-client.ts";
 
 export function zeroTraffic(): TrafficBytes {
@@ -25,6 +35,8 @@ export function zeroTraffic(): TrafficBytes {
 }
 
 const GIB = 2 ** 30;
+/** CPU share of one vCPU above which an interval counts as busy. */
+export const ACTIVE_SHARE = 0.05;
 const MIB = 2 ** 20;
 
 /** Everything a meter knows, as JSON (usage_records.meter_state). */
@@ -48,11 +60,18 @@ export interface MeterState {
   /** When it was first handed over (ms since the epoch), null before. */
   handedOverAt: number | null;
   /**
+   * The end of the last sample interval in which it was busy (CPU above
+   * ACTIVE_SHARE of one vCPU): the cost report's "idle before teardown".
+   */
+  lastActiveAt?: number | null;
+  /**
    * Restored from a record without a state (written by an older control
    * plane): the next sample only sets the offsets (nothing between the last
    * record and it is charged twice).
    */
   rebaseOnNext?: boolean;
+  /** The revision of this state: new at every write (checkpoint), so a replica can tell its cached meter is stale. */
+  rev?: string;
 }
 
 function isTraffic(t: unknown): t is TrafficBytes {
@@ -78,6 +97,7 @@ export function parseMeterState(x: unknown): MeterState | undefined {
   ];
   if (s.v !== 1 || nums.some((n) => typeof n !== "number" || !Number.isFinite(n))) return undefined;
   if (!isTraffic(s.trafficBase) || !isTraffic(s.trafficOffset) || !isTraffic(s.lastTraffic)) return undefined;
+  if (s.rev !== undefined && typeof s.rev !== "string") return undefined;
   return structuredClone(s as MeterState);
 }
 
@@ -130,9 +150,49 @@ export class Meter {
     return m;
   }
 
+  /**
+   * The meter to continue for a sandbox: the cached one while the store
+   * holds the state it last wrote or read (same `rev`), else the stored raw
+   * state (another replica wrote after it), else a meter restored from the
+   * record's totals. INVARIANT: a replica never continues a meter another
+   * replica has moved on from (that double-counts or loses usage).
+   */
+  static current(
+    cached: Meter | undefined,
+    stored:
+      | {
+          cpuSeconds: number;
+          memoryGibSeconds: number;
+          memoryPeakMib: number;
+          traffic?: TrafficBytes;
+          meterState?: unknown;
+          chargedFrom?: string | null;
+        }
+      | undefined,
+  ): Meter {
+    if (!stored) return cached ?? new Meter();
+    const state = parseMeterState(stored.meterState);
+    if (cached && (!state || state.rev === cached.rev)) return cached;
+    return state ? Meter.fromState(state) : Meter.restore(stored);
+  }
+
+  /** The revision of the state this meter last wrote or was restored from. */
+  get rev(): string | undefined {
+    return this.#s.rev;
+  }
+
   /** A copy of the state (to store with the interim record). */
   state(): MeterState {
     return structuredClone(this.#s);
+  }
+
+  /**
+   * The state to write, under a new revision (this meter now owns it): the
+   * interim and final records store this.
+   */
+  checkpoint(): MeterState {
+    this.#s.rev = randomBytes(8).toString("hex");
+    return this.state();
   }
 
   /**
@@ -164,6 +224,13 @@ export class Meter {
     }
     if (st.lastAt !== null && s.at > st.lastAt) {
       st.gibSeconds += (((st.lastMemoryBytes + s.memoryBytes) / 2) * ((s.at - st.lastAt) / 1000)) / GIB;
+    }
+    if (
+      st.lastAt !== null &&
+      s.at > st.lastAt &&
+      s.cpuNanos - st.lastCpuNanos > (s.at - st.lastAt) * 1e6 * ACTIVE_SHARE
+    ) {
+      st.lastActiveAt = s.at;
     }
     // Counters only grow while the cgroup lives; a smaller value is a stale sample.
     st.lastCpuNanos = Math.max(st.lastCpuNanos, s.cpuNanos);
@@ -226,6 +293,11 @@ export class Meter {
 
   get memoryGibSeconds(): number {
     return round6(this.#s.gibSeconds);
+  }
+
+  /** The end of the last busy sample interval (ms since the epoch), null when never busy. */
+  get lastActiveAt(): number | null {
+    return this.#s.lastActiveAt ?? null;
   }
 
   /** When charging began (ms since the epoch), null before the hand-over. */

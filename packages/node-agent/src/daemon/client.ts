@@ -12,7 +12,6 @@ import type { EgressPolicy, NormalizedPolicy, PlatformTarget, PrivateService } f
 import { FirebreakError } from "../errors.ts";
 import type { LogSource } from "../sandbox/sandbox-logs.ts";
 import { type SpanJson, traceHeaders } from "../telemetry/tracing.ts";
-import type { OverheadRecord } from "./overhead.ts";
 import { fromConnectError } from "./errors.ts";
 import type {
   CreateSpec,
@@ -23,6 +22,7 @@ import type {
   TemplateInfo,
   Usage,
 } from "./node-service.ts";
+import type { OverheadRecord } from "./overhead.ts";
 import { PSK_CIPHERS, TUNNEL_ERROR_HEADER, TUNNEL_PROTOCOL } from "./server.ts";
 import {
   HEADER_BYTES,

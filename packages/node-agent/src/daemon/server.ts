@@ -79,7 +79,9 @@ function usageOut(u: Usage | undefined) {
   });
 }
 
-function platformIn(p: { address: string; port: number; token: string } | undefined): PlatformTarget | undefined {
+function platformIn(
+  p: { address: string; port: number; token: string } | undefined,
+): PlatformTarget | undefined {
   return p ? { address: p.address, port: p.port, token: p.token } : undefined;
 }
 
@@ -427,16 +429,18 @@ function tunnel(svc: NodeService, req: http.IncomingMessage, socket: Duplex, hea
   const m = PORT_PATH.exec(req.url ?? "");
   const port = Number(m?.[2]);
   if (!m || String(req.headers.upgrade).toLowerCase() !== TUNNEL_PROTOCOL || port < 1 || port > 65535) {
-    return refuse(400, "BAD_TUNNEL");
+    refuse(400, "BAD_TUNNEL");
+    return;
   }
   let host: string;
   try {
     host = svc.endpoint(m[1]!).host;
   } catch (e) {
-    return refuse(
+    refuse(
       e instanceof FirebreakError && e.code === "SANDBOX_NOT_FOUND" ? 404 : 409,
       (e as FirebreakError).code ?? "SANDBOX_STATE_INVALID",
     );
+    return;
   }
   const upstream = net.connect({ host, port });
   upstream.setNoDelay(true);

@@ -588,7 +588,10 @@ export class EgressManager {
           const prev = old.get(PLATFORM_SERVICE_NAME);
           if (prev && sameService(prev.service, service)) next.set(PLATFORM_SERVICE_NAME, prev);
           else {
-            const b: Binding = { service, serviceAddress: prev?.serviceAddress ?? this.#newServiceAddress(st) };
+            const b: Binding = {
+              service,
+              serviceAddress: prev?.serviceAddress ?? this.#newServiceAddress(st),
+            };
             b.proxy = new InjectProxy(st.target.hostAddress, st.target.sandboxAddress, service, {
               gate: st.proxyGate,
               limits: this.#injectLimits,

@@ -372,7 +372,10 @@ export class NodeRuntime {
         }
       } else if (found.problem) {
         fallback = found.problem;
-        this.#log.warn({ template: opts.template.name, reason: found.problem }, "no usable snapshot; booting cold");
+        this.#log.warn(
+          { template: opts.template.name, reason: found.problem },
+          "no usable snapshot; booting cold",
+        );
       }
     }
     const sb = await this.#start(opts, shape, {});
@@ -848,7 +851,8 @@ export class NodeRuntime {
     const sb = this.get(id);
     const live = sb.requireLive();
     this.#set(sb, { state: "pausing", live });
-    const lap = lapper((sb.lastPhases = {}));
+    sb.lastPhases = {};
+    const lap = lapper(sb.lastPhases);
     try {
       await live.vm.saveState(path.join(sb.dir, "paused-memory.bin"));
       lap("save");
@@ -934,7 +938,8 @@ export class NodeRuntime {
     const sb = this.get(id);
     this.#set(sb, { state: "resuming" });
     const t0 = performance.now();
-    const lap = lapper((sb.lastPhases = {}));
+    sb.lastPhases = {};
+    const lap = lapper(sb.lastPhases);
     try {
       await writeRecord(this.config, sb.dir, sb.record!);
       const live = await this.#acquireLive(sb, { incoming: path.join(sb.dir, "paused-memory.bin") }, lap);
@@ -1005,7 +1010,8 @@ export class NodeRuntime {
     const memoryPath = path.join(layerDir, "memory.bin");
     const diskPath = path.join(layerDir, "disk.qcow2");
     let frozen: DiskLayer[] = [];
-    const lap = lapper((parent.lastPhases = {}));
+    parent.lastPhases = {};
+    const lap = lapper(parent.lastPhases);
     try {
       const old = live.vm;
       await old.saveState(memoryPath);

@@ -6,7 +6,7 @@
 // Offsets are absolute byte positions in a stream that only grows, so a
 // reader that follows asks for "from my last offset" and never sees a byte
 // twice; bytes that fell out of the ring are reported as skipped.
-import fs from "node:fs/promises";
+import type fs from "node:fs/promises";
 import path from "node:path";
 import { openReadNoFollow } from "../host/safe-fs.ts";
 

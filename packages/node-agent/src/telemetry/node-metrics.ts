@@ -4,7 +4,14 @@
 // and serves them on its own /metrics with a `node` label, so one scrape
 // target covers the fleet. Names follow Prometheus conventions: base units
 // in the name (seconds, bytes), `_total` for counters.
-import { Counter, Gauge, Histogram, type MetricObjectWithValues, type MetricValue, Registry } from "prom-client";
+import {
+  Counter,
+  Gauge,
+  Histogram,
+  type MetricObjectWithValues,
+  type MetricValue,
+  Registry,
+} from "prom-client";
 
 /** Buckets for start latencies: warm claims (ms) to cold boots under emulation (tens of s). */
 export const START_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];

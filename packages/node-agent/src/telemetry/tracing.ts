@@ -32,8 +32,8 @@ import {
 } from "@opentelemetry/sdk-trace";
 import { RecentTraces } from "./recent-traces.ts";
 
-export { RecentTraces };
 export type { SpanJson, TraceJson } from "./recent-traces.ts";
+export { RecentTraces };
 
 /** Attribute names Firebreak puts on its spans. */
 export const ATTR = {
@@ -136,7 +136,10 @@ export async function inSpan<T>(
   const parent = opts.parent ?? context.active();
   return t.startActiveSpan(
     name,
-    { ...(opts.attributes ? { attributes: opts.attributes } : {}), ...(opts.kind ? { kind: opts.kind } : {}) },
+    {
+      ...(opts.attributes ? { attributes: opts.attributes } : {}),
+      ...(opts.kind ? { kind: opts.kind } : {}),
+    },
     parent,
     async (span) => {
       try {
