@@ -28,6 +28,7 @@ import { type DatabaseChoice, resolveDatabase } from "./store/open.ts";
 import { PgStore } from "./store/pg-store.ts";
 import { SqliteStore } from "./store/sqlite-store.ts";
 import type { Store } from "./store/store.ts";
+import { ControlPlaneMetrics } from "./telemetry/metrics.ts";
 
 export interface ServerOptions {
   /** host:port. @default "127.0.0.1:3000" (port 0 picks a free one) */
@@ -284,7 +285,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     }
     sandboxes.start(leases ? { runsBackgroundWork: (pass) => leases.isHolder(pass) } : {});
 
-    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens });
+    const metrics = new ControlPlaneMetrics(store, nodes);
+    sandboxes.observe(metrics.observer());
+    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens, metrics });
     const api = getRequestListener(app.fetch);
     // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
     // go to a port inside the sandbox, before the envd proxy and the API

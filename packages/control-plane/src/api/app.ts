@@ -7,10 +7,12 @@ import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import type { ZodError } from "zod";
-import { authenticate, RateLimiter } from "../auth/middleware.ts";
+import { authenticate, hasScope, RateLimiter } from "../auth/middleware.ts";
 import { e2bRoutes } from "../e2b/routes.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressRoutes } from "../ingress/routes.ts";
+import { httpMetrics } from "../telemetry/http-metrics.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../telemetry/metrics.ts";
 import type { AppEnv, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
@@ -52,6 +54,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.onError((err, c) => {
     const e = asApiError(err);
     logError(c, e, err);
+    deps.metrics?.apiErrors.inc({ code: e.code });
     return c.json(
       { error: { code: e.code, message: e.message, requestId: c.get("requestId") ?? "" } },
       e.status,
@@ -92,6 +95,20 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
       "request",
     );
   });
+
+  // Prometheus: API latency by route and status, and the scrape endpoint
+  // (an admin key: it names nodes, templates and their load).
+  const metrics = deps.metrics;
+  if (metrics) {
+    app.use("*", httpMetrics(metrics));
+    app.get("/metrics", async (c) => {
+      const caller = await authenticate(deps.store, c.req.raw.headers);
+      if (!hasScope(caller, "admin")) {
+        throw new ApiError("FORBIDDEN", "GET /metrics needs an admin key (Authorization: Bearer fb_...)");
+      }
+      return c.body(await metrics.text(), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+    });
+  }
 
   // JSON bodies: at most maxJsonBytes, and only as application/json.
   const limit = bodyLimit({

@@ -5,6 +5,7 @@ import type { IngressTokens } from "../ingress/ingress-token.ts";
 import type { NodesFacade } from "../node/directory.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import type { Scope, Store, Tenant } from "../store/store.ts";
+import type { ControlPlaneMetrics } from "../telemetry/metrics.ts";
 
 export interface AuthedCaller {
   keyId: string;
@@ -29,4 +30,6 @@ export interface Deps {
   log: Logger;
   /** The sandboxes' ingress tokens (ingress/ingress-token.ts). */
   ingressTokens: IngressTokens;
+  /** Prometheus metrics (GET /metrics); absent: no /metrics route. */
+  metrics?: ControlPlaneMetrics;
 }

@@ -204,6 +204,33 @@ export const EventsSchema = z
   })
   .openapi("SandboxEvents");
 
+export const SandboxMetricsQuery = z.object({
+  start: z.coerce.number().int().min(0).optional().openapi({ description: "From (ms since the epoch)." }),
+  end: z.coerce.number().int().min(0).optional().openapi({ description: "Until (ms since the epoch)." }),
+});
+export const SandboxMetricsSchema = z
+  .object({
+    sandboxId: z.string(),
+    points: z.array(
+      z.object({
+        at: z.number().openapi({ description: "End of the interval (ms since the epoch)." }),
+        timestamp: z.string(),
+        intervalMs: z.number(),
+        vcpus: z.number().int(),
+        cpuUsedPct: z
+          .number()
+          .openapi({ description: "CPU over the interval as a share of the sandbox's vCPUs (0-100)." }),
+        memoryUsedBytes: z.number(),
+        memoryTotalBytes: z.number(),
+        diskUsedBytes: z.number().optional(),
+        diskTotalBytes: z.number().optional(),
+        networkTxBytes: z.number().optional(),
+        networkRxBytes: z.number().optional(),
+      }),
+    ),
+  })
+  .openapi("SandboxMetrics");
+
 // Commands
 
 export const CommandBody = z

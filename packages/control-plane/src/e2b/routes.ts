@@ -14,6 +14,7 @@ import type { IngressTokens } from "../ingress/ingress-token.ts";
 import { readBounded } from "../relay/read-bounded.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord } from "../store/store.ts";
+import { e2bMetric } from "../usage/metrics-series.ts";
 
 const NewSandbox = z
   .object({
@@ -270,8 +271,13 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
   on("POST /sandboxes/:id/resume", connect);
 
   on("GET /sandboxes/:id/metrics", async (c) => {
-    await sb.get(c.get("caller").tenant.id, c.req.param("id") ?? "");
-    return c.json([], 200);
+    const rec = await sb.get(c.get("caller").tenant.id, c.req.param("id") ?? "");
+    // E2B's start and end are unix seconds.
+    const sec = (v: string | undefined) => (v && /^\d{1,12}$/.test(v) ? Number(v) * 1000 : undefined);
+    const start = sec(c.req.query("start")) ?? 0;
+    const end = sec(c.req.query("end"));
+    const points = sb.metrics.range(rec.id, start, end === undefined ? Number.POSITIVE_INFINITY : end + 999);
+    return c.json(points.map(e2bMetric), 200);
   });
 
   // INVARIANT: the table and the handlers are the same set of routes.

@@ -7,6 +7,7 @@ import {
   type EnvdClientOptions,
   envdClient,
   FirebreakError,
+  NodeMetrics,
   type NormalizedPolicy,
   normalizePolicy,
   OverheadLedger,
@@ -68,10 +69,17 @@ export class FakeNode implements NodeClient {
   startCpuNanos = 0;
   /** The platform overhead this fake reports (as a real node's daemon/overhead.ts). */
   readonly overheadLedger: OverheadLedger;
+  /** The node metrics this fake reports (pool claims, as a real node counts them). */
+  readonly nodeMetrics = new NodeMetrics();
 
   constructor(id = "fake") {
     this.id = id;
     this.overheadLedger = new OverheadLedger(id);
+  }
+
+  async metrics(): Promise<unknown[]> {
+    this.#up();
+    return this.nodeMetrics.json();
   }
 
   async overhead(ack: { epoch: string; seq: number } | undefined) {
@@ -144,6 +152,8 @@ export class FakeNode implements NodeClient {
     const warm = this.warm.get(req.template);
     const path = warm && (warm[shape] ?? 0) > 0 ? "warm" : "snapshot";
     if (path === "warm") warm![shape]!--;
+    if (warm)
+      this.nodeMetrics.poolClaims.inc({ template: req.template, result: path === "warm" ? "hit" : "miss" });
     this.sandboxes.get(id)!.cpuBefore = this.startCpuNanos;
     const handover = (await this.usageSample(id))!;
     if (this.startCpuNanos > 0) {

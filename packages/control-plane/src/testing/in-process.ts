@@ -11,6 +11,7 @@ import { StaticNodes } from "../node/directory.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
+import { ControlPlaneMetrics } from "../telemetry/metrics.ts";
 import { ApiClient } from "./api-client.ts";
 import { FakeNode } from "./fake-node.ts";
 
@@ -26,7 +27,17 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
   const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
   const sandboxes = new SandboxService(store, nodes, cfg, log);
   const ingressTokens = IngressTokens.open(path.join(dir, "ingress-secret"));
-  const app = createApp({ store, node: sandboxes.nodes, sandboxes, config: cfg, log, ingressTokens });
+  const metrics = new ControlPlaneMetrics(store, nodes);
+  sandboxes.observe(metrics.observer());
+  const app = createApp({
+    store,
+    node: sandboxes.nodes,
+    sandboxes,
+    config: cfg,
+    log,
+    ingressTokens,
+    metrics,
+  });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
   ).init();
@@ -65,6 +76,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     nodes,
     sandboxes,
     ingressTokens,
+    metrics,
     config: cfg,
     tenant,
     async close() {

@@ -20,6 +20,8 @@ import {
   ResumeBody,
   SandboxIdParam,
   SandboxListSchema,
+  SandboxMetricsQuery,
+  SandboxMetricsSchema,
   SandboxSchema,
   TimeoutBody,
 } from "../schemas.ts";
@@ -335,6 +337,29 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       return c.json({ events: await sb.events(caller.tenant.id, c.req.valid("param").id) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/sandboxes/{id}/metrics",
+      tags,
+      security,
+      summary: "The sandbox's CPU, memory, disk and network over time",
+      description:
+        "One point per sampler interval (5 s), the last hour at most, kept by the control plane that samples (a restart starts empty). Empty before the second sample and once the sandbox ended.",
+      request: { params: SandboxIdParam, query: SandboxMetricsQuery },
+      responses: { 200: json(SandboxMetricsSchema), ...errors },
+    }),
+    async (c) => {
+      const caller = requireScope(c, "sandboxes");
+      const rec = await sb.get(caller.tenant.id, c.req.valid("param").id);
+      const q = c.req.valid("query");
+      const points = sb.metrics
+        .range(rec.id, q.start ?? 0, q.end ?? Number.POSITIVE_INFINITY)
+        .map((p) => ({ ...p, timestamp: new Date(p.at).toISOString() }));
+      return c.json({ sandboxId: rec.id, points }, 200);
     },
   );
 }
