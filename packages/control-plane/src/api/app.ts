@@ -2,7 +2,9 @@
 // rate limits, the native /v1 routes, the E2B-compatible routes, /openapi.json,
 // and one error renderer. Routes parse and validate, then call typed actions.
 import { randomBytes } from "node:crypto";
+import { ATTR } from "@firebreak/node-agent";
 import { OpenAPIHono } from "@hono/zod-openapi";
+import { trace } from "@opentelemetry/api";
 import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
@@ -12,6 +14,7 @@ import { e2bRoutes } from "../e2b/routes.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressRoutes } from "../ingress/routes.ts";
 import { httpMetrics } from "../telemetry/http-metrics.ts";
+import { httpTracing } from "../telemetry/http-tracing.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../telemetry/metrics.ts";
 import type { AppEnv, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
@@ -21,6 +24,7 @@ import { fileRoutes } from "./routes/files.ts";
 import { nodeRoutes } from "./routes/nodes.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
 import { serviceRoutes } from "./routes/services.ts";
+import { traceRoutes } from "./routes/traces.ts";
 
 /** Any error as an ApiError (framework errors included). */
 export function asApiError(err: unknown): ApiError {
@@ -73,6 +77,10 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
       404,
     ),
   );
+
+  // Every request is a span (a child of the caller's traceparent); the
+  // service's phase spans and the node's spans join it.
+  if (deps.traces) app.use("*", httpTracing());
 
   // Request id and access log, for every route.
   app.use("*", async (c, next) => {
@@ -137,6 +145,8 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     const caller = await authenticate(deps.store, c.req.raw.headers);
     limiter.take(caller.tenant.id, caller.tenant.limits.requestsPerMinute);
     c.set("caller", caller);
+    // The request's span is this tenant's (what a tenant may read of a trace: telemetry/traces.ts).
+    trace.getActiveSpan()?.setAttribute(ATTR.tenantId, caller.tenant.id);
     c.set("log", c.get("log").child({ tenantId: caller.tenant.id, keyId: caller.keyId }));
     return next();
   });
@@ -148,6 +158,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   serviceRoutes(app, deps);
   ingressRoutes(app, deps); // /v1/sandboxes/{id}/ports (src/ingress)
   nodeRoutes(app, deps);
+  traceRoutes(app, deps);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.openAPIRegistry.registerComponent("securitySchemes", "joinToken", {

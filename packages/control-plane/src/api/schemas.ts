@@ -231,6 +231,48 @@ export const SandboxMetricsSchema = z
   })
   .openapi("SandboxMetrics");
 
+// Traces
+
+export const TraceIdParam = z.object({
+  traceId: z
+    .string()
+    .regex(/^[0-9a-f]{32}$/, "a trace id: 32 lowercase hex digits (X-Trace-Id of an answer)")
+    .openapi({ param: { name: "traceId", in: "path" } }),
+});
+export const SpanSchema = z
+  .object({
+    traceId: z.string(),
+    spanId: z.string(),
+    parentSpanId: z.string().nullable(),
+    name: z.string(),
+    kind: z.string(),
+    scope: z.string().openapi({ description: "firebreak-control-plane or firebreak-node" }),
+    startTime: z.string(),
+    endTime: z.string(),
+    startMs: z.number(),
+    durationMs: z.number(),
+    status: z.enum(["unset", "ok", "error"]),
+    statusMessage: z.string().optional(),
+    attributes: z.record(z.string(), z.unknown()),
+    events: z.array(
+      z.object({ name: z.string(), time: z.string(), attributes: z.record(z.string(), z.unknown()) }),
+    ),
+  })
+  .openapi("Span");
+export const TraceSchema = z
+  .object({
+    traceId: z.string(),
+    name: z.string(),
+    startTime: z.string(),
+    durationMs: z.number(),
+    spans: z.array(SpanSchema),
+    droppedSpans: z.number().int(),
+  })
+  .openapi("Trace");
+export const SandboxTracesSchema = z
+  .object({ sandboxId: z.string(), traces: z.array(TraceSchema) })
+  .openapi("SandboxTraces");
+
 // Commands
 
 export const CommandBody = z

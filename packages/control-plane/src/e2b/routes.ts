@@ -2,7 +2,9 @@
 // X-API-KEY auth (keys as e2b_<hex>), /sandboxes and /v2/sandboxes, connect,
 // timeout, pause, metrics. Errors are E2B's `{code: <status>, message}`.
 // The envd traffic proxy lives in envd-proxy.ts (it runs below HTTP routing).
+import { ATTR } from "@firebreak/node-agent";
 import { ENVD_VERSION } from "@firebreak/protocol";
+import { trace } from "@opentelemetry/api";
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
@@ -116,6 +118,8 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     if (!hasScope(caller, "sandboxes"))
       throw new ApiError("FORBIDDEN", 'this key lacks the "sandboxes" scope');
     c.set("caller", caller);
+    // The request's span is this tenant's (telemetry/traces.ts).
+    trace.getActiveSpan()?.setAttribute(ATTR.tenantId, caller.tenant.id);
     return next();
   };
   // Bodies: at most maxJsonBytes, counted as they arrive (never buffered beyond it).

@@ -2,6 +2,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { initTracing } from "@firebreak/node-agent";
 import pino from "pino";
 import { createApp } from "../api/app.ts";
 import { newApiKey } from "../auth/keys.ts";
@@ -12,6 +13,7 @@ import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
 import { ControlPlaneMetrics } from "../telemetry/metrics.ts";
+import { TraceReader } from "../telemetry/traces.ts";
 import { ApiClient } from "./api-client.ts";
 import { FakeNode } from "./fake-node.ts";
 
@@ -29,6 +31,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
   const ingressTokens = IngressTokens.open(path.join(dir, "ingress-secret"));
   const metrics = new ControlPlaneMetrics(store, nodes);
   sandboxes.observe(metrics.observer());
+  const traces = new TraceReader(initTracing(), nodes, store);
   const app = createApp({
     store,
     node: sandboxes.nodes,
@@ -37,6 +40,7 @@ export async function inProcess(config: Partial<ControlPlaneConfig> = {}) {
     log,
     ingressTokens,
     metrics,
+    traces,
   });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
