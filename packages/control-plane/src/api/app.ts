@@ -20,7 +20,9 @@ import type { AppEnv, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { commandRoutes } from "./routes/commands.ts";
+import { eventRoutes } from "./routes/events.ts";
 import { fileRoutes } from "./routes/files.ts";
+import { logRoutes } from "./routes/logs.ts";
 import { nodeRoutes } from "./routes/nodes.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
 import { serviceRoutes } from "./routes/services.ts";
@@ -159,6 +161,8 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   ingressRoutes(app, deps); // /v1/sandboxes/{id}/ports (src/ingress)
   nodeRoutes(app, deps);
   traceRoutes(app, deps);
+  eventRoutes(app, deps);
+  logRoutes(app, deps);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.openAPIRegistry.registerComponent("securitySchemes", "joinToken", {

@@ -23,6 +23,8 @@ import { ApiError, toApiError } from "../errors.ts";
 import { type NodeDirectory, NodesFacade } from "../node/directory.ts";
 import type {
   EnvdAccess,
+  LogChunk,
+  LogSource,
   NodeClient,
   NodeSandboxStatus,
   PrivateService,
@@ -307,6 +309,30 @@ export class SandboxService {
   async events(tenantId: string, id: string) {
     await this.get(tenantId, id);
     return this.#store.listEvents(id);
+  }
+
+  /**
+   * A sandbox's console or start-command output from its node, from `offset`
+   * (following: until it ends or `signal`). The node keeps the last bytes of
+   * each (a ring), also for a while after the sandbox ended.
+   */
+  async logs(
+    tenantId: string,
+    id: string,
+    source: LogSource,
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ): Promise<AsyncIterable<LogChunk>> {
+    const rec = await this.get(tenantId, id);
+    const node = this.#nodes.ids().includes(rec.nodeId) ? this.#nodeOf(rec) : undefined;
+    if (!rec.nodeSandboxId || !node?.logs) {
+      throw new ApiError(
+        "NOT_FOUND",
+        `sandbox ${id} has no ${source} log (it never started, or its node is gone)`,
+      );
+    }
+    return node.logs(rec.nodeSandboxId, source, offset, follow, signal);
   }
 
   /** Tokens this replica just learned (creates, forks), so their answers need no node call. */

@@ -925,6 +925,11 @@ export class PgStore implements Store {
     });
   }
 
+  async latestEventSeq(): Promise<number> {
+    const [r] = await this.#q("SELECT COALESCE(MAX(seq), 0) AS seq FROM sandbox_events");
+    return Number(r?.["seq"] ?? 0);
+  }
+
   async listTenantEvents(q: {
     tenantId: string | null;
     afterSeq: number;

@@ -747,6 +747,11 @@ export class SqliteStore implements Store {
     });
   }
 
+  async latestEventSeq(): Promise<number> {
+    const r = this.db.prepare("SELECT COALESCE(MAX(seq), 0) AS seq FROM sandbox_events").get() as Row;
+    return Number(r["seq"]);
+  }
+
   async listTenantEvents(q: {
     tenantId: string | null;
     afterSeq: number;

@@ -419,6 +419,8 @@ export interface Store {
     sandboxId?: string;
   }): Promise<StoredEvent[]>;
   getEvent(seq: number): Promise<StoredEvent | undefined>;
+  /** The highest event seq stored (0 when none): where a new event stream starts. */
+  latestEventSeq(): Promise<number>;
 
   // Usage
   /** Writes the interim record of a live sandbox (never over a final one). */

@@ -77,6 +77,33 @@ export class FakeNode implements NodeClient {
     this.overheadLedger = new OverheadLedger(id);
   }
 
+  /** What each sandbox "printed" (tests append), by node sandbox id and source. */
+  readonly logText = new Map<string, { console: string; start: string }>();
+
+  async *logs(
+    id: string,
+    source: "console" | "start",
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ) {
+    this.#up();
+    let at = offset;
+    for (;;) {
+      const data = Buffer.from(this.logText.get(id)?.[source] ?? "");
+      const live = this.sandboxes.get(id)?.state === "running";
+      if (at < data.length) {
+        yield { offset: at, data: data.subarray(at), skipped: 0, ended: !live && !follow };
+        at = data.length;
+      }
+      if (!follow || !live || signal?.aborted) {
+        if (follow) yield { offset: at, data: new Uint8Array(), skipped: 0, ended: true };
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   async metrics(): Promise<unknown[]> {
     this.#up();
     return this.nodeMetrics.json();

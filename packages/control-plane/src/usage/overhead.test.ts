@@ -120,7 +120,8 @@ describe("honest metering through the API", () => {
     assert.equal(rec.account, "tenant");
     // The fake burns 10% of a CPU after hand-over: a few ms at most, never the pool's 3 s.
     assert.ok(rec.cpuSeconds < 0.05, `charged ${rec.cpuSeconds} CPU-seconds`);
-    assert.equal(rec.overheadCpuSeconds, 3);
+    // The pool's 3 s, plus the fake's 10% of a CPU between its start and the hand-over (a ms or so).
+    assert.ok(rec.overheadCpuSeconds >= 3 && rec.overheadCpuSeconds < 3.01, `${rec.overheadCpuSeconds}`);
     assert.ok(rec.chargedFrom && rec.chargedFrom >= rec.createdAt && rec.chargedFrom <= rec.endedAt);
 
     // Before collection the account is empty; after it, the pool's work is there.
