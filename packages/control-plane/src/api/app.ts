@@ -20,6 +20,7 @@ import type { AppEnv, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { commandRoutes } from "./routes/commands.ts";
+import { costRoutes } from "./routes/costs.ts";
 import { eventRoutes } from "./routes/events.ts";
 import { fileRoutes } from "./routes/files.ts";
 import { logRoutes } from "./routes/logs.ts";
@@ -163,6 +164,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   traceRoutes(app, deps);
   eventRoutes(app, deps);
   logRoutes(app, deps);
+  costRoutes(app, deps);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.openAPIRegistry.registerComponent("securitySchemes", "joinToken", {

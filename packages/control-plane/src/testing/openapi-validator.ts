@@ -71,7 +71,8 @@ export class OpenApiValidator {
     if (
       mediaType === "application/octet-stream" ||
       mediaType === "text/plain" ||
-      mediaType === "text/event-stream"
+      mediaType === "text/event-stream" ||
+      mediaType === "text/csv"
     )
       return;
     const ref = `openapi#/paths/${ptr(template)}/${method.toLowerCase()}/responses/${statusKey}/content/${ptr(mediaType)}/schema`;
