@@ -43,6 +43,7 @@ import {
   sandboxGet,
   sandboxKill,
   sandboxList,
+  sandboxLogs,
   sandboxPause,
   sandboxResume,
   sandboxTimeout,
@@ -299,6 +300,15 @@ sandbox
   .argument("<id>")
   .argument("<ms>", "milliseconds from now", int("<ms>", 1000, 30 * 24 * 3600_000))
   .action(sandboxTimeout);
+sandbox
+  .command("logs")
+  .description("a sandbox's serial console (or its start command's output, --source start)")
+  .argument("<id>")
+  .addOption(
+    new Option("--source <source>", "console or start").choices(["console", "start"]).default("console"),
+  )
+  .option("-f, --follow", "keep printing new output until the sandbox ends (Ctrl-C stops)")
+  .action(sandboxLogs);
 sandbox
   .command("events")
   .description("a sandbox's path through the platform: scheduling, start path, state changes, end")

@@ -6,7 +6,7 @@
 // passes run on the holder of their lease (store/leader.ts).
 import fs from "node:fs";
 import path from "node:path";
-import { loadConfig } from "@firebreak/node-agent";
+import { initTracing, loadConfig } from "@firebreak/node-agent";
 import { getRequestListener } from "@hono/node-server";
 import pino, { type Logger } from "pino";
 import { createApp } from "./api/app.ts";
@@ -32,6 +32,8 @@ import { type DatabaseChoice, resolveDatabase } from "./store/open.ts";
 import { PgStore } from "./store/pg-store.ts";
 import { SqliteStore } from "./store/sqlite-store.ts";
 import type { Store } from "./store/store.ts";
+import { ControlPlaneMetrics } from "./telemetry/metrics.ts";
+import { TraceReader } from "./telemetry/traces.ts";
 
 export interface ServerOptions {
   /** host:port. @default "127.0.0.1:3000" (port 0 picks a free one) */
@@ -329,7 +331,20 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     });
     jobs.start(leases ? { isLeader: () => leases.isHolder("jobs") } : {});
 
-    const app = createApp({ store, node: sandboxes.nodes, sandboxes, config, log, ingressTokens, jobs });
+    const metrics = new ControlPlaneMetrics(store, nodes);
+    sandboxes.observe(metrics.observer());
+    const traces = new TraceReader(initTracing(), nodes, store);
+    const app = createApp({
+      store,
+      node: sandboxes.nodes,
+      sandboxes,
+      config,
+      log,
+      ingressTokens,
+      metrics,
+      traces,
+      jobs,
+    });
     const api = getRequestListener(app.fetch);
     // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
     // go to a port inside the sandbox, before the envd proxy and the API

@@ -10,7 +10,8 @@ export type {
   TemplateReport,
   Usage,
 } from "./daemon/node-service.ts";
-export { NODE_VERSION, NodeService } from "./daemon/node-service.ts";
+export { NODE_VERSION, NodeService, type ResumedInfo } from "./daemon/node-service.ts";
+export { type OverheadKind, OverheadLedger, type OverheadRecord } from "./daemon/overhead.ts";
 export { type NodeDaemon, type NodeDaemonOptions, runNodeDaemon } from "./daemon/run.ts";
 export { type DaemonListen, startDaemon } from "./daemon/server.ts";
 export {
@@ -20,6 +21,9 @@ export {
   EgressPolicySchema,
   type NormalizedPolicy,
   normalizePolicy,
+  PLATFORM_HEADER,
+  PLATFORM_SERVICE_NAME,
+  type PlatformTarget,
   type PrivateService,
   type SandboxTraffic,
   ServiceRegistry,
@@ -65,6 +69,26 @@ export {
   type TemplateImage,
   validateShape,
 } from "./sandbox/node-runtime.ts";
+export { LOG_SOURCES, type LogSource } from "./sandbox/sandbox-logs.ts";
+export { type LogSink, lineLogger, type NodeLogger, toNodeLogger } from "./telemetry/log.ts";
+export { NodeMetrics, START_BUCKETS_S } from "./telemetry/node-metrics.ts";
+export { assembleTrace, RecentTraces, spanToJson } from "./telemetry/recent-traces.ts";
+export {
+  ATTR,
+  activeTraceId,
+  contextFromHeaders,
+  flushTraces,
+  initTracing,
+  inSpan,
+  otlpConfigured,
+  PhaseClock,
+  recentTraces,
+  recordPhases,
+  type SpanJson,
+  type TraceJson,
+  traceHeaders,
+  tracer,
+} from "./telemetry/tracing.ts";
 export { type BareTemplateResult, bareTemplatedRestore } from "./vmm/bare-template.ts";
 export { MIN_QEMU_MAJOR, type QemuInstall, qemuInstall } from "./vmm/qemu-install.ts";
 export { BASE_CMDLINE, qemuArgs } from "./vmm/qemu-vm.ts";

@@ -223,6 +223,32 @@ export class Sandbox {
     const r = await this.#http.json<{ events: SandboxEvent[] }>("GET", `${path(this.id)}/events`);
     return r.events;
   }
+
+  /**
+   * The sandbox's serial console (`console`) or its template's start command
+   * output (`start`), as bytes from `offset`; with `follow`, new output as it
+   * is printed, until the sandbox ends or `signal` aborts.
+   */
+  async *logs(
+    opts: { source?: "console" | "start"; offset?: number; follow?: boolean; signal?: AbortSignal } = {},
+  ): AsyncGenerator<Uint8Array> {
+    const res = await this.#http.request("GET", `${path(this.id)}/logs`, {
+      query: { source: opts.source ?? "console", offset: opts.offset ?? 0, follow: opts.follow ?? false },
+      stream: true,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    if (!res.body) return;
+    const reader = res.body.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        if (value?.length) yield value;
+      }
+    } finally {
+      await reader.cancel().catch(() => {});
+    }
+  }
 }
 
 async function killById(http: HttpClient, id: string): Promise<boolean> {

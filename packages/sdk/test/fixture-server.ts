@@ -250,6 +250,12 @@ export async function startFixture(): Promise<Fixture> {
         if (rest === "events" && m === "GET") {
           return json(200, { events: [{ at: sb.createdAt, type: "created", detail: { path: "snapshot" } }] });
         }
+        if (rest === "logs" && m === "GET") {
+          const q = new URL(req.url ?? "/", "http://x").searchParams;
+          const text = q.get("source") === "start" ? "server up\n" : "booted\nagent ready\n";
+          res.writeHead(200, { "content-type": "text/plain; charset=utf-8" });
+          return void res.end(text.slice(Number(q.get("offset") ?? 0)));
+        }
         if (rest === "commands" && m === "GET") {
           return json(200, {
             commands: [...sb.procs.values()].map((p) => ({ pid: p.pid, cmd: p.cmd, args: [] })),

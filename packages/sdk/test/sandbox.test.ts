@@ -116,6 +116,15 @@ describe("Sandbox", { timeout: 20_000 }, () => {
     await assert.rejects(sb.fork(0), (e: unknown) => isFirebreakApiError(e, "VALIDATION_FAILED"));
     const events = await sb.events();
     assert.equal(events[0]?.type, "created");
+    const text = async (it: AsyncIterable<Uint8Array>) => {
+      let out = "";
+      for await (const c of it) out += new TextDecoder().decode(c);
+      return out;
+    };
+    assert.equal(await text(sb.logs()), "booted\nagent ready\n");
+    assert.equal(lastRequest().url, `/v1/sandboxes/${sb.id}/logs?source=console&offset=0&follow=false`);
+    assert.equal(await text(sb.logs({ source: "start", offset: 7, follow: true })), "up\n");
+    assert.equal(lastRequest().url, `/v1/sandboxes/${sb.id}/logs?source=start&offset=7&follow=true`);
     assert.equal(await sb.isRunning(), true);
     await sb.kill();
     assert.equal((await sb.getInfo()).state, "killed");

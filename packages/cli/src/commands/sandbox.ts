@@ -169,6 +169,28 @@ export async function sandboxTimeout(id: string, timeoutMs: number): Promise<voi
   process.stdout.write(`sandbox ${id} now times out ${timeoutMs} ms from now\n`);
 }
 
+export async function sandboxLogs(
+  id: string,
+  opts: { source?: "console" | "start"; follow?: boolean },
+): Promise<void> {
+  const sb = await connect(id);
+  const abort = new AbortController();
+  const stop = onInterrupt(async () => abort.abort());
+  try {
+    for await (const chunk of sb.logs({
+      source: opts.source ?? "console",
+      follow: Boolean(opts.follow),
+      signal: abort.signal,
+    })) {
+      process.stdout.write(chunk);
+    }
+  } catch (e) {
+    if (!abort.signal.aborted) throw e;
+  } finally {
+    stop();
+  }
+}
+
 export async function sandboxEvents(id: string, opts: { json?: boolean }): Promise<void> {
   const events = await (await connect(id)).events();
   if (opts.json) return printJson(events);

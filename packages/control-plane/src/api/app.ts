@@ -2,25 +2,34 @@
 // rate limits, the native /v1 routes, the E2B-compatible routes, /openapi.json,
 // and one error renderer. Routes parse and validate, then call typed actions.
 import { randomBytes } from "node:crypto";
+import { ATTR } from "@firebreak/node-agent";
 import { OpenAPIHono } from "@hono/zod-openapi";
+import { trace } from "@opentelemetry/api";
 import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import type { ZodError } from "zod";
-import { authenticate, RateLimiter } from "../auth/middleware.ts";
+import { authenticate, hasScope, RateLimiter } from "../auth/middleware.ts";
 import { e2bRoutes } from "../e2b/routes.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressRoutes } from "../ingress/routes.ts";
+import { httpMetrics } from "../telemetry/http-metrics.ts";
+import { httpTracing } from "../telemetry/http-tracing.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../telemetry/metrics.ts";
 import type { AppEnv, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { codeRoutes } from "./routes/code.ts";
 import { commandRoutes } from "./routes/commands.ts";
+import { costRoutes } from "./routes/costs.ts";
+import { eventRoutes } from "./routes/events.ts";
 import { fileRoutes } from "./routes/files.ts";
 import { jobRoutes } from "./routes/jobs.ts";
+import { logRoutes } from "./routes/logs.ts";
 import { nodeRoutes } from "./routes/nodes.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
 import { serviceRoutes } from "./routes/services.ts";
+import { traceRoutes } from "./routes/traces.ts";
 
 /** Any error as an ApiError (framework errors included). */
 export function asApiError(err: unknown): ApiError {
@@ -54,6 +63,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   app.onError((err, c) => {
     const e = asApiError(err);
     logError(c, e, err);
+    deps.metrics?.apiErrors.inc({ code: e.code });
     return c.json(
       { error: { code: e.code, message: e.message, requestId: c.get("requestId") ?? "" } },
       e.status,
@@ -72,6 +82,10 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
       404,
     ),
   );
+
+  // Every request is a span (a child of the caller's traceparent); the
+  // service's phase spans and the node's spans join it.
+  if (deps.traces) app.use("*", httpTracing());
 
   // Request id and access log, for every route.
   app.use("*", async (c, next) => {
@@ -94,6 +108,20 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
       "request",
     );
   });
+
+  // Prometheus: API latency by route and status, and the scrape endpoint
+  // (an admin key: it names nodes, templates and their load).
+  const metrics = deps.metrics;
+  if (metrics) {
+    app.use("*", httpMetrics(metrics));
+    app.get("/metrics", async (c) => {
+      const caller = await authenticate(deps.store, c.req.raw.headers);
+      if (!hasScope(caller, "admin")) {
+        throw new ApiError("FORBIDDEN", "GET /metrics needs an admin key (Authorization: Bearer fb_...)");
+      }
+      return c.body(await metrics.text(), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+    });
+  }
 
   // JSON bodies: at most maxJsonBytes, and only as application/json.
   const limit = bodyLimit({
@@ -122,6 +150,8 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     const caller = await authenticate(deps.store, c.req.raw.headers);
     limiter.take(caller.tenant.id, caller.tenant.limits.requestsPerMinute);
     c.set("caller", caller);
+    // The request's span is this tenant's (what a tenant may read of a trace: telemetry/traces.ts).
+    trace.getActiveSpan()?.setAttribute(ATTR.tenantId, caller.tenant.id);
     c.set("log", c.get("log").child({ tenantId: caller.tenant.id, keyId: caller.keyId }));
     return next();
   });
@@ -135,6 +165,10 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   ingressRoutes(app, deps); // /v1/sandboxes/{id}/ports (src/ingress)
   nodeRoutes(app, deps);
   if (deps.jobs) jobRoutes(app, deps, deps.jobs);
+  traceRoutes(app, deps);
+  eventRoutes(app, deps);
+  logRoutes(app, deps);
+  costRoutes(app, deps);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.openAPIRegistry.registerComponent("securitySchemes", "joinToken", {

@@ -6,6 +6,8 @@ import type { JobService } from "../jobs/job-service.ts";
 import type { NodesFacade } from "../node/directory.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import type { Scope, Store, Tenant } from "../store/store.ts";
+import type { ControlPlaneMetrics } from "../telemetry/metrics.ts";
+import type { TraceReader } from "../telemetry/traces.ts";
 
 export interface AuthedCaller {
   keyId: string;
@@ -32,4 +34,8 @@ export interface Deps {
   ingressTokens: IngressTokens;
   /** Jobs (src/jobs); without it the /v1/jobs routes are not served. */
   jobs?: JobService;
+  /** Prometheus metrics (GET /metrics); absent: no /metrics route. */
+  metrics?: ControlPlaneMetrics;
+  /** Traces kept here and on the nodes (GET /v1/traces/{id}); absent: no trace routes and no request spans. */
+  traces?: TraceReader;
 }

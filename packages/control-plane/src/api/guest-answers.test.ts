@@ -29,6 +29,7 @@ async function runCommand(): Promise<{
   status: number;
   lines: { type: string; [k: string]: unknown }[];
   body: string;
+  traceId: string;
 }> {
   const r = await h.request(`/v1/sandboxes/${id}/commands`, {
     method: "POST",
@@ -42,7 +43,7 @@ async function runCommand(): Promise<{
           .filter(Boolean)
           .map((l) => JSON.parse(l))
       : [];
-  return { status: r.status, lines, body: r.body };
+  return { status: r.status, lines, body: r.body, traceId: String(r.headers["x-trace-id"] ?? "") };
 }
 
 async function healthy(): Promise<void> {
@@ -82,6 +83,23 @@ describe("commands and files against a hostile agent", () => {
       ["start", "stdout", "end"],
     );
     assert.equal(r.lines[2]!["exitCode"], 3);
+    // Its trace: the request's span and the command's phases, each ended.
+    const tr = await h.request(`/v1/traces/${r.traceId}`, { headers: authHeaders() });
+    assert.equal(tr.status, 200, tr.body);
+    const spans = tr.json.spans as {
+      name: string;
+      parentSpanId: string;
+      spanId: string;
+      attributes: Record<string, unknown>;
+    }[];
+    const req = spans.find((x) => x.name === "POST /v1/sandboxes/:id/commands")!;
+    assert.ok(req, spans.map((x) => x.name).join(", "));
+    assert.deepEqual(
+      spans
+        .filter((x) => x.parentSpanId === req.spanId && x.attributes["firebreak.phase"])
+        .map((x) => x.name),
+      ["connect", "start", "run"],
+    );
   });
 
   test("command output flood behind a client that does not read: the agent is paused; the client's close reaches it", async () => {

@@ -208,36 +208,6 @@ export const ResumeBody = z
   .strict();
 export const ForkBody = z.object({ count: z.number().int().min(1).max(16).default(1) }).strict();
 
-export const MetricsQuery = z.object({
-  start: z
-    .string()
-    .regex(/^\d{1,15}$/, "milliseconds since the epoch")
-    .optional()
-    .openapi({ description: "Earliest point (ms since the epoch)." }),
-  end: z
-    .string()
-    .regex(/^\d{1,15}$/, "milliseconds since the epoch")
-    .optional()
-    .openapi({ description: "Latest point (ms since the epoch)." }),
-});
-
-export const MetricsSchema = z
-  .object({
-    points: z.array(
-      z.object({
-        at: z.string().openapi({ description: "End of the interval the point covers (ISO 8601)." }),
-        intervalMs: z.number(),
-        vcpus: z.number(),
-        cpuUsedPct: z
-          .number()
-          .openapi({ description: "CPU time over the interval, % of the sandbox's vCPUs." }),
-        memoryUsedBytes: z.number().openapi({ description: "Memory charged to the sandbox's cgroup." }),
-        memoryTotalBytes: z.number().openapi({ description: "Guest memory size." }),
-      }),
-    ),
-  })
-  .openapi("SandboxMetrics");
-
 export const EventsSchema = z
   .object({
     events: z.array(
@@ -245,6 +215,75 @@ export const EventsSchema = z
     ),
   })
   .openapi("SandboxEvents");
+
+export const SandboxMetricsQuery = z.object({
+  start: z.coerce.number().int().min(0).optional().openapi({ description: "From (ms since the epoch)." }),
+  end: z.coerce.number().int().min(0).optional().openapi({ description: "Until (ms since the epoch)." }),
+});
+export const SandboxMetricsSchema = z
+  .object({
+    sandboxId: z.string(),
+    points: z.array(
+      z.object({
+        at: z.number().openapi({ description: "End of the interval (ms since the epoch)." }),
+        timestamp: z.string(),
+        intervalMs: z.number(),
+        vcpus: z.number().int(),
+        cpuUsedPct: z
+          .number()
+          .openapi({ description: "CPU over the interval as a share of the sandbox's vCPUs (0-100)." }),
+        memoryUsedBytes: z.number(),
+        memoryTotalBytes: z.number(),
+        diskUsedBytes: z.number().optional(),
+        diskTotalBytes: z.number().optional(),
+        networkTxBytes: z.number().optional(),
+        networkRxBytes: z.number().optional(),
+      }),
+    ),
+  })
+  .openapi("SandboxMetrics");
+
+// Traces
+
+export const TraceIdParam = z.object({
+  traceId: z
+    .string()
+    .regex(/^[0-9a-f]{32}$/, "a trace id: 32 lowercase hex digits (X-Trace-Id of an answer)")
+    .openapi({ param: { name: "traceId", in: "path" } }),
+});
+export const SpanSchema = z
+  .object({
+    traceId: z.string(),
+    spanId: z.string(),
+    parentSpanId: z.string().nullable(),
+    name: z.string(),
+    kind: z.string(),
+    scope: z.string().openapi({ description: "firebreak-control-plane or firebreak-node" }),
+    startTime: z.string(),
+    endTime: z.string(),
+    startMs: z.number(),
+    durationMs: z.number(),
+    status: z.enum(["unset", "ok", "error"]),
+    statusMessage: z.string().optional(),
+    attributes: z.record(z.string(), z.unknown()),
+    events: z.array(
+      z.object({ name: z.string(), time: z.string(), attributes: z.record(z.string(), z.unknown()) }),
+    ),
+  })
+  .openapi("Span");
+export const TraceSchema = z
+  .object({
+    traceId: z.string(),
+    name: z.string(),
+    startTime: z.string(),
+    durationMs: z.number(),
+    spans: z.array(SpanSchema),
+    droppedSpans: z.number().int(),
+  })
+  .openapi("Trace");
+export const SandboxTracesSchema = z
+  .object({ sandboxId: z.string(), traces: z.array(TraceSchema) })
+  .openapi("SandboxTraces");
 
 // Commands
 
@@ -518,9 +557,76 @@ export const UsageRecordSchema = z
     rootId: z.string(),
     final: z.boolean(),
     traffic: TrafficSchema,
+    chargedFrom: z.string().nullable().openapi({
+      description:
+        "When charging began: the hand-over (warm claim, restore or boot finished). CPU, memory and traffic are charged from then until endedAt; null when the sandbox never started.",
+    }),
+    account: z.literal("tenant").openapi({
+      description: "Who pays: the tenant (the platform's own work is in GET /v1/usage/overhead).",
+    }),
+    overheadCpuSeconds: z.number().openapi({
+      description:
+        "CPU the sandbox's VM used before hand-over (restore, boot, its time in a warm pool): the platform's overhead, not charged.",
+    }),
   })
   .openapi("UsageRecord");
 export const UsageRecordsSchema = z.object({ records: z.array(UsageRecordSchema) }).openapi("UsageRecords");
+
+// The platform's overhead account (admin)
+
+export const OverheadQuery = z.object({
+  from: z.iso.datetime({ offset: true }).optional(),
+  to: z.iso.datetime({ offset: true }).optional(),
+});
+export const OverheadRecordsQuery = OverheadQuery.extend({
+  limit: z.coerce.number().int().min(1).max(10_000).default(100),
+});
+export const OverheadReportSchema = z
+  .object({
+    from: z.string().nullable(),
+    to: z.string().nullable(),
+    groups: z.array(
+      z.object({
+        nodeId: z.string(),
+        template: z.string(),
+        records: z.number().int(),
+        cpuSeconds: z.number(),
+        wallSeconds: z.number(),
+        cpuSecondsByKind: z.record(z.string(), z.number()),
+        from: z.string(),
+        to: z.string(),
+      }),
+    ),
+    total: z.object({ records: z.number().int(), cpuSeconds: z.number(), wallSeconds: z.number() }),
+  })
+  .openapi("OverheadReport");
+export const OverheadRecordSchema = z
+  .object({
+    id: z.string(),
+    account: z.literal("platform"),
+    nodeId: z.string(),
+    kind: z.string().openapi({
+      description:
+        "What the CPU was spent on: warm_pool, restore, boot, resume, fork (before a hand-over), snapshot_prepare, template_build, failed_start.",
+    }),
+    template: z.string(),
+    from: z.string().openapi({ description: "When the work began (at less wallSeconds)." }),
+    at: z
+      .string()
+      .openapi({ description: "When the work ended (a sandbox's hand-over, a pool VM's claim or discard)." }),
+    cpuSeconds: z.number(),
+    wallSeconds: z.number(),
+    memoryMib: z.number(),
+    nodeSandboxId: z.string().nullable(),
+    sandboxId: z
+      .string()
+      .nullable()
+      .openapi({ description: "The sandbox the work was for, when it was for one." }),
+  })
+  .openapi("OverheadRecord");
+export const OverheadRecordsSchema = z
+  .object({ records: z.array(OverheadRecordSchema) })
+  .openapi("OverheadRecords");
 
 export const HealthSchema = z
   .object({

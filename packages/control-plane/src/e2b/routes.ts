@@ -4,7 +4,9 @@
 // are E2B's `{code: <status>, message}`; E2B features Firebreak does not serve
 // answer 501 naming them (docs/E2B.md has the matrix). The envd traffic proxy
 // lives in envd-proxy.ts (it runs below HTTP routing).
+import { ATTR } from "@firebreak/node-agent";
 import { ENVD_VERSION } from "@firebreak/protocol";
+import { trace } from "@opentelemetry/api";
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
@@ -18,6 +20,7 @@ import { publicPortsOf } from "../ingress/public-ports.ts";
 import { readBounded } from "../relay/read-bounded.ts";
 import { LIFECYCLE_EVENT, type SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord, type SandboxState } from "../store/store.ts";
+import { e2bMetric } from "../usage/metrics-series.ts";
 import { e2bEgressPolicy, e2bNetworkView } from "./network.ts";
 import { E2bSnapshots } from "./snapshots.ts";
 
@@ -309,6 +312,8 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     if (!hasScope(caller, "sandboxes"))
       throw new ApiError("FORBIDDEN", 'this key lacks the "sandboxes" scope');
     c.set("caller", caller);
+    // The request's span is this tenant's (telemetry/traces.ts).
+    trace.getActiveSpan()?.setAttribute(ATTR.tenantId, caller.tenant.id);
     return next();
   };
   // Bodies: at most maxJsonBytes, counted as they arrive (never buffered beyond it).
@@ -551,21 +556,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
       q.start !== undefined ? Number(q.start) * 1000 : 0,
       q.end !== undefined ? Number(q.end) * 1000 + 999 : Number.POSITIVE_INFINITY,
     );
-    return c.json(
-      points.map((p) => ({
-        timestamp: new Date(p.at).toISOString(),
-        timestampUnix: Math.floor(p.at / 1000),
-        cpuCount: p.vcpus,
-        cpuUsedPct: p.cpuUsedPct,
-        memUsed: p.memoryUsedBytes,
-        memTotal: p.memoryTotalBytes,
-        memCache: 0,
-        // Disk use inside the guest is not measured yet.
-        diskUsed: 0,
-        diskTotal: 0,
-      })),
-      200,
-    );
+    return c.json(points.map(e2bMetric), 200);
   });
 
   on("POST /sandboxes/:id/fork", async (c) => {

@@ -70,6 +70,15 @@ export class IngressTokens {
     return PREFIX + createHmac("sha256", this.#secret).update(`ingress:${sandboxId}`).digest("hex");
   }
 
+  /**
+   * Another credential derived from the same secret for another purpose
+   * (`label` separates them: the platform grant's credential, sandboxes/platform.ts).
+   */
+  derive(label: string, sandboxId: string): string {
+    if (label === "ingress") throw new Error("the ingress label is the ingress token's own");
+    return createHmac("sha256", this.#secret).update(`${label}:${sandboxId}`).digest("hex");
+  }
+
   /** Whether `token` is this sandbox's ingress token (constant time in the token's content). */
   verify(sandboxId: string, token: string | undefined): boolean {
     if (!token) return false;

@@ -3,10 +3,27 @@
 // client can implement it later. Nothing outside src/node/ touches node internals.
 import type http from "node:http";
 import type { Client } from "@connectrpc/connect";
-import type { EgressPolicy, NodeReport, NormalizedPolicy, PrivateService } from "@firebreak/node-agent";
+import type {
+  EgressPolicy,
+  LogSource,
+  NodeReport,
+  NormalizedPolicy,
+  OverheadRecord,
+  PlatformTarget,
+  PrivateService,
+  SpanJson,
+} from "@firebreak/node-agent";
 import type { Filesystem, Process } from "@firebreak/protocol";
 
-export type { EgressPolicy, NodeReport, NormalizedPolicy, PrivateService };
+export type {
+  EgressPolicy,
+  LogSource,
+  NodeReport,
+  NormalizedPolicy,
+  OverheadRecord,
+  PlatformTarget,
+  PrivateService,
+};
 
 export type NodeStartPath = "warm" | "snapshot" | "cold";
 
@@ -21,6 +38,8 @@ export interface NodeSandboxInfo {
   fallback?: string;
   /** The egress policy the node enforces (normalized). */
   policy?: NormalizedPolicy;
+  /** Counters at hand-over: the tenant is charged only for what follows (absent: from the cgroup's start). */
+  handover?: UsageSample;
 }
 
 export interface NodeCreateRequest {
@@ -35,6 +54,8 @@ export interface NodeCreateRequest {
   platformId?: string;
   /** Start from this node's named snapshot (snapshotOf) instead of the template's image. */
   fromSnapshot?: string;
+  /** Where the platform grant leads (policy.platform), with the sandbox's credential. */
+  platform?: PlatformTarget;
 }
 
 /** Billed traffic classes: internet, private (allowed private ranges and bound services), sandbox (sandbox networks), ingress. */
@@ -50,6 +71,18 @@ export interface UsageSample {
   memoryPeakBytes: number;
   /** Network counters, when the node has them (absent: unchanged). */
   traffic?: TrafficBytes;
+  /** The sandbox's own disk layer on the host, and its size in the guest (when the node reports them). */
+  diskUsedBytes?: number;
+  diskTotalBytes?: number;
+}
+
+/** A chunk of a sandbox's console or start-command output. */
+export interface LogChunk {
+  offset: number;
+  data: Uint8Array;
+  skipped: number;
+  /** The sandbox ended: nothing more will come. */
+  ended: boolean;
 }
 
 export type NodeSandboxStatus =
@@ -95,7 +128,13 @@ export interface NodeClient {
 
   create(req: NodeCreateRequest): Promise<NodeSandboxInfo>;
   /** Replaces a running sandbox's egress policy; in force when it resolves. */
-  updatePolicy(id: string, policy: EgressPolicy, tenant: string, admin?: boolean): Promise<NormalizedPolicy>;
+  updatePolicy(
+    id: string,
+    policy: EgressPolicy,
+    tenant: string,
+    admin?: boolean,
+    platform?: PlatformTarget,
+  ): Promise<NormalizedPolicy>;
   /** Private services the operator declared (with their injected credentials). */
   listServices(): Promise<PrivateService[]>;
   putService(s: PrivateService): Promise<PrivateService>;
@@ -105,7 +144,12 @@ export interface NodeClient {
   kill(id: string, reason: string): Promise<UsageSample | undefined>;
   /** Pauses to disk; resolves with the last usage sample before the pause (the cgroup goes away). */
   pause(id: string): Promise<UsageSample | undefined>;
-  resume(id: string): Promise<{ path: NodeStartPath; totalMs: number }>;
+  resume(id: string): Promise<{
+    path: NodeStartPath;
+    totalMs: number;
+    phases?: Record<string, number>;
+    handover?: UsageSample;
+  }>;
   fork(id: string, count: number): Promise<NodeSandboxInfo[]>;
   /**
    * Saves a running sandbox as a named snapshot (memory and disk) that any
@@ -155,6 +199,26 @@ export interface NodeClient {
   setPool(template: string, size: number, shape?: { vcpus: number; memoryMib: number }): Promise<void>;
   /** Refuse new sandboxes (running ones stay). */
   drain(draining: boolean): Promise<void>;
+
+  /**
+   * Platform overhead records waiting on the node; acknowledges (drops there)
+   * what the caller stored before. Absent on nodes without an overhead account.
+   */
+  overhead?(
+    ack: { epoch: string; seq: number } | undefined,
+  ): Promise<{ epoch: string; records: OverheadRecord[] }>;
+  /** The node's Prometheus metrics (prom-client JSON). */
+  metrics?(): Promise<unknown[]>;
+  /** Spans of a trace the node recorded. */
+  spans?(traceId: string): Promise<SpanJson[]>;
+  /** A sandbox's console or start-command output from `offset` (following: until it ends or `signal`). */
+  logs?(
+    id: string,
+    source: LogSource,
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ): AsyncIterable<LogChunk>;
 
   /** Releases this client (an in-process node also stops: running sandboxes end, paused ones stay). */
   close(): Promise<void>;

@@ -6,14 +6,18 @@ import type http from "node:http";
 import {
   type EgressPolicy,
   FirebreakError,
+  type LogSource,
   NodeDaemonClient,
   type NodeReport,
   type NormalizedPolicy,
+  type PlatformTarget,
   type PrivateService,
+  type SpanJson,
   type Usage,
 } from "@firebreak/node-agent";
 import type {
   EnvdAccess,
+  LogChunk,
   NodeClient,
   NodeCreateRequest,
   NodeSandboxInfo,
@@ -31,6 +35,8 @@ function sampleOf(u: Usage | undefined): UsageSample | undefined {
     memoryBytes: u.memoryBytes,
     memoryPeakBytes: u.memoryPeakBytes,
     ...(u.traffic ? { traffic: u.traffic } : {}),
+    ...(u.diskUsedBytes !== undefined ? { diskUsedBytes: u.diskUsedBytes } : {}),
+    ...(u.diskTotalBytes !== undefined ? { diskTotalBytes: u.diskTotalBytes } : {}),
   };
 }
 
@@ -89,6 +95,7 @@ export class RemoteNode implements NodeClient {
       ...(req.diskMib !== undefined ? { diskMib: req.diskMib } : {}),
       ...(req.platformId ? { platformId: req.platformId } : {}),
       ...(req.fromSnapshot !== undefined ? { fromSnapshot: req.fromSnapshot } : {}),
+      ...(req.platform ? { platform: req.platform } : {}),
     });
     this.#tokens.set(s.id, s.accessToken);
     return {
@@ -99,11 +106,40 @@ export class RemoteNode implements NodeClient {
       phases: s.phases,
       ...(s.fallback ? { fallback: s.fallback } : {}),
       policy: s.policy,
+      ...(s.handover ? { handover: sampleOf(s.handover)! } : {}),
     };
   }
 
-  updatePolicy(id: string, policy: EgressPolicy, tenant: string, admin = false): Promise<NormalizedPolicy> {
-    return this.#client.updatePolicy(id, policy, tenant, admin);
+  updatePolicy(
+    id: string,
+    policy: EgressPolicy,
+    tenant: string,
+    admin = false,
+    platform?: PlatformTarget,
+  ): Promise<NormalizedPolicy> {
+    return this.#client.updatePolicy(id, policy, tenant, admin, platform);
+  }
+
+  overhead(ack: { epoch: string; seq: number } | undefined) {
+    return this.#client.overhead(ack);
+  }
+
+  metrics(): Promise<unknown[]> {
+    return this.#client.metrics();
+  }
+
+  spans(traceId: string): Promise<SpanJson[]> {
+    return this.#client.spans(traceId);
+  }
+
+  logs(
+    id: string,
+    source: LogSource,
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ): AsyncIterable<LogChunk> {
+    return this.#client.logs(id, source, offset, follow, signal);
   }
 
   listServices(): Promise<PrivateService[]> {
@@ -139,8 +175,10 @@ export class RemoteNode implements NodeClient {
     this.#tokens.delete(id);
   }
 
-  resume(id: string) {
-    return this.#client.resume(id);
+  async resume(id: string) {
+    const r = await this.#client.resume(id);
+    const handover = sampleOf(r.handover);
+    return { path: r.path, totalMs: r.totalMs, phases: r.phases, ...(handover ? { handover } : {}) };
   }
 
   async fork(id: string, count: number): Promise<NodeSandboxInfo[]> {
@@ -153,6 +191,7 @@ export class RemoteNode implements NodeClient {
       totalMs: c.totalMs,
       phases: c.phases,
       policy: c.policy,
+      ...(c.handover ? { handover: sampleOf(c.handover)! } : {}),
     }));
   }
 

@@ -4,11 +4,18 @@
 
 import type http from "node:http";
 import {
+  ATTR,
+  activeTraceId,
   EgressError,
   type EgressPolicy,
   type NormalizedPolicy,
   normalizePolicy,
+  PhaseClock,
+  PLATFORM_SERVICE_NAME,
+  type PlatformTarget,
+  tracer,
 } from "@firebreak/node-agent";
+import { context, trace } from "@opentelemetry/api";
 import type { Logger } from "pino";
 import { newId, newSandboxToken, sha256 } from "../auth/keys.ts";
 import type { ControlPlaneConfig } from "../config.ts";
@@ -16,6 +23,8 @@ import { ApiError, toApiError } from "../errors.ts";
 import { type NodeDirectory, NodesFacade } from "../node/directory.ts";
 import type {
   EnvdAccess,
+  LogChunk,
+  LogSource,
   NodeClient,
   NodeSandboxStatus,
   PrivateService,
@@ -37,6 +46,9 @@ import {
 } from "../store/store.ts";
 import { Meter } from "../usage/meter.ts";
 import { MetricsSeries } from "../usage/metrics-series.ts";
+import { OverheadCollector } from "../usage/overhead.ts";
+import type { SandboxObserver } from "./observer.ts";
+import { isDescendant, type PlatformTokens, policyWithin } from "./platform.ts";
 import { assertTransition, stateAfterLoss } from "./state.ts";
 import { TemplateAccess } from "./templates.ts";
 
@@ -45,6 +57,19 @@ export interface Caller {
   tenant: Tenant;
   /** An admin key: may use every tenant's templates. */
   admin?: boolean;
+  /**
+   * A sandbox calling through its platform grant (sandboxes/platform.ts): it
+   * acts on its own descendants only, and what it creates is its child.
+   */
+  sandbox?: SandboxRecord;
+}
+
+/** Spans of the control plane's work (telemetry: traces). */
+const cpTracer = tracer("firebreak-control-plane");
+
+/** Marks the request's span (the HTTP server span) with the sandbox and its tenant. */
+function tagSpan(id: string, tenantId: string): void {
+  trace.getActiveSpan()?.setAttributes({ [ATTR.sandboxId]: id, [ATTR.tenantId]: tenantId });
 }
 
 /** vCPUs and memory held back for resumes and forks in flight (not yet in the store as holding). */
@@ -110,8 +135,6 @@ export class SandboxService {
   readonly #pausing = new Set<{ tenantId: string; memoryMib: number }>();
   /** Who may read, build and delete which template. */
   readonly templates: TemplateAccess;
-  /** Per-sandbox CPU and memory series from the sampler (usage/metrics-series.ts). */
-  readonly metrics = new MetricsSeries();
   readonly #stopped = new Set<StoppedListener>();
   /** Timeout actions other than kill, by sandbox (cache of the lifecycle events). */
   readonly #onTimeout = new Map<string, TimeoutAction>();
@@ -135,6 +158,54 @@ export class SandboxService {
     }
   }
 
+  /** Pulls the nodes' platform overhead records into the store (usage/overhead.ts). */
+  readonly overhead: OverheadCollector;
+  /** Per-sandbox CPU, memory, disk and network series from the sampler (usage/metrics-series.ts). */
+  readonly metrics = new MetricsSeries();
+  readonly #observers = new Set<SandboxObserver>();
+  /** The platform grant: credentials, and where nodes reach this API (set once listening). */
+  #platform: { tokens: PlatformTokens; endpoint?: { address: string; port: number } } | undefined;
+
+  /** Registers an observer (metrics); returns the unsubscribe function. */
+  observe(o: SandboxObserver): () => void {
+    this.#observers.add(o);
+    return () => this.#observers.delete(o);
+  }
+
+  #notify(fn: (o: SandboxObserver) => void): void {
+    for (const o of this.#observers) {
+      try {
+        fn(o);
+      } catch (e) {
+        this.#log.error({ err: e }, "sandbox observer failed");
+      }
+    }
+  }
+
+  /**
+   * Enables the platform grant: its credentials, and the API's address as
+   * the nodes reach it (IPv4 and port; without it, `platform: true` is refused).
+   */
+  setPlatform(tokens: PlatformTokens, endpoint?: { address: string; port: number }): void {
+    this.#platform = { tokens, ...(endpoint ? { endpoint } : {}) };
+  }
+
+  /** The platform credential of a sandbox, verified: the sandbox id it is for. */
+  verifyPlatformToken(token: string | undefined): string | undefined {
+    return this.#platform?.tokens.verify(token);
+  }
+
+  #platformTarget(id: string): PlatformTarget {
+    const ep = this.#platform?.endpoint;
+    if (!ep || !this.#platform) {
+      throw new ApiError(
+        "VALIDATION_FAILED",
+        "network.policy.platform: this control plane does not know the address its nodes reach it at; set FIREBREAK_PLATFORM_ADDRESS (host:port) or leave platform out",
+      );
+    }
+    return { address: ep.address, port: ep.port, token: this.#platform.tokens.tokenFor(id) };
+  }
+
   constructor(store: Store, nodes: NodeDirectory, config: ControlPlaneConfig, log: Logger) {
     this.#store = store;
     this.#nodes = nodes;
@@ -142,6 +213,7 @@ export class SandboxService {
     this.#config = config;
     this.#log = log;
     this.templates = new TemplateAccess(store, this.nodes.templates);
+    this.overhead = new OverheadCollector(store, nodes, log);
   }
 
   /** The node that holds a sandbox. */
@@ -149,14 +221,14 @@ export class SandboxService {
     return this.#nodes.node(rec.nodeId);
   }
 
-  /** A sandbox's meter: this replica's, or restored from the last interim record. */
+  /**
+   * A sandbox's meter: this replica's while the store holds the state it
+   * last wrote, else continued from the stored raw state (another replica
+   * sampled, paused or resumed it since: usage/meter.ts, Meter.current).
+   */
   async #meterOf(id: string): Promise<Meter> {
-    let meter = this.#meters.get(id);
-    if (!meter) {
-      const interim = await this.#store.getUsage(id);
-      meter = interim ? Meter.restore(interim) : new Meter();
-      this.#meters.set(id, meter);
-    }
+    const meter = Meter.current(this.#meters.get(id), await this.#store.getUsage(id));
+    this.#meters.set(id, meter);
     return meter;
   }
 
@@ -261,6 +333,19 @@ export class SandboxService {
     return rec;
   }
 
+  /**
+   * A sandbox the caller may act on: its tenant's, and for a sandbox caller
+   * (platform grant) only its own descendants. INVARIANT: anything else is
+   * NOT_FOUND, never FORBIDDEN.
+   */
+  async getFor(caller: Pick<Caller, "tenant" | "sandbox">, id: string): Promise<SandboxRecord> {
+    const rec = await this.get(caller.tenant.id, id);
+    if (caller.sandbox && !(await isDescendant(this.#store, caller.sandbox.id, rec))) {
+      throw new ApiError("NOT_FOUND", `no sandbox ${id}`);
+    }
+    return rec;
+  }
+
   list(q: ListSandboxesQuery) {
     return this.#store.listSandboxes(q);
   }
@@ -268,6 +353,30 @@ export class SandboxService {
   async events(tenantId: string, id: string) {
     await this.get(tenantId, id);
     return this.#store.listEvents(id);
+  }
+
+  /**
+   * A sandbox's console or start-command output from its node, from `offset`
+   * (following: until it ends or `signal`). The node keeps the last bytes of
+   * each (a ring), also for a while after the sandbox ended.
+   */
+  async logs(
+    tenantId: string,
+    id: string,
+    source: LogSource,
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ): Promise<AsyncIterable<LogChunk>> {
+    const rec = await this.get(tenantId, id);
+    const node = this.#nodes.ids().includes(rec.nodeId) ? this.#nodeOf(rec) : undefined;
+    if (!rec.nodeSandboxId || !node?.logs) {
+      throw new ApiError(
+        "NOT_FOUND",
+        `sandbox ${id} has no ${source} log (it never started, or its node is gone)`,
+      );
+    }
+    return node.logs(rec.nodeSandboxId, source, offset, follow, signal);
   }
 
   /** Tokens this replica just learned (creates, forks), so their answers need no node call. */
@@ -333,10 +442,53 @@ export class SandboxService {
     }
   }
 
+  /**
+   * Creates a sandbox. Its trace has one span per phase (admission,
+   * placement, start with the node's phases inside, record), tiling the
+   * create without gaps.
+   */
   async create(caller: Caller, req: CreateRequest): Promise<SandboxRecord> {
+    const t0 = performance.now();
+    const clock = new PhaseClock(cpTracer, {
+      [ATTR.tenantId]: caller.tenant.id,
+      [ATTR.template]: req.template,
+    });
+    clock.next("admission");
+    try {
+      const rec = await this.#create(caller, req, clock);
+      clock.end();
+      this.#notify((o) =>
+        o.created?.({
+          tenantId: caller.tenant.id,
+          template: req.template,
+          path: rec.startPath,
+          outcome: "started",
+          ms: performance.now() - t0,
+        }),
+      );
+      return rec;
+    } catch (e) {
+      clock.end(e);
+      this.#notify((o) =>
+        o.created?.({
+          tenantId: caller.tenant.id,
+          template: req.template,
+          path: null,
+          outcome: "failed",
+          code: toApiError(e).code,
+          ms: performance.now() - t0,
+        }),
+      );
+      throw e;
+    }
+  }
+
+  async #create(caller: Caller, req: CreateRequest, clock: PhaseClock): Promise<SandboxRecord> {
     this.#checkTimeout(req.timeoutMs);
-    let parent: SandboxRecord | undefined;
-    if (req.parentToken !== undefined) {
+    let parent: SandboxRecord | undefined = caller.sandbox;
+    if (caller.sandbox) {
+      // A sandbox creating through its platform grant: the child is its own.
+    } else if (req.parentToken !== undefined) {
       parent = await this.#store.findSandboxByTokenHash(sha256(req.parentToken));
       if (!parent || parent.tenantId !== caller.tenant.id) {
         throw new ApiError(
@@ -360,9 +512,22 @@ export class SandboxService {
         : undefined;
     const vcpus = req.vcpus ?? shape!.vcpus;
     const memoryMib = req.memoryMib ?? shape!.memoryMib;
-    const networkPolicy = req.networkPolicy
+    let networkPolicy = req.networkPolicy
       ? await this.#checkPolicy(caller.tenant.id, req.networkPolicy, "network.policy")
       : null;
+    if (caller.sandbox) {
+      // SECURITY: a sandbox cannot widen its own egress through a child.
+      const own = caller.sandbox.networkPolicy ?? normalizePolicy({});
+      networkPolicy ??= own;
+      const wider = policyWithin(networkPolicy, own);
+      if (wider) {
+        throw new ApiError(
+          "FORBIDDEN",
+          `network.policy: a sandbox creates children whose egress is within its own; this policy adds ${wider}`,
+        );
+      }
+    }
+    clock.next("placement");
     // Placement by activation cost (scheduler/placement.ts): best first, the
     // rest are where the create goes if a node fails to start it.
     const want = {
@@ -391,6 +556,8 @@ export class SandboxService {
       );
     }
     const id = newId();
+    tagSpan(id, caller.tenant.id);
+    const platform = networkPolicy?.platform ? this.#platformTarget(id) : undefined;
     const { token, hash } = newSandboxToken();
     const now = iso();
     let chosen = candidates[0]!;
@@ -453,6 +620,8 @@ export class SandboxService {
       key: caller.keyId,
       ...(rec.parentId ? { parentId: rec.parentId, rootId: rec.rootId } : {}),
       ...(req.fromSnapshot ? { fromSnapshot: req.fromSnapshot.snapshotId } : {}),
+      ...(caller.sandbox ? { bySandbox: caller.sandbox.id } : {}),
+      ...(activeTraceId() ? { traceId: activeTraceId() } : {}),
     });
     if (req.onTimeout && req.onTimeout !== "kill") {
       this.#onTimeout.set(id, req.onTimeout);
@@ -480,7 +649,13 @@ export class SandboxService {
           template: req.template,
           vcpus,
           memoryMib,
-          envVars: { ...req.envVars, FIREBREAK_SANDBOX_ID: id, FIREBREAK_SANDBOX_TOKEN: token },
+          envVars: {
+            ...req.envVars,
+            FIREBREAK_SANDBOX_ID: id,
+            FIREBREAK_SANDBOX_TOKEN: token,
+            // The platform grant: the SDK inside reaches the API here, as this sandbox.
+            ...(platform ? { FIREBREAK_URL: `http://${PLATFORM_SERVICE_NAME}:${platform.port}` } : {}),
+          },
           ...(networkPolicy
             ? {
                 network: {
@@ -492,14 +667,17 @@ export class SandboxService {
             : {}),
           platformId: id,
           ...(req.fromSnapshot ? { fromSnapshot: req.fromSnapshot.snapshotId } : {}),
+          ...(platform ? { platform } : {}),
         };
         // A node that does not answer, or has no room after all, hands the
         // create to the next candidate (same sandbox record, billed once).
         let started: Awaited<ReturnType<NodeClient["create"]>> | undefined;
+        const startCtx = clock.next("start");
         for (let i = candidates.indexOf(chosen); !started; ) {
           this.#nodes.notePlaced(chosen.nodeId, req.template, { vcpus, memoryMib }, chosen.path === "warm");
           try {
-            started = await this.#nodes.node(chosen.nodeId).create(request);
+            clock.set(ATTR.nodeId, chosen.nodeId);
+            started = await context.with(startCtx, () => this.#nodes.node(chosen.nodeId).create(request));
           } catch (e) {
             const code = toApiError(e).code;
             const next = candidates[++i];
@@ -510,6 +688,10 @@ export class SandboxService {
             rec = { ...rec, nodeId: chosen.nodeId };
           }
         }
+        clock.set(ATTR.startPath, started.path);
+        clock.next("record");
+        // Charged from hand-over: what the VM used before is the platform's.
+        if (started.handover) (await this.#meterOf(id)).handOver(started.handover);
         const ready = Date.now();
         await this.#event(id, "started", {
           path: started.path,
@@ -571,6 +753,9 @@ export class SandboxService {
       rootId: rec.rootId,
       final,
       traffic: meter.traffic,
+      chargedFrom: meter.handedOverAt === null ? null : iso(meter.handedOverAt),
+      overheadCpuSeconds: meter.overheadCpuSeconds,
+      meterState: meter.checkpoint(),
     };
   }
 
@@ -584,7 +769,7 @@ export class SandboxService {
     endMs = Date.now(),
   ): Promise<boolean> {
     const meter = await this.#meterOf(rec.id);
-    if (lastSample) meter.add(lastSample);
+    if (lastSample) this.#meterAdd(rec, meter, lastSample);
     const endedAt = iso(endMs);
     const ended = await this.#store.endSandbox(
       rec.id,
@@ -622,15 +807,22 @@ export class SandboxService {
       let rec = await this.#store.getSandbox(id);
       if (!rec || isFinalState(rec.state)) return;
       if (rec.state === "requested" || rec.state === "starting") return; // the create's own failure path ends it
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: rec.tenantId });
+      clock.next("admission");
       rec = await this.#transition(rec, "stopping", {}, reason, "kill");
       await this.#event(id, "kill", { by, reason });
       let sample: UsageSample | undefined;
+      const teardown = clock.next("teardown");
       try {
-        if (rec.nodeSandboxId) sample = await this.#nodeOf(rec).kill(rec.nodeSandboxId, reason);
+        const node = this.#nodeOf(rec);
+        if (rec.nodeSandboxId)
+          sample = await context.with(teardown, () => node.kill(rec!.nodeSandboxId!, reason));
       } catch (e) {
         this.#log.error({ sandboxId: id, err: e }, "node kill failed");
       }
+      clock.next("record");
       await this.#end(rec, "killed", reason, by, sample);
+      clock.end();
     });
   }
 
@@ -756,13 +948,18 @@ export class SandboxService {
       assertTransition(id, rec.state, "paused", "pause");
       const release = await this.#admitPause(caller.tenant, rec.memoryMib);
       const meter = await this.#meterOf(id);
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: rec.tenantId });
       try {
-        const sample = await this.#nodeOf(rec)
-          .pause(rec.nodeSandboxId!)
+        const save = clock.next("save");
+        const node = this.#nodeOf(rec);
+        const sample = await context
+          .with(save, () => node.pause(rec.nodeSandboxId!))
           .catch((e) => {
+            clock.end(e);
             throw toApiError(e);
           });
-        if (sample) meter.add(sample);
+        clock.next("record");
+        if (sample) this.#meterAdd(rec, meter, sample);
         meter.suspend();
         this.metrics.rebase(id);
         this.#notifyStopped(id, "paused");
@@ -780,6 +977,7 @@ export class SandboxService {
         release();
       }
       await this.#store.putInterimUsage(this.#usage(rec, meter, Date.now(), false));
+      clock.end();
       return rec;
     });
   }
@@ -792,15 +990,31 @@ export class SandboxService {
       assertTransition(id, rec.state, "running", "resume");
       // It already counts towards maxSandboxes; its vCPUs and memory come back.
       const limits = { ...caller.tenant.limits, maxSandboxes: Number.MAX_SAFE_INTEGER };
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: rec.tenantId });
+      clock.next("admission");
       const release = await this.#admit(rec.tenantId, rec, 1, limits, rec.nodeId);
       try {
-        const r = await this.#nodeOf(rec)
-          .resume(rec.nodeSandboxId!)
+        const restore = clock.next("restore");
+        const node = this.#nodeOf(rec);
+        const r = await context
+          .with(restore, () => node.resume(rec.nodeSandboxId!))
           .catch((e) => {
+            clock.end(e);
             throw toApiError(e);
           });
+        clock.next("record");
+        // A new cgroup: charged from when it runs again; the restore is the platform's.
+        if (r.handover) {
+          const meter = await this.#meterOf(id);
+          meter.handOver(r.handover);
+          await this.#store.putInterimUsage(this.#usage(rec, meter, r.handover.at, false));
+        }
         const t = timeoutMs ?? rec.timeoutMs;
-        await this.#event(id, "resumed", { path: r.path, totalMs: r.totalMs });
+        await this.#event(id, "resumed", {
+          path: r.path,
+          totalMs: r.totalMs,
+          ...(r.phases ? { phases: r.phases } : {}),
+        });
         rec = await this.#transition(
           rec,
           "running",
@@ -808,6 +1022,7 @@ export class SandboxService {
           "resumed by request",
           "resume",
         );
+        clock.end();
       } finally {
         release();
       }
@@ -834,11 +1049,16 @@ export class SandboxService {
     {
       const id = parent.id;
       await this.#event(id, "fork", { count });
-      const children = await this.#nodeOf(parent)
-        .fork(parent.nodeSandboxId!, count)
+      const clock = new PhaseClock(cpTracer, { [ATTR.sandboxId]: id, [ATTR.tenantId]: parent.tenantId });
+      const forking = clock.next("fork");
+      const node = this.#nodeOf(parent);
+      const children = await context
+        .with(forking, () => node.fork(parent.nodeSandboxId!, count))
         .catch((e) => {
+          clock.end(e);
           throw toApiError(e);
         });
+      clock.next("record");
       const out: SandboxRecord[] = [];
       const unlimited: TenantLimits = {
         maxSandboxes: Number.MAX_SAFE_INTEGER,
@@ -879,10 +1099,23 @@ export class SandboxService {
         await this.#event(child.id, "started", { path: "snapshot", totalMs: c.totalMs, phases: c.phases });
         await this.#event(child.id, "ready", { path: "snapshot", timeoutAt: child.timeoutAt });
         const meter = new Meter();
+        if (c.handover) meter.handOver(c.handover);
         this.#meters.set(child.id, meter);
         await this.#store.putInterimUsage(this.#usage(child, meter, now, false));
+        // A child with the platform grant acts as itself, not as its parent.
+        if (child.networkPolicy?.platform && this.#platform?.endpoint) {
+          await node
+            .updatePolicy(c.id, child.networkPolicy, child.tenantId, false, this.#platformTarget(child.id))
+            .catch((e) =>
+              this.#log.warn(
+                { sandboxId: child.id, err: (e as Error).message },
+                "fork child kept its parent's platform credential",
+              ),
+            );
+        }
         out.push(child);
       }
+      clock.end();
       return out;
     }
   }
@@ -996,9 +1229,30 @@ export class SandboxService {
     sample ??= await this.#nodeOf(rec).usageSample(rec.nodeSandboxId);
     if (!sample) return;
     const meter = await this.#meterOf(rec.id);
-    meter.add(sample);
+    this.#meterAdd(rec, meter, sample);
     this.metrics.record(rec.id, sample, rec);
     await this.#store.putInterimUsage(this.#usage(rec, meter, sample.at, false));
+  }
+
+  /** Adds a sample to a meter and tells observers what it added. */
+  #meterAdd(rec: SandboxRecord, meter: Meter, sample: UsageSample): void {
+    const before = { cpu: meter.cpuSeconds, gib: meter.memoryGibSeconds, traffic: meter.traffic };
+    meter.add(sample);
+    if (!this.#observers.size) return;
+    const after = meter.traffic;
+    const traffic = structuredClone(after);
+    for (const c of Object.keys(traffic) as (keyof typeof traffic)[]) {
+      traffic[c] = {
+        tx: Math.max(0, after[c].tx - before.traffic[c].tx),
+        rx: Math.max(0, after[c].rx - before.traffic[c].rx),
+      };
+    }
+    const delta = {
+      cpuSeconds: Math.max(0, meter.cpuSeconds - before.cpu),
+      memoryGibSeconds: Math.max(0, meter.memoryGibSeconds - before.gib),
+      traffic,
+    };
+    this.#notify((o) => o.metered?.(rec, delta));
   }
 
   /** One sampler pass: interim usage of every running sandbox; VMs that died are ended as crashed. */
@@ -1245,6 +1499,9 @@ export class SandboxService {
     };
     every(this.#config.reaperIntervalMs, "reaper", () => this.reap());
     every(this.#config.usageIntervalMs, "sampler", () => this.sampleAll());
+    every(this.#config.usageIntervalMs, "sampler", async () => {
+      await this.overhead.collect();
+    });
     every(this.#config.nodeWatchIntervalMs, "nodes", () => this.watchNodes());
     every(this.#config.templateSyncIntervalMs, "templates", () => this.distributeTemplates());
   }

@@ -67,6 +67,38 @@ test("migrations: a database from a newer Firebreak is refused, with the URL's p
   );
 });
 
+test("migration 3 on a database of version 2 (jobs tables there): usage gets the metering columns; overhead and webhooks start empty", async () => {
+  const url = await server.createDatabase();
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    for (const m of PG_MIGRATIONS.slice(0, 2)) await c.query(m);
+    await c.query("CREATE TABLE firebreak_schema (version INTEGER NOT NULL)");
+    await c.query("INSERT INTO firebreak_schema (version) VALUES (2)");
+    await c.query(
+      "INSERT INTO tenants (id, name, limits, created_at) VALUES ('t1', 't1', '{}', '2026-01-01T00:00:00.000Z')",
+    );
+    await c.query(
+      `INSERT INTO usage_records (sandbox_id, tenant_id, template, vcpus, memory_mib, created_at, lifetime_seconds, cpu_seconds, memory_peak_mib, memory_gib_seconds, metadata, metadata_idx, root_id, final)
+       VALUES ('s1', 't1', 'base', 1, 256, '2026-01-01T00:00:00.000Z', 10, 2.5, 100, 2.5, '{}', '{}', 's1', true)`,
+    );
+  } finally {
+    await c.end();
+  }
+  const store = await PgStore.open(url);
+  try {
+    assert.equal(await version(url), PG_MIGRATIONS.length);
+    const u = await store.getUsage("s1");
+    assert.equal(u?.cpuSeconds, 2.5);
+    assert.equal(u?.overheadCpuSeconds, 0);
+    assert.deepEqual(await store.listOverhead({ limit: 10 }), []);
+    assert.deepEqual(await store.listWebhooks("t1"), []);
+    assert.deepEqual((await store.jobs.listJobs({ tenantId: "t1", limit: 10 })).jobs, []);
+  } finally {
+    await store.close();
+  }
+});
+
 test("a value PostgreSQL text cannot hold is refused with a clear error, not stored mangled", async () => {
   const url = await server.createDatabase();
   const store = await PgStore.open(url);

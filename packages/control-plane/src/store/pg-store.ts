@@ -36,11 +36,15 @@ import { PG_JOBS_MIGRATION, PgJobStore } from "./pg-job-store.ts";
 import { keyVerdict, nodeVerdict, tenantVerdict } from "./quota.ts";
 import {
   checkTtl,
+  deliveriesFor,
+  deliveryFrom,
   HOLDING_STATES,
   keyFrom,
   LIVE_STATES,
   nodeCols,
   nodeFrom,
+  overheadCols,
+  overheadFrom,
   type Row,
   round3,
   sandboxCols,
@@ -52,27 +56,35 @@ import {
   usageCols,
   usageFrom,
   type Value,
+  webhookCols,
+  webhookFrom,
 } from "./rows.ts";
-import type {
-  ApiKeyRecord,
-  JoinTokenRecord,
-  KeyInsertResult,
-  LeaseState,
-  ListSandboxesQuery,
-  NodeBudget,
-  NodeRecord,
-  NodeState,
-  QuotaResult,
-  SandboxEvent,
-  SandboxRecord,
-  SandboxState,
-  Store,
-  TemplateOwner,
-  Tenant,
-  TenantLimits,
-  UsageGroup,
-  UsageGroupBy,
-  UsageRecord,
+import {
+  type ApiKeyRecord,
+  type DeliveryOutcome,
+  type DeliveryRecord,
+  type JoinTokenRecord,
+  type KeyInsertResult,
+  type LeaseState,
+  type ListSandboxesQuery,
+  type NodeBudget,
+  type NodeRecord,
+  type NodeState,
+  type OverheadUsageRecord,
+  type QuotaResult,
+  type SandboxEvent,
+  type SandboxRecord,
+  type SandboxState,
+  type Store,
+  type StoredEvent,
+  type TemplateOwner,
+  type Tenant,
+  type TenantLimits,
+  type UsageGroup,
+  type UsageGroupBy,
+  type UsageRecord,
+  type WebhookRecord,
+  webhookWants,
 } from "./store.ts";
 
 const C = 'COLLATE "C"';
@@ -198,6 +210,63 @@ export const PG_MIGRATIONS: readonly string[] = [
   `,
   // 2: the job queue: jobs, tasks, attempts, their logs, uploaded files (pg-job-store.ts).
   PG_JOBS_MIGRATION,
+  // 3: honest metering (charged from hand-over, the meter's raw state with
+  // the interim record, the platform's overhead account), the price sheet,
+  // webhooks and their outbox.
+  `
+  ALTER TABLE usage_records ADD COLUMN charged_from TEXT ${C};
+  ALTER TABLE usage_records ADD COLUMN overhead_cpu_seconds DOUBLE PRECISION NOT NULL DEFAULT 0;
+  ALTER TABLE usage_records ADD COLUMN meter_state TEXT;
+  CREATE INDEX usage_records_root ON usage_records(root_id);
+  CREATE TABLE overhead_records (
+    id TEXT ${C} PRIMARY KEY,
+    node_id TEXT ${C} NOT NULL,
+    kind TEXT ${C} NOT NULL,
+    template TEXT ${C} NOT NULL,
+    at TEXT ${C} NOT NULL,
+    cpu_seconds DOUBLE PRECISION NOT NULL,
+    wall_seconds DOUBLE PRECISION NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    node_sandbox_id TEXT ${C},
+    sandbox_id TEXT ${C}
+  );
+  CREATE INDEX overhead_records_at ON overhead_records(at);
+  CREATE TABLE settings (
+    key TEXT ${C} PRIMARY KEY,
+    value TEXT NOT NULL
+  );
+  CREATE TABLE webhooks (
+    id TEXT ${C} PRIMARY KEY,
+    tenant_id TEXT ${C} NOT NULL REFERENCES tenants(id),
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    events TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at TEXT ${C} NOT NULL,
+    created_by_key TEXT ${C},
+    disabled_at TEXT ${C}
+  );
+  CREATE INDEX webhooks_tenant ON webhooks(tenant_id);
+  CREATE TABLE webhook_deliveries (
+    id TEXT ${C} PRIMARY KEY,
+    webhook_id TEXT ${C} NOT NULL,
+    tenant_id TEXT ${C} NOT NULL,
+    event_key TEXT ${C} NOT NULL,
+    type TEXT ${C} NOT NULL,
+    event_seq BIGINT,
+    sandbox_id TEXT ${C} NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at TEXT ${C} NOT NULL,
+    delivered_at TEXT ${C},
+    gave_up_at TEXT ${C},
+    last_error TEXT,
+    created_at TEXT ${C} NOT NULL,
+    claim TEXT ${C},
+    claimed_until TEXT ${C}
+  );
+  CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at) WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+  CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(webhook_id, created_at);
+  `,
 ];
 
 /** Advisory lock classes (first key of pg_advisory_xact_lock(int4, int4)); "FB" in the high bytes. */
@@ -206,6 +275,7 @@ const LOCK = {
   nodeBudget: 0x46420002,
   keyLineage: 0x46420003,
   migrate: 0x46420004,
+  events: 0x46420005,
 } as const;
 
 const LIVE = `('${LIVE_STATES.join("','")}')`;
@@ -687,8 +757,36 @@ export class PgStore implements Store {
       // INVARIANT: exactly one final usage record per sandbox. The row lock
       // taken above makes a concurrent end wait and then match nothing.
       await this.#writeUsage({ ...usage, final: true }, c);
+      await this.#enqueue(c, usage.tenantId, {
+        eventKey: `usage_${id}`,
+        type: "usage.final",
+        eventSeq: null,
+        sandboxId: id,
+        at: end.endedAt,
+      });
       return true;
     });
+  }
+
+  /** Outbox rows for the tenant's webhooks that want `type` (inside a transaction). */
+  async #enqueue(
+    c: pg.PoolClient,
+    tenantId: string,
+    ev: { eventKey: string; type: string; eventSeq: number | null; sandboxId: string; at: string },
+  ): Promise<void> {
+    const hooks = (
+      await this.#q("SELECT * FROM webhooks WHERE tenant_id = $1 AND disabled_at IS NULL", [tenantId], c)
+    )
+      .map(webhookFrom)
+      .filter((h) => webhookWants(h.events, ev.type));
+    for (const cols of deliveriesFor(hooks, { ...ev, tenantId })) {
+      const names = Object.keys(cols);
+      await c.query(
+        `INSERT INTO webhook_deliveries (${names.join(", ")}) VALUES (${names.map((_, i) => `$${i + 1}`).join(", ")})
+         ON CONFLICT (id) DO NOTHING`,
+        Object.values(cols),
+      );
+    }
   }
 
   // Leases
@@ -810,12 +908,66 @@ export class PgStore implements Store {
   // Events
 
   async addEvent(sandboxId: string, e: SandboxEvent): Promise<void> {
-    await this.#q("INSERT INTO sandbox_events (sandbox_id, at, type, detail) VALUES ($1, $2, $3, $4)", [
-      sandboxId,
-      e.at,
-      e.type,
-      JSON.stringify(e.detail),
-    ]);
+    await this.#tx(async (c) => {
+      // INVARIANT: events commit in seq order: a stream reading "after seq N"
+      // never misses one that commits later with a lower seq.
+      await c.query("SELECT pg_advisory_xact_lock($1, 0)", [LOCK.events]);
+      const [ins] = await this.#q(
+        "INSERT INTO sandbox_events (sandbox_id, at, type, detail) VALUES ($1, $2, $3, $4) RETURNING seq",
+        [sandboxId, e.at, e.type, JSON.stringify(e.detail)],
+        c,
+      );
+      const [owner] = await this.#q("SELECT tenant_id FROM sandboxes WHERE id = $1", [sandboxId], c);
+      if (!owner) return;
+      const seq = Number(ins!["seq"]);
+      await this.#enqueue(c, String(owner["tenant_id"]), {
+        eventKey: `evt_${seq}`,
+        type: `sandbox.${e.type}`,
+        eventSeq: seq,
+        sandboxId,
+        at: e.at,
+      });
+    });
+  }
+
+  async latestEventSeq(): Promise<number> {
+    const [r] = await this.#q("SELECT COALESCE(MAX(seq), 0) AS seq FROM sandbox_events");
+    return Number(r?.["seq"] ?? 0);
+  }
+
+  async listTenantEvents(q: {
+    tenantId: string | null;
+    afterSeq: number;
+    limit: number;
+    sandboxId?: string;
+  }): Promise<StoredEvent[]> {
+    if (hasNul(q.tenantId, q.sandboxId)) return [];
+    const args: Value[] = [Math.floor(q.afterSeq)];
+    const where = ["e.seq > $1"];
+    if (q.tenantId !== null) {
+      args.push(q.tenantId);
+      where.push(`s.tenant_id = $${args.length}`);
+    }
+    if (q.sandboxId) {
+      args.push(q.sandboxId);
+      where.push(`e.sandbox_id = $${args.length}`);
+    }
+    args.push(Math.max(1, Math.floor(q.limit)));
+    return (
+      await this.#q(
+        `SELECT e.*, s.tenant_id AS tenant_id FROM sandbox_events e JOIN sandboxes s ON s.id = e.sandbox_id
+         WHERE ${where.join(" AND ")} ORDER BY e.seq LIMIT $${args.length}`,
+        args,
+      )
+    ).map(storedEventFrom);
+  }
+
+  async getEvent(seq: number): Promise<StoredEvent | undefined> {
+    const [r] = await this.#q(
+      "SELECT e.*, s.tenant_id AS tenant_id FROM sandbox_events e JOIN sandboxes s ON s.id = e.sandbox_id WHERE e.seq = $1",
+      [Math.floor(seq)],
+    );
+    return r ? storedEventFrom(r) : undefined;
   }
 
   async listEvents(sandboxId: string): Promise<SandboxEvent[]> {
@@ -858,8 +1010,15 @@ export class PgStore implements Store {
     return r ? usageFrom(r) : undefined;
   }
 
-  async listUsage(q: { tenantId: string | null; sandboxId?: string; limit: number }): Promise<UsageRecord[]> {
-    if (hasNul(q.tenantId, q.sandboxId)) return [];
+  async listUsage(q: {
+    tenantId: string | null;
+    sandboxId?: string;
+    rootId?: string;
+    from?: string;
+    to?: string;
+    limit: number;
+  }): Promise<UsageRecord[]> {
+    if (hasNul(q.tenantId, q.sandboxId, q.rootId, q.from, q.to)) return [];
     const where: string[] = [];
     const args: Value[] = [];
     if (q.tenantId !== null) {
@@ -869,6 +1028,18 @@ export class PgStore implements Store {
     if (q.sandboxId) {
       args.push(q.sandboxId);
       where.push(`sandbox_id = $${args.length}`);
+    }
+    if (q.rootId) {
+      args.push(q.rootId);
+      where.push(`root_id = $${args.length}`);
+    }
+    if (q.from) {
+      args.push(q.from);
+      where.push(`created_at >= $${args.length}`);
+    }
+    if (q.to) {
+      args.push(q.to);
+      where.push(`created_at < $${args.length}`);
     }
     args.push(Math.max(1, Math.floor(q.limit)));
     const sql = `SELECT * FROM usage_records ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY created_at DESC, sandbox_id LIMIT $${args.length}`;
@@ -928,6 +1099,155 @@ export class PgStore implements Store {
     });
     return groups.sort((a, b) => compareKeys(a.key, b.key));
   }
+
+  // Overhead
+
+  async putOverhead(records: OverheadUsageRecord[]): Promise<number> {
+    if (!records.length) return 0;
+    return this.#tx(async (c) => {
+      let added = 0;
+      for (const o of records) {
+        const cols = overheadCols(o);
+        const names = Object.keys(cols);
+        const r = await c.query(
+          `INSERT INTO overhead_records (${names.join(", ")}) VALUES (${names.map((_, i) => `$${i + 1}`).join(", ")})
+           ON CONFLICT (id) DO NOTHING`,
+          Object.values(cols),
+        );
+        added += r.rowCount ?? 0;
+      }
+      return added;
+    });
+  }
+
+  async listOverhead(q: { from?: string; to?: string; limit: number }): Promise<OverheadUsageRecord[]> {
+    if (hasNul(q.from, q.to)) return [];
+    const where: string[] = [];
+    const args: Value[] = [];
+    if (q.from) {
+      args.push(q.from);
+      where.push(`at >= $${args.length}`);
+    }
+    if (q.to) {
+      args.push(q.to);
+      where.push(`at < $${args.length}`);
+    }
+    args.push(Math.max(1, Math.floor(q.limit)));
+    return (
+      await this.#q(
+        `SELECT * FROM overhead_records ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY at DESC, id LIMIT $${args.length}`,
+        args,
+      )
+    ).map(overheadFrom);
+  }
+
+  // Settings
+
+  async getSetting(key: string): Promise<unknown | undefined> {
+    if (hasNul(key)) return undefined;
+    const [r] = await this.#q("SELECT value FROM settings WHERE key = $1", [key]);
+    return r ? JSON.parse(String(r["value"])) : undefined;
+  }
+
+  async putSetting(key: string, value: unknown): Promise<void> {
+    await this.#q(
+      "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+      [key, JSON.stringify(value)],
+    );
+  }
+
+  // Webhooks
+
+  async createWebhook(w: WebhookRecord): Promise<void> {
+    const cols = webhookCols(w);
+    const names = Object.keys(cols);
+    await this.#q(
+      `INSERT INTO webhooks (${names.join(", ")}) VALUES (${names.map((_, i) => `$${i + 1}`).join(", ")})`,
+      Object.values(cols),
+    );
+  }
+
+  async getWebhook(id: string): Promise<WebhookRecord | undefined> {
+    if (hasNul(id)) return undefined;
+    const [r] = await this.#q("SELECT * FROM webhooks WHERE id = $1", [id]);
+    return r ? webhookFrom(r) : undefined;
+  }
+
+  async listWebhooks(tenantId: string | null): Promise<WebhookRecord[]> {
+    if (hasNul(tenantId)) return [];
+    const rows =
+      tenantId === null
+        ? await this.#q("SELECT * FROM webhooks ORDER BY created_at, id")
+        : await this.#q("SELECT * FROM webhooks WHERE tenant_id = $1 ORDER BY created_at, id", [tenantId]);
+    return rows.map(webhookFrom);
+  }
+
+  async disableWebhook(id: string, at: string): Promise<boolean> {
+    if (hasNul(id)) return false;
+    return this.#tx(async (c) => {
+      const r = await c.query("UPDATE webhooks SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL", [
+        at,
+        id,
+      ]);
+      if (r.rowCount !== 1) return false;
+      await c.query(
+        "UPDATE webhook_deliveries SET gave_up_at = $1, last_error = $2 WHERE webhook_id = $3 AND delivered_at IS NULL AND gave_up_at IS NULL",
+        [at, JSON.stringify("the webhook was deleted"), id],
+      );
+      return true;
+    });
+  }
+
+  async claimDeliveries(
+    holder: string,
+    now: string,
+    leaseMs: number,
+    limit: number,
+  ): Promise<DeliveryRecord[]> {
+    const until = new Date(Date.parse(now) + leaseMs).toISOString();
+    // INVARIANT: SKIP LOCKED + the claim columns: two replicas never hold one delivery at once.
+    const rows = await this.#q(
+      `UPDATE webhook_deliveries SET claim = $1, claimed_until = $2
+       WHERE id IN (
+         SELECT id FROM webhook_deliveries
+         WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $3
+           AND (claimed_until IS NULL OR claimed_until <= $3)
+         ORDER BY next_attempt_at, created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED
+       ) RETURNING *`,
+      [holder, until, now, Math.max(1, Math.floor(limit))],
+    );
+    return rows
+      .map(deliveryFrom)
+      .sort(
+        (a, b) => a.nextAttemptAt.localeCompare(b.nextAttemptAt) || a.createdAt.localeCompare(b.createdAt),
+      );
+  }
+
+  async finishDelivery(id: string, holder: string, outcome: DeliveryOutcome): Promise<boolean> {
+    const sets: Record<string, Value> = outcome.ok
+      ? { delivered_at: outcome.at, last_error: null }
+      : "gaveUpAt" in outcome
+        ? { gave_up_at: outcome.gaveUpAt, last_error: JSON.stringify(outcome.error) }
+        : { next_attempt_at: outcome.nextAttemptAt, last_error: JSON.stringify(outcome.error) };
+    const names = Object.keys(sets);
+    const r = await this.pool.query(
+      `UPDATE webhook_deliveries SET ${names.map((n, i) => `${n} = $${i + 1}`).join(", ")},
+         attempts = attempts + 1, claim = NULL, claimed_until = NULL
+       WHERE id = $${names.length + 1} AND claim = $${names.length + 2} AND delivered_at IS NULL AND gave_up_at IS NULL`,
+      [...Object.values(sets), id, holder],
+    );
+    return r.rowCount === 1;
+  }
+
+  async listDeliveries(webhookId: string, limit: number): Promise<DeliveryRecord[]> {
+    if (hasNul(webhookId)) return [];
+    return (
+      await this.#q(
+        "SELECT * FROM webhook_deliveries WHERE webhook_id = $1 ORDER BY created_at DESC, id LIMIT $2",
+        [webhookId, Math.max(1, Math.floor(limit))],
+      )
+    ).map(deliveryFrom);
+  }
 }
 
 function pgKeyFrom(r: Row): ApiKeyRecord {
@@ -939,4 +1259,15 @@ function pgSandboxCols(s: Partial<SandboxRecord>): Record<string, Value> {
   const cols = sandboxCols(s);
   if (s.metadata !== undefined) cols["metadata_idx"] = metadataIndex(s.metadata);
   return cols;
+}
+
+function storedEventFrom(r: Row): StoredEvent {
+  return {
+    seq: Number(r["seq"]),
+    sandboxId: String(r["sandbox_id"]),
+    tenantId: String(r["tenant_id"]),
+    at: String(r["at"]),
+    type: String(r["type"]),
+    detail: JSON.parse(String(r["detail"])) as Record<string, unknown>,
+  };
 }

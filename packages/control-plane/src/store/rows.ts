@@ -6,13 +6,16 @@ import { DEFAULT_LIMITS } from "../config.ts";
 import { TRAFFIC_CLASSES, type TrafficBytes } from "../node/node-client.ts";
 import type {
   ApiKeyRecord,
+  DeliveryRecord,
   NodeRecord,
   NodeState,
+  OverheadUsageRecord,
   SandboxRecord,
   TemplateOwner,
   Tenant,
   TenantLimits,
   UsageRecord,
+  WebhookRecord,
 } from "./store.ts";
 
 export type Row = Record<string, unknown>;
@@ -181,6 +184,9 @@ export const USAGE_FIELDS: Record<keyof UsageRecord, string> = {
   rootId: "root_id",
   final: "final",
   traffic: "",
+  chargedFrom: "charged_from",
+  overheadCpuSeconds: "overhead_cpu_seconds",
+  meterState: "meter_state",
 };
 
 export function usageCols(u: UsageRecord): Record<string, Value> {
@@ -193,6 +199,8 @@ export function usageCols(u: UsageRecord): Record<string, Value> {
         out[`${c}_rx_bytes`] = Math.round(u.traffic?.[c]?.rx ?? 0);
       }
     } else if (k === "metadata") out[col] = JSON.stringify(v);
+    else if (k === "meterState") out[col] = v === undefined || v === null ? null : JSON.stringify(v);
+    else if (k === "overheadCpuSeconds") out[col] = Number(v ?? 0);
     else if (k === "final") out[col] = v ? 1 : 0;
     else out[col] = (v ?? null) as Value;
   }
@@ -204,6 +212,118 @@ export function usageFrom(r: Row): UsageRecord {
   for (const [k, col] of Object.entries(USAGE_FIELDS)) out[k] = r[col];
   out["metadata"] = JSON.parse(String(r["metadata"]));
   out["traffic"] = trafficFrom(r);
-  out["final"] = Number(r["final"]) === 1;
+  out["final"] = Number(r["final"]) === 1 || r["final"] === true;
+  out["chargedFrom"] =
+    r["charged_from"] === null || r["charged_from"] === undefined ? null : String(r["charged_from"]);
+  out["overheadCpuSeconds"] = Number(r["overhead_cpu_seconds"] ?? 0);
+  out["meterState"] =
+    r["meter_state"] === null || r["meter_state"] === undefined ? null : JSON.parse(String(r["meter_state"]));
   return out as unknown as UsageRecord;
+}
+
+export function overheadCols(o: OverheadUsageRecord): Record<string, Value> {
+  return {
+    id: o.id,
+    node_id: o.nodeId,
+    kind: o.kind,
+    template: o.template,
+    at: o.at,
+    cpu_seconds: o.cpuSeconds,
+    wall_seconds: o.wallSeconds,
+    memory_mib: o.memoryMib,
+    node_sandbox_id: o.nodeSandboxId,
+    sandbox_id: o.sandboxId,
+  };
+}
+
+export function overheadFrom(r: Row): OverheadUsageRecord {
+  return {
+    id: String(r["id"]),
+    nodeId: String(r["node_id"]),
+    kind: String(r["kind"]),
+    template: String(r["template"]),
+    at: String(r["at"]),
+    cpuSeconds: Number(r["cpu_seconds"]),
+    wallSeconds: Number(r["wall_seconds"]),
+    memoryMib: Number(r["memory_mib"]),
+    nodeSandboxId: r["node_sandbox_id"] === null ? null : String(r["node_sandbox_id"]),
+    sandboxId: r["sandbox_id"] === null ? null : String(r["sandbox_id"]),
+  };
+}
+
+export function webhookCols(w: WebhookRecord): Record<string, Value> {
+  return {
+    id: w.id,
+    tenant_id: w.tenantId,
+    url: w.url,
+    secret: w.secret,
+    events: JSON.stringify(w.events),
+    description: JSON.stringify(w.description),
+    created_at: w.createdAt,
+    created_by_key: w.createdByKey,
+    disabled_at: w.disabledAt,
+  };
+}
+
+export function webhookFrom(r: Row): WebhookRecord {
+  return {
+    id: String(r["id"]),
+    tenantId: String(r["tenant_id"]),
+    url: String(r["url"]),
+    secret: String(r["secret"]),
+    events: JSON.parse(String(r["events"])) as string[],
+    description: JSON.parse(String(r["description"])) as string,
+    createdAt: String(r["created_at"]),
+    createdByKey: r["created_by_key"] === null ? null : String(r["created_by_key"]),
+    disabledAt: r["disabled_at"] === null ? null : String(r["disabled_at"]),
+  };
+}
+
+export function deliveryFrom(r: Row): DeliveryRecord {
+  return {
+    id: String(r["id"]),
+    webhookId: String(r["webhook_id"]),
+    tenantId: String(r["tenant_id"]),
+    eventKey: String(r["event_key"]),
+    type: String(r["type"]),
+    eventSeq: r["event_seq"] === null ? null : Number(r["event_seq"]),
+    sandboxId: String(r["sandbox_id"]),
+    attempts: Number(r["attempts"]),
+    nextAttemptAt: String(r["next_attempt_at"]),
+    deliveredAt: r["delivered_at"] === null ? null : String(r["delivered_at"]),
+    gaveUpAt: r["gave_up_at"] === null ? null : String(r["gave_up_at"]),
+    lastError: r["last_error"] === null ? null : JSON.parse(String(r["last_error"])),
+    createdAt: String(r["created_at"]),
+  };
+}
+
+/** The outbox rows a new event (or final usage record) makes, one per webhook that wants it. */
+export function deliveriesFor(
+  hooks: WebhookRecord[],
+  ev: {
+    eventKey: string;
+    type: string;
+    eventSeq: number | null;
+    sandboxId: string;
+    tenantId: string;
+    at: string;
+  },
+): Record<string, Value>[] {
+  return hooks.map((h) => ({
+    id: `${h.id}:${ev.eventKey}`,
+    webhook_id: h.id,
+    tenant_id: ev.tenantId,
+    event_key: ev.eventKey,
+    type: ev.type,
+    event_seq: ev.eventSeq,
+    sandbox_id: ev.sandboxId,
+    attempts: 0,
+    next_attempt_at: ev.at,
+    delivered_at: null,
+    gave_up_at: null,
+    last_error: null,
+    created_at: ev.at,
+    claim: null,
+    claimed_until: null,
+  }));
 }

@@ -103,6 +103,46 @@ test("migration 4 on a database of version 3: sandboxes get no placement; nodes,
   assert.equal(await store.useJoinToken("x", "2026-01-01T00:00:00.000Z"), false);
 });
 
+test("migration 6 on a database of version 5 (jobs tables there): usage gets the metering columns; overhead, webhooks start empty", async (t) => {
+  const file = tmpDb(t);
+  const old = new DatabaseSync(file);
+  for (const m of MIGRATIONS.slice(0, 5)) old.exec(m);
+  old.exec("PRAGMA user_version = 5");
+  old.exec(
+    "INSERT INTO tenants (id, name, limits, created_at) VALUES ('t1', 't1', '{}', '2026-01-01T00:00:00.000Z')",
+  );
+  old.exec(
+    `INSERT INTO usage_records (sandbox_id, tenant_id, template, vcpus, memory_mib, created_at, lifetime_seconds, cpu_seconds, memory_peak_mib, memory_gib_seconds, metadata, root_id, final)
+     VALUES ('s1', 't1', 'base', 1, 256, '2026-01-01T00:00:00.000Z', 10, 2.5, 100, 2.5, '{}', 's1', 1)`,
+  );
+  old.close();
+  const store = new SqliteStore(file);
+  t.after(() => store.close());
+  const probe = new DatabaseSync(file);
+  const version = (probe.prepare("PRAGMA user_version").get() as { user_version: number }).user_version;
+  probe.close();
+  assert.equal(version, MIGRATIONS.length);
+  const u = await store.getUsage("s1");
+  assert.equal(u?.cpuSeconds, 2.5);
+  assert.equal(u?.overheadCpuSeconds, 0);
+  assert.deepEqual(await store.listOverhead({ limit: 10 }), []);
+  assert.deepEqual(await store.listWebhooks("t1"), []);
+  assert.deepEqual((await store.jobs.listJobs({ tenantId: "t1", limit: 10 })).jobs, []);
+});
+
+test("a database of version 4 (before jobs and metering) migrates to the newest in one open", async (t) => {
+  const file = tmpDb(t);
+  const old = new DatabaseSync(file);
+  for (const m of MIGRATIONS.slice(0, 4)) old.exec(m);
+  old.exec("PRAGMA user_version = 4");
+  old.close();
+  const store = new SqliteStore(file);
+  t.after(() => store.close());
+  assert.deepEqual((await store.jobs.listJobs({ tenantId: "t1", limit: 10 })).jobs, []);
+  assert.deepEqual(await store.listOverhead({ limit: 10 }), []);
+  assert.equal(await store.getSetting("prices"), undefined);
+});
+
 test("a database from a newer Firebreak is refused, not downgraded", (t) => {
   const file = tmpDb(t);
   const db = new DatabaseSync(file);

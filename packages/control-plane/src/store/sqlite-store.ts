@@ -8,9 +8,13 @@ import { DatabaseSync, type SQLInputValue } from "node:sqlite";
 import { keyVerdict, nodeVerdict, tenantVerdict } from "./quota.ts";
 import {
   checkTtl,
+  deliveriesFor,
+  deliveryFrom,
   keyFrom,
   nodeCols,
   nodeFrom,
+  overheadCols,
+  overheadFrom,
   round3,
   sandboxCols,
   sandboxFrom,
@@ -20,28 +24,36 @@ import {
   trafficFrom,
   usageCols,
   usageFrom,
+  webhookCols,
+  webhookFrom,
 } from "./rows.ts";
 import { SQLITE_JOBS_MIGRATION, SqliteJobStore } from "./sqlite-job-store.ts";
-import type {
-  ApiKeyRecord,
-  JoinTokenRecord,
-  KeyInsertResult,
-  LeaseState,
-  ListSandboxesQuery,
-  NodeBudget,
-  NodeRecord,
-  NodeState,
-  QuotaResult,
-  SandboxEvent,
-  SandboxRecord,
-  SandboxState,
-  Store,
-  TemplateOwner,
-  Tenant,
-  TenantLimits,
-  UsageGroup,
-  UsageGroupBy,
-  UsageRecord,
+import {
+  type ApiKeyRecord,
+  type DeliveryOutcome,
+  type DeliveryRecord,
+  type JoinTokenRecord,
+  type KeyInsertResult,
+  type LeaseState,
+  type ListSandboxesQuery,
+  type NodeBudget,
+  type NodeRecord,
+  type NodeState,
+  type OverheadUsageRecord,
+  type QuotaResult,
+  type SandboxEvent,
+  type SandboxRecord,
+  type SandboxState,
+  type Store,
+  type StoredEvent,
+  type TemplateOwner,
+  type Tenant,
+  type TenantLimits,
+  type UsageGroup,
+  type UsageGroupBy,
+  type UsageRecord,
+  type WebhookRecord,
+  webhookWants,
 } from "./store.ts";
 
 export const MIGRATIONS: readonly string[] = [
@@ -172,6 +184,63 @@ export const MIGRATIONS: readonly string[] = [
   `,
   // 5: the job queue: jobs, tasks, attempts, their logs, uploaded files (sqlite-job-store.ts).
   SQLITE_JOBS_MIGRATION,
+  // 6: honest metering (charged from hand-over, the meter's raw state with
+  // the interim record, the platform's overhead account), the price sheet,
+  // webhooks and their outbox.
+  `
+  ALTER TABLE usage_records ADD COLUMN charged_from TEXT;
+  ALTER TABLE usage_records ADD COLUMN overhead_cpu_seconds REAL NOT NULL DEFAULT 0;
+  ALTER TABLE usage_records ADD COLUMN meter_state TEXT;
+  CREATE INDEX usage_records_root ON usage_records(root_id);
+  CREATE TABLE overhead_records (
+    id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    template TEXT NOT NULL,
+    at TEXT NOT NULL,
+    cpu_seconds REAL NOT NULL,
+    wall_seconds REAL NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    node_sandbox_id TEXT,
+    sandbox_id TEXT
+  );
+  CREATE INDEX overhead_records_at ON overhead_records(at);
+  CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  );
+  CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    events TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by_key TEXT,
+    disabled_at TEXT
+  );
+  CREATE INDEX webhooks_tenant ON webhooks(tenant_id);
+  CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    event_seq INTEGER,
+    sandbox_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    delivered_at TEXT,
+    gave_up_at TEXT,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    claim TEXT,
+    claimed_until TEXT
+  );
+  CREATE INDEX webhook_deliveries_due ON webhook_deliveries(delivered_at, gave_up_at, next_attempt_at);
+  CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(webhook_id, created_at);
+  `,
 ];
 
 const LIVE = "('requested','starting','running','paused','stopping')";
@@ -524,8 +593,38 @@ export class SqliteStore implements Store {
       // INVARIANT: exactly one final usage record per sandbox. The sandbox row
       // left a live state in this same transaction, so this runs once.
       this.#writeUsage({ ...usage, final: true });
+      this.#enqueue(usage.tenantId, {
+        eventKey: `usage_${id}`,
+        type: "usage.final",
+        eventSeq: null,
+        sandboxId: id,
+        at: end.endedAt,
+      });
       return true;
     });
+  }
+
+  /** Outbox rows for the tenant's webhooks that want `type` (inside a transaction). */
+  #enqueue(
+    tenantId: string,
+    ev: { eventKey: string; type: string; eventSeq: number | null; sandboxId: string; at: string },
+  ): void {
+    const hooks = (
+      this.db
+        .prepare("SELECT * FROM webhooks WHERE tenant_id = ? AND disabled_at IS NULL")
+        .all(tenantId) as Row[]
+    )
+      .map(webhookFrom)
+      .filter((h) => webhookWants(h.events, ev.type));
+    for (const cols of deliveriesFor(hooks, { ...ev, tenantId })) {
+      this.db
+        .prepare(
+          `INSERT INTO webhook_deliveries (${Object.keys(cols).join(", ")}) VALUES (${Object.keys(cols)
+            .map(() => "?")
+            .join(", ")}) ON CONFLICT(id) DO NOTHING`,
+        )
+        .run(...(Object.values(cols) as SQLInputValue[]));
+    }
   }
 
   // Leases: one process owns a SQLite file (the db lock), so the process clock is the store's clock.
@@ -634,9 +733,63 @@ export class SqliteStore implements Store {
   // Events
 
   async addEvent(sandboxId: string, e: SandboxEvent): Promise<void> {
-    this.db
-      .prepare("INSERT INTO sandbox_events (sandbox_id, at, type, detail) VALUES (?, ?, ?, ?)")
-      .run(sandboxId, e.at, e.type, JSON.stringify(e.detail));
+    this.#tx(() => {
+      const r = this.db
+        .prepare("INSERT INTO sandbox_events (sandbox_id, at, type, detail) VALUES (?, ?, ?, ?)")
+        .run(sandboxId, e.at, e.type, JSON.stringify(e.detail));
+      const owner = this.db.prepare("SELECT tenant_id FROM sandboxes WHERE id = ?").get(sandboxId) as
+        | Row
+        | undefined;
+      if (!owner) return;
+      const seq = Number(r.lastInsertRowid);
+      this.#enqueue(String(owner["tenant_id"]), {
+        eventKey: `evt_${seq}`,
+        type: `sandbox.${e.type}`,
+        eventSeq: seq,
+        sandboxId,
+        at: e.at,
+      });
+    });
+  }
+
+  async latestEventSeq(): Promise<number> {
+    const r = this.db.prepare("SELECT COALESCE(MAX(seq), 0) AS seq FROM sandbox_events").get() as Row;
+    return Number(r["seq"]);
+  }
+
+  async listTenantEvents(q: {
+    tenantId: string | null;
+    afterSeq: number;
+    limit: number;
+    sandboxId?: string;
+  }): Promise<StoredEvent[]> {
+    const where = ["e.seq > ?"];
+    const args: SQLInputValue[] = [Math.floor(q.afterSeq)];
+    if (q.tenantId !== null) {
+      where.push("s.tenant_id = ?");
+      args.push(q.tenantId);
+    }
+    if (q.sandboxId) {
+      where.push("e.sandbox_id = ?");
+      args.push(q.sandboxId);
+    }
+    return (
+      this.db
+        .prepare(
+          `SELECT e.*, s.tenant_id AS tenant_id FROM sandbox_events e JOIN sandboxes s ON s.id = e.sandbox_id
+           WHERE ${where.join(" AND ")} ORDER BY e.seq LIMIT ?`,
+        )
+        .all(...args, Math.max(1, Math.floor(q.limit))) as Row[]
+    ).map(storedEventFrom);
+  }
+
+  async getEvent(seq: number): Promise<StoredEvent | undefined> {
+    const r = this.db
+      .prepare(
+        "SELECT e.*, s.tenant_id AS tenant_id FROM sandbox_events e JOIN sandboxes s ON s.id = e.sandbox_id WHERE e.seq = ?",
+      )
+      .get(Math.floor(seq)) as Row | undefined;
+    return r ? storedEventFrom(r) : undefined;
   }
 
   async listEvents(sandboxId: string): Promise<SandboxEvent[]> {
@@ -678,7 +831,14 @@ export class SqliteStore implements Store {
     return r ? usageFrom(r) : undefined;
   }
 
-  async listUsage(q: { tenantId: string | null; sandboxId?: string; limit: number }): Promise<UsageRecord[]> {
+  async listUsage(q: {
+    tenantId: string | null;
+    sandboxId?: string;
+    rootId?: string;
+    from?: string;
+    to?: string;
+    limit: number;
+  }): Promise<UsageRecord[]> {
     const where: string[] = [];
     const args: SQLInputValue[] = [];
     if (q.tenantId !== null) {
@@ -688,6 +848,18 @@ export class SqliteStore implements Store {
     if (q.sandboxId) {
       where.push("sandbox_id = ?");
       args.push(q.sandboxId);
+    }
+    if (q.rootId) {
+      where.push("root_id = ?");
+      args.push(q.rootId);
+    }
+    if (q.from) {
+      where.push("created_at >= ?");
+      args.push(q.from);
+    }
+    if (q.to) {
+      where.push("created_at < ?");
+      args.push(q.to);
     }
     const sql = `SELECT * FROM usage_records ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY created_at DESC, sandbox_id LIMIT ?`;
     return (this.db.prepare(sql).all(...args, Math.max(1, Math.floor(q.limit))) as Row[]).map(usageFrom);
@@ -740,4 +912,160 @@ export class SqliteStore implements Store {
       traffic: trafficFrom(r),
     }));
   }
+
+  // Overhead
+
+  async putOverhead(records: OverheadUsageRecord[]): Promise<number> {
+    if (!records.length) return 0;
+    return this.#tx(() => {
+      let added = 0;
+      for (const o of records) {
+        const cols = overheadCols(o);
+        const r = this.db
+          .prepare(
+            `INSERT INTO overhead_records (${Object.keys(cols).join(", ")}) VALUES (${Object.keys(cols)
+              .map(() => "?")
+              .join(", ")}) ON CONFLICT(id) DO NOTHING`,
+          )
+          .run(...Object.values(cols));
+        added += Number(r.changes);
+      }
+      return added;
+    });
+  }
+
+  async listOverhead(q: { from?: string; to?: string; limit: number }): Promise<OverheadUsageRecord[]> {
+    const where: string[] = [];
+    const args: SQLInputValue[] = [];
+    if (q.from) {
+      where.push("at >= ?");
+      args.push(q.from);
+    }
+    if (q.to) {
+      where.push("at < ?");
+      args.push(q.to);
+    }
+    return (
+      this.db
+        .prepare(
+          `SELECT * FROM overhead_records ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY at DESC, id LIMIT ?`,
+        )
+        .all(...args, Math.max(1, Math.floor(q.limit))) as Row[]
+    ).map(overheadFrom);
+  }
+
+  // Settings
+
+  async getSetting(key: string): Promise<unknown | undefined> {
+    const r = this.db.prepare("SELECT value FROM settings WHERE key = ?").get(key) as Row | undefined;
+    return r ? JSON.parse(String(r["value"])) : undefined;
+  }
+
+  async putSetting(key: string, value: unknown): Promise<void> {
+    this.db
+      .prepare(
+        "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+      )
+      .run(key, JSON.stringify(value));
+  }
+
+  // Webhooks
+
+  async createWebhook(w: WebhookRecord): Promise<void> {
+    const cols = webhookCols(w);
+    this.db
+      .prepare(
+        `INSERT INTO webhooks (${Object.keys(cols).join(", ")}) VALUES (${Object.keys(cols)
+          .map(() => "?")
+          .join(", ")})`,
+      )
+      .run(...Object.values(cols));
+  }
+
+  async getWebhook(id: string): Promise<WebhookRecord | undefined> {
+    const r = this.db.prepare("SELECT * FROM webhooks WHERE id = ?").get(id) as Row | undefined;
+    return r ? webhookFrom(r) : undefined;
+  }
+
+  async listWebhooks(tenantId: string | null): Promise<WebhookRecord[]> {
+    const rows =
+      tenantId === null
+        ? this.db.prepare("SELECT * FROM webhooks ORDER BY created_at, id").all()
+        : this.db.prepare("SELECT * FROM webhooks WHERE tenant_id = ? ORDER BY created_at, id").all(tenantId);
+    return (rows as Row[]).map(webhookFrom);
+  }
+
+  async disableWebhook(id: string, at: string): Promise<boolean> {
+    return this.#tx(() => {
+      const r = this.db
+        .prepare("UPDATE webhooks SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL")
+        .run(at, id);
+      if (Number(r.changes) !== 1) return false;
+      this.db
+        .prepare(
+          "UPDATE webhook_deliveries SET gave_up_at = ?, last_error = ? WHERE webhook_id = ? AND delivered_at IS NULL AND gave_up_at IS NULL",
+        )
+        .run(at, JSON.stringify("the webhook was deleted"), id);
+      return true;
+    });
+  }
+
+  async claimDeliveries(
+    holder: string,
+    now: string,
+    leaseMs: number,
+    limit: number,
+  ): Promise<DeliveryRecord[]> {
+    return this.#tx(() => {
+      const until = new Date(Date.parse(now) + leaseMs).toISOString();
+      const rows = this.db
+        .prepare(
+          `SELECT * FROM webhook_deliveries
+           WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= ?
+             AND (claimed_until IS NULL OR claimed_until <= ?)
+           ORDER BY next_attempt_at, created_at, id LIMIT ?`,
+        )
+        .all(now, now, Math.max(1, Math.floor(limit))) as Row[];
+      const claim = this.db.prepare(
+        "UPDATE webhook_deliveries SET claim = ?, claimed_until = ? WHERE id = ?",
+      );
+      for (const r of rows) claim.run(holder, until, String(r["id"]));
+      return rows.map(deliveryFrom);
+    });
+  }
+
+  async finishDelivery(id: string, holder: string, outcome: DeliveryOutcome): Promise<boolean> {
+    const sets = outcome.ok
+      ? { delivered_at: outcome.at, last_error: null as string | null }
+      : "gaveUpAt" in outcome
+        ? { gave_up_at: outcome.gaveUpAt, last_error: JSON.stringify(outcome.error) }
+        : { next_attempt_at: outcome.nextAttemptAt, last_error: JSON.stringify(outcome.error) };
+    const names = Object.keys(sets);
+    const r = this.db
+      .prepare(
+        `UPDATE webhook_deliveries SET ${names.map((n) => `${n} = ?`).join(", ")}, attempts = attempts + 1, claim = NULL, claimed_until = NULL
+         WHERE id = ? AND claim = ? AND delivered_at IS NULL AND gave_up_at IS NULL`,
+      )
+      .run(...(Object.values(sets) as SQLInputValue[]), id, holder);
+    return Number(r.changes) === 1;
+  }
+
+  async listDeliveries(webhookId: string, limit: number): Promise<DeliveryRecord[]> {
+    return (
+      this.db
+        .prepare("SELECT * FROM webhook_deliveries WHERE webhook_id = ? ORDER BY created_at DESC, id LIMIT ?")
+        .all(webhookId, Math.max(1, Math.floor(limit))) as Row[]
+    ).map(deliveryFrom);
+  }
+}
+
+function storedEventFrom(r: Row): StoredEvent {
+  return {
+    seq: Number(r["seq"]),
+    sandboxId: String(r["sandbox_id"]),
+    tenantId: String(r["tenant_id"]),
+    at: String(r["at"]),
+    type: String(r["type"]),
+    detail: JSON.parse(String(r["detail"])) as Record<string, unknown>,
+  };
 }

@@ -94,6 +94,9 @@ export function usageRec(sandboxId: string, over: Partial<UsageRecord> = {}): Us
     rootId: sandboxId,
     final: false,
     traffic: NO_TRAFFIC,
+    chargedFrom: null,
+    overheadCpuSeconds: 0,
+    meterState: null,
     ...over,
   };
 }
@@ -588,9 +591,12 @@ export function storeContract(name: string, factory: StoreFactory): void {
       const { store } = await factory.fresh(t);
       assert.deepEqual(await store.listEvents("s1"), []);
       const detail = { n: 1.5, nested: { list: [1, "two", null] }, text: "NUL\u0000 and \u{1f600}" };
+      assert.equal(await store.latestEventSeq(), 0);
       await store.addEvent("s1", { at: T0, type: "requested", detail });
       await store.addEvent("s2", { at: T0, type: "other", detail: {} });
+      const before = await store.latestEventSeq();
       await store.addEvent("s1", { at: T0, type: "ready", detail: {} });
+      assert.ok((await store.latestEventSeq()) > before, "the latest seq grows with every event");
       assert.deepEqual(await store.listEvents("s1"), [
         { at: T0, type: "requested", detail },
         { at: T0, type: "ready", detail: {} },

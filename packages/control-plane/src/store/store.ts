@@ -154,6 +154,90 @@ export interface UsageRecord {
   final: boolean;
   /** Network bytes per destination class (tx from the guest, rx to it), up to the last sample. */
   traffic: TrafficBytes;
+  /**
+   * When charging began: the hand-over (the sandbox was ready for its tenant).
+   * CPU, memory and traffic are charged from then until `endedAt`; null when
+   * it never started (nothing charged).
+   */
+  chargedFrom: string | null;
+  /** CPU its VM used before hand-over (restore, boot, its time in a warm pool): the platform's, not charged. */
+  overheadCpuSeconds: number;
+  /**
+   * The meter's raw state (usage/meter.ts), so any replica continues it
+   * exactly (opaque to the store; null in records written before it existed).
+   */
+  meterState: unknown;
+}
+
+/**
+ * CPU the platform spent that no tenant is charged for, as a node reported
+ * it (node-agent daemon/overhead.ts): warm pools, snapshot preparation,
+ * restores and boots before hand-over, template builds, failed starts.
+ */
+export interface OverheadUsageRecord {
+  /** Unique per record (`<node>:<epoch>:<seq>`); storing one twice changes nothing. */
+  id: string;
+  nodeId: string;
+  /** warm_pool | restore | boot | resume | fork | snapshot_prepare | template_build | failed_start */
+  kind: string;
+  template: string;
+  at: string;
+  cpuSeconds: number;
+  wallSeconds: number;
+  memoryMib: number;
+  nodeSandboxId: string | null;
+  /** The control plane's sandbox id, when the work was for one. */
+  sandboxId: string | null;
+}
+
+/** A tenant's webhook subscription. */
+export interface WebhookRecord {
+  id: string;
+  tenantId: string;
+  url: string;
+  /**
+   * The signing secret (whsec_...). SECURITY: stored as given: signing needs
+   * the secret itself, so the database is as secret as the secrets in it.
+   */
+  secret: string;
+  /** Event types it wants (`sandbox.ended`, `usage.final`, `sandbox.*`, `*`). */
+  events: string[];
+  description: string;
+  createdAt: string;
+  createdByKey: string | null;
+  disabledAt: string | null;
+}
+
+/** One event due to one webhook (the outbox): at least once, until delivered or given up. */
+export interface DeliveryRecord {
+  id: string;
+  webhookId: string;
+  tenantId: string;
+  /** The event's stable id: the idempotency key receivers deduplicate by (`evt_<seq>`, `usage_<sandbox>`). */
+  eventKey: string;
+  /** sandbox.<event type> or usage.final */
+  type: string;
+  /** The sandbox event's seq (sandbox events), or null (usage records). */
+  eventSeq: number | null;
+  sandboxId: string;
+  attempts: number;
+  nextAttemptAt: string;
+  deliveredAt: string | null;
+  gaveUpAt: string | null;
+  lastError: string | null;
+  createdAt: string;
+}
+
+export type DeliveryOutcome =
+  | { ok: true; at: string }
+  | { ok: false; error: string; nextAttemptAt: string }
+  | { ok: false; error: string; gaveUpAt: string };
+
+/** A sandbox event with its place in the store's global order (the event stream's cursor). */
+export interface StoredEvent extends SandboxEvent {
+  seq: number;
+  sandboxId: string;
+  tenantId: string;
 }
 
 export interface UsageGroup {
@@ -317,16 +401,69 @@ export interface Store {
     end: { state: "killed" | "crashed" | "failed"; endedAt: string; endReason: string; endedBy: string },
     usage: UsageRecord,
   ): Promise<boolean>;
+  // (endSandbox also enqueues, in its transaction, a `usage.final` delivery for every webhook of the tenant that wants it.)
 
   // Events
+  /**
+   * Appends an event and, in the same transaction, a delivery for every
+   * webhook of the sandbox's tenant that wants its type (`sandbox.<type>`).
+   * INVARIANT: events become visible in seq order (listTenantEvents never
+   * skips one that commits later with a lower seq).
+   */
   addEvent(sandboxId: string, e: SandboxEvent): Promise<void>;
   listEvents(sandboxId: string): Promise<SandboxEvent[]>;
+  /** Events after `afterSeq` in seq order, of one tenant (null: all), optionally of one sandbox. */
+  listTenantEvents(q: {
+    tenantId: string | null;
+    afterSeq: number;
+    limit: number;
+    sandboxId?: string;
+  }): Promise<StoredEvent[]>;
+  getEvent(seq: number): Promise<StoredEvent | undefined>;
+  /** The highest event seq stored (0 when none): where a new event stream starts. */
+  latestEventSeq(): Promise<number>;
 
   // Usage
   /** Writes the interim record of a live sandbox (never over a final one). */
   putInterimUsage(u: UsageRecord): Promise<void>;
   getUsage(sandboxId: string): Promise<UsageRecord | undefined>;
-  listUsage(q: { tenantId: string | null; sandboxId?: string; limit: number }): Promise<UsageRecord[]>;
+  /**
+   * Usage records, newest first: of a tenant (null: all), a sandbox, a root
+   * request, created in [from, to).
+   */
+  listUsage(q: {
+    tenantId: string | null;
+    sandboxId?: string;
+    rootId?: string;
+    from?: string;
+    to?: string;
+    limit: number;
+  }): Promise<UsageRecord[]>;
+  /** Stores overhead records; ones stored before (same id) are left as they are. Returns how many were new. */
+  putOverhead(records: OverheadUsageRecord[]): Promise<number>;
+  /** Overhead records with `at` in [from, to), newest first. */
+  listOverhead(q: { from?: string; to?: string; limit: number }): Promise<OverheadUsageRecord[]>;
+
+  // Settings (operator configuration shared by replicas: the price sheet)
+  getSetting(key: string): Promise<unknown | undefined>;
+  putSetting(key: string, value: unknown): Promise<void>;
+
+  // Webhooks
+  createWebhook(w: WebhookRecord): Promise<void>;
+  getWebhook(id: string): Promise<WebhookRecord | undefined>;
+  /** A tenant's webhooks (null: every tenant's), disabled ones included. */
+  listWebhooks(tenantId: string | null): Promise<WebhookRecord[]>;
+  /** False when there was no such enabled webhook. Its pending deliveries are given up. */
+  disableWebhook(id: string, at: string): Promise<boolean>;
+  /**
+   * Claims deliveries that are due (not delivered, not given up, next attempt
+   * passed, not claimed by a live holder) for `leaseMs`. Atomic: concurrent
+   * claimers never get the same delivery while its claim holds.
+   */
+  claimDeliveries(holder: string, now: string, leaseMs: number, limit: number): Promise<DeliveryRecord[]>;
+  /** Records an attempt's outcome; false when `holder` no longer holds the claim. */
+  finishDelivery(id: string, holder: string, outcome: DeliveryOutcome): Promise<boolean>;
+  listDeliveries(webhookId: string, limit: number): Promise<DeliveryRecord[]>;
   usageGroups(q: {
     tenantId: string | null;
     groupBy: UsageGroupBy;
@@ -377,4 +514,9 @@ export interface Store {
 
 export function isFinalState(s: SandboxState): boolean {
   return s === "killed" || s === "crashed" || s === "failed";
+}
+
+/** Whether a webhook subscribed to `type` (exact, `<prefix>.*`, or `*`). */
+export function webhookWants(events: readonly string[], type: string): boolean {
+  return events.some((e) => e === "*" || e === type || (e.endsWith(".*") && type.startsWith(e.slice(0, -1))));
 }

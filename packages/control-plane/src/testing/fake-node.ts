@@ -9,8 +9,10 @@ import {
   type EnvdClientOptions,
   envdClient,
   FirebreakError,
+  NodeMetrics,
   type NormalizedPolicy,
   normalizePolicy,
+  OverheadLedger,
   type PrivateService,
   ServiceRegistry,
   validateShape,
@@ -41,6 +43,8 @@ export interface FakeSandbox {
   vcpus?: number;
   memoryMib?: number;
   envVars?: Record<string, string>;
+  /** CPU its cgroup had at hand-over (the platform's). */
+  cpuBefore?: number;
 }
 
 /** A policy as it crosses the node's wire (JSON: undefined members are absent). */
@@ -84,9 +88,56 @@ export class FakeNode implements NodeClient {
   /** The snapshot each sandbox started from (create fromSnapshot). */
   readonly startedFrom = new Map<string, string>();
   #snap = 0;
+  /**
+   * CPU a new sandbox's VM has used before its hand-over (restore, warm-up,
+   * its time in a warm pool): reported as overhead, never charged.
+   */
+  startCpuNanos = 0;
+  /** The platform overhead this fake reports (as a real node's daemon/overhead.ts). */
+  readonly overheadLedger: OverheadLedger;
+  /** The node metrics this fake reports (pool claims, as a real node counts them). */
+  readonly nodeMetrics = new NodeMetrics();
 
   constructor(id = "fake") {
     this.id = id;
+    this.overheadLedger = new OverheadLedger(id);
+  }
+
+  /** What each sandbox "printed" (tests append), by node sandbox id and source. */
+  readonly logText = new Map<string, { console: string; start: string }>();
+
+  async *logs(
+    id: string,
+    source: "console" | "start",
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ) {
+    this.#up();
+    let at = offset;
+    for (;;) {
+      const data = Buffer.from(this.logText.get(id)?.[source] ?? "");
+      const live = this.sandboxes.get(id)?.state === "running";
+      if (at < data.length) {
+        yield { offset: at, data: data.subarray(at), skipped: 0, ended: !live && !follow };
+        at = data.length;
+      }
+      if (!follow || !live || signal?.aborted) {
+        if (follow) yield { offset: at, data: new Uint8Array(), skipped: 0, ended: true };
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  async metrics(): Promise<unknown[]> {
+    this.#up();
+    return this.nodeMetrics.json();
+  }
+
+  async overhead(ack: { epoch: string; seq: number } | undefined) {
+    this.#up();
+    return { epoch: this.overheadLedger.epoch, records: this.overheadLedger.take(ack) };
   }
 
   #up(): void {
@@ -172,20 +223,40 @@ export class FakeNode implements NodeClient {
       throw e;
     }
     const started = this.#start(req.template, shape, req.envVars ?? {}, policy, network?.tenant ?? "");
+    let out: NodeSandboxInfo = started;
     if (fromSnapshot !== undefined) {
       this.startedFrom.set(started.id, fromSnapshot);
-      return started;
+    } else {
+      const key = `${shape.vcpus}x${shape.memoryMib}`;
+      const warm = this.warm.get(req.template);
+      if (warm && (warm[key] ?? 0) > 0) {
+        warm[key]!--;
+        // The node refills its pool to the target after a claim.
+        const target = this.#poolTargets.get(req.template)?.[key] ?? 0;
+        if (warm[key]! < target) warm[key] = target;
+        out = { ...started, path: "warm", phases: { claim: 1 } };
+      }
+      if (warm)
+        this.nodeMetrics.poolClaims.inc({
+          template: req.template,
+          result: out.path === "warm" ? "hit" : "miss",
+        });
     }
-    const key = `${shape.vcpus}x${shape.memoryMib}`;
-    const warm = this.warm.get(req.template);
-    if (warm && (warm[key] ?? 0) > 0) {
-      warm[key]!--;
-      // The node refills its pool to the target after a claim.
-      const target = this.#poolTargets.get(req.template)?.[key] ?? 0;
-      if (warm[key]! < target) warm[key] = target;
-      return { ...started, path: "warm", phases: { claim: 1 } };
+    // The CPU its VM used before the hand-over is the platform's, reported as overhead.
+    this.sandboxes.get(started.id)!.cpuBefore = this.startCpuNanos;
+    const handover = (await this.usageSample(started.id))!;
+    if (this.startCpuNanos > 0) {
+      this.overheadLedger.add({
+        kind: out.path === "warm" ? "warm_pool" : "restore",
+        template: req.template,
+        cpuSeconds: this.startCpuNanos / 1e9,
+        wallSeconds: 1,
+        memoryMib: shape.memoryMib,
+        nodeSandboxId: started.id,
+        ...("platformId" in req && req.platformId ? { platformId: req.platformId } : {}),
+      });
     }
-    return started;
+    return { ...out, handover };
   }
 
   #start(
@@ -325,7 +396,7 @@ export class FakeNode implements NodeClient {
     // 10% of a CPU, 100 MiB; 1 kB/s out and 2 kB/s in to the internet.
     return {
       at: Date.now(),
-      cpuNanos: ms * 1e5,
+      cpuNanos: (sb.cpuBefore ?? 0) + ms * 1e5,
       memoryBytes: 100 * 2 ** 20,
       memoryPeakBytes: 100 * 2 ** 20,
       traffic: {

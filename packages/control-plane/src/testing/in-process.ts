@@ -2,6 +2,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { initTracing } from "@firebreak/node-agent";
 import pino from "pino";
 import { createApp } from "../api/app.ts";
 import { newApiKey } from "../auth/keys.ts";
@@ -14,6 +15,8 @@ import { StaticNodes } from "../node/directory.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
+import { ControlPlaneMetrics } from "../telemetry/metrics.ts";
+import { TraceReader } from "../telemetry/traces.ts";
 import { ApiClient } from "./api-client.ts";
 import { FakeNode } from "./fake-node.ts";
 
@@ -41,7 +44,20 @@ export async function inProcess<N extends FakeNode = FakeNode>(
     controlPlane: cfg,
     log,
   });
-  const app = createApp({ store, node: sandboxes.nodes, sandboxes, config: cfg, log, ingressTokens, jobs });
+  const metrics = new ControlPlaneMetrics(store, nodes);
+  sandboxes.observe(metrics.observer());
+  const traces = new TraceReader(initTracing(), nodes, store);
+  const app = createApp({
+    store,
+    node: sandboxes.nodes,
+    sandboxes,
+    config: cfg,
+    log,
+    ingressTokens,
+    metrics,
+    traces,
+    jobs,
+  });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
   ).init();
@@ -81,6 +97,7 @@ export async function inProcess<N extends FakeNode = FakeNode>(
     sandboxes,
     jobs,
     ingressTokens,
+    metrics,
     config: cfg,
     tenant,
     async close() {

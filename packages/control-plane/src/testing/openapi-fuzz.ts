@@ -439,6 +439,46 @@ export interface FuzzOutcome {
   text: string;
 }
 
+/** How long a streamed text answer (a followed log) is read before the fuzzer hangs up. */
+const STREAM_READ_MS = 500;
+
+/**
+ * The answer's text. Streams that do not end by themselves are not waited
+ * for: an event stream is closed at once (its headers are the answer), a
+ * text stream (a followed log) is read for STREAM_READ_MS.
+ */
+async function readAnswer(res: Response): Promise<string> {
+  const type = res.headers.get("content-type") ?? "";
+  if (type.startsWith("text/event-stream")) {
+    await res.body?.cancel();
+    return "";
+  }
+  if (!type.startsWith("text/plain") || !res.body) return res.text();
+  const reader = res.body.getReader();
+  const dec = new TextDecoder();
+  let text = "";
+  const deadline = Date.now() + STREAM_READ_MS;
+  try {
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      let timer: NodeJS.Timeout | undefined;
+      const next = await Promise.race([
+        reader.read(),
+        new Promise<undefined>((r) => {
+          timer = setTimeout(() => r(undefined), left);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (!next || next.done) break;
+      text += dec.decode(next.value, { stream: true });
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  return text;
+}
+
 /**
  * Sends a fuzzed request with `fetcher` (path and init) and reads the whole
  * answer. Undefined when the request cannot even be built (a header value no
@@ -465,7 +505,7 @@ export async function sendFuzzRequest(
   let text: string;
   try {
     res = await fetcher(r.url, init);
-    text = await res.text();
+    text = await readAnswer(res);
   } catch (e) {
     if (timeoutMs && (e as Error).name === "TimeoutError") return undefined;
     throw e;

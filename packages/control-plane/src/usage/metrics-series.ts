@@ -1,9 +1,11 @@
 // Per-sandbox resource metrics: a bounded time series built from the node's
-// usage samples (the sampler takes one per running sandbox every 5 s). Served
+// usage samples (the sampler takes one per running sandbox every 5 s): CPU,
+// memory, disk (the sandbox's own disk layer) and network (bytes per interval
+// over the billed traffic classes). Served
 // by GET /v1/sandboxes/{id}/metrics and E2B's GET /sandboxes/{id}/metrics;
 // kept in this process's memory (a control plane restart starts empty), and
 // meant to be read by other exporters too (subscribe()).
-import type { UsageSample } from "../node/node-client.ts";
+import { TRAFFIC_CLASSES, type UsageSample } from "../node/node-client.ts";
 
 /** One point: what the sandbox used over the interval that ends at `at`. */
 export interface MetricPoint {
@@ -18,6 +20,14 @@ export interface MetricPoint {
   memoryUsedBytes: number;
   /** Guest memory size. */
   memoryTotalBytes: number;
+  /** Bytes the sandbox's own disk layer takes on the host (what it wrote), when the node reports it. */
+  diskUsedBytes?: number;
+  /** The disk's size as the guest sees it, when the node reports it. */
+  diskTotalBytes?: number;
+  /** Bytes the guest sent over the interval (every billed traffic class), when the node reports traffic. */
+  networkTxBytes?: number;
+  /** Bytes the guest received over the interval. */
+  networkRxBytes?: number;
 }
 
 export interface MetricsSeriesOptions {
@@ -29,7 +39,19 @@ export interface MetricsSeriesOptions {
 
 interface Series {
   points: MetricPoint[];
-  last: { at: number; cpuNanos: number } | undefined;
+  last: { at: number; cpuNanos: number; tx?: number; rx?: number } | undefined;
+}
+
+/** Bytes summed over the billed classes, or undefined when the sample has no traffic. */
+function trafficTotals(s: UsageSample): { tx: number; rx: number } | undefined {
+  if (!s.traffic) return undefined;
+  let tx = 0;
+  let rx = 0;
+  for (const c of TRAFFIC_CLASSES) {
+    tx += s.traffic[c]?.tx ?? 0;
+    rx += s.traffic[c]?.rx ?? 0;
+  }
+  return { tx, rx };
 }
 
 export class MetricsSeries {
@@ -58,7 +80,8 @@ export class MetricsSeries {
     while (this.#series.size > this.#maxSeries) this.#series.delete(this.#series.keys().next().value!);
     const prev = s.last;
     if (prev && sample.at <= prev.at) return;
-    s.last = { at: sample.at, cpuNanos: sample.cpuNanos };
+    const net = trafficTotals(sample);
+    s.last = { at: sample.at, cpuNanos: sample.cpuNanos, ...(net ? { tx: net.tx, rx: net.rx } : {}) };
     if (!prev) return;
     const intervalMs = sample.at - prev.at;
     const cpuNanos = Math.max(0, sample.cpuNanos - prev.cpuNanos);
@@ -71,6 +94,11 @@ export class MetricsSeries {
       cpuUsedPct: Math.round(Math.min(100, pct) * 100) / 100,
       memoryUsedBytes: sample.memoryBytes,
       memoryTotalBytes: shape.memoryMib * 2 ** 20,
+      ...(sample.diskUsedBytes !== undefined ? { diskUsedBytes: sample.diskUsedBytes } : {}),
+      ...(sample.diskTotalBytes !== undefined ? { diskTotalBytes: sample.diskTotalBytes } : {}),
+      ...(net && prev.tx !== undefined && prev.rx !== undefined
+        ? { networkTxBytes: Math.max(0, net.tx - prev.tx), networkRxBytes: Math.max(0, net.rx - prev.rx) }
+        : {}),
     };
     s.points.push(point);
     if (s.points.length > this.#maxPoints) s.points.splice(0, s.points.length - this.#maxPoints);
@@ -112,4 +140,19 @@ export class MetricsSeries {
   get size(): number {
     return this.#series.size;
   }
+}
+
+/** A point as E2B's getMetrics returns it (E2B's SandboxMetric). */
+export function e2bMetric(p: MetricPoint) {
+  return {
+    timestamp: new Date(p.at).toISOString(),
+    timestampUnix: Math.floor(p.at / 1000),
+    cpuCount: p.vcpus,
+    cpuUsedPct: p.cpuUsedPct,
+    memUsed: p.memoryUsedBytes,
+    memTotal: p.memoryTotalBytes,
+    memCache: 0,
+    diskUsed: p.diskUsedBytes ?? 0,
+    diskTotal: p.diskTotalBytes ?? 0,
+  };
 }

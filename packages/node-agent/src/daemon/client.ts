@@ -8,17 +8,21 @@ import { create } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ACCESS_TOKEN_HEADER, ENVD_PORT, Filesystem, nodePb, Process } from "@firebreak/protocol";
-import type { EgressPolicy, NormalizedPolicy, PrivateService } from "../egress/index.ts";
+import type { EgressPolicy, NormalizedPolicy, PlatformTarget, PrivateService } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
+import type { LogSource } from "../sandbox/sandbox-logs.ts";
+import { type SpanJson, traceHeaders } from "../telemetry/tracing.ts";
 import { fromConnectError } from "./errors.ts";
 import type {
   CreateSpec,
   NodeReport,
+  ResumedInfo,
   SandboxStatus,
   StartedInfo,
   TemplateInfo,
   Usage,
 } from "./node-service.ts";
+import type { OverheadRecord } from "./overhead.ts";
 import { PSK_CIPHERS, TUNNEL_ERROR_HEADER, TUNNEL_PROTOCOL } from "./server.ts";
 import {
   HEADER_BYTES,
@@ -55,6 +59,8 @@ function usageIn(u: nodePb.UsageSample | undefined): Usage | undefined {
     memoryBytes: Number(u.memoryBytes),
     memoryPeakBytes: Number(u.memoryPeakBytes),
     ...(traffic && Object.keys(traffic).length ? { traffic } : {}),
+    ...(u.diskUsedBytes !== undefined ? { diskUsedBytes: Number(u.diskUsedBytes) } : {}),
+    ...(u.diskTotalBytes !== undefined ? { diskTotalBytes: Number(u.diskTotalBytes) } : {}),
   };
 }
 
@@ -67,6 +73,7 @@ function infoIn(i: nodePb.SandboxInfo): StartedInfo {
     phases: i.phases,
     ...(i.fallback ? { fallback: i.fallback } : {}),
     policy: JSON.parse(i.policyJson || "{}") as NormalizedPolicy,
+    ...(i.handover ? { handover: usageIn(i.handover)! } : {}),
   };
 }
 
@@ -125,6 +132,8 @@ export class NodeDaemonClient {
   #transport(baseUrl: string, extra: Interceptor[] = []) {
     const auth: Interceptor = (next) => async (req) => {
       req.header.set("authorization", `Bearer ${this.#secret}`);
+      // The caller's trace continues on the node (server.ts traceCalls).
+      for (const [k, v] of Object.entries(traceHeaders())) req.header.set(k, v);
       return next(req);
     };
     return createConnectTransport({
@@ -194,6 +203,7 @@ export class NodeDaemonClient {
           ...(spec.diskMib !== undefined ? { diskMib: spec.diskMib } : {}),
           platformId: spec.platformId ?? "",
           ...(spec.fromSnapshot !== undefined ? { fromSnapshot: spec.fromSnapshot } : {}),
+          ...(spec.platform ? { platform: spec.platform } : {}),
         }),
       ),
     );
@@ -207,10 +217,16 @@ export class NodeDaemonClient {
     return this.#call(async () => usageIn((await this.#rpc.pause({ id, reason: "pause" })).last));
   }
 
-  resume(id: string): Promise<{ path: "snapshot"; totalMs: number }> {
+  resume(id: string): Promise<ResumedInfo> {
     return this.#call(async () => {
       const r = await this.#rpc.resume({ id, reason: "resume" });
-      return { path: "snapshot" as const, totalMs: r.totalMs };
+      const handover = usageIn(r.handover);
+      return {
+        path: "snapshot" as const,
+        totalMs: r.totalMs,
+        phases: r.phases,
+        ...(handover ? { handover } : {}),
+      };
     });
   }
 
@@ -242,11 +258,68 @@ export class NodeDaemonClient {
     });
   }
 
-  updatePolicy(id: string, policy: EgressPolicy, tenant: string, admin = false): Promise<NormalizedPolicy> {
+  updatePolicy(
+    id: string,
+    policy: EgressPolicy,
+    tenant: string,
+    admin = false,
+    platform?: PlatformTarget,
+  ): Promise<NormalizedPolicy> {
     return this.#call(async () => {
-      const r = await this.#rpc.updatePolicy({ id, policy: { json: JSON.stringify(policy), tenant, admin } });
+      const r = await this.#rpc.updatePolicy({
+        id,
+        policy: { json: JSON.stringify(policy), tenant, admin },
+        ...(platform ? { platform } : {}),
+      });
       return JSON.parse(r.json) as NormalizedPolicy;
     });
+  }
+
+  /** Overhead records waiting on the node; acknowledges what the caller stored before. */
+  overhead(
+    ack: { epoch: string; seq: number } | undefined,
+    limit = 1000,
+  ): Promise<{ epoch: string; records: OverheadRecord[] }> {
+    return this.#call(async () => {
+      const r = await this.#rpc.overhead({
+        ackEpoch: ack?.epoch ?? "",
+        ackSeq: BigInt(ack?.seq ?? 0),
+        limit,
+      });
+      return { epoch: r.epoch, records: r.recordsJson.map((j) => JSON.parse(j) as OverheadRecord) };
+    });
+  }
+
+  /** The node's Prometheus metrics (prom-client JSON). */
+  metrics(): Promise<unknown[]> {
+    return this.#call(async () => JSON.parse((await this.#rpc.metrics({})).json) as unknown[]);
+  }
+
+  /** Spans of a trace the node recorded. */
+  spans(traceId: string): Promise<SpanJson[]> {
+    return this.#call(async () =>
+      (await this.#rpc.spans({ traceId })).json.map((j) => JSON.parse(j) as SpanJson),
+    );
+  }
+
+  /** A sandbox's console or start-command output, as chunks (following: until it ends or `signal`). */
+  async *logs(
+    id: string,
+    source: LogSource,
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ): AsyncGenerator<{ offset: number; data: Uint8Array; skipped: number; ended: boolean }> {
+    try {
+      for await (const c of this.#rpc.logs(
+        { id, source, offset: BigInt(offset), follow },
+        signal ? { signal } : {},
+      )) {
+        yield { offset: Number(c.offset), data: c.data, skipped: Number(c.skipped), ended: c.ended };
+      }
+    } catch (e) {
+      throw fromConnectError(e);
+    }
   }
 
   listServices(): Promise<PrivateService[]> {

@@ -6,11 +6,13 @@ import os from "node:os";
 import path from "node:path";
 import { buildCodeInterpreterBundle, CODE_INTERPRETER_COMPONENT } from "@firebreak/code-interpreter";
 import { buildAgentBundle } from "@firebreak/guest-agent";
+import { context } from "@opentelemetry/api";
 import { paths } from "../config.ts";
 import {
   type EgressPolicy,
   type NormalizedPolicy,
   normalizePolicy,
+  type PlatformTarget,
   type PrivateService,
 } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
@@ -18,7 +20,12 @@ import { type BuildProgress, buildTemplate } from "../image/builder.ts";
 import { readTemplateSpec } from "../image/template-spec.ts";
 import { deleteTemplate, getTemplate, listTemplates, resolveSpecFile } from "../image/template-store.ts";
 import { type NodeRuntime, type Sandbox, type Shape, shapeFor } from "../sandbox/node-runtime.ts";
+import { LOG_SOURCES, type LogChunk, type LogSource, readConsole } from "../sandbox/sandbox-logs.ts";
 import { snapshotKey } from "../sandbox/snapshot-store.ts";
+import { type LogSink, type NodeLogger, toNodeLogger } from "../telemetry/log.ts";
+import { NodeMetrics } from "../telemetry/node-metrics.ts";
+import { ATTR, recentTraces, recordPhases, type SpanJson, tracer } from "../telemetry/tracing.ts";
+import { type OverheadKind, OverheadLedger, type OverheadRecord } from "./overhead.ts";
 
 export const NODE_VERSION = "0.2.0";
 
@@ -31,6 +38,8 @@ export interface CreateSpec {
   platformId?: string;
   /** A named snapshot to start from (then `template` is the snapshot's). */
   fromSnapshot?: string;
+  /** Where the platform grant leads (policy.platform), with the sandbox's credential. */
+  platform?: PlatformTarget;
 }
 
 export interface StartedInfo {
@@ -41,6 +50,8 @@ export interface StartedInfo {
   phases: Record<string, number>;
   fallback?: string;
   policy: NormalizedPolicy;
+  /** Counters at hand-over: the tenant is charged only for what follows. */
+  handover?: Usage;
 }
 
 export type BilledTrafficClass = "internet" | "private" | "sandbox" | "ingress";
@@ -51,6 +62,10 @@ export interface Usage {
   memoryBytes: number;
   memoryPeakBytes: number;
   traffic?: Record<BilledTrafficClass, { tx: number; rx: number }>;
+  /** Bytes the sandbox's own disk layer takes on the host. */
+  diskUsedBytes?: number;
+  /** The disk's size as the guest sees it. */
+  diskTotalBytes?: number;
 }
 
 export type SandboxStatus =
@@ -117,9 +132,48 @@ class Latencies {
   }
 }
 
+/** What a resume reports: its phases, and the counters when the sandbox runs again. */
+export interface ResumedInfo {
+  path: "snapshot";
+  totalMs: number;
+  phases: Record<string, number>;
+  handover?: Usage;
+}
+
+const nodeTracer = tracer("firebreak-node");
+
+/** The overhead kind of the CPU a sandbox used before hand-over, by how it started. */
+function handoverKind(path: "warm" | "snapshot" | "cold"): OverheadKind {
+  return path === "warm" ? "warm_pool" : path === "snapshot" ? "restore" : "boot";
+}
+
+/** Bytes a file takes on disk, and a qcow2 image's virtual size (from its header), if it is one. */
+async function diskFigures(file: string): Promise<{ used: number; total?: number } | undefined> {
+  try {
+    const st = await fs.stat(file);
+    const fh = await fs.open(file, "r");
+    try {
+      const head = Buffer.alloc(32);
+      const { bytesRead } = await fh.read(head, 0, 32, 0);
+      // qcow2: magic "QFI\xfb", virtual size (u64 big-endian) at offset 24.
+      const isQcow = bytesRead === 32 && head.readUInt32BE(0) === 0x514649fb;
+      const size = isQcow ? Number(head.readBigUInt64BE(24)) : undefined;
+      return { used: st.blocks * 512, ...(size !== undefined && size < 2 ** 50 ? { total: size } : {}) };
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    return undefined;
+  }
+}
+
 export class NodeService {
   readonly runtime: NodeRuntime;
   readonly nodeId: string;
+  /** Platform overhead waiting for a control plane (daemon/overhead.ts). */
+  readonly overhead: OverheadLedger;
+  readonly metrics = new NodeMetrics();
+  readonly #log: NodeLogger;
   /** Every sandbox handed out, kept after the runtime forgets it (to say why it ended). */
   readonly #known = new Map<string, Sandbox>();
   readonly #latencies = new Latencies();
@@ -127,10 +181,71 @@ export class NodeService {
   readonly #tunnels = new Map<string, Set<{ destroy(): void }>>();
   #draining = false;
 
-  constructor(runtime: NodeRuntime, nodeId: string) {
+  constructor(runtime: NodeRuntime, nodeId: string, opts: { log?: LogSink } = {}) {
     this.runtime = runtime;
     this.nodeId = nodeId;
+    this.#log = toNodeLogger(opts.log).child({ nodeId });
     for (const sb of runtime.list()) this.#known.set(sb.id, sb);
+    this.overhead = new OverheadLedger(nodeId);
+    this.overhead.onRecord = (r) =>
+      this.metrics.overheadCpu.inc({ template: r.template, kind: r.kind }, r.cpuSeconds);
+    this.overhead.onDrop = (n) => this.metrics.overheadDropped.inc(n);
+    // Platform VMs (pools, snapshots, builds) and failed starts: all their CPU is overhead.
+    runtime.onOverhead = (e) => {
+      this.#recordOverhead(e.kind, e.sandbox, e.cpuNanos, e.wallMs);
+    };
+    runtime.pools.observer = {
+      claimed: (key, _shape, hit) =>
+        this.metrics.poolClaims.inc({
+          template: runtime.templateNames.get(key) ?? key,
+          result: hit ? "hit" : "miss",
+        }),
+      filled: (key, _shape, ms) =>
+        this.metrics.poolRefill.observe({ template: runtime.templateNames.get(key) ?? key }, ms / 1000),
+    };
+    this.metrics.pools(() =>
+      runtime.pools.status().map((p) => ({
+        template: runtime.templateNames.get(p.templateKey) ?? p.templateKey,
+        shape: `${p.shape.vcpus}x${p.shape.memoryMib}`,
+        ready: p.ready,
+        filling: p.filling,
+        target: p.target,
+      })),
+    );
+  }
+
+  #recordOverhead(kind: OverheadKind, sb: Sandbox, cpuNanos: number, wallMs: number): OverheadRecord {
+    const r = this.overhead.add({
+      kind,
+      template: sb.template.name,
+      cpuSeconds: cpuNanos / 1e9,
+      wallSeconds: wallMs / 1000,
+      memoryMib: sb.shape.memoryMib,
+      nodeSandboxId: sb.id,
+      ...(sb.platformId ? { platformId: sb.platformId } : {}),
+    });
+    this.#log.info(
+      { sandboxId: sb.id, platformId: sb.platformId, kind, cpuSeconds: r.cpuSeconds, ms: Math.round(wallMs) },
+      "platform overhead recorded",
+    );
+    return r;
+  }
+
+  /**
+   * The sandbox is its tenant's from now: its counters now are what the
+   * tenant is not charged for (recorded as overhead of `kind`).
+   */
+  async #handOver(sb: Sandbox, kind: OverheadKind, wallMs: number): Promise<Usage | undefined> {
+    const u = await this.#sample(sb).catch(() => undefined);
+    sb.handedOver = true;
+    if (u) this.#recordOverhead(kind, sb, u.cpuNanos, wallMs);
+    return u;
+  }
+
+  /** Spans for phases measured by the runtime, ending now, children of the active span. */
+  #phaseSpans(phases: Record<string, number>, attributes: Record<string, string>): void {
+    const total = Object.values(phases).reduce((a, b) => a + b, 0);
+    recordPhases(nodeTracer, context.active(), performance.now() - total, phases, attributes);
   }
 
   get draining(): boolean {
@@ -148,6 +263,13 @@ export class NodeService {
         `node ${this.nodeId} is draining and takes no new sandboxes`,
       );
     }
+    const network =
+      spec.policy || spec.platform
+        ? {
+            ...(spec.policy ? { policy: spec.policy.policy, tenant: spec.policy.tenant } : {}),
+            ...(spec.platform ? { platform: spec.platform } : {}),
+          }
+        : undefined;
     if (spec.fromSnapshot !== undefined) {
       const sb = await this.runtime.create({
         template: { name: spec.template, imagePath: "", env: {}, user: "user" },
@@ -155,10 +277,15 @@ export class NodeService {
         ...(spec.shape ? { shape: spec.shape } : {}),
         ...(spec.envVars ? { envVars: spec.envVars } : {}),
         ...(spec.diskMib !== undefined ? { diskMib: spec.diskMib } : {}),
-        ...(spec.policy ? { network: { policy: spec.policy.policy, tenant: spec.policy.tenant } } : {}),
+        ...(network ? { network } : {}),
       });
+      if (spec.platformId) sb.platformId = spec.platformId;
       this.#known.set(sb.id, sb);
-      return this.#info(sb);
+      // Charged from the hand-over, as any other start: the restore is overhead.
+      const path = sb.timings?.path ?? "snapshot";
+      const handover = await this.#handOver(sb, handoverKind(path), sb.timings?.totalMs ?? 0);
+      this.#phaseSpans(sb.timings?.phases ?? {}, { [ATTR.nodeSandboxId]: sb.id, [ATTR.startPath]: path });
+      return { ...this.#info(sb), ...(handover ? { handover } : {}) };
     }
     const template = await getTemplate(this.runtime.config, spec.template);
     if (!template) {
@@ -172,10 +299,24 @@ export class NodeService {
       ...(spec.shape ? { shape: spec.shape } : {}),
       ...(spec.envVars ? { envVars: spec.envVars } : {}),
       ...(spec.diskMib !== undefined ? { diskMib: spec.diskMib } : {}),
-      ...(spec.policy ? { network: { policy: spec.policy.policy, tenant: spec.policy.tenant } } : {}),
+      ...(network ? { network } : {}),
     });
+    if (spec.platformId) sb.platformId = spec.platformId;
     this.#known.set(sb.id, sb);
-    const info = this.#info(sb);
+    const path = sb.timings?.path ?? "cold";
+    // A warm VM's overhead covers its whole life in the pool; the others', their start.
+    const handover = await this.#handOver(
+      sb,
+      handoverKind(path),
+      path === "warm" ? Date.now() - sb.createdAt.getTime() : (sb.timings?.totalMs ?? 0),
+    );
+    this.runtime.followStartOutput(sb);
+    const phases = sb.timings?.phases ?? {};
+    this.#phaseSpans(phases, { [ATTR.nodeSandboxId]: sb.id, [ATTR.startPath]: path });
+    for (const [phase, ms] of Object.entries(phases)) {
+      this.metrics.startPhase.observe({ template: spec.template, path, phase }, ms / 1000);
+    }
+    const info = { ...this.#info(sb), ...(handover ? { handover } : {}) };
     this.#latencies.add(spec.template, info.path, info.totalMs);
     return info;
   }
@@ -195,12 +336,23 @@ export class NodeService {
 
   async usage(id: string): Promise<Usage | undefined> {
     const sb = this.#known.get(id);
-    const cg = sb?.cgroup;
+    return sb ? this.#sample(sb) : undefined;
+  }
+
+  async #sample(sb: Sandbox): Promise<Usage | undefined> {
+    const cg = sb.cgroup;
     if (!cg) return undefined;
     const u = await cg.usage();
     if (!u.cpuNanos && !u.memoryBytes) return undefined; // the cgroup is already gone
-    const traffic = await this.#traffic(id);
-    return { atMs: Date.now(), ...u, ...(traffic ? { traffic } : {}) };
+    const traffic = await this.#traffic(sb.id);
+    const disk = await diskFigures(path.join(sb.dir, "disk.qcow2"));
+    return {
+      atMs: Date.now(),
+      ...u,
+      ...(traffic ? { traffic } : {}),
+      ...(disk ? { diskUsedBytes: disk.used } : {}),
+      ...(disk?.total !== undefined ? { diskTotalBytes: disk.total } : {}),
+    };
   }
 
   async #traffic(id: string): Promise<Usage["traffic"]> {
@@ -221,7 +373,7 @@ export class NodeService {
     }
   }
 
-  updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy> {
+  updatePolicy(id: string, policy: EgressPolicy, platform?: PlatformTarget): Promise<NormalizedPolicy> {
     const sb = this.#sandbox(id);
     // A paused (or starting, stopping) sandbox has no network to load a policy
     // into: say so with the sandbox's state, not the egress layer's "unknown".
@@ -230,7 +382,7 @@ export class NodeService {
         "SANDBOX_STATE_INVALID",
         `sandbox ${id} is ${sb.state}; its policy changes only while it runs`,
       );
-    return this.runtime.updatePolicy(id, policy);
+    return this.runtime.updatePolicy(id, policy, platform);
   }
 
   listServices(): PrivateService[] {
@@ -246,6 +398,7 @@ export class NodeService {
   }
 
   async kill(id: string, reason: string): Promise<Usage | undefined> {
+    const sb = this.#known.get(id);
     const last = await this.usage(id).catch(() => undefined);
     try {
       await this.runtime.kill(id, reason);
@@ -253,6 +406,7 @@ export class NodeService {
       this.#endTunnels(id);
     }
     this.#known.delete(id);
+    if (sb) this.#phaseSpans(sb.teardownPhases, { [ATTR.nodeSandboxId]: id });
     return last;
   }
 
@@ -263,6 +417,8 @@ export class NodeService {
     } finally {
       this.#endTunnels(id);
     }
+    const sb = this.#known.get(id);
+    if (sb) this.#phaseSpans(sb.lastPhases, { [ATTR.nodeSandboxId]: id });
     return last;
   }
 
@@ -290,10 +446,13 @@ export class NodeService {
     for (const t of set ?? []) t.destroy();
   }
 
-  async resume(id: string): Promise<{ path: "snapshot"; totalMs: number }> {
+  async resume(id: string): Promise<ResumedInfo> {
     const t0 = performance.now();
-    await this.runtime.resume(id);
-    return { path: "snapshot", totalMs: Math.round((performance.now() - t0) * 10) / 10 };
+    const sb = await this.runtime.resume(id);
+    const totalMs = Math.round((performance.now() - t0) * 10) / 10;
+    const handover = await this.#handOver(sb, "resume", totalMs);
+    this.#phaseSpans(sb.lastPhases, { [ATTR.nodeSandboxId]: id });
+    return { path: "snapshot", totalMs, phases: { ...sb.lastPhases }, ...(handover ? { handover } : {}) };
   }
 
   snapshot(id: string): Promise<{ snapshotId: string }> {
@@ -306,8 +465,88 @@ export class NodeService {
 
   async fork(id: string, count: number): Promise<StartedInfo[]> {
     const children = await this.runtime.fork(id, count);
-    for (const c of children) this.#known.set(c.id, c);
-    return children.map((c) => this.#info(c));
+    const parent = this.#known.get(id);
+    if (parent) this.#phaseSpans(parent.lastPhases, { [ATTR.nodeSandboxId]: id });
+    const out: StartedInfo[] = [];
+    for (const c of children) {
+      this.#known.set(c.id, c);
+      const handover = await this.#handOver(c, "fork", c.timings?.totalMs ?? 0);
+      out.push({ ...this.#info(c), ...(handover ? { handover } : {}) });
+    }
+    return out;
+  }
+
+  /** Tells the node the control plane's id of a sandbox it created (fork children). */
+  setPlatformId(id: string, platformId: string): void {
+    const sb = this.#known.get(id);
+    if (sb) sb.platformId = platformId;
+  }
+
+  /** Overhead records waiting; drops what the caller acknowledges storing. */
+  takeOverhead(ack: { epoch: string; seq: number } | undefined, limit?: number) {
+    return { epoch: this.overhead.epoch, records: this.overhead.take(ack, limit) };
+  }
+
+  /** Spans of a trace this process recorded. */
+  spans(traceId: string): SpanJson[] {
+    return recentTraces().spans(traceId);
+  }
+
+  /**
+   * A sandbox's console or start-command output from `offset`; with
+   * `follow`, what is written next too, until the sandbox ends (or `signal`).
+   * Ended sandboxes answer the tail the node kept.
+   */
+  async *logs(
+    id: string,
+    source: LogSource,
+    offset: number,
+    follow: boolean,
+    signal?: AbortSignal,
+  ): AsyncGenerator<LogChunk & { ended: boolean }> {
+    if (!LOG_SOURCES.includes(source)) {
+      throw new FirebreakError("SHAPE_INVALID", `log source must be one of ${LOG_SOURCES.join(", ")}`);
+    }
+    let at = offset;
+    for (;;) {
+      let sb: Sandbox | undefined;
+      try {
+        sb = this.runtime.get(id);
+      } catch {
+        sb = undefined;
+      }
+      if (!sb) {
+        const kept = this.runtime.endedLogs.get(id);
+        if (!kept) throw new FirebreakError("SANDBOX_NOT_FOUND", `node ${this.nodeId} has no logs of ${id}`);
+        const part = kept[source];
+        const from = Math.max(at, part.offset);
+        const data = part.data.subarray(Math.max(0, from - part.offset));
+        for (let i = 0; i < data.length || i === 0; i += 64 * 1024) {
+          const chunk = data.subarray(i, i + 64 * 1024);
+          yield {
+            offset: from + i,
+            data: Buffer.from(chunk),
+            skipped: i === 0 ? Math.max(0, from - at) : 0,
+            ended: i + 64 * 1024 >= data.length,
+          };
+          if (!data.length) break;
+        }
+        return;
+      }
+      const chunk = source === "console" ? await readConsole(sb.dir, at) : sb.startOutput.read(at);
+      if (chunk.data.length || chunk.skipped) {
+        yield { ...chunk, ended: false };
+        at = chunk.offset + chunk.data.length;
+        continue;
+      }
+      if (!follow || signal?.aborted) {
+        yield { offset: at, data: Buffer.alloc(0), skipped: 0, ended: false };
+        return;
+      }
+      if (source === "start") await sb.startOutput.wait(at, 1000);
+      else await new Promise((r) => setTimeout(r, 250));
+      if (signal?.aborted) return;
+    }
   }
 
   status(id: string): SandboxStatus {
@@ -438,6 +677,11 @@ export class NodeService {
 
   drain(draining: boolean): void {
     this.#draining = draining;
+  }
+
+  /** The node's Prometheus metrics as prom-client JSON. */
+  metricsJson() {
+    return this.metrics.json();
   }
 
   async report(): Promise<NodeReport> {

@@ -8,6 +8,8 @@ import path from "node:path";
 import type { NodeConfig } from "../config.ts";
 import { FirebreakError } from "../errors.ts";
 import { NodeRuntime } from "../sandbox/node-runtime.ts";
+import { type LogSink, toNodeLogger } from "../telemetry/log.ts";
+import { initTracing } from "../telemetry/tracing.ts";
 import { defaultSocket, loadIdentity, type NodeIdentity } from "./identity.ts";
 import { NodeService } from "./node-service.ts";
 import { type DaemonListen, type RunningDaemon, startDaemon } from "./server.ts";
@@ -27,7 +29,8 @@ export interface NodeDaemonOptions {
   /** Also listen on the local unix socket when `listen` is TCP. @default true */
   localSocket?: boolean;
   nodeId?: string;
-  log?: (line: string) => void;
+  /** Structured log (a pino logger fits), or a function that prints lines. */
+  log?: LogSink;
 }
 
 export interface NodeDaemon {
@@ -39,10 +42,14 @@ export interface NodeDaemon {
 }
 
 export async function runNodeDaemon(opts: NodeDaemonOptions): Promise<NodeDaemon> {
-  const log = opts.log ?? (() => {});
+  const logger = toNodeLogger(opts.log);
+  const log = (line: string) => logger.info({ component: "daemon" }, line);
+  // Spans of this node: kept for the control plane's trace view, and sent
+  // over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (telemetry/tracing.ts).
+  initTracing();
   const identity = await loadIdentity(opts.config, opts.nodeId);
-  const runtime = await NodeRuntime.open(opts.config, { log });
-  const service = new NodeService(runtime, identity.nodeId);
+  const runtime = await NodeRuntime.open(opts.config, { log: logger });
+  const service = new NodeService(runtime, identity.nodeId, { log: logger });
   const listeners: RunningDaemon[] = [];
   try {
     await fs.mkdir(opts.config.runDir, { recursive: true, mode: 0o755 });

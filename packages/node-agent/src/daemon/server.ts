@@ -19,11 +19,14 @@ import https from "node:https";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { create } from "@bufbuild/protobuf";
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { nodePb } from "@firebreak/protocol";
-import type { EgressPolicy, PrivateService } from "../egress/index.ts";
+import { context, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import type { EgressPolicy, PlatformTarget, PrivateService } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
+import type { LogSource } from "../sandbox/sandbox-logs.ts";
+import { ATTR, contextFromHeaders, tracer } from "../telemetry/tracing.ts";
 import { toConnectError } from "./errors.ts";
 import type { NodeService, StartedInfo, Usage } from "./node-service.ts";
 import { exportTemplate, importTemplate } from "./template-transfer.ts";
@@ -72,8 +75,40 @@ function usageOut(u: Usage | undefined) {
         create(nodePb.TrafficBytesSchema, { tx: BigInt(v.tx), rx: BigInt(v.rx) }),
       ]),
     ),
+    ...(u.diskUsedBytes !== undefined ? { diskUsedBytes: BigInt(Math.round(u.diskUsedBytes)) } : {}),
+    ...(u.diskTotalBytes !== undefined ? { diskTotalBytes: BigInt(Math.round(u.diskTotalBytes)) } : {}),
   });
 }
+
+function platformIn(
+  p: { address: string; port: number; token: string } | undefined,
+): PlatformTarget | undefined {
+  return p ? { address: p.address, port: p.port, token: p.token } : undefined;
+}
+
+/**
+ * Every call is a span, a child of the caller's (W3C traceparent in the
+ * request headers), so a create's node phases join the control plane's trace.
+ */
+const traceCalls: Interceptor = (next) => async (req) => {
+  const parent = contextFromHeaders((name) => req.header.get(name));
+  return context.with(parent, () =>
+    tracer("firebreak-node").startActiveSpan(
+      `node.${req.method.name}`,
+      { kind: SpanKind.SERVER, attributes: { [ATTR.component]: "node" } },
+      async (span) => {
+        try {
+          return await next(req);
+        } catch (e) {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+          throw e;
+        } finally {
+          span.end();
+        }
+      },
+    ),
+  );
+};
 
 function infoOut(i: StartedInfo) {
   return create(nodePb.SandboxInfoSchema, {
@@ -84,6 +119,7 @@ function infoOut(i: StartedInfo) {
     phases: i.phases,
     ...(i.fallback ? { fallback: i.fallback } : {}),
     policyJson: JSON.stringify(i.policy),
+    ...(i.handover ? { handover: usageOut(i.handover) } : {}),
   });
 }
 
@@ -139,6 +175,7 @@ function routes(svc: NodeService) {
             ...(req.diskMib !== undefined ? { diskMib: req.diskMib } : {}),
             platformId: req.platformId,
             ...(req.fromSnapshot !== undefined ? { fromSnapshot: req.fromSnapshot } : {}),
+            ...(req.platform ? { platform: platformIn(req.platform)! } : {}),
           });
           return infoOut(info);
         }),
@@ -152,7 +189,16 @@ function routes(svc: NodeService) {
           const last = usageOut(await svc.pause(req.id));
           return create(nodePb.KillResponseSchema, last ? { last } : {});
         }),
-      resume: (req) => call(async () => create(nodePb.ResumeResponseSchema, await svc.resume(req.id))),
+      resume: (req) =>
+        call(async () => {
+          const r = await svc.resume(req.id);
+          return create(nodePb.ResumeResponseSchema, {
+            path: r.path,
+            totalMs: r.totalMs,
+            phases: r.phases,
+            ...(r.handover ? { handover: usageOut(r.handover) } : {}),
+          });
+        }),
       fork: (req) =>
         call(async () =>
           create(nodePb.ForkResponseSchema, { children: (await svc.fork(req.id, req.count)).map(infoOut) }),
@@ -191,7 +237,7 @@ function routes(svc: NodeService) {
           const p = parsePolicy(req.policy);
           if (!p) throw new FirebreakError("SHAPE_INVALID", "a policy is required");
           return create(nodePb.PolicyResponseSchema, {
-            json: JSON.stringify(await svc.updatePolicy(req.id, p.policy)),
+            json: JSON.stringify(await svc.updatePolicy(req.id, p.policy, platformIn(req.platform))),
           });
         }),
       listServices: () =>
@@ -318,6 +364,43 @@ function routes(svc: NodeService) {
           }
           return create(nodePb.JsonValueSchema, { json: token });
         }),
+      overhead: (req) =>
+        call(() => {
+          const r = svc.takeOverhead(
+            req.ackEpoch ? { epoch: req.ackEpoch, seq: Number(req.ackSeq) } : undefined,
+            req.limit || 1000,
+          );
+          return create(nodePb.OverheadResponseSchema, {
+            epoch: r.epoch,
+            recordsJson: r.records.map((x) => JSON.stringify(x)),
+          });
+        }),
+      metrics: () =>
+        call(async () => create(nodePb.JsonValueSchema, { json: JSON.stringify(await svc.metricsJson()) })),
+      spans: (req) =>
+        call(() =>
+          create(nodePb.JsonListSchema, { json: svc.spans(req.traceId).map((x) => JSON.stringify(x)) }),
+        ),
+      async *logs(req, ctx) {
+        try {
+          for await (const c of svc.logs(
+            req.id,
+            req.source as LogSource,
+            Number(req.offset),
+            req.follow,
+            ctx.signal,
+          )) {
+            yield create(nodePb.LogChunkSchema, {
+              offset: BigInt(c.offset),
+              data: c.data,
+              skipped: BigInt(c.skipped),
+              ended: c.ended,
+            });
+          }
+        } catch (e) {
+          throw toConnectError(e);
+        }
+      },
       listSandboxes: () =>
         call(() =>
           create(nodePb.ListSandboxesResponseSchema, {
@@ -450,7 +533,11 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const secret = Buffer.from(opts.secret);
   if (secret.length < 32)
     throw new FirebreakError("INTERNAL", "the node credential must be at least 32 characters");
-  const connect = connectNodeAdapter({ routes: routes(opts.service), readMaxBytes: 64 * 1024 * 1024 });
+  const connect = connectNodeAdapter({
+    routes: routes(opts.service),
+    readMaxBytes: 64 * 1024 * 1024,
+    interceptors: [traceCalls],
+  });
   const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
     if (!bearerOk(req, secret)) {
       res.writeHead(401, { "content-type": "text/plain" }).end("node credential required\n");

@@ -57,7 +57,27 @@ export interface AttachOptions {
   policy?: unknown;
   /** The sandbox's tenant, for service bindings restricted to tenants. */
   tenant?: string;
+  /** Where the platform grant (`policy.platform`) leads, with the sandbox's own credential. */
+  platform?: PlatformTarget;
 }
+
+/**
+ * The Firebreak API as a sandbox with the platform grant reaches it: the
+ * control plane's address as this node reaches it, and the sandbox's own
+ * platform credential. SECURITY: the credential never enters the guest: the
+ * node's proxy adds it (PLATFORM_HEADER) to every request the guest sends to
+ * PLATFORM_SERVICE_NAME, replacing any the guest sent.
+ */
+export interface PlatformTarget {
+  address: string;
+  port: number;
+  token: string;
+}
+
+/** The name a sandbox with the platform grant reaches the API at (port: the control plane's). */
+export const PLATFORM_SERVICE_NAME = "platform.firebreak.internal";
+/** The header the node's proxy sets to the sandbox's platform credential. */
+export const PLATFORM_HEADER = "x-firebreak-platform-token";
 
 export interface EgressManagerOptions {
   /** Where the service registry file lives (`services.json`); omitted: in memory. */
@@ -113,6 +133,7 @@ interface Binding {
 interface State {
   target: EgressTarget;
   tenant: string | undefined;
+  platform: PlatformTarget | undefined;
   policy: NormalizedPolicy;
   bindings: Map<string, Binding>;
   nextServiceIndex: number;
@@ -220,7 +241,10 @@ export class EgressManager {
   readonly #log: (line: string) => void;
   readonly #states = new Map<string, State>();
   /** Policies of sandboxes whose network is gone for a while (paused), to re-attach with. */
-  readonly #parked = new Map<string, { policy: NormalizedPolicy; tenant: string | undefined }>();
+  readonly #parked = new Map<
+    string,
+    { policy: NormalizedPolicy; tenant: string | undefined; platform: PlatformTarget | undefined }
+  >();
   /** Sandbox networks: tenant/name -> member sandbox ids. */
   readonly #networks = new Map<string, Set<string>>();
   readonly #hostPool: string;
@@ -303,10 +327,16 @@ export class EgressManager {
   }
 
   /** What to attach a copy of this sandbox with (fork children inherit the policy and tenant). */
-  optionsOf(sandboxId: string): { policy: EgressPolicy; tenant?: string } | undefined {
+  optionsOf(
+    sandboxId: string,
+  ): { policy: EgressPolicy; tenant?: string; platform?: PlatformTarget } | undefined {
     const st = this.#states.get(sandboxId) ?? this.#parked.get(sandboxId);
     if (!st) return undefined;
-    return { policy: st.policy, ...(st.tenant !== undefined ? { tenant: st.tenant } : {}) };
+    return {
+      policy: st.policy,
+      ...(st.tenant !== undefined ? { tenant: st.tenant } : {}),
+      ...(st.platform ? { platform: st.platform } : {}),
+    };
   }
 
   /**
@@ -328,6 +358,7 @@ export class EgressManager {
     const st: State = {
       target,
       tenant,
+      platform: checkPlatform(opts.platform ?? parked?.platform),
       policy: DEFAULT_POLICY,
       bindings: new Map(),
       nextServiceIndex: 0,
@@ -373,13 +404,14 @@ export class EgressManager {
   async update(
     sandboxId: string,
     policy: unknown,
-    opts: { tenant?: string } = {},
+    opts: { tenant?: string; platform?: PlatformTarget } = {},
   ): Promise<NormalizedPolicy> {
     const st = this.#states.get(sandboxId);
     if (!st)
       throw new EgressError("EGRESS_SANDBOX_UNKNOWN", `sandbox ${sandboxId} has no network on this node`);
     const tenant = opts.tenant ?? st.tenant;
     const p = this.validate(policy, tenant);
+    if (opts.platform) st.platform = checkPlatform(opts.platform);
     await this.#apply(st, p);
     st.tenant = tenant;
     return p;
@@ -395,7 +427,8 @@ export class EgressManager {
     if (!opts.keepPolicy) this.#parked.delete(sandboxId);
     if (!st) return;
     this.#states.delete(sandboxId);
-    if (opts.keepPolicy) this.#parked.set(sandboxId, { policy: st.policy, tenant: st.tenant });
+    if (opts.keepPolicy)
+      this.#parked.set(sandboxId, { policy: st.policy, tenant: st.tenant, platform: st.platform });
     await st.queue.catch(() => {});
     const affected = this.#leaveNetworks(st);
     await this.#refresh(affected);
@@ -542,6 +575,31 @@ export class EgressManager {
             await b.proxy.start();
           }
           next.set(name, b);
+        }
+        // The platform grant: the API behind a proxy that adds the sandbox's credential.
+        if (policy.platform && st.platform) {
+          const service: PrivateService = {
+            name: PLATFORM_SERVICE_NAME,
+            address: st.platform.address,
+            port: st.platform.port,
+            protocol: "http",
+            inject: { header: PLATFORM_HEADER, value: st.platform.token },
+          };
+          const prev = old.get(PLATFORM_SERVICE_NAME);
+          if (prev && sameService(prev.service, service)) next.set(PLATFORM_SERVICE_NAME, prev);
+          else {
+            const b: Binding = {
+              service,
+              serviceAddress: prev?.serviceAddress ?? this.#newServiceAddress(st),
+            };
+            b.proxy = new InjectProxy(st.target.hostAddress, st.target.sandboxAddress, service, {
+              gate: st.proxyGate,
+              limits: this.#injectLimits,
+            });
+            made.push(b.proxy);
+            await b.proxy.start();
+            next.set(PLATFORM_SERVICE_NAME, b);
+          }
         }
         const routes: ServiceRoute[] = [...next.values()].map((b) => ({
           serviceAddress: b.serviceAddress,
@@ -816,4 +874,19 @@ export class EgressManager {
 
 function sameService(a: PrivateService, b: PrivateService): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** A platform target as the node takes it (IPv4 address, port, a credential without line breaks). */
+function checkPlatform(p: PlatformTarget | undefined): PlatformTarget | undefined {
+  if (!p) return undefined;
+  if (!isIPv4(p.address) || !Number.isInteger(p.port) || p.port < 1 || p.port > 65_535) {
+    throw new EgressError(
+      "EGRESS_POLICY_INVALID",
+      `platform target ${p.address}:${p.port} is not an IPv4 address and port`,
+    );
+  }
+  if (!/^[\x21-\x7e]{16,512}$/.test(p.token)) {
+    throw new EgressError("EGRESS_POLICY_INVALID", "the platform credential is malformed");
+  }
+  return { address: p.address, port: p.port, token: p.token };
 }

@@ -4,6 +4,9 @@ export {
   EgressManager,
   type EgressManagerOptions,
   type EgressTarget,
+  PLATFORM_HEADER,
+  PLATFORM_SERVICE_NAME,
+  type PlatformTarget,
   type SandboxTraffic,
   type TrafficCounters,
 } from "./egress-manager.ts";

@@ -42,6 +42,13 @@ export interface EgressPolicy {
    * from anyone else. @default "tenant"
    */
   grantedBy?: PolicyGrant;
+  /**
+   * The platform grant: the sandbox reaches the Firebreak API at
+   * `platform.firebreak.internal` (through the node's proxy, which adds the
+   * sandbox's own credential) to create, use and kill its own descendants.
+   * Only where the node is given a platform target at create. @default false
+   */
+  platform?: boolean;
 }
 
 /** A validated policy with every default filled and every CIDR canonical. */
@@ -54,6 +61,8 @@ export interface NormalizedPolicy {
   networks: string[];
   /** "admin" when an admin made it; absent (undefined) for a tenant's policy. */
   grantedBy: "admin" | undefined;
+  /** The platform grant; present (true) only when granted. */
+  platform?: true;
 }
 
 export const DEFAULT_POLICY: NormalizedPolicy = Object.freeze({
@@ -121,6 +130,7 @@ export const EgressPolicySchema = z
       .max(8)
       .optional(),
     grantedBy: z.enum(["tenant", "admin"]).optional(),
+    platform: z.boolean().optional(),
   })
   .strict();
 
@@ -173,6 +183,7 @@ export function normalizePolicy(input: unknown): NormalizedPolicy {
     bandwidthKBps: p.bandwidthKBps,
     networks: [...new Set(p.networks ?? [])],
     grantedBy,
+    ...(p.platform ? { platform: true as const } : {}),
   };
 }
 

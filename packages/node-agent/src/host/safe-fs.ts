@@ -9,6 +9,11 @@ export function openNoFollow(file: string, mode = 0o600): Promise<fs.FileHandle>
   return fs.open(file, O.O_WRONLY | O.O_CREAT | O.O_TRUNC | O.O_NOFOLLOW, mode);
 }
 
+/** Opens `file` for reading, refusing a symlink (ELOOP). */
+export function openReadNoFollow(file: string): Promise<fs.FileHandle> {
+  return fs.open(file, O.O_RDONLY | O.O_NOFOLLOW);
+}
+
 /**
  * Writes `data` to a fresh temp file beside `file` (O_EXCL: never an existing
  * path, link or not) and renames it over `file`.

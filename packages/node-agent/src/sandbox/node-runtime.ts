@@ -20,6 +20,7 @@ import {
   EgressManager,
   type EgressPolicy,
   type NormalizedPolicy,
+  type PlatformTarget,
   type SandboxTraffic,
 } from "../egress/index.ts";
 import { FirebreakError } from "../errors.ts";
@@ -30,6 +31,7 @@ import { ensureKernel, type KernelManifest } from "../image/kernel.ts";
 import { SandboxCgroup } from "../jail/cgroup.ts";
 import { ensureLauncher } from "../jail/launcher.ts";
 import { createSandboxNetwork, destroySandboxNetwork } from "../network/index.ts";
+import { type LogSink, type NodeLogger, toNodeLogger } from "../telemetry/log.ts";
 import { type AccelProbe, probeAccelerator } from "../vmm/accel-probe.ts";
 import { type QemuInstall, qemuInstall } from "../vmm/qemu-install.ts";
 import { type DiskLayer, hostTscKhz, QemuVm, type VmMemory } from "../vmm/qemu-vm.ts";
@@ -56,10 +58,12 @@ import {
   type Held,
   type LiveResources,
   Sandbox,
+  type SandboxAccount,
   SET_HELD,
   type Shape,
   type TemplateImage,
 } from "./sandbox.ts";
+import { consoleTail, EndedLogStore } from "./sandbox-logs.ts";
 import { SlotRegistry } from "./slots.ts";
 import {
   createMemoryFile,
@@ -77,6 +81,7 @@ export type {
   ExecOptions,
   Held,
   LiveResources,
+  SandboxAccount,
   Shape,
   StartPath,
   StartTimings,
@@ -139,7 +144,15 @@ export interface CreateOptions {
    * Egress policy (see egress/README.md) and the tenant whose private services
    * it may bind. @default deny all egress
    */
-  network?: { policy?: EgressPolicy; tenant?: string };
+  network?: { policy?: EgressPolicy; tenant?: string; platform?: PlatformTarget };
+}
+
+/** Work whose CPU no tenant is charged for (reported to the runtime's onOverhead). */
+export interface OverheadEvent {
+  kind: "warm_pool" | "snapshot_prepare" | "template_build" | "failed_start";
+  sandbox: Sandbox;
+  cpuNanos: number;
+  wallMs: number;
 }
 
 export const MAX_DISK_MIB = 262_144;
@@ -170,7 +183,8 @@ function cgroupLimits(shape: Shape) {
 }
 
 export interface RuntimeOptions {
-  log?: (line: string) => void;
+  /** Structured log (pino-like), or a function that prints lines. */
+  log?: LogSink;
 }
 
 /** The messages of every error inside a SuppressedError chain (stack disposal). */
@@ -204,7 +218,13 @@ export class NodeRuntime {
   /** Egress policies, the platform resolver, private services and traffic counters. */
   egress!: EgressManager;
   readonly #sandboxes = new Map<string, Sandbox>();
-  readonly #log: (line: string) => void;
+  readonly #log: NodeLogger;
+  /** Called with platform work that no tenant is charged for (daemon/overhead.ts). */
+  onOverhead: ((e: OverheadEvent) => void) | undefined;
+  /** Log tails of sandboxes that ended (their files are gone). */
+  readonly endedLogs = new EndedLogStore();
+  /** Template names by image key (warm pool metrics). */
+  readonly templateNames = new Map<string, string>();
 
   private constructor(
     config: NodeConfig,
@@ -213,7 +233,7 @@ export class NodeRuntime {
     accel: AccelProbe,
     qemu: QemuInstall,
     launcher: string,
-    log: (line: string) => void,
+    log: NodeLogger,
   ) {
     this.config = config;
     this.qemu = qemu;
@@ -224,8 +244,8 @@ export class NodeRuntime {
     this.slots = new SlotRegistry(paths.slotsDir(config));
     this.forkGroups = new ForkPointGroups(config);
     this.snapshots = new SnapshotStore(config);
-    this.pools = new WarmPools(log);
-    this.standbys = new WarmPools(log, 256, "standby");
+    this.pools = new WarmPools((line) => log.warn({ component: "warm-pool" }, line));
+    this.standbys = new WarmPools((line) => log.warn({ component: "standby" }, line), 256, "standby");
     this.#log = log;
   }
 
@@ -234,7 +254,8 @@ export class NodeRuntime {
    * reconcile pass that removes whatever dead owners left behind.
    */
   static async open(config: NodeConfig, opts: RuntimeOptions = {}): Promise<NodeRuntime> {
-    const log = opts.log ?? (() => {});
+    const logger = toNodeLogger(opts.log);
+    const log = (line: string) => logger.info({}, line);
     if (process.getuid?.() !== 0) {
       throw new FirebreakError(
         "NOT_ROOT",
@@ -254,8 +275,11 @@ export class NodeRuntime {
       );
     }
     const launcher = await ensureLauncher(config);
-    const rt = new NodeRuntime(config, kernel, initramfs, accel, qemu, launcher, log);
-    rt.egress = await EgressManager.open({ stateDir: config.stateDir, log });
+    const rt = new NodeRuntime(config, kernel, initramfs, accel, qemu, launcher, logger);
+    rt.egress = await EgressManager.open({
+      stateDir: config.stateDir,
+      log: (line) => logger.info({ component: "egress" }, line),
+    });
     const report = await rt.reconcile();
     if (report.removed.length) log(`reconciler removed leftovers: ${report.removed.join(", ")}`);
     await rt.#adoptForkPointGroups();
@@ -395,6 +419,8 @@ export class NodeRuntime {
     const key = !opts.writableImage && !opts.forceCold ? opts.template.key : undefined;
     if (key) {
       const warm = await this.pools.claim(key, shape, async (sb) => {
+        // From here the VM is the tenant's: its CPU so far is reported at hand-over.
+        sb.account = "tenant";
         await this.#personalize(sb, opts, { fresh: false });
         sb.pooled = false;
       });
@@ -402,6 +428,7 @@ export class NodeRuntime {
         if (opts.network) {
           await this.egress.update(warm.id, opts.network.policy ?? {}, {
             ...(opts.network.tenant !== undefined ? { tenant: opts.network.tenant } : {}),
+            ...(opts.network.platform ? { platform: opts.network.platform } : {}),
           });
         }
         return warm;
@@ -423,12 +450,18 @@ export class NodeRuntime {
         } catch (e) {
           if (!(e instanceof SnapshotRestoreError)) throw e;
           fallback = `snapshot restore failed: ${e.message}`;
-          this.#log(`${fallback}; quarantining it and booting cold`);
+          this.#log.warn(
+            { template: opts.template.name, snapshot: found.snapshot.dir, reason: e.message },
+            "snapshot restore failed; quarantining it and booting cold",
+          );
           await this.snapshots.quarantine(found.snapshot, e.message);
         }
       } else if (found.problem) {
         fallback = found.problem;
-        this.#log(`${found.problem}; booting cold`);
+        this.#log.warn(
+          { template: opts.template.name, reason: found.problem },
+          "no usable snapshot; booting cold",
+        );
       }
     }
     const sb = await this.#start(opts, shape, {});
@@ -526,6 +559,7 @@ export class NodeRuntime {
       pool?: boolean;
       /** Stop once QEMU waits for the source's state (a standby VM). */
       standby?: boolean;
+      account?: SandboxAccount;
     },
   ): Promise<Sandbox> {
     const t0 = performance.now();
@@ -540,6 +574,7 @@ export class NodeRuntime {
     const dir = path.join(paths.sandboxesDir(this.config), id);
     const sb = new Sandbox(id, opts.template, shape, dir);
     sb.pooled = how.pool === true || how.standby === true;
+    sb.account = how.account ?? (sb.pooled ? "warm_pool" : opts.writableImage ? "template_build" : "tenant");
     sb.discard = () => void this.kill(id, "discarded from the warm pool");
     this.#sandboxes.set(id, sb);
     sb.record = {
@@ -852,8 +887,16 @@ export class NodeRuntime {
     this.#set(sb, { state: "running", live: sb.requireLive() });
     sb.timings ??= { path: "warm", totalMs: 0, phases: {} };
     sb.timings.totalMs = Math.round((performance.now() - t0) * 10) / 10;
-    this.#log(
-      `sandbox ${sb.id} running via ${sb.timings.path} in ${sb.timings.totalMs} ms ${JSON.stringify(sb.timings.phases)}`,
+    this.#log.info(
+      {
+        sandboxId: sb.id,
+        platformId: sb.platformId,
+        template: sb.template.name,
+        path: sb.timings.path,
+        ms: sb.timings.totalMs,
+        phases: sb.timings.phases,
+      },
+      "sandbox running",
     );
   }
 
@@ -890,16 +933,9 @@ export class NodeRuntime {
         process: { cmd: "/bin/bash", args: ["-l", "-c", start], envs: {} },
         tag: "template-start",
       });
-      // Drain in the background; the process lives as long as the sandbox.
-      void (async () => {
-        try {
-          for await (const _ of stream) {
-            // output is visible through process.Connect with tag template-start
-          }
-        } catch {
-          // sandbox ended
-        }
-      })();
+      // Drain in the background into the sandbox's start log (GET .../logs);
+      // the process lives as long as the sandbox.
+      void this.#collectStartOutput(sb, stream);
     }
     if (ready) {
       const limitMs = sb.template.readyTimeoutMs ?? 60_000;
@@ -915,6 +951,39 @@ export class NodeRuntime {
         }
         await new Promise((r) => setTimeout(r, 100));
       }
+    }
+  }
+
+  async #collectStartOutput(
+    sb: Sandbox,
+    stream: AsyncIterable<{ event?: { event: { case: string | undefined; value?: unknown } } }>,
+  ): Promise<void> {
+    try {
+      for await (const res of stream) {
+        const ev = res.event?.event;
+        if (ev?.case !== "data") continue;
+        const out = (ev.value as { output: { case: string | undefined; value?: Uint8Array } }).output;
+        if (out.value instanceof Uint8Array) sb.startOutput.append(out.value);
+      }
+    } catch {
+      // the sandbox ended, or the stream broke (a clone reattaches on its own)
+    }
+  }
+
+  /**
+   * A sandbox restored from a snapshot (or a warm pool) runs the template's
+   * start command the snapshot VM started: follow its output from now on.
+   * Best effort, in the background.
+   */
+  followStartOutput(sb: Sandbox): void {
+    if (!sb.template.start || sb.timings?.path === "cold") return;
+    try {
+      const stream = sb.envd("root").process.connect({
+        process: { selector: { case: "tag", value: "template-start" } },
+      });
+      void this.#collectStartOutput(sb, stream);
+    } catch {
+      // no network any more
     }
   }
 
@@ -945,7 +1014,10 @@ export class NodeRuntime {
         // The snapshot VM's RAM is the snapshot's memory file itself (shared
         // mapping): saving it is writing ~100 KB of device state.
         // Off the start path: a busy host may take longer than a create's boot.
-        sb = await this.#start({ template, bootTimeoutMs: 300_000 }, shape, { writerMemory: files.memory });
+        sb = await this.#start({ template, bootTimeoutMs: 300_000 }, shape, {
+          writerMemory: files.memory,
+          account: "snapshot_prepare",
+        });
         // Under emulation, code that runs for the first time after a restore
         // is translated first (the translation cache is host memory, empty in
         // every clone); JavaScript that runs for the first time is also parsed
@@ -1002,6 +1074,7 @@ export class NodeRuntime {
       );
     }
     const snapshot = found.snapshot;
+    this.templateNames.set(template.key, template.name);
     this.pools.configure(template.key, shape, size, () =>
       this.#start({ template }, shape, { source: this.#templateSource(template, snapshot), pool: true }),
     );
@@ -1032,9 +1105,13 @@ export class NodeRuntime {
     const sb = this.get(id);
     const live = sb.requireLive();
     this.#set(sb, { state: "pausing", live });
+    sb.lastPhases = {};
+    const lap = lapper(sb.lastPhases);
     try {
       await live.vm.saveState(path.join(sb.dir, "paused-memory.bin"));
+      lap("save");
       await this.#releaseLive(sb, true);
+      lap("release");
       const paused: PausedRecord = {
         template: sb.template,
         shape: sb.shape,
@@ -1052,7 +1129,7 @@ export class NodeRuntime {
       await writeRecord(this.config, sb.dir, sb.record!);
       await removeOwner(this.config, id);
       this.#set(sb, { state: "paused" });
-      this.#log(`sandbox ${id} paused`);
+      this.#log.info({ sandboxId: id, platformId: sb.platformId, phase: "pause" }, "sandbox paused");
     } catch (e) {
       this.#set(sb, { state: "failed", reason: `pause failed: ${problemsOf(e).join("; ")}` });
       await this.#teardown(sb);
@@ -1115,21 +1192,24 @@ export class NodeRuntime {
     const sb = this.get(id);
     this.#set(sb, { state: "resuming" });
     const t0 = performance.now();
+    sb.lastPhases = {};
+    const lap = lapper(sb.lastPhases);
     try {
       await writeRecord(this.config, sb.dir, sb.record!);
-      const live = await this.#acquireLive(
-        sb,
-        { incoming: path.join(sb.dir, "paused-memory.bin") },
-        () => {},
-      );
+      const live = await this.#acquireLive(sb, { incoming: path.join(sb.dir, "paused-memory.bin") }, lap);
       this.#set(sb, { state: "resuming", live });
       await live.vm.loadState();
+      lap("restore");
       // Same identity; the clock moved on while paused, and a reseed costs nothing.
       await this.#init(sb, { envVars: sb.envVars, fresh: true, accessToken: sb.accessToken });
+      lap("init");
       await fs.rm(path.join(sb.dir, "paused-memory.bin"), { force: true });
       await fs.rm(path.join(sb.dir, PAUSED_FILE), { force: true });
       this.#set(sb, { state: "running", live });
-      this.#log(`sandbox ${id} resumed in ${Math.round(performance.now() - t0)} ms`);
+      this.#log.info(
+        { sandboxId: id, platformId: sb.platformId, phase: "resume", ms: Math.round(performance.now() - t0) },
+        "sandbox resumed",
+      );
       return sb;
     } catch (e) {
       if (sb.state === "stopping") {
@@ -1141,7 +1221,10 @@ export class NodeRuntime {
       }
       // Keep the paused state on disk: release what this attempt made.
       await this.#releaseLive(sb, true).catch((err) =>
-        this.#log(`sandbox ${id}: releasing a failed resume: ${problemsOf(err).join("; ")}`),
+        this.#log.error(
+          { sandboxId: id, phase: "resume", problems: problemsOf(err) },
+          "releasing a failed resume",
+        ),
       );
       await removeOwner(this.config, id);
       this.#set(sb, { state: "paused" });
@@ -1167,7 +1250,11 @@ export class NodeRuntime {
       );
     }
     const parent = this.get(id);
+    // Phases of the parent's freeze (its restart on the fork point included) and the children's starts.
+    parent.lastPhases = {};
+    const lap = lapper(parent.lastPhases);
     const point = await this.#freeze(parent);
+    lap("freeze");
     // Children start while the parent restarts on top of the fork point.
     const [back, ...started] = await Promise.allSettled([
       point.parentBack,
@@ -1183,6 +1270,7 @@ export class NodeRuntime {
         ),
       ),
     ]);
+    lap("children");
     const children = started.flatMap((s) => (s.status === "fulfilled" ? [s.value as Sandbox] : []));
     const failed = [back, ...started].find((s): s is PromiseRejectedResult => s.status === "rejected");
     if (failed) {
@@ -1190,7 +1278,9 @@ export class NodeRuntime {
       throw failed.reason;
     }
     // Checksums for the record (the files are final; the children run already).
-    void point.sealed.catch((e: Error) => this.#log(`fork point ${point.id}: ${e.message}`));
+    void point.sealed.catch((e: Error) =>
+      this.#log.warn({ sandboxId: id, forkPoint: point.id, err: e.message }, "fork point checksums failed"),
+    );
     return children;
   }
 
@@ -1205,7 +1295,7 @@ export class NodeRuntime {
     await point.parentBack;
     await point.sealed;
     await fs.writeFile(path.join(forkPointDir(this.config, point.id), "named"), "");
-    this.#log(`snapshot ${point.id} of sandbox ${id}`);
+    this.#log.info({ sandboxId: id, snapshotId: point.id }, "named snapshot made");
     return { snapshotId: point.id };
   }
 
@@ -1385,8 +1475,9 @@ export class NodeRuntime {
           await this.#init(parent, { envVars: parent.envVars, fresh: true, accessToken: parent.accessToken });
           step("init");
           this.#set(parent, { state: "running", live });
-          this.#log(
-            `sandbox ${parent.id} frozen into ${id} in ${Math.round(performance.now() - t0)} ms ${JSON.stringify(steps)}`,
+          this.#log.info(
+            { sandboxId: parent.id, forkPoint: id, ms: Math.round(performance.now() - t0), steps },
+            "sandbox frozen into a fork point",
           );
         } catch (e) {
           await this.#freezeFailed(parent, e);
@@ -1512,9 +1603,9 @@ export class NodeRuntime {
    * resolves (one nft transaction). Throws EgressError for an invalid policy
    * or a service the sandbox's tenant may not bind.
    */
-  async updatePolicy(id: string, policy: EgressPolicy): Promise<NormalizedPolicy> {
+  async updatePolicy(id: string, policy: EgressPolicy, platform?: PlatformTarget): Promise<NormalizedPolicy> {
     const sb = this.get(id);
-    return this.egress.update(sb.id, policy);
+    return this.egress.update(sb.id, policy, platform ? { platform } : {});
   }
 
   /** Bytes in/out of a sandbox per destination class (internet, private, service, sandbox, ingress, ...). */
@@ -1524,11 +1615,46 @@ export class NodeRuntime {
 
   #onVmExit(sb: Sandbox, how: string): void {
     if (sb.state === "running" || sb.state === "warm" || sb.state === "standby") {
-      this.#log(`sandbox ${sb.id}: QEMU exited unexpectedly (${how}); reclaiming its resources`);
+      this.#log.warn(
+        { sandboxId: sb.id, platformId: sb.platformId, how },
+        "QEMU exited unexpectedly; reclaiming its resources",
+      );
       this.#set(sb, { state: "crashed", reason: `VM exited unexpectedly (${how})` });
       void this.#teardown(sb);
     }
     // Starting or resuming: the wait in flight fails and its own path cleans up.
+  }
+
+  /**
+   * What the sandbox's cgroup used, reported as overhead when no tenant is
+   * charged for it: platform VMs (pool, snapshot, build) and tenant sandboxes
+   * that never were handed over (failed starts).
+   */
+  async #reportOverhead(sb: Sandbox): Promise<void> {
+    const cg = sb.cgroup;
+    if (!this.onOverhead || !cg || (sb.account === "tenant" && sb.handedOver)) return;
+    try {
+      const u = await cg.usage();
+      this.onOverhead({
+        kind: sb.account === "tenant" ? "failed_start" : sb.account,
+        sandbox: sb,
+        cpuNanos: u.cpuNanos,
+        wallMs: Date.now() - sb.createdAt.getTime(),
+      });
+    } catch (e) {
+      this.#log.warn({ sandboxId: sb.id, err: (e as Error).message }, "overhead not recorded");
+    }
+  }
+
+  /** Keeps the tail of an ending sandbox's console and start output (its directory goes next). */
+  async #keepLogs(sb: Sandbox): Promise<void> {
+    const tail = await consoleTail(sb.dir);
+    const start = sb.startOutput.read(Math.max(0, sb.startOutput.end - 64 * 1024), 64 * 1024);
+    this.endedLogs.put(sb.id, {
+      console: tail,
+      start: { offset: start.offset, data: start.data },
+      endedAt: Date.now(),
+    });
   }
 
   #teardownStarted = new WeakSet<Sandbox>();
@@ -1543,17 +1669,32 @@ export class NodeRuntime {
     if (this.#teardownStarted.has(sb)) return sb.torndown;
     this.#teardownStarted.add(sb);
     const problems: string[] = [];
-    for (const stack of [sb.liveStack, sb.filesStack]) {
+    await this.#reportOverhead(sb);
+    const phases: [string, AsyncDisposableStack][] = [
+      ["stop", sb.liveStack],
+      ["cleanup", sb.filesStack],
+    ];
+    for (const [name, stack] of phases) {
+      const t0 = performance.now();
+      if (name === "cleanup" && !sb.pooled && sb.account === "tenant") await this.#keepLogs(sb);
       try {
         await stack.disposeAsync();
       } catch (e) {
         problems.push(...problemsOf(e));
       }
+      sb.teardownPhases[name] = Math.round((performance.now() - t0) * 10) / 10;
     }
+    sb.startOutput.close();
     // INVARIANT: the owner record goes last, once nothing of the sandbox remains.
     if (!problems.length)
       await removeOwner(this.config, sb.id).catch((e) => problems.push((e as Error).message));
-    if (problems.length) this.#log(`sandbox ${sb.id} teardown problems: ${problems.join("; ")}`);
+    if (problems.length)
+      this.#log.error({ sandboxId: sb.id, phase: "teardown", problems }, "sandbox teardown problems");
+    else
+      this.#log.info(
+        { sandboxId: sb.id, platformId: sb.platformId, phase: "teardown", phases: sb.teardownPhases },
+        "sandbox torn down",
+      );
     this.#sandboxes.delete(sb.id);
     this.pools.remove(sb);
     this.standbys.remove(sb);
@@ -1581,6 +1722,16 @@ export function validateShape(shape: Shape): Shape {
     );
   }
   return { vcpus, memoryMib };
+}
+
+/** A lap timer writing `name -> ms since the last lap` into `phases`. */
+function lapper(phases: Record<string, number>): (name: string) => void {
+  let mark = performance.now();
+  return (name) => {
+    const now = performance.now();
+    phases[name] = Math.round((now - mark) * 10) / 10;
+    mark = now;
+  };
 }
 
 function sleep(ms: number): Promise<void> {

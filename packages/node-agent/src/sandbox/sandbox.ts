@@ -11,6 +11,7 @@ import type { DiskLayer, QemuVm } from "../vmm/qemu-vm.ts";
 import { type EnvdClient, envdClient } from "./envd-client.ts";
 import { newAccessToken } from "./ids.ts";
 import type { SandboxRecord } from "./reconciler.ts";
+import { ByteRing } from "./sandbox-logs.ts";
 import type { SandboxState } from "./state.ts";
 
 /** A built template image as the runtime needs it. */
@@ -50,6 +51,13 @@ export interface StartTimings {
   /** Why a faster path was not taken, when one should have been. */
   fallback?: string;
 }
+
+/**
+ * Whose the sandbox's resources are: a tenant's (charged from hand-over), or
+ * the platform's (overhead: a warm pool VM until claimed, the VM that makes
+ * a template's snapshot, a template build's VM).
+ */
+export type SandboxAccount = "tenant" | "warm_pool" | "snapshot_prepare" | "template_build";
 
 /** What a sandbox holds while its VM runs. `vm` is replaced when a fork restarts it. */
 export interface LiveResources {
@@ -104,6 +112,22 @@ export class Sandbox {
   record: SandboxRecord | undefined;
   /** Started for a warm pool and not claimed yet: not a user's sandbox. */
   pooled = false;
+  /** Whose its resources are (see SandboxAccount). */
+  account: SandboxAccount = "tenant";
+  /**
+   * Handed to its tenant (the node service set it when it reported the
+   * hand-over counters): what its cgroup used before is overhead, after is
+   * the tenant's. A tenant sandbox torn down before that is a failed start.
+   */
+  handedOver = false;
+  /** The control plane's id for it (logs, traces). */
+  platformId: string | undefined;
+  /** Output of the template's start command (bounded). */
+  readonly startOutput = new ByteRing();
+  /** How long each part of its teardown took (ms), once torn down. */
+  teardownPhases: Record<string, number> = {};
+  /** Phases of its last pause, resume or fork (ms, in order). */
+  lastPhases: Record<string, number> = {};
   /** Set by the runtime: tears the sandbox down (warm pool discards). */
   discard: (() => void) | undefined;
   /**

@@ -25,7 +25,14 @@ export interface PoolStatus {
   lastError?: string;
 }
 
+/** Hooks for the node's metrics: claims (hit or miss) and refills. */
+export interface PoolObserver {
+  claimed(key: string, shape: Shape, hit: boolean): void;
+  filled(key: string, shape: Shape, ms: number): void;
+}
+
 export class WarmPools {
+  observer: PoolObserver | undefined;
   readonly #pools = new Map<string, Pool>();
   readonly #log: (line: string) => void;
   readonly #inFlight = new Set<Promise<unknown>>();
@@ -70,6 +77,7 @@ export class WarmPools {
     for (;;) {
       const sb = pool.ready.shift();
       if (!sb) {
+        this.observer?.claimed(key, shape, false);
         this.#refill(pool);
         return undefined;
       }
@@ -86,6 +94,7 @@ export class WarmPools {
       }
       if (this.#waiting === "warm" && sb.timings)
         sb.timings.phases["claim"] = Math.round((performance.now() - t0) * 10) / 10;
+      this.observer?.claimed(key, shape, true);
       this.#refill(pool);
       return sb;
     }
@@ -101,6 +110,7 @@ export class WarmPools {
         // Not `pool.ready.push(await ...)`: that reads pool.ready before the
         // await, and remove() replaces the array meanwhile (any kill), which
         // stranded the new VM outside the pool, running until close().
+        const t0 = performance.now();
         const starting = pool.factory();
         this.#inFlight.add(starting);
         const sb = await starting.finally(() => this.#inFlight.delete(starting));
@@ -111,6 +121,7 @@ export class WarmPools {
         }
         pool.ready.push(sb);
         pool.lastError = undefined;
+        this.observer?.filled(key, shape, performance.now() - t0);
       } catch (e) {
         pool.lastError = (e as Error).message;
         this.#log(`warm pool ${WarmPools.id(key, shape)}: ${pool.lastError}`);

@@ -5,6 +5,7 @@ import { newApiKey, newId } from "../../auth/keys.ts";
 import { actor, hasScope, requireScope } from "../../auth/middleware.ts";
 import { ApiError, toApiError } from "../../errors.ts";
 import type { ApiKeyRecord, Scope, UsageGroupBy } from "../../store/store.ts";
+import { overheadReport, startOf } from "../../usage/overhead.ts";
 import type { AppEnv, Deps } from "../context.ts";
 import { body, errors, json, noContent, security } from "../openapi-helpers.ts";
 import {
@@ -15,6 +16,10 @@ import {
   HealthSchema,
   IdParam,
   KeyListSchema,
+  OverheadQuery,
+  OverheadRecordsQuery,
+  OverheadRecordsSchema,
+  OverheadReportSchema,
   TemplateBuildBody,
   TemplateListSchema,
   TemplateNameParam,
@@ -392,7 +397,61 @@ export function adminRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         ...(q.sandboxId ? { sandboxId: q.sandboxId } : {}),
         limit: q.limit,
       });
-      return c.json({ records }, 200);
+      // The meter's raw state is the control plane's own business.
+      return c.json(
+        { records: records.map(({ meterState: _internal, ...r }) => ({ ...r, account: "tenant" as const })) },
+        200,
+      );
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/usage/overhead",
+      tags: ["usage"],
+      security,
+      summary: "The platform's overhead account per node and template (admin)",
+      description:
+        "CPU the nodes spent that no tenant is charged for (warm pools, restores and boots before hand-over, snapshot preparation, template builds, failed starts), per node and template with the CPU per kind of work, over records that ended in [from, to).",
+      request: { query: OverheadQuery },
+      responses: { 200: json(OverheadReportSchema), ...errors },
+    }),
+    async (c) => {
+      requireScope(c, "admin");
+      const q = c.req.valid("query");
+      return c.json(
+        await overheadReport(store, {
+          ...(q.from ? { from: new Date(q.from).toISOString() } : {}),
+          ...(q.to ? { to: new Date(q.to).toISOString() } : {}),
+        }),
+        200,
+      );
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/v1/usage/overhead/records",
+      tags: ["usage"],
+      security,
+      summary: "The platform's overhead records, newest first (admin)",
+      request: { query: OverheadRecordsQuery },
+      responses: { 200: json(OverheadRecordsSchema), ...errors },
+    }),
+    async (c) => {
+      requireScope(c, "admin");
+      const q = c.req.valid("query");
+      const rows = await store.listOverhead({
+        ...(q.from ? { from: new Date(q.from).toISOString() } : {}),
+        ...(q.to ? { to: new Date(q.to).toISOString() } : {}),
+        limit: q.limit,
+      });
+      return c.json(
+        { records: rows.map((r) => ({ ...r, account: "platform" as const, from: startOf(r) })) },
+        200,
+      );
     },
   );
 

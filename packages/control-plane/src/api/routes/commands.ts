@@ -1,5 +1,6 @@
 // /v1/sandboxes/{id}/commands: run (streamed NDJSON or background), list, signal, stdin.
 import { randomBytes } from "node:crypto";
+import { ATTR, PhaseClock, tracer } from "@firebreak/node-agent";
 import { processPb } from "@firebreak/protocol";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { requireScope } from "../../auth/middleware.ts";
@@ -32,6 +33,9 @@ const MAX_EARLY_EVENTS = 64;
 
 const pidSelector = (pid: number) => ({ selector: { case: "pid" as const, value: pid } });
 
+/** Spans of commands run through the API. */
+const cmdTracer = tracer("firebreak-control-plane");
+
 export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
   const sb = deps.sandboxes;
 
@@ -57,7 +61,19 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const b = c.req.valid("json");
-      const envd = await sb.envd(caller.tenant.id, c.req.valid("param").id, b.user);
+      // The command's phases as spans (telemetry): connect (find the sandbox's
+      // agent), start (until the agent's start event), run (until its end, or
+      // the client goes; this span outlives the request's).
+      const clock = new PhaseClock(cmdTracer, {
+        [ATTR.tenantId]: caller.tenant.id,
+        [ATTR.sandboxId]: c.req.valid("param").id,
+      });
+      clock.next("connect");
+      const envd = await sb.envd(caller.tenant.id, c.req.valid("param").id, b.user).catch((e) => {
+        clock.end(e);
+        throw e;
+      });
+      clock.next("start");
       const [cmd, ...args] = b.cmd !== undefined ? ["/bin/bash", "-l", "-c", b.cmd] : b.argv!;
       const abort = new AbortController();
       // A client that goes away before the command started stops the wait.
@@ -100,6 +116,7 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         }
       } catch (e) {
         abort.abort();
+        clock.end(e);
         if (startTimedOut) {
           throw new ApiError(
             "AGENT_ERROR",
@@ -139,6 +156,8 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           : undefined;
 
       if (b.background) {
+        clock.set("firebreak.command.background", true);
+        clock.end();
         // The command outlives this request: the client's disconnect no longer stops it.
         c.req.raw.signal.removeEventListener("abort", clientGone);
         // Drain the stream so the agent never blocks on output nobody reads.
@@ -186,8 +205,10 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         if (l) pending.push(l);
       }
       let finished = false;
+      clock.next("run", { "firebreak.command.pid": started });
       const finish = (controller: ReadableStreamDefaultController<Uint8Array>, last?: Uint8Array) => {
         finished = true;
+        clock.end();
         clearTimeout(timer);
         try {
           if (last) controller.enqueue(last);
@@ -235,6 +256,7 @@ export function commandRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
           },
           cancel() {
             finished = true;
+            clock.end();
             abort.abort();
             clearTimeout(timer);
           },

@@ -15,13 +15,13 @@ import {
   EventsSchema,
   ForkBody,
   ListSandboxesQuery,
-  MetricsQuery,
-  MetricsSchema,
   NetworkSchema,
   PutNetworkBody,
   ResumeBody,
   SandboxIdParam,
   SandboxListSchema,
+  SandboxMetricsQuery,
+  SandboxMetricsSchema,
   SandboxSchema,
   TimeoutBody,
 } from "../schemas.ts";
@@ -346,22 +346,20 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       path: "/v1/sandboxes/{id}/metrics",
       tags,
       security,
-      summary: "CPU and memory of the sandbox over time",
+      summary: "The sandbox's CPU, memory, disk and network over time",
       description:
-        "One point per usage sample (every 5 s while it runs), the last hour at most, kept in the control plane's memory: a restart starts the series again.",
-      request: { params: SandboxIdParam, query: MetricsQuery },
-      responses: { 200: json(MetricsSchema), ...errors },
+        "One point per sampler interval (5 s), the last hour at most, kept by the control plane that samples (a restart starts empty). Empty before the second sample and once the sandbox ended.",
+      request: { params: SandboxIdParam, query: SandboxMetricsQuery },
+      responses: { 200: json(SandboxMetricsSchema), ...errors },
     }),
     async (c) => {
       const caller = requireScope(c, "sandboxes");
       const rec = await sb.get(caller.tenant.id, c.req.valid("param").id);
       const q = c.req.valid("query");
-      const points = sb.metrics.range(
-        rec.id,
-        q.start !== undefined ? Number(q.start) : 0,
-        q.end !== undefined ? Number(q.end) : Number.POSITIVE_INFINITY,
-      );
-      return c.json({ points: points.map((p) => ({ ...p, at: new Date(p.at).toISOString() })) }, 200);
+      const points = sb.metrics
+        .range(rec.id, q.start ?? 0, q.end ?? Number.POSITIVE_INFINITY)
+        .map((p) => ({ ...p, timestamp: new Date(p.at).toISOString() }));
+      return c.json({ sandboxId: rec.id, points }, 200);
     },
   );
 }

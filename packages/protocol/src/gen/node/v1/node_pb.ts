@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file node/v1/node.proto.
  */
 export const file_node_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIt0CCg1DcmVhdGVSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSPwoIZW52X3ZhcnMYAyADKAsyLS5maXJlYnJlYWsubm9kZS52MS5DcmVhdGVSZXF1ZXN0LkVudlZhcnNFbnRyeRIuCgZwb2xpY3kYBCABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lIAIgBARIVCghkaXNrX21pYhgFIAEoDUgBiAEBEhMKC3BsYXRmb3JtX2lkGAYgASgJEhoKDWZyb21fc25hcHNob3QYByABKAlIAogBARouCgxFbnZWYXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIJCgdfcG9saWN5QgsKCV9kaXNrX21pYkIQCg5fZnJvbV9zbmFwc2hvdCLzAQoLU2FuZGJveEluZm8SCgoCaWQYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEgwKBHBhdGgYAyABKAkSEAoIdG90YWxfbXMYBCABKAESOgoGcGhhc2VzGAUgAygLMiouZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8uUGhhc2VzRW50cnkSFQoIZmFsbGJhY2sYBiABKAlIAIgBARITCgtwb2xpY3lfanNvbhgHIAEoCRotCgtQaGFzZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQgsKCV9mYWxsYmFjayImCgxUcmFmZmljQnl0ZXMSCgoCdHgYASABKAQSCgoCcngYAiABKAQi7wEKC1VzYWdlU2FtcGxlEg0KBWF0X21zGAEgASgBEhEKCWNwdV9uYW5vcxgCIAEoBBIUCgxtZW1vcnlfYnl0ZXMYAyABKAQSGQoRbWVtb3J5X3BlYWtfYnl0ZXMYBCABKAQSPAoHdHJhZmZpYxgFIAMoCzIrLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlLlRyYWZmaWNFbnRyeRpPCgxUcmFmZmljRW50cnkSCwoDa2V5GAEgASgJEi4KBXZhbHVlGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVHJhZmZpY0J5dGVzOgI4ASJKCgxLaWxsUmVzcG9uc2USMQoEbGFzdBgBIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSACIAQFCBwoFX2xhc3QiMAoOUmVzdW1lUmVzcG9uc2USDAoEcGF0aBgBIAEoCRIQCgh0b3RhbF9tcxgCIAEoASIoCgtGb3JrUmVxdWVzdBIKCgJpZBgBIAEoCRINCgVjb3VudBgCIAEoDSJACgxGb3JrUmVzcG9uc2USMAoIY2hpbGRyZW4YASADKAsyHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbyInChBTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJIiIKC1NuYXBzaG90UmVmEhMKC3NuYXBzaG90X2lkGAEgASgJIhwKDVN0YXR1c1JlcXVlc3QSCwoDaWRzGAEgAygJIksKDVNhbmRib3hTdGF0dXMSCgoCaWQYASABKAkSDQoFc3RhdGUYAiABKAkSDgoGcmVhc29uGAMgASgJEg8KB2NyYXNoZWQYBCABKAgiRQoOU3RhdHVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1cyIbCgxVc2FnZVJlcXVlc3QSCwoDaWRzGAEgAygJIp8BCg1Vc2FnZVJlc3BvbnNlEj4KB3NhbXBsZXMYASADKAsyLS5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlLlNhbXBsZXNFbnRyeRpOCgxTYW1wbGVzRW50cnkSCwoDa2V5GAEgASgJEi0KBXZhbHVlGAIgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGU6AjgBIkwKE1VwZGF0ZVBvbGljeVJlcXVlc3QSCgoCaWQYASABKAkSKQoGcG9saWN5GAIgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5Ih4KDlBvbGljeVJlc3BvbnNlEgwKBGpzb24YASABKAkiGAoISnNvbkxpc3QSDAoEanNvbhgBIAMoCSIZCglKc29uVmFsdWUSDAoEanNvbhgBIAEoCSIbCgtOYW1lUmVxdWVzdBIMCgRuYW1lGAEgASgJIiIKD1JlbW92ZWRSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIIpwBCgxUZW1wbGF0ZUluZm8SDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSEAoIYnVpbHRfYXQYAyABKAkSEwoLaW1hZ2VfYnl0ZXMYBCABKAQSEAoIcGFja2FnZXMYBSADKAkSJwoFc2hhcGUYBiABKAsyGC5maXJlYnJlYWsubm9kZS52MS5TaGFwZRIPCgdhbGlhc2VzGAcgAygJIkcKEVRlbXBsYXRlc1Jlc3BvbnNlEjIKCXRlbXBsYXRlcxgBIAMoCzIfLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlSW5mbyI9CgxCdWlsZFJlcXVlc3QSDgoEbmFtZRgBIAEoCUgAEhMKCXNwZWNfanNvbhgCIAEoCUgAQggKBnNvdXJjZSJ8CgpCdWlsZEV2ZW50EjQKCHByb2dyZXNzGAEgASgLMiAuZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRQcm9ncmVzc0gAEi8KBGRvbmUYAiABKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm9IAEIHCgVldmVudCJLCg1CdWlsZFByb2dyZXNzEgwKBHN0ZXAYASABKAkSDQoFaW5kZXgYAiABKA0SDQoFdG90YWwYAyABKA0SDgoGZGV0YWlsGAQgASgJIlkKDlNldFBvb2xSZXF1ZXN0EhAKCHRlbXBsYXRlGAEgASgJEicKBXNoYXBlGAIgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSDAoEc2l6ZRgDIAEoDSIgCgxEcmFpblJlcXVlc3QSEAoIZHJhaW5pbmcYASABKAgirQIKCk5vZGVSZXBvcnQSDwoHbm9kZV9pZBgBIAEoCRITCgthY2NlbGVyYXRvchgCIAEoCRIaChJhY2NlbGVyYXRvcl9yZWFzb24YAyABKAkSDQoFdmNwdXMYBCABKA0SEgoKbWVtb3J5X21pYhgFIAEoBBIXCg9jb21taXR0ZWRfdmNwdXMYBiABKA0SHAoUY29tbWl0dGVkX21lbW9yeV9taWIYByABKAQSFwoPZnJlZV9tZW1vcnlfbWliGAggASgEEhEKCXNhbmRib3hlcxgJIAEoDRIQCghkcmFpbmluZxgKIAEoCBI0Cgl0ZW1wbGF0ZXMYCyADKAsyIS5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydBIPCgd2ZXJzaW9uGAwgASgJIswCCg5UZW1wbGF0ZVJlcG9ydBIMCgRuYW1lGAEgASgJEgsKA2tleRgCIAEoCRINCgVpbWFnZRgDIAEoCBIQCghzbmFwc2hvdBgEIAEoCBIXCg9zbmFwc2hvdF9zaGFwZXMYByADKAkSOQoEd2FybRgFIAMoCzIrLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0Lldhcm1FbnRyeRJJCg1yZWNlbnRfcDUwX21zGAYgAygLMjIuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQuUmVjZW50UDUwTXNFbnRyeRorCglXYXJtRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ARoyChBSZWNlbnRQNTBNc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEiTAoVTGlzdFNhbmRib3hlc1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMy4QwKBE5vZGUSQQoGUmVwb3J0EhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaHS5maXJlYnJlYWsubm9kZS52MS5Ob2RlUmVwb3J0EkoKBkNyZWF0ZRIgLmZpcmVicmVhay5ub2RlLnYxLkNyZWF0ZVJlcXVlc3QaHi5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94SW5mbxJGCgRLaWxsEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhofLmZpcmVicmVhay5ub2RlLnYxLktpbGxSZXNwb25zZRJHCgVQYXVzZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHy5maXJlYnJlYWsubm9kZS52MS5LaWxsUmVzcG9uc2USSgoGUmVzdW1lEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhohLmZpcmVicmVhay5ub2RlLnYxLlJlc3VtZVJlc3BvbnNlEkcKBEZvcmsSHi5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVxdWVzdBofLmZpcmVicmVhay5ub2RlLnYxLkZvcmtSZXNwb25zZRJVCg9TbmFwc2hvdFNhbmRib3gSHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGiMuZmlyZWJyZWFrLm5vZGUudjEuU25hcHNob3RSZXNwb25zZRJKCg5EZWxldGVTbmFwc2hvdBIeLmZpcmVicmVhay5ub2RlLnYxLlNuYXBzaG90UmVmGhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSTQoGU3RhdHVzEiAuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVxdWVzdBohLmZpcmVicmVhay5ub2RlLnYxLlN0YXR1c1Jlc3BvbnNlEkoKBVVzYWdlEh8uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXF1ZXN0GiAuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZRJZCgxVcGRhdGVQb2xpY3kSJi5maXJlYnJlYWsubm9kZS52MS5VcGRhdGVQb2xpY3lSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5UmVzcG9uc2USRQoMTGlzdFNlcnZpY2VzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaGy5maXJlYnJlYWsubm9kZS52MS5Kc29uTGlzdBJICgpQdXRTZXJ2aWNlEhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlElMKDVJlbW92ZVNlcnZpY2USHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJPCg1MaXN0VGVtcGxhdGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaJC5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZXNSZXNwb25zZRJRCg1CdWlsZFRlbXBsYXRlEh8uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRSZXF1ZXN0Gh0uZmlyZWJyZWFrLm5vZGUudjEuQnVpbGRFdmVudDABElQKDkRlbGV0ZVRlbXBsYXRlEh4uZmlyZWJyZWFrLm5vZGUudjEuTmFtZVJlcXVlc3QaIi5maXJlYnJlYWsubm9kZS52MS5SZW1vdmVkUmVzcG9uc2USRgoHU2V0UG9vbBIhLmZpcmVicmVhay5ub2RlLnYxLlNldFBvb2xSZXF1ZXN0GhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSQgoFRHJhaW4SHy5maXJlYnJlYWsubm9kZS52MS5EcmFpblJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJTCg1MaXN0U2FuZGJveGVzEhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkaKC5maXJlYnJlYWsubm9kZS52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2USSgoLQWNjZXNzVG9rZW4SHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlYgZwcm90bzM");
+  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIj4KDlBsYXRmb3JtVGFyZ2V0Eg8KB2FkZHJlc3MYASABKAkSDAoEcG9ydBgCIAEoDRINCgV0b2tlbhgDIAEoCSKkAwoNQ3JlYXRlUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEj8KCGVudl92YXJzGAMgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuQ3JlYXRlUmVxdWVzdC5FbnZWYXJzRW50cnkSLgoGcG9saWN5GAQgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5SACIAQESFQoIZGlza19taWIYBSABKA1IAYgBARITCgtwbGF0Zm9ybV9pZBgGIAEoCRIaCg1mcm9tX3NuYXBzaG90GAcgASgJSAKIAQESOAoIcGxhdGZvcm0YCCABKAsyIS5maXJlYnJlYWsubm9kZS52MS5QbGF0Zm9ybVRhcmdldEgDiAEBGi4KDEVudlZhcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB19wb2xpY3lCCwoJX2Rpc2tfbWliQhAKDl9mcm9tX3NuYXBzaG90QgsKCV9wbGF0Zm9ybSK3AgoLU2FuZGJveEluZm8SCgoCaWQYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEgwKBHBhdGgYAyABKAkSEAoIdG90YWxfbXMYBCABKAESOgoGcGhhc2VzGAUgAygLMiouZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8uUGhhc2VzRW50cnkSFQoIZmFsbGJhY2sYBiABKAlIAIgBARITCgtwb2xpY3lfanNvbhgHIAEoCRI1CghoYW5kb3ZlchgIIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSAGIAQEaLQoLUGhhc2VzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4AUILCglfZmFsbGJhY2tCCwoJX2hhbmRvdmVyIiYKDFRyYWZmaWNCeXRlcxIKCgJ0eBgBIAEoBBIKCgJyeBgCIAEoBCLVAgoLVXNhZ2VTYW1wbGUSDQoFYXRfbXMYASABKAESEQoJY3B1X25hbm9zGAIgASgEEhQKDG1lbW9yeV9ieXRlcxgDIAEoBBIZChFtZW1vcnlfcGVha19ieXRlcxgEIAEoBBI8Cgd0cmFmZmljGAUgAygLMisuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGUuVHJhZmZpY0VudHJ5EhwKD2Rpc2tfdXNlZF9ieXRlcxgGIAEoBEgAiAEBEh0KEGRpc2tfdG90YWxfYnl0ZXMYByABKARIAYgBARpPCgxUcmFmZmljRW50cnkSCwoDa2V5GAEgASgJEi4KBXZhbHVlGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVHJhZmZpY0J5dGVzOgI4AUISChBfZGlza191c2VkX2J5dGVzQhMKEV9kaXNrX3RvdGFsX2J5dGVzIkoKDEtpbGxSZXNwb25zZRIxCgRsYXN0GAEgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAIgBAUIHCgVfbGFzdCLiAQoOUmVzdW1lUmVzcG9uc2USDAoEcGF0aBgBIAEoCRIQCgh0b3RhbF9tcxgCIAEoARI1CghoYW5kb3ZlchgDIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSACIAQESPQoGcGhhc2VzGAQgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuUmVzdW1lUmVzcG9uc2UuUGhhc2VzRW50cnkaLQoLUGhhc2VzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4AUILCglfaGFuZG92ZXIiKAoLRm9ya1JlcXVlc3QSCgoCaWQYASABKAkSDQoFY291bnQYAiABKA0iQAoMRm9ya1Jlc3BvbnNlEjAKCGNoaWxkcmVuGAEgAygLMh4uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8iJwoQU25hcHNob3RSZXNwb25zZRITCgtzbmFwc2hvdF9pZBgBIAEoCSIiCgtTbmFwc2hvdFJlZhITCgtzbmFwc2hvdF9pZBgBIAEoCSIcCg1TdGF0dXNSZXF1ZXN0EgsKA2lkcxgBIAMoCSJLCg1TYW5kYm94U3RhdHVzEgoKAmlkGAEgASgJEg0KBXN0YXRlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIPCgdjcmFzaGVkGAQgASgIIkUKDlN0YXR1c1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMiGwoMVXNhZ2VSZXF1ZXN0EgsKA2lkcxgBIAMoCSKfAQoNVXNhZ2VSZXNwb25zZRI+CgdzYW1wbGVzGAEgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZS5TYW1wbGVzRW50cnkaTgoMU2FtcGxlc0VudHJ5EgsKA2tleRgBIAEoCRItCgV2YWx1ZRgCIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlOgI4ASKTAQoTVXBkYXRlUG9saWN5UmVxdWVzdBIKCgJpZBgBIAEoCRIpCgZwb2xpY3kYAiABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3kSOAoIcGxhdGZvcm0YAyABKAsyIS5maXJlYnJlYWsubm9kZS52MS5QbGF0Zm9ybVRhcmdldEgAiAEBQgsKCV9wbGF0Zm9ybSIeCg5Qb2xpY3lSZXNwb25zZRIMCgRqc29uGAEgASgJIhgKCEpzb25MaXN0EgwKBGpzb24YASADKAkiGQoJSnNvblZhbHVlEgwKBGpzb24YASABKAkiGwoLTmFtZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIiCg9SZW1vdmVkUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoCCKcAQoMVGVtcGxhdGVJbmZvEgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEhAKCGJ1aWx0X2F0GAMgASgJEhMKC2ltYWdlX2J5dGVzGAQgASgEEhAKCHBhY2thZ2VzGAUgAygJEicKBXNoYXBlGAYgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSDwoHYWxpYXNlcxgHIAMoCSJHChFUZW1wbGF0ZXNSZXNwb25zZRIyCgl0ZW1wbGF0ZXMYASADKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm8iPQoMQnVpbGRSZXF1ZXN0Eg4KBG5hbWUYASABKAlIABITCglzcGVjX2pzb24YAiABKAlIAEIICgZzb3VyY2UifAoKQnVpbGRFdmVudBI0Cghwcm9ncmVzcxgBIAEoCzIgLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUHJvZ3Jlc3NIABIvCgRkb25lGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVJbmZvSABCBwoFZXZlbnQiSwoNQnVpbGRQcm9ncmVzcxIMCgRzdGVwGAEgASgJEg0KBWluZGV4GAIgASgNEg0KBXRvdGFsGAMgASgNEg4KBmRldGFpbBgEIAEoCSJZCg5TZXRQb29sUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEgwKBHNpemUYAyABKA0iIAoMRHJhaW5SZXF1ZXN0EhAKCGRyYWluaW5nGAEgASgIIq0CCgpOb2RlUmVwb3J0Eg8KB25vZGVfaWQYASABKAkSEwoLYWNjZWxlcmF0b3IYAiABKAkSGgoSYWNjZWxlcmF0b3JfcmVhc29uGAMgASgJEg0KBXZjcHVzGAQgASgNEhIKCm1lbW9yeV9taWIYBSABKAQSFwoPY29tbWl0dGVkX3ZjcHVzGAYgASgNEhwKFGNvbW1pdHRlZF9tZW1vcnlfbWliGAcgASgEEhcKD2ZyZWVfbWVtb3J5X21pYhgIIAEoBBIRCglzYW5kYm94ZXMYCSABKA0SEAoIZHJhaW5pbmcYCiABKAgSNAoJdGVtcGxhdGVzGAsgAygLMiEuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQSDwoHdmVyc2lvbhgMIAEoCSLMAgoOVGVtcGxhdGVSZXBvcnQSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSDQoFaW1hZ2UYAyABKAgSEAoIc25hcHNob3QYBCABKAgSFwoPc25hcHNob3Rfc2hhcGVzGAcgAygJEjkKBHdhcm0YBSADKAsyKy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydC5XYXJtRW50cnkSSQoNcmVjZW50X3A1MF9tcxgGIAMoCzIyLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0LlJlY2VudFA1ME1zRW50cnkaKwoJV2FybUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEaMgoQUmVjZW50UDUwTXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBIkQKD092ZXJoZWFkUmVxdWVzdBIRCglhY2tfZXBvY2gYASABKAkSDwoHYWNrX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSI3ChBPdmVyaGVhZFJlc3BvbnNlEg0KBWVwb2NoGAEgASgJEhQKDHJlY29yZHNfanNvbhgCIAMoCSIgCgxTcGFuc1JlcXVlc3QSEAoIdHJhY2VfaWQYASABKAkiSQoLTG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBm9mZnNldBgDIAEoBBIOCgZmb2xsb3cYBCABKAgiSAoITG9nQ2h1bmsSDgoGb2Zmc2V0GAEgASgEEgwKBGRhdGEYAiABKAwSDwoHc2tpcHBlZBgDIAEoBBINCgVlbmRlZBgEIAEoCCJMChVMaXN0U2FuZGJveGVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1czKHDwoETm9kZRJBCgZSZXBvcnQSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRodLmZpcmVicmVhay5ub2RlLnYxLk5vZGVSZXBvcnQSSgoGQ3JlYXRlEiAuZmlyZWJyZWFrLm5vZGUudjEuQ3JlYXRlUmVxdWVzdBoeLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hJbmZvEkYKBEtpbGwSHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGh8uZmlyZWJyZWFrLm5vZGUudjEuS2lsbFJlc3BvbnNlEkcKBVBhdXNlEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhofLmZpcmVicmVhay5ub2RlLnYxLktpbGxSZXNwb25zZRJKCgZSZXN1bWUSHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGiEuZmlyZWJyZWFrLm5vZGUudjEuUmVzdW1lUmVzcG9uc2USRwoERm9yaxIeLmZpcmVicmVhay5ub2RlLnYxLkZvcmtSZXF1ZXN0Gh8uZmlyZWJyZWFrLm5vZGUudjEuRm9ya1Jlc3BvbnNlElUKD1NuYXBzaG90U2FuZGJveBIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaIy5maXJlYnJlYWsubm9kZS52MS5TbmFwc2hvdFJlc3BvbnNlEkoKDkRlbGV0ZVNuYXBzaG90Eh4uZmlyZWJyZWFrLm5vZGUudjEuU25hcHNob3RSZWYaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJNCgZTdGF0dXMSIC5maXJlYnJlYWsubm9kZS52MS5TdGF0dXNSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVzcG9uc2USSgoFVXNhZ2USHy5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlcXVlc3QaIC5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlElkKDFVwZGF0ZVBvbGljeRImLmZpcmVicmVhay5ub2RlLnYxLlVwZGF0ZVBvbGljeVJlcXVlc3QaIS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lSZXNwb25zZRJFCgxMaXN0U2VydmljZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRobLmZpcmVicmVhay5ub2RlLnYxLkpzb25MaXN0EkgKClB1dFNlcnZpY2USHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUSUwoNUmVtb3ZlU2VydmljZRIeLmZpcmVicmVhay5ub2RlLnYxLk5hbWVSZXF1ZXN0GiIuZmlyZWJyZWFrLm5vZGUudjEuUmVtb3ZlZFJlc3BvbnNlEk8KDUxpc3RUZW1wbGF0ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRokLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlc1Jlc3BvbnNlElEKDUJ1aWxkVGVtcGxhdGUSHy5maXJlYnJlYWsubm9kZS52MS5CdWlsZFJlcXVlc3QaHS5maXJlYnJlYWsubm9kZS52MS5CdWlsZEV2ZW50MAESVAoORGVsZXRlVGVtcGxhdGUSHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJGCgdTZXRQb29sEiEuZmlyZWJyZWFrLm5vZGUudjEuU2V0UG9vbFJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJCCgVEcmFpbhIfLmZpcmVicmVhay5ub2RlLnYxLkRyYWluUmVxdWVzdBoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5ElMKDUxpc3RTYW5kYm94ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRooLmZpcmVicmVhay5ub2RlLnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZRJKCgtBY2Nlc3NUb2tlbhIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUSUwoIT3ZlcmhlYWQSIi5maXJlYnJlYWsubm9kZS52MS5PdmVyaGVhZFJlcXVlc3QaIy5maXJlYnJlYWsubm9kZS52MS5PdmVyaGVhZFJlc3BvbnNlEkEKB01ldHJpY3MSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRocLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRJFCgVTcGFucxIfLmZpcmVicmVhay5ub2RlLnYxLlNwYW5zUmVxdWVzdBobLmZpcmVicmVhay5ub2RlLnYxLkpzb25MaXN0EkUKBExvZ3MSHi5maXJlYnJlYWsubm9kZS52MS5Mb2dzUmVxdWVzdBobLmZpcmVicmVhay5ub2RlLnYxLkxvZ0NodW5rMAFiBnByb3RvMw");
 
 /**
  * @generated from message firebreak.node.v1.Empty
@@ -112,6 +112,38 @@ export const PolicySchema: GenMessage<Policy> = /*@__PURE__*/
   messageDesc(file_node_v1_node, 3);
 
 /**
+ * Where a sandbox with the platform grant (policy `platform: true`) reaches
+ * the Firebreak API: the control plane's IPv4 address and port as this node
+ * reaches it, and the sandbox's own platform credential, which the node's
+ * proxy adds to the guest's requests (it never enters the guest).
+ *
+ * @generated from message firebreak.node.v1.PlatformTarget
+ */
+export type PlatformTarget = Message<"firebreak.node.v1.PlatformTarget"> & {
+  /**
+   * @generated from field: string address = 1;
+   */
+  address: string;
+
+  /**
+   * @generated from field: uint32 port = 2;
+   */
+  port: number;
+
+  /**
+   * @generated from field: string token = 3;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.PlatformTarget.
+ * Use `create(PlatformTargetSchema)` to create a new message.
+ */
+export const PlatformTargetSchema: GenMessage<PlatformTarget> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 4);
+
+/**
  * @generated from message firebreak.node.v1.CreateRequest
  */
 export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
@@ -155,6 +187,11 @@ export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
    * @generated from field: optional string from_snapshot = 7;
    */
   fromSnapshot?: string | undefined;
+
+  /**
+   * @generated from field: optional firebreak.node.v1.PlatformTarget platform = 8;
+   */
+  platform?: PlatformTarget | undefined;
 };
 
 /**
@@ -162,7 +199,7 @@ export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
  * Use `create(CreateRequestSchema)` to create a new message.
  */
 export const CreateRequestSchema: GenMessage<CreateRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 4);
+  messageDesc(file_node_v1_node, 5);
 
 /**
  * @generated from message firebreak.node.v1.SandboxInfo
@@ -208,6 +245,15 @@ export type SandboxInfo = Message<"firebreak.node.v1.SandboxInfo"> & {
    * @generated from field: string policy_json = 7;
    */
   policyJson: string;
+
+  /**
+   * The sandbox's counters at the moment it was handed over (warm claim,
+   * restore or boot finished): its tenant is charged only for what follows;
+   * what came before is the platform's overhead (the Overhead call).
+   *
+   * @generated from field: optional firebreak.node.v1.UsageSample handover = 8;
+   */
+  handover?: UsageSample | undefined;
 };
 
 /**
@@ -215,7 +261,7 @@ export type SandboxInfo = Message<"firebreak.node.v1.SandboxInfo"> & {
  * Use `create(SandboxInfoSchema)` to create a new message.
  */
 export const SandboxInfoSchema: GenMessage<SandboxInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 5);
+  messageDesc(file_node_v1_node, 6);
 
 /**
  * @generated from message firebreak.node.v1.TrafficBytes
@@ -237,7 +283,7 @@ export type TrafficBytes = Message<"firebreak.node.v1.TrafficBytes"> & {
  * Use `create(TrafficBytesSchema)` to create a new message.
  */
 export const TrafficBytesSchema: GenMessage<TrafficBytes> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 6);
+  messageDesc(file_node_v1_node, 7);
 
 /**
  * @generated from message firebreak.node.v1.UsageSample
@@ -271,6 +317,18 @@ export type UsageSample = Message<"firebreak.node.v1.UsageSample"> & {
    * @generated from field: map<string, firebreak.node.v1.TrafficBytes> traffic = 5;
    */
   traffic: { [key: string]: TrafficBytes };
+
+  /**
+   * The sandbox's own disk layer: bytes allocated on the host, and its size as the guest sees it.
+   *
+   * @generated from field: optional uint64 disk_used_bytes = 6;
+   */
+  diskUsedBytes?: bigint | undefined;
+
+  /**
+   * @generated from field: optional uint64 disk_total_bytes = 7;
+   */
+  diskTotalBytes?: bigint | undefined;
 };
 
 /**
@@ -278,7 +336,7 @@ export type UsageSample = Message<"firebreak.node.v1.UsageSample"> & {
  * Use `create(UsageSampleSchema)` to create a new message.
  */
 export const UsageSampleSchema: GenMessage<UsageSample> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 7);
+  messageDesc(file_node_v1_node, 8);
 
 /**
  * @generated from message firebreak.node.v1.KillResponse
@@ -297,7 +355,7 @@ export type KillResponse = Message<"firebreak.node.v1.KillResponse"> & {
  * Use `create(KillResponseSchema)` to create a new message.
  */
 export const KillResponseSchema: GenMessage<KillResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 8);
+  messageDesc(file_node_v1_node, 9);
 
 /**
  * @generated from message firebreak.node.v1.ResumeResponse
@@ -312,6 +370,18 @@ export type ResumeResponse = Message<"firebreak.node.v1.ResumeResponse"> & {
    * @generated from field: double total_ms = 2;
    */
   totalMs: number;
+
+  /**
+   * Counters when the resumed sandbox runs again (its cgroup is new; what the restore used is overhead).
+   *
+   * @generated from field: optional firebreak.node.v1.UsageSample handover = 3;
+   */
+  handover?: UsageSample | undefined;
+
+  /**
+   * @generated from field: map<string, double> phases = 4;
+   */
+  phases: { [key: string]: number };
 };
 
 /**
@@ -319,7 +389,7 @@ export type ResumeResponse = Message<"firebreak.node.v1.ResumeResponse"> & {
  * Use `create(ResumeResponseSchema)` to create a new message.
  */
 export const ResumeResponseSchema: GenMessage<ResumeResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 9);
+  messageDesc(file_node_v1_node, 10);
 
 /**
  * @generated from message firebreak.node.v1.ForkRequest
@@ -341,7 +411,7 @@ export type ForkRequest = Message<"firebreak.node.v1.ForkRequest"> & {
  * Use `create(ForkRequestSchema)` to create a new message.
  */
 export const ForkRequestSchema: GenMessage<ForkRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 10);
+  messageDesc(file_node_v1_node, 11);
 
 /**
  * @generated from message firebreak.node.v1.ForkResponse
@@ -358,7 +428,7 @@ export type ForkResponse = Message<"firebreak.node.v1.ForkResponse"> & {
  * Use `create(ForkResponseSchema)` to create a new message.
  */
 export const ForkResponseSchema: GenMessage<ForkResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 11);
+  messageDesc(file_node_v1_node, 12);
 
 /**
  * A named snapshot: the sandbox's memory and disk frozen into an immutable,
@@ -379,7 +449,7 @@ export type SnapshotResponse = Message<"firebreak.node.v1.SnapshotResponse"> & {
  * Use `create(SnapshotResponseSchema)` to create a new message.
  */
 export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 12);
+  messageDesc(file_node_v1_node, 13);
 
 /**
  * @generated from message firebreak.node.v1.SnapshotRef
@@ -396,7 +466,7 @@ export type SnapshotRef = Message<"firebreak.node.v1.SnapshotRef"> & {
  * Use `create(SnapshotRefSchema)` to create a new message.
  */
 export const SnapshotRefSchema: GenMessage<SnapshotRef> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 13);
+  messageDesc(file_node_v1_node, 14);
 
 /**
  * @generated from message firebreak.node.v1.StatusRequest
@@ -413,7 +483,7 @@ export type StatusRequest = Message<"firebreak.node.v1.StatusRequest"> & {
  * Use `create(StatusRequestSchema)` to create a new message.
  */
 export const StatusRequestSchema: GenMessage<StatusRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 14);
+  messageDesc(file_node_v1_node, 15);
 
 /**
  * @generated from message firebreak.node.v1.SandboxStatus
@@ -447,7 +517,7 @@ export type SandboxStatus = Message<"firebreak.node.v1.SandboxStatus"> & {
  * Use `create(SandboxStatusSchema)` to create a new message.
  */
 export const SandboxStatusSchema: GenMessage<SandboxStatus> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 15);
+  messageDesc(file_node_v1_node, 16);
 
 /**
  * @generated from message firebreak.node.v1.StatusResponse
@@ -464,7 +534,7 @@ export type StatusResponse = Message<"firebreak.node.v1.StatusResponse"> & {
  * Use `create(StatusResponseSchema)` to create a new message.
  */
 export const StatusResponseSchema: GenMessage<StatusResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 16);
+  messageDesc(file_node_v1_node, 17);
 
 /**
  * @generated from message firebreak.node.v1.UsageRequest
@@ -481,7 +551,7 @@ export type UsageRequest = Message<"firebreak.node.v1.UsageRequest"> & {
  * Use `create(UsageRequestSchema)` to create a new message.
  */
 export const UsageRequestSchema: GenMessage<UsageRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 17);
+  messageDesc(file_node_v1_node, 18);
 
 /**
  * @generated from message firebreak.node.v1.UsageResponse
@@ -500,7 +570,7 @@ export type UsageResponse = Message<"firebreak.node.v1.UsageResponse"> & {
  * Use `create(UsageResponseSchema)` to create a new message.
  */
 export const UsageResponseSchema: GenMessage<UsageResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 18);
+  messageDesc(file_node_v1_node, 19);
 
 /**
  * @generated from message firebreak.node.v1.UpdatePolicyRequest
@@ -515,6 +585,13 @@ export type UpdatePolicyRequest = Message<"firebreak.node.v1.UpdatePolicyRequest
    * @generated from field: firebreak.node.v1.Policy policy = 2;
    */
   policy?: Policy | undefined;
+
+  /**
+   * A new platform target (a fork child gets its own credential).
+   *
+   * @generated from field: optional firebreak.node.v1.PlatformTarget platform = 3;
+   */
+  platform?: PlatformTarget | undefined;
 };
 
 /**
@@ -522,7 +599,7 @@ export type UpdatePolicyRequest = Message<"firebreak.node.v1.UpdatePolicyRequest
  * Use `create(UpdatePolicyRequestSchema)` to create a new message.
  */
 export const UpdatePolicyRequestSchema: GenMessage<UpdatePolicyRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 19);
+  messageDesc(file_node_v1_node, 20);
 
 /**
  * @generated from message firebreak.node.v1.PolicyResponse
@@ -539,7 +616,7 @@ export type PolicyResponse = Message<"firebreak.node.v1.PolicyResponse"> & {
  * Use `create(PolicyResponseSchema)` to create a new message.
  */
 export const PolicyResponseSchema: GenMessage<PolicyResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 20);
+  messageDesc(file_node_v1_node, 21);
 
 /**
  * @generated from message firebreak.node.v1.JsonList
@@ -556,7 +633,7 @@ export type JsonList = Message<"firebreak.node.v1.JsonList"> & {
  * Use `create(JsonListSchema)` to create a new message.
  */
 export const JsonListSchema: GenMessage<JsonList> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 21);
+  messageDesc(file_node_v1_node, 22);
 
 /**
  * @generated from message firebreak.node.v1.JsonValue
@@ -573,7 +650,7 @@ export type JsonValue = Message<"firebreak.node.v1.JsonValue"> & {
  * Use `create(JsonValueSchema)` to create a new message.
  */
 export const JsonValueSchema: GenMessage<JsonValue> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 22);
+  messageDesc(file_node_v1_node, 23);
 
 /**
  * @generated from message firebreak.node.v1.NameRequest
@@ -590,7 +667,7 @@ export type NameRequest = Message<"firebreak.node.v1.NameRequest"> & {
  * Use `create(NameRequestSchema)` to create a new message.
  */
 export const NameRequestSchema: GenMessage<NameRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 23);
+  messageDesc(file_node_v1_node, 24);
 
 /**
  * @generated from message firebreak.node.v1.RemovedResponse
@@ -607,7 +684,7 @@ export type RemovedResponse = Message<"firebreak.node.v1.RemovedResponse"> & {
  * Use `create(RemovedResponseSchema)` to create a new message.
  */
 export const RemovedResponseSchema: GenMessage<RemovedResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 24);
+  messageDesc(file_node_v1_node, 25);
 
 /**
  * @generated from message firebreak.node.v1.TemplateInfo
@@ -660,7 +737,7 @@ export type TemplateInfo = Message<"firebreak.node.v1.TemplateInfo"> & {
  * Use `create(TemplateInfoSchema)` to create a new message.
  */
 export const TemplateInfoSchema: GenMessage<TemplateInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 25);
+  messageDesc(file_node_v1_node, 26);
 
 /**
  * @generated from message firebreak.node.v1.TemplatesResponse
@@ -677,7 +754,7 @@ export type TemplatesResponse = Message<"firebreak.node.v1.TemplatesResponse"> &
  * Use `create(TemplatesResponseSchema)` to create a new message.
  */
 export const TemplatesResponseSchema: GenMessage<TemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 26);
+  messageDesc(file_node_v1_node, 27);
 
 /**
  * @generated from message firebreak.node.v1.BuildRequest
@@ -710,7 +787,7 @@ export type BuildRequest = Message<"firebreak.node.v1.BuildRequest"> & {
  * Use `create(BuildRequestSchema)` to create a new message.
  */
 export const BuildRequestSchema: GenMessage<BuildRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 27);
+  messageDesc(file_node_v1_node, 28);
 
 /**
  * @generated from message firebreak.node.v1.BuildEvent
@@ -739,7 +816,7 @@ export type BuildEvent = Message<"firebreak.node.v1.BuildEvent"> & {
  * Use `create(BuildEventSchema)` to create a new message.
  */
 export const BuildEventSchema: GenMessage<BuildEvent> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 28);
+  messageDesc(file_node_v1_node, 29);
 
 /**
  * @generated from message firebreak.node.v1.BuildProgress
@@ -771,7 +848,7 @@ export type BuildProgress = Message<"firebreak.node.v1.BuildProgress"> & {
  * Use `create(BuildProgressSchema)` to create a new message.
  */
 export const BuildProgressSchema: GenMessage<BuildProgress> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 29);
+  messageDesc(file_node_v1_node, 30);
 
 /**
  * @generated from message firebreak.node.v1.SetPoolRequest
@@ -798,7 +875,7 @@ export type SetPoolRequest = Message<"firebreak.node.v1.SetPoolRequest"> & {
  * Use `create(SetPoolRequestSchema)` to create a new message.
  */
 export const SetPoolRequestSchema: GenMessage<SetPoolRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 30);
+  messageDesc(file_node_v1_node, 31);
 
 /**
  * @generated from message firebreak.node.v1.DrainRequest
@@ -817,7 +894,7 @@ export type DrainRequest = Message<"firebreak.node.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 31);
+  messageDesc(file_node_v1_node, 32);
 
 /**
  * What the node can activate and how fast: the scheduler's input.
@@ -893,7 +970,7 @@ export type NodeReport = Message<"firebreak.node.v1.NodeReport"> & {
  * Use `create(NodeReportSchema)` to create a new message.
  */
 export const NodeReportSchema: GenMessage<NodeReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 32);
+  messageDesc(file_node_v1_node, 33);
 
 /**
  * @generated from message firebreak.node.v1.TemplateReport
@@ -948,7 +1025,153 @@ export type TemplateReport = Message<"firebreak.node.v1.TemplateReport"> & {
  * Use `create(TemplateReportSchema)` to create a new message.
  */
 export const TemplateReportSchema: GenMessage<TemplateReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 33);
+  messageDesc(file_node_v1_node, 34);
+
+/**
+ * @generated from message firebreak.node.v1.OverheadRequest
+ */
+export type OverheadRequest = Message<"firebreak.node.v1.OverheadRequest"> & {
+  /**
+   * What the caller stored already: records of this epoch up to this seq are dropped.
+   *
+   * @generated from field: string ack_epoch = 1;
+   */
+  ackEpoch: string;
+
+  /**
+   * @generated from field: uint64 ack_seq = 2;
+   */
+  ackSeq: bigint;
+
+  /**
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message firebreak.node.v1.OverheadRequest.
+ * Use `create(OverheadRequestSchema)` to create a new message.
+ */
+export const OverheadRequestSchema: GenMessage<OverheadRequest> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 35);
+
+/**
+ * @generated from message firebreak.node.v1.OverheadResponse
+ */
+export type OverheadResponse = Message<"firebreak.node.v1.OverheadResponse"> & {
+  /**
+   * This daemon's life (records' ids are <node>:<epoch>:<seq>).
+   *
+   * @generated from field: string epoch = 1;
+   */
+  epoch: string;
+
+  /**
+   * Records waiting, oldest first (JSON objects, daemon/overhead.ts OverheadRecord).
+   *
+   * @generated from field: repeated string records_json = 2;
+   */
+  recordsJson: string[];
+};
+
+/**
+ * Describes the message firebreak.node.v1.OverheadResponse.
+ * Use `create(OverheadResponseSchema)` to create a new message.
+ */
+export const OverheadResponseSchema: GenMessage<OverheadResponse> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 36);
+
+/**
+ * @generated from message firebreak.node.v1.SpansRequest
+ */
+export type SpansRequest = Message<"firebreak.node.v1.SpansRequest"> & {
+  /**
+   * @generated from field: string trace_id = 1;
+   */
+  traceId: string;
+};
+
+/**
+ * Describes the message firebreak.node.v1.SpansRequest.
+ * Use `create(SpansRequestSchema)` to create a new message.
+ */
+export const SpansRequestSchema: GenMessage<SpansRequest> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 37);
+
+/**
+ * @generated from message firebreak.node.v1.LogsRequest
+ */
+export type LogsRequest = Message<"firebreak.node.v1.LogsRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * console | start
+   *
+   * @generated from field: string source = 2;
+   */
+  source: string;
+
+  /**
+   * Absolute byte offset to start from.
+   *
+   * @generated from field: uint64 offset = 3;
+   */
+  offset: bigint;
+
+  /**
+   * Keep the stream open and send what is written next, until the sandbox ends.
+   *
+   * @generated from field: bool follow = 4;
+   */
+  follow: boolean;
+};
+
+/**
+ * Describes the message firebreak.node.v1.LogsRequest.
+ * Use `create(LogsRequestSchema)` to create a new message.
+ */
+export const LogsRequestSchema: GenMessage<LogsRequest> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 38);
+
+/**
+ * @generated from message firebreak.node.v1.LogChunk
+ */
+export type LogChunk = Message<"firebreak.node.v1.LogChunk"> & {
+  /**
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+
+  /**
+   * Bytes before `offset` that are no longer held.
+   *
+   * @generated from field: uint64 skipped = 3;
+   */
+  skipped: bigint;
+
+  /**
+   * The sandbox ended: nothing more will come.
+   *
+   * @generated from field: bool ended = 4;
+   */
+  ended: boolean;
+};
+
+/**
+ * Describes the message firebreak.node.v1.LogChunk.
+ * Use `create(LogChunkSchema)` to create a new message.
+ */
+export const LogChunkSchema: GenMessage<LogChunk> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 39);
 
 /**
  * @generated from message firebreak.node.v1.ListSandboxesResponse
@@ -965,7 +1188,7 @@ export type ListSandboxesResponse = Message<"firebreak.node.v1.ListSandboxesResp
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 34);
+  messageDesc(file_node_v1_node, 40);
 
 /**
  * @generated from service firebreak.node.v1.Node
@@ -1144,6 +1367,46 @@ export const Node: GenService<{
     methodKind: "unary";
     input: typeof SandboxRefSchema;
     output: typeof JsonValueSchema;
+  },
+  /**
+   * Platform overhead records waiting for collection (daemon/overhead.ts).
+   *
+   * @generated from rpc firebreak.node.v1.Node.Overhead
+   */
+  overhead: {
+    methodKind: "unary";
+    input: typeof OverheadRequestSchema;
+    output: typeof OverheadResponseSchema;
+  },
+  /**
+   * The node's Prometheus metrics (prom-client JSON).
+   *
+   * @generated from rpc firebreak.node.v1.Node.Metrics
+   */
+  metrics: {
+    methodKind: "unary";
+    input: typeof EmptySchema;
+    output: typeof JsonValueSchema;
+  },
+  /**
+   * Spans of a trace this node recorded (JSON, one span each).
+   *
+   * @generated from rpc firebreak.node.v1.Node.Spans
+   */
+  spans: {
+    methodKind: "unary";
+    input: typeof SpansRequestSchema;
+    output: typeof JsonListSchema;
+  },
+  /**
+   * A sandbox's console or start-command output.
+   *
+   * @generated from rpc firebreak.node.v1.Node.Logs
+   */
+  logs: {
+    methodKind: "server_streaming";
+    input: typeof LogsRequestSchema;
+    output: typeof LogChunkSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_node_v1_node, 0);
