@@ -267,7 +267,7 @@ export async function buildTemplate(
     if ((e as NodeJS.ErrnoException).code === "ENOSPC") throw noSpace(config.stateDir);
     throw e;
   } finally {
-    await fs.rm(staging, { recursive: true, force: true });
+    await removeBuildDir(staging);
     activeBuildDirs.delete(staging);
   }
 }
@@ -816,9 +816,32 @@ async function removeStaleBuilds(imagesDir: string): Promise<void> {
       () => false,
     );
     if (!alive || Number(m[1]) === process.pid) {
-      if (!activeBuildDirs.has(path.join(imagesDir, e))) {
-        await fs.rm(path.join(imagesDir, e), { recursive: true, force: true });
-      }
+      if (!activeBuildDirs.has(path.join(imagesDir, e))) await removeBuildDir(path.join(imagesDir, e));
     }
   }
+}
+
+/**
+ * Removes a build's staging directory. A debootstrap that was killed leaves
+ * its /proc (and maybe /sys) mounted inside the root it was making: those are
+ * detached first (lazily: nothing of this build uses them any more), or the
+ * removal fails with EBUSY and every later build of this state dir with it.
+ */
+export async function removeBuildDir(dir: string): Promise<void> {
+  const prefix = `${path.resolve(dir)}/`;
+  let mounts: string[] = [];
+  try {
+    mounts = (await fs.readFile("/proc/self/mounts", "utf8"))
+      .split("\n")
+      .map((l) => l.split(" ")[1] ?? "")
+      // /proc/self/mounts escapes spaces and such as octal; a staging path has none.
+      .filter((mp) => mp.startsWith(prefix));
+  } catch {
+    // no /proc: nothing can be mounted there by us either
+  }
+  // Deepest first.
+  for (const mp of mounts.sort((a, b) => b.length - a.length)) {
+    await run("umount", ["--lazy", mp], { allowFailure: true });
+  }
+  await fs.rm(dir, { recursive: true, force: true });
 }
