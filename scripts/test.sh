@@ -41,11 +41,16 @@ npx biome check .
 step "unit tests"
 node --test --test-concurrency=2 'packages/*/src/**/*.test.ts'
 
-step "build the base template (cached after the first run)"
+step "build the base and code-interpreter templates (cached after the first run)"
 ./bin/firebreak template build base
 ./bin/firebreak template build code-interpreter
 
 step "integration tests (real microVMs)"
+# The test state dir belongs to the tests. Sandboxes a killed earlier run left
+# paused there would be adopted by every runtime the tests open and reported
+# as leaks; no test wants them. (Their VMs, namespaces and cgroups, if any, are
+# reclaimed by the reconciler from the host-wide owner records.)
+rm -rf "${FIREBREAK_STATE_DIR}/sandboxes" "${FIREBREAK_STATE_DIR}/layers"
 node --test --test-concurrency=1 --test-timeout=900000 'packages/*/test/**/*.test.ts'
 
 if [ -n "$fresh_pid" ]; then
