@@ -50,7 +50,11 @@ step "integration tests (real microVMs)"
 # paused there would be adopted by every runtime the tests open and reported
 # as leaks; no test wants them. (Their VMs, namespaces and cgroups, if any, are
 # reclaimed by the reconciler from the host-wide owner records.)
-rm -rf "${FIREBREAK_STATE_DIR}/sandboxes" "${FIREBREAK_STATE_DIR}/layers"
+# The same for its control plane database: each run starts from a fresh one
+# (a database a development branch migrated differently would fail them all).
+rm -rf "${FIREBREAK_STATE_DIR}/sandboxes" "${FIREBREAK_STATE_DIR}/layers" \
+  "${FIREBREAK_STATE_DIR}"/control-plane.db "${FIREBREAK_STATE_DIR}"/control-plane.db-* \
+  "${FIREBREAK_STATE_DIR}"/control-plane.db.lock
 node --test --test-concurrency=1 --test-timeout=900000 'packages/*/test/**/*.test.ts'
 
 if [ -n "$fresh_pid" ]; then
