@@ -162,8 +162,9 @@ export function envdProxy(
     // X-Access-Token on its /contexts calls, only that. The agent's port
     // needs the agent's token.
     const traffic = req.headers["e2b-traffic-access-token"];
+    // (Any port but the agent's: only 49999 is forwarded below, the rest 502.)
     const trafficOk =
-      port === CODE_INTERPRETER_PORT &&
+      port !== ENVD_PORT &&
       rec !== undefined &&
       typeof traffic === "string" &&
       ingressTokens?.verify(rec.id, traffic) === true;
