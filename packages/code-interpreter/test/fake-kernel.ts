@@ -4,6 +4,9 @@
 // streams, errors, results, interrupts and crashes behave as in a real
 // kernel. Globals for cells: print(...), display(mimeBundle), sleep(ms),
 // waitForFile(path, ms), Deno.env (over process.env), crypto, process.
+// With FAKE_LATE_RESULTS=1 it publishes a cell's execute_result only after
+// the cell's idle, when the next shell request arrives, as Deno 2.9 does now
+// and then: the service must wait for its barrier.
 //
 //   node fake-kernel.ts <connection_file>
 import { createHmac, randomUUID } from "node:crypto";
@@ -61,6 +64,15 @@ function parse(raw: Buffer[]): { ids: Buffer[]; msg: Msg } {
 const publish = (type: string, content: unknown, parent: Record<string, unknown>) =>
   iopub.send(frames(type, content, parent));
 
+const LATE = process.env["FAKE_LATE_RESULTS"] === "1";
+/** Results held back until the next shell request (FAKE_LATE_RESULTS). */
+let held: Buffer[][] = [];
+async function flushHeld(): Promise<void> {
+  const out = held;
+  held = [];
+  for (const f of out) await iopub.send(f);
+}
+
 let count = 0;
 let interrupt: ((e: Error) => void) | undefined;
 process.on("SIGINT", () => {
@@ -116,11 +128,9 @@ async function execute(ids: Buffer[], msg: Msg): Promise<void> {
       Promise.resolve(vm.runInContext(String(msg.content["code"]), context)).then(resolve, reject);
     });
     if (!silent && value !== undefined) {
-      await publish(
-        "execute_result",
-        { execution_count: count, data: { "text/plain": util.inspect(value) }, metadata: {} },
-        parent,
-      );
+      const result = { execution_count: count, data: { "text/plain": util.inspect(value) }, metadata: {} };
+      if (LATE) held.push(frames("execute_result", result, parent));
+      else await publish("execute_result", result, parent);
     }
   } catch (e) {
     const err = e as Error;
@@ -152,6 +162,7 @@ void (async () => {
 for await (const raw of shell) {
   const { ids, msg } = parse(raw as Buffer[]);
   const type = msg.header["msg_type"];
+  await flushHeld();
   if (type === "kernel_info_request") {
     await publish("status", { execution_state: "busy" }, msg.header);
     await shell.send([

@@ -41,8 +41,10 @@ before(async () => {
     specs: {
       javascript: {
         argv: [process.execPath, "--disable-warning=ExperimentalWarning", FAKE_KERNEL, "{connection_file}"],
-        env: {},
+        // Results come after the cell's idle, as Deno's sometimes do.
+        env: { FAKE_LATE_RESULTS: "1" },
         interruptMode: "signal",
+        lateOutputs: true,
       },
     },
     workdir: tmp,

@@ -27,6 +27,13 @@ export interface KernelLaunch {
   cwd: string;
   /** How to interrupt a running cell: SIGINT to the process, or interrupt_request on control. */
   interruptMode: "signal" | "message";
+  /**
+   * The kernel may publish a cell's outputs after it reported idle for it
+   * (Deno 2.9 sends a cell's execute_result that way, now and then: seen 2 of
+   * 75 cells on a loaded host). An execution then ends only when a barrier
+   * request sent after the idle (kernel_info_request) is idle too.
+   */
+  lateOutputs?: boolean;
 }
 
 export interface KernelExit {
@@ -81,6 +88,8 @@ export class Kernel {
   readonly #iopub: import("zeromq").Subscriber;
   readonly #pending = new Map<string, Pending>();
   readonly #replies = new Map<string, (m: JupyterMessage | undefined) => void>();
+  /** Barrier request id -> the execution it closes (lateOutputs kernels). */
+  readonly #barriers = new Map<string, string>();
   readonly exited: Promise<KernelExit>;
   #exit: KernelExit | undefined;
   #closed = false;
@@ -325,6 +334,7 @@ export class Kernel {
   async #dispose(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#barriers.clear();
     for (const id of [...this.#pending.keys()]) this.#end(id, this.#exit ? "died" : "closed");
     this.#shell.close();
     this.#control.close();
@@ -343,6 +353,21 @@ export class Kernel {
       // nothing left
     }
     void this.#dispose();
+  }
+
+  /**
+   * Sends the request whose idle ends execution `id`: the kernel's iopub
+   * messages before it (the late ones of `id`) reach `id`'s reader first.
+   */
+  async #barrier(id: string): Promise<void> {
+    const msg = newMessage("kernel_info_request", {}, this.session);
+    this.#barriers.set(msg.header.msg_id, id);
+    try {
+      await this.#shell.send(encodeMessage(msg, this.#key));
+    } catch {
+      this.#barriers.delete(msg.header.msg_id);
+      this.#end(id, "idle");
+    }
   }
 
   #end(id: string, why: "idle" | "died" | "closed"): void {
@@ -389,13 +414,22 @@ export class Kernel {
         if (!msg) continue;
         this.#iopubSeen++;
         const parent = msg.parent_header.msg_id;
+        const closes = parent ? this.#barriers.get(parent) : undefined;
+        if (closes !== undefined) {
+          if (msg.header.msg_type === "status" && msg.content["execution_state"] === "idle") {
+            this.#barriers.delete(parent!);
+            this.#end(closes, "idle");
+          }
+          continue;
+        }
         const p = parent ? this.#pending.get(parent) : undefined;
         if (!p) continue;
         if (msg.header.msg_type === "status") {
           const state = msg.content["execution_state"];
           if (state === "busy") p.busySeen = true;
           if (state === "idle") {
-            this.#end(parent!, "idle");
+            if (this.#launch.lateOutputs) void this.#barrier(parent!);
+            else this.#end(parent!, "idle");
           }
           continue;
         }
