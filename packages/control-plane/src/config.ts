@@ -83,6 +83,48 @@ export interface ControlPlaneConfig {
   poolDemand: boolean;
   /** @default 10_000 */
   poolDemandIntervalMs: number;
+  /** Webhook delivery (src/webhooks). */
+  webhooks: WebhookConfig;
+}
+
+export interface WebhookConfig {
+  /**
+   * SECURITY: let webhooks go to loopback, link-local, private and this
+   * host's own addresses (a lab, or receivers on the operator's network).
+   * Off, such URLs are refused at create and at every delivery.
+   * @default FIREBREAK_WEBHOOK_ALLOW_PRIVATE=1, else false
+   */
+  allowPrivate: boolean;
+  /** How long one attempt may take (connect, answer). @default 10_000 */
+  attemptTimeoutMs: number;
+  /** How often the worker looks for due deliveries. @default 1_000 */
+  pollIntervalMs: number;
+  /** Attempts in flight at once per control plane. @default 32 */
+  concurrency: number;
+  /** Attempts in flight at once to one webhook per control plane (a slow receiver holds only these). @default 4 */
+  perWebhookConcurrency: number;
+  /** Delay before the second attempt; doubled after every failure, plus up to 20% jitter. @default 5_000 */
+  retryFirstDelayMs: number;
+  /** Longest delay between attempts. @default 300_000 (5 minutes) */
+  retryMaxDelayMs: number;
+  /** A delivery is given up after this many attempts... @default 300 */
+  maxAttempts: number;
+  /** ...or when its next attempt would come this long after the event. @default 24 h */
+  giveUpAfterMs: number;
+}
+
+export function defaultWebhookConfig(env: NodeJS.ProcessEnv = process.env): WebhookConfig {
+  return {
+    allowPrivate: flag(env, "FIREBREAK_WEBHOOK_ALLOW_PRIVATE", false),
+    attemptTimeoutMs: 10_000,
+    pollIntervalMs: 1_000,
+    concurrency: 32,
+    perWebhookConcurrency: 4,
+    retryFirstDelayMs: 5_000,
+    retryMaxDelayMs: 300_000,
+    maxAttempts: 300,
+    giveUpAfterMs: 24 * 3600_000,
+  };
 }
 
 /** A true/false setting from the environment (unset: the default); anything else is refused at start. */
@@ -137,5 +179,6 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): ControlPlan
     e2bPublicPortsDefault: flag(env, "FIREBREAK_E2B_PUBLIC_PORTS", true),
     poolDemand: env["FIREBREAK_POOL_DEMAND"] === "on",
     poolDemandIntervalMs: 10_000,
+    webhooks: defaultWebhookConfig(env),
   };
 }

@@ -16,6 +16,11 @@ export const API_ERRORS = {
     status: 400,
     description: "The request is malformed: bad JSON, wrong types, unknown fields, values out of range.",
   },
+  WEBHOOK_DESTINATION_FORBIDDEN: {
+    status: 400,
+    description:
+      "A webhook URL whose host is (or resolves to) a loopback, link-local, private or special-purpose address, or one of the platform's own; the operator allows these with FIREBREAK_WEBHOOK_ALLOW_PRIVATE=1.",
+  },
   PAYLOAD_TOO_LARGE: { status: 413, description: "The JSON body is larger than 1 MiB." },
   CONFLICT: {
     status: 409,

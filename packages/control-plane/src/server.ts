@@ -34,6 +34,7 @@ import { SqliteStore } from "./store/sqlite-store.ts";
 import type { Store } from "./store/store.ts";
 import { ControlPlaneMetrics } from "./telemetry/metrics.ts";
 import { TraceReader } from "./telemetry/traces.ts";
+import { WebhookWorker } from "./webhooks/worker.ts";
 
 export interface ServerOptions {
   /** host:port. @default "127.0.0.1:3000" (port 0 picks a free one) */
@@ -345,6 +346,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       traces,
       jobs,
     });
+    // Webhook deliveries: every replica runs a worker; the store's per-delivery
+    // claim keeps two from sending the same delivery at once.
+    const webhooks = new WebhookWorker({
+      store,
+      config: config.webhooks,
+      log,
+      onAttempt: (outcome) => metrics.webhookDeliveries.inc({ outcome }),
+    });
+    webhooks.start();
     const api = getRequestListener(app.fetch);
     // Ingress (src/ingress): `<port>-<id>.<domain>` and `/ingress/<id>/<port>/`
     // go to a port inside the sandbox, before the envd proxy and the API
@@ -408,6 +418,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
             server.closeAllConnections();
           });
           if (poolTimer) clearInterval(poolTimer);
+          await webhooks.close();
           // Running job tasks end as interrupted (they run again at the next start).
           await jobs.close();
           await leases?.stop();

@@ -53,6 +53,7 @@ export {
   listTemplates,
   resolveSpecFile,
 } from "./image/template-store.ts";
+export { SPECIAL_PURPOSE_RANGES, type SpecialRange } from "./network/walls.ts";
 export {
   type EnvdClient,
   type EnvdClientOptions,

@@ -14,6 +14,7 @@ import type {
   UsageGroup,
   UsageRecord,
 } from "./types.ts";
+import { Webhooks } from "./webhooks.ts";
 
 /** A template spec, as in a template.json file (see the README). */
 export interface TemplateSpec {
@@ -247,6 +248,8 @@ export class Firebreak {
   readonly tenants: Tenants;
   readonly usage: Usage;
   readonly services: Services;
+  /** Webhook subscriptions: sandbox events and final usage records POSTed to a URL, signed. */
+  readonly webhooks: Webhooks;
   readonly #http: HttpClient;
 
   constructor(opts: ConnectionOptions = {}) {
@@ -257,6 +260,7 @@ export class Firebreak {
     this.usage = new Usage(this.#http);
     this.services = new Services(this.#http);
     this.jobs = new Jobs(this.#http);
+    this.webhooks = new Webhooks(this.#http);
   }
 
   /** The server's health and accelerator. */

@@ -79,3 +79,14 @@ export {
   SandboxNetwork,
 } from "./sandbox.ts";
 export type * from "./types.ts";
+export {
+  type CreatedWebhook,
+  type VerifyOptions,
+  type VerifyResult,
+  verifyWebhook,
+  type WebhookDelivery,
+  type WebhookEvent,
+  type WebhookEventFilter,
+  type WebhookInfo,
+  Webhooks,
+} from "./webhooks.ts";

@@ -37,6 +37,7 @@ describe("error mapping", { timeout: 20_000 }, () => {
     [404, "NOT_FOUND", NotFoundError],
     [404, "TEMPLATE_NOT_FOUND", NotFoundError],
     [400, "VALIDATION_FAILED", ValidationError],
+    [400, "WEBHOOK_DESTINATION_FORBIDDEN", ValidationError],
     [413, "PAYLOAD_TOO_LARGE", ValidationError],
     [409, "CONFLICT", ConflictError],
     [429, "QUOTA_EXCEEDED", LimitError],

@@ -30,6 +30,7 @@ import { nodeRoutes } from "./routes/nodes.ts";
 import { sandboxRoutes } from "./routes/sandboxes.ts";
 import { serviceRoutes } from "./routes/services.ts";
 import { traceRoutes } from "./routes/traces.ts";
+import { webhookRoutes } from "./routes/webhooks.ts";
 
 /** Any error as an ApiError (framework errors included). */
 export function asApiError(err: unknown): ApiError {
@@ -169,6 +170,7 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
   eventRoutes(app, deps);
   logRoutes(app, deps);
   costRoutes(app, deps);
+  webhookRoutes(app, deps);
 
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.openAPIRegistry.registerComponent("securitySchemes", "joinToken", {

@@ -37,6 +37,7 @@ export class ControlPlaneMetrics {
   readonly usageGib: Counter<"template">;
   readonly usageTraffic: Counter<"class" | "direction">;
   readonly poolHitRatio: Gauge<"template">;
+  readonly webhookDeliveries: Counter<"outcome">;
   readonly #nodes: NodeDirectory;
 
   constructor(store: Store, nodes: NodeDirectory) {
@@ -90,6 +91,12 @@ export class ControlPlaneMetrics {
       name: "firebreak_usage_traffic_bytes_total",
       help: "Network bytes charged to tenants, by traffic class and direction (tx from the guest, rx to it).",
       labelNames: ["class", "direction"],
+      registers,
+    });
+    this.webhookDeliveries = new Counter({
+      name: "firebreak_webhook_attempts_total",
+      help: "Webhook delivery attempts made by this control plane, by outcome (delivered, retry, gave_up).",
+      labelNames: ["outcome"],
       registers,
     });
     this.poolHitRatio = new Gauge({

@@ -17,6 +17,7 @@ import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
 import { ControlPlaneMetrics } from "../telemetry/metrics.ts";
 import { TraceReader } from "../telemetry/traces.ts";
+import { WebhookWorker } from "../webhooks/worker.ts";
 import { ApiClient } from "./api-client.ts";
 import { FakeNode } from "./fake-node.ts";
 
@@ -58,6 +59,13 @@ export async function inProcess<N extends FakeNode = FakeNode>(
     traces,
     jobs,
   });
+  // Webhook deliveries run only when a test starts them (webhooks.start()).
+  const webhooks = new WebhookWorker({
+    store,
+    config: cfg.webhooks,
+    log,
+    onAttempt: (outcome) => metrics.webhookDeliveries.inc({ outcome }),
+  });
   const api = await new ApiClient("http://in-process", (url, init) =>
     Promise.resolve(app.fetch(new Request(url, init))),
   ).init();
@@ -96,11 +104,13 @@ export async function inProcess<N extends FakeNode = FakeNode>(
     nodes,
     sandboxes,
     jobs,
+    webhooks,
     ingressTokens,
     metrics,
     config: cfg,
     tenant,
     async close() {
+      await webhooks.close();
       await jobs.close();
       await sandboxes.close({ endOn: [node.id] });
       await nodes.close();
