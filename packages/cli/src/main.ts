@@ -2,7 +2,7 @@
 import { FirebreakError } from "@firebreak/node-agent";
 import { FirebreakApiError } from "@firebreak/sdk";
 // firebreak: the command-line interface. Without a server it drives the local
-// node runtime directly (root needed); `sandbox`, `job`, `keys` and `usage` talk to a
+// node runtime directly (root needed); `sandbox`, `job`, `keys`, `webhook` and `usage` talk to a
 // server (FIREBREAK_URL, FIREBREAK_API_KEY), and so do `run` and `template`
 // when both are set.
 import { Command, InvalidArgumentError, Option } from "commander";
@@ -52,6 +52,7 @@ import { templateBuild, templateDelete, templateList } from "./commands/template
 import { templateBuildApi, templateDeleteApi, templateListApi } from "./commands/template-api.ts";
 import { upCommand } from "./commands/up.ts";
 import { groupBy, isoTime, usageCommand } from "./commands/usage.ts";
+import { webhookAdd, webhookDeliveries, webhookList, webhookRm } from "./commands/webhook.ts";
 import { EXIT_USAGE } from "./output.ts";
 
 function int(name: string, min: number, max: number) {
@@ -527,6 +528,36 @@ keys
   .argument("<id>")
   .option("--json", "print JSON")
   .action(keysRevoke);
+
+const webhook = program
+  .command("webhook")
+  .description("webhooks: sandbox events and final usage records POSTed to a URL, signed, at least once");
+webhook
+  .command("add")
+  .description("subscribe a URL (the signing secret is printed once)")
+  .argument("<url>")
+  .option(
+    "--event <type>",
+    "*, sandbox.*, sandbox.<type> (e.g. sandbox.ended) or usage.final (repeatable; default: *)",
+    list,
+  )
+  .option("--description <text>", "what it is for")
+  .option("--json", "print JSON")
+  .action(webhookAdd);
+webhook.command("list").description("list webhooks").option("--json", "print JSON").action(webhookList);
+webhook
+  .command("rm")
+  .description("delete a webhook, giving up its pending deliveries (exits 1 when there is no such webhook)")
+  .argument("<id>")
+  .option("--json", "print JSON")
+  .action(webhookRm);
+webhook
+  .command("deliveries")
+  .description("a webhook's deliveries, newest first: status, attempts, last error")
+  .argument("<id>")
+  .option("--limit <n>", "at most this many (default 100)")
+  .option("--json", "print JSON")
+  .action(webhookDeliveries);
 
 program
   .command("usage")
