@@ -603,6 +603,174 @@ export function storeContract(name: string, factory: StoreFactory): void {
       ]);
     });
 
+    test("webhooks: create, get, list per tenant and all; disable once, giving up what is pending", async (t) => {
+      const { store } = await factory.fresh(t);
+      await withTenant(store, "t1");
+      await withTenant(store, "t2");
+      const hook = (id: string, tenantId: string, events: string[]) => ({
+        id,
+        tenantId,
+        url: `https://example.com/${id}`,
+        secret: `whsec_${id}`,
+        events,
+        description: `"${id}" \u{1f600}`,
+        createdAt: T0,
+        createdByKey: "k1",
+        disabledAt: null,
+      });
+      await store.createWebhook(hook("w1", "t1", ["*"]));
+      await store.createWebhook(hook("w2", "t2", ["sandbox.ended"]));
+      assert.deepEqual(await store.getWebhook("w1"), hook("w1", "t1", ["*"]));
+      assert.equal(await store.getWebhook("none"), undefined);
+      assert.deepEqual(
+        (await store.listWebhooks("t1")).map((w) => w.id),
+        ["w1"],
+      );
+      assert.deepEqual(
+        (await store.listWebhooks(null)).map((w) => w.id),
+        ["w1", "w2"],
+      );
+      await store.insertSandboxWithinQuota(sandboxRec("s1", { state: "running" }), BIG);
+      await store.addEvent("s1", { at: T0, type: "ready", detail: {} });
+      assert.equal((await store.listDeliveries("w1", 10)).length, 1);
+      assert.equal(await store.disableWebhook("w1", "2026-01-01T00:00:01.000Z"), true);
+      assert.equal(await store.disableWebhook("w1", "2026-01-01T00:00:02.000Z"), false);
+      assert.equal((await store.getWebhook("w1"))?.disabledAt, "2026-01-01T00:00:01.000Z");
+      const [d] = await store.listDeliveries("w1", 10);
+      assert.equal(d?.gaveUpAt, "2026-01-01T00:00:01.000Z");
+      assert.equal(d?.lastError, "the webhook was deleted");
+      await store.addEvent("s1", { at: T0, type: "kill", detail: {} });
+      assert.equal(
+        (await store.listDeliveries("w1", 10)).length,
+        1,
+        "a disabled webhook gets no new deliveries",
+      );
+    });
+
+    test("webhook outbox: events and final usage enqueue one delivery per webhook that wants them, in their transaction", async (t) => {
+      const { store } = await factory.fresh(t);
+      await withTenant(store, "t1");
+      await withTenant(store, "t2");
+      const mk = (id: string, tenantId: string, events: string[]) =>
+        store.createWebhook({
+          id,
+          tenantId,
+          url: "https://example.com/",
+          secret: "whsec_x",
+          events,
+          description: "",
+          createdAt: T0,
+          createdByKey: null,
+          disabledAt: null,
+        });
+      await mk("all", "t1", ["*"]);
+      await mk("sandbox", "t1", ["sandbox.*"]);
+      await mk("ended", "t1", ["sandbox.ended", "usage.final"]);
+      await mk("other", "t2", ["*"]);
+      await store.insertSandboxWithinQuota(sandboxRec("s1", { state: "running" }), BIG);
+      await store.addEvent("s1", { at: T0, type: "ready", detail: {} });
+      await store.addEvent("s1", { at: "2026-01-01T00:00:01.000Z", type: "ended", detail: {} });
+      const end = {
+        state: "killed" as const,
+        endedAt: "2026-01-01T00:00:02.000Z",
+        endReason: "x",
+        endedBy: "k1",
+      };
+      assert.equal(await store.endSandbox("s1", end, usageRec("s1", { endedAt: end.endedAt })), true);
+      const types = async (id: string) => (await store.listDeliveries(id, 100)).map((d) => d.type).sort();
+      assert.deepEqual(await types("all"), ["sandbox.ended", "sandbox.ready", "usage.final"]);
+      assert.deepEqual(await types("sandbox"), ["sandbox.ended", "sandbox.ready"]);
+      assert.deepEqual(await types("ended"), ["sandbox.ended", "usage.final"]);
+      assert.deepEqual(await types("other"), [], "another tenant's webhook gets nothing");
+      const ds = await store.listDeliveries("all", 100);
+      const seqs = (await store.listTenantEvents({ tenantId: "t1", afterSeq: 0, limit: 10 })).map(
+        (e) => e.seq,
+      );
+      for (const d of ds) {
+        assert.equal(d.tenantId, "t1");
+        assert.equal(d.sandboxId, "s1");
+        assert.equal(d.attempts, 0);
+        assert.equal(d.deliveredAt, null);
+        if (d.type === "usage.final") {
+          assert.equal(d.eventKey, "usage_s1");
+          assert.equal(d.eventSeq, null);
+        } else {
+          assert.ok(d.eventSeq !== null && seqs.includes(d.eventSeq));
+          assert.equal(d.eventKey, `evt_${d.eventSeq}`);
+        }
+      }
+      // Newest first.
+      assert.equal(ds[0]?.type, "usage.final");
+      assert.equal((await store.listDeliveries("all", 1)).length, 1);
+    });
+
+    test("webhook deliveries: claims are exclusive until they lapse; only the holder records; retries wait their time", async (t) => {
+      const { store, another } = await factory.fresh(t);
+      const other = await another();
+      await withTenant(store, "t1");
+      await store.createWebhook({
+        id: "w1",
+        tenantId: "t1",
+        url: "https://example.com/",
+        secret: "whsec_x",
+        events: ["*"],
+        description: "",
+        createdAt: T0,
+        createdByKey: null,
+        disabledAt: null,
+      });
+      await store.insertSandboxWithinQuota(sandboxRec("s1", { state: "running" }), BIG);
+      for (let i = 0; i < 30; i++) await store.addEvent("s1", { at: T0, type: "state", detail: { i } });
+      const now = "2026-01-01T00:01:00.000Z";
+      // Two replicas race for them: every delivery goes to exactly one.
+      const [a, b] = await Promise.all([
+        store.claimDeliveries("A", now, 10_000, 20),
+        other.claimDeliveries("B", now, 10_000, 20),
+      ]);
+      const ids = [...a, ...b].map((d) => d.id);
+      assert.equal(ids.length, 30);
+      assert.equal(new Set(ids).size, 30);
+      assert.deepEqual(await store.claimDeliveries("C", now, 10_000, 100), [], "all are held");
+      const [first, second] = a.length ? [a[0]!, a.length > 1 ? a[1]! : b[0]!] : [b[0]!, b[1]!];
+      const holderOf = (id: string) => (a.some((d) => d.id === id) ? "A" : "B");
+      // Only the holder records an outcome.
+      assert.equal(await store.finishDelivery(first.id, "C", { ok: true, at: now }), false);
+      assert.equal(await store.finishDelivery(first.id, holderOf(first.id), { ok: true, at: now }), true);
+      assert.equal(
+        await store.finishDelivery(first.id, holderOf(first.id), { ok: true, at: now }),
+        false,
+        "delivered is final",
+      );
+      // A failure schedules the next attempt; not due before it.
+      const retryAt = "2026-01-01T00:05:00.000Z";
+      assert.equal(
+        await store.finishDelivery(second.id, holderOf(second.id), {
+          ok: false,
+          error: "HTTP 503",
+          nextAttemptAt: retryAt,
+        }),
+        true,
+      );
+      // After the claims lapse, the rest are claimable again; the retried one only at its time.
+      const lapsed = "2026-01-01T00:01:11.000Z";
+      const again = await store.claimDeliveries("C", lapsed, 10_000, 100);
+      assert.equal(again.length, 28);
+      assert.ok(!again.some((d) => d.id === first.id || d.id === second.id));
+      const due = await store.claimDeliveries("D", retryAt, 1_000, 100);
+      const retried = due.find((d) => d.id === second.id);
+      assert.ok(retried, "the retried delivery is due at its time");
+      assert.equal(retried.attempts, 1);
+      assert.equal(retried.lastError, "HTTP 503");
+      assert.equal(
+        await store.finishDelivery(second.id, "D", { ok: false, error: "gone", gaveUpAt: retryAt }),
+        true,
+      );
+      const [rec] = (await store.listDeliveries("w1", 100)).filter((d) => d.id === second.id);
+      assert.equal(rec?.gaveUpAt, retryAt);
+      assert.equal(rec?.attempts, 2);
+      assert.equal((await store.listDeliveries("w1", 100)).find((d) => d.id === first.id)?.deliveredAt, now);
+    });
+
     test("usage: list by tenant and sandbox, newest first; groups by tenant, template, root and metadata within a time range", async (t) => {
       const { store } = await factory.fresh(t);
       const at = (s: number) => new Date(Date.parse(T0) + s * 1000).toISOString();
