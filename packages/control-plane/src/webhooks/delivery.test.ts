@@ -354,4 +354,33 @@ describe("webhook delivery", () => {
     }
     assert.equal(rx.arrivals.length, 0);
   });
+
+  test("redirects are not followed: a 3xx is a failed attempt and its Location gets nothing", async () => {
+    const env = await inProcess({ webhooks: { ...defaultWebhookConfig({}), ...FAST } });
+    cleanups.push(() => env.close());
+    const target = new Receiver();
+    const targetPort = await target.listen();
+    cleanups.push(() => target.close());
+    const redirector = http.createServer((req, res) => {
+      req.resume();
+      req.on("end", () => res.writeHead(307, { location: `http://127.0.0.1:${targetPort}/` }).end());
+    });
+    await new Promise<void>((r) => redirector.listen(0, "127.0.0.1", () => r()));
+    cleanups.push(() => new Promise<void>((r) => redirector.close(() => r())));
+    const a = await env.tenant();
+    const port = (redirector.address() as AddressInfo).port;
+    const w = (await a.api.post("/v1/webhooks", { url: `http://127.0.0.1:${port}/`, events: ["sandbox.*"] }))
+      .json;
+    await a.api.post("/v1/sandboxes", {});
+    env.webhooks.start();
+    const ds = await until("attempts recorded", async () => {
+      const list = (await a.api.get(`/v1/webhooks/${w.id}/deliveries`)).json.deliveries;
+      return list.length > 0 && list.every((d: { attempts: number }) => d.attempts >= 2) && list;
+    });
+    for (const d of ds) {
+      assert.equal(d.status, "pending");
+      assert.match(d.lastError, /^HTTP 307: redirects are not followed/);
+    }
+    assert.equal(target.arrivals.length, 0);
+  });
 });
