@@ -70,6 +70,11 @@ describe("webhooks API", () => {
     for (const url of [
       "http://127.0.0.1:8080/hook",
       "http://localhost/hook",
+      "http://LOCALHOST./hook",
+      "http://api.localhost/hook",
+      "http://2130706433/hook",
+      "http://0x7f.0.0.1/hook",
+      "http://[0:0:0:0:0:ffff:7f00:1]/hook",
       "http://[::1]/hook",
       "http://[::ffff:127.0.0.1]/hook",
       "http://169.254.169.254/latest/meta-data",

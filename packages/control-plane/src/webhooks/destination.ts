@@ -149,7 +149,7 @@ export async function checkWebhookUrl(raw: string, allowPrivate: boolean): Promi
   const host = urlHost(parsed.url);
   let addresses: string[];
   if (net.isIP(host)) addresses = [host];
-  else if (host === "localhost" || host.endsWith(".localhost")) addresses = ["127.0.0.1"];
+  else if (/(^|\.)localhost\.?$/i.test(host)) addresses = ["127.0.0.1"];
   else {
     // A slow resolver does not hold the request: unresolved now, checked at delivery.
     let timer: NodeJS.Timeout | undefined;

@@ -31,10 +31,13 @@ export function sendWebhook(opts: SendOptions): Promise<SendResult> {
   return new Promise<SendResult>((resolve) => {
     let settled = false;
     let req: http.ClientRequest | undefined;
+    const onAbort = () => finish({ ok: false, status: null, error: "aborted" });
     const finish = (r: SendResult) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      // INVARIANT: nothing of this attempt stays on the worker's long-lived signal.
+      opts.signal?.removeEventListener("abort", onAbort);
       req?.destroy();
       resolve(r);
     };
@@ -50,9 +53,7 @@ export function sendWebhook(opts: SendOptions): Promise<SendResult> {
       opts.timeoutMs,
     );
     if (opts.signal?.aborted) return finish({ ok: false, status: null, error: "aborted" });
-    opts.signal?.addEventListener("abort", () => finish({ ok: false, status: null, error: "aborted" }), {
-      once: true,
-    });
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
     let url: URL;
     try {
       url = new URL(opts.url);
