@@ -4,7 +4,9 @@
 // API and the envd proxy. Several processes may share one PostgreSQL
 // database (replicas): any of them serves any request, and the background
 // passes run on the holder of their lease (store/leader.ts).
+
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { initTracing, loadConfig } from "@firebreak/node-agent";
 import { getRequestListener } from "@hono/node-server";
@@ -25,6 +27,7 @@ import { Cluster } from "./node/cluster.ts";
 import { type NodeDirectory, StaticNodes } from "./node/directory.ts";
 import { type InProcessNode, startInProcessNode } from "./node/in-process-node.ts";
 import type { NodeClient } from "./node/node-client.ts";
+import { PlatformTokens } from "./sandboxes/platform.ts";
 import { SandboxService } from "./sandboxes/service.ts";
 import { PoolAutoscaler } from "./scheduler/pool-autoscaler.ts";
 import { LeaseKeeper } from "./store/leader.ts";
@@ -88,6 +91,25 @@ export interface RunningServer {
 }
 
 export { DEFAULT_TENANT_ID };
+
+/** Where nodes reach the API for the platform grant (IPv4 only: the node's proxy dials it), or undefined. */
+export function platformEndpoint(
+  configured: string | undefined,
+  host: string,
+  port: number,
+): { address: string; port: number } | undefined {
+  if (configured) {
+    const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(configured.trim());
+    if (!m || net.isIPv4(m[1]!) === false || Number(m[2]) < 1 || Number(m[2]) > 65535) {
+      throw new Error(
+        `FIREBREAK_PLATFORM_ADDRESS wants an IPv4 host:port, like 10.0.0.5:3000; got ${configured}`,
+      );
+    }
+    return { address: m[1]!, port: Number(m[2]) };
+  }
+  if (host === "0.0.0.0") return { address: "127.0.0.1", port };
+  return net.isIPv4(host) ? { address: host, port } : undefined;
+}
 
 function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[?([^\]]*)\]?:)?(\d{1,5})$/.exec(listen);
@@ -220,6 +242,7 @@ function isAlive(pid: number): boolean {
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
   const env = process.env;
   const { host, port } = parseListen(opts.listen ?? "127.0.0.1:3000");
+  platformEndpoint(env["FIREBREAK_PLATFORM_ADDRESS"], host, port); // a bad setting fails before anything starts
   const nodeConfig = loadConfig({ ...env, ...(opts.stateDir ? { FIREBREAK_STATE_DIR: opts.stateDir } : {}) });
   const config: ControlPlaneConfig = { ...defaultConfig(env), ...opts.config };
   const log = pino(
@@ -378,6 +401,13 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     });
     const addr = server.address();
     const boundPort = typeof addr === "object" && addr ? addr.port : port;
+    // The platform grant (sandboxes/platform.ts): where nodes reach this API
+    // for a sandbox's calls from inside. FIREBREAK_PLATFORM_ADDRESS (IPv4
+    // host:port) when nodes are elsewhere; else the address listened on.
+    sandboxes.setPlatform(
+      new PlatformTokens(ingressTokens),
+      platformEndpoint(env["FIREBREAK_PLATFORM_ADDRESS"], host, boundPort),
+    );
     const url = `http://${host.includes(":") ? `[${host}]` : host}:${boundPort}`;
     const localClient = opts.node ?? node?.client;
     log.info(

@@ -2,21 +2,21 @@
 // rate limits, the native /v1 routes, the E2B-compatible routes, /openapi.json,
 // and one error renderer. Routes parse and validate, then call typed actions.
 import { randomBytes } from "node:crypto";
-import { ATTR } from "@firebreak/node-agent";
+import { ATTR, PLATFORM_HEADER } from "@firebreak/node-agent";
 import { OpenAPIHono } from "@hono/zod-openapi";
 import { trace } from "@opentelemetry/api";
 import type { Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import type { ZodError } from "zod";
-import { authenticate, hasScope, RateLimiter } from "../auth/middleware.ts";
+import { authenticate, authenticatePlatform, hasScope, RateLimiter } from "../auth/middleware.ts";
 import { e2bRoutes } from "../e2b/routes.ts";
 import { ApiError, toApiError } from "../errors.ts";
 import { ingressRoutes } from "../ingress/routes.ts";
 import { httpMetrics } from "../telemetry/http-metrics.ts";
 import { httpTracing } from "../telemetry/http-tracing.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../telemetry/metrics.ts";
-import type { AppEnv, Deps } from "./context.ts";
+import type { AppEnv, AuthedCaller, Deps } from "./context.ts";
 import { formatZodError } from "./format-zod-error.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { codeRoutes } from "./routes/code.ts";
@@ -148,7 +148,12 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     // Health and the document are public; a node joins with a join token, not an API key.
     if (c.req.path === "/v1/health" || (c.req.path === "/v1/nodes/join" && c.req.method === "POST"))
       return next();
-    const caller = await authenticate(deps.store, c.req.raw.headers);
+    const platformToken = c.req.header(PLATFORM_HEADER);
+    const caller =
+      platformToken !== undefined
+        ? await authenticatePlatform(deps.store, (t) => deps.sandboxes.verifyPlatformToken(t), platformToken)
+        : await authenticate(deps.store, c.req.raw.headers);
+    if (caller.sandbox) await platformScope(deps, caller, c.req.path);
     limiter.take(caller.tenant.id, caller.tenant.limits.requestsPerMinute);
     c.set("caller", caller);
     // The request's span is this tenant's (what a tenant may read of a trace: telemetry/traces.ts).
@@ -195,4 +200,29 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
 
   e2bRoutes(app, deps, limiter);
   return app;
+}
+
+/**
+ * What a sandbox calling through its platform grant may reach: the sandbox
+ * routes, and of those only its own descendants (`/v1/sandboxes` itself:
+ * create, and a list the route narrows to them).
+ * SECURITY: anything else is FORBIDDEN; another sandbox is NOT_FOUND, as
+ * another tenant's would be (sandboxes/service.ts getFor).
+ */
+async function platformScope(deps: Deps, caller: AuthedCaller, path: string): Promise<void> {
+  const m = /^\/v1\/sandboxes(?:\/([^/]+))?(?:\/|$)/.exec(path);
+  if (!m) {
+    throw new ApiError(
+      "FORBIDDEN",
+      `a sandbox's platform grant reaches only /v1/sandboxes and its own descendants, not ${path}`,
+    );
+  }
+  if (m[1] === undefined) return;
+  let id: string;
+  try {
+    id = decodeURIComponent(m[1]);
+  } catch {
+    throw new ApiError("NOT_FOUND", `no sandbox ${m[1]}`);
+  }
+  await deps.sandboxes.getFor(caller, id);
 }

@@ -5,7 +5,7 @@ import type { IngressTokens } from "../ingress/ingress-token.ts";
 import type { JobService } from "../jobs/job-service.ts";
 import type { NodesFacade } from "../node/directory.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
-import type { Scope, Store, Tenant } from "../store/store.ts";
+import type { SandboxRecord, Scope, Store, Tenant } from "../store/store.ts";
 import type { ControlPlaneMetrics } from "../telemetry/metrics.ts";
 import type { TraceReader } from "../telemetry/traces.ts";
 
@@ -13,6 +13,11 @@ export interface AuthedCaller {
   keyId: string;
   tenant: Tenant;
   scopes: Scope[];
+  /**
+   * A sandbox calling through its platform grant (sandboxes/platform.ts): it
+   * acts on its own descendants only, and what it creates is its child.
+   */
+  sandbox?: SandboxRecord;
 }
 
 export interface AppEnv {

@@ -102,6 +102,12 @@ export const NormalizedPolicySchema = z
       .literal("admin")
       .optional()
       .describe("Present when an admin key made the policy (it may allow private ranges)"),
+    platform: z
+      .literal(true)
+      .optional()
+      .describe(
+        "Present when granted: the sandbox calls the API from inside as itself (docs/API.md, Platform grant)",
+      ),
   })
   .openapi("EgressPolicy");
 export const NetworkSchema = z.object({ policy: NormalizedPolicySchema }).openapi("SandboxNetwork");

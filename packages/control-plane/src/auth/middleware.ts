@@ -2,7 +2,7 @@
 import type { Context } from "hono";
 import type { AppEnv, AuthedCaller } from "../api/context.ts";
 import { ApiError } from "../errors.ts";
-import type { Scope, Store } from "../store/store.ts";
+import type { SandboxRecord, Scope, Store } from "../store/store.ts";
 import { hashApiKey } from "./keys.ts";
 
 /** The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`. */
@@ -40,13 +40,50 @@ export async function authenticate(store: Store, headers: Headers): Promise<Auth
   return { keyId: rec.id, tenant, scopes: rec.scopes };
 }
 
-/** The caller as the services take it: key, tenant, and whether it is an admin key. */
+/**
+ * A sandbox calling as itself through its platform grant: the node's proxy
+ * put its credential in `x-firebreak-platform-token` (the guest never sees
+ * it). `verify` gives the sandbox id the credential is for.
+ * SECURITY: only while the sandbox runs and its policy still has the grant;
+ * the caller gets the `sandboxes` scope and nothing else.
+ */
+export async function authenticatePlatform(
+  store: Store,
+  verify: (token: string) => string | undefined,
+  token: string,
+): Promise<AuthedCaller> {
+  const id = verify(token);
+  if (!id) {
+    throw new ApiError(
+      "UNAUTHENTICATED",
+      "the platform credential is not valid: call the API from inside a sandbox at $FIREBREAK_URL, or use an API key",
+    );
+  }
+  const rec = await store.getSandbox(id);
+  if (rec?.state !== "running" || !rec.networkPolicy?.platform) {
+    throw new ApiError(
+      "UNAUTHENTICATED",
+      `sandbox ${id} may call the API only while it runs with network.policy.platform: true`,
+    );
+  }
+  const tenant = await store.getTenant(rec.tenantId);
+  if (!tenant) throw new ApiError("UNAUTHENTICATED", "the sandbox's tenant no longer exists");
+  return { keyId: `sandbox:${id}`, tenant, scopes: ["sandboxes"], sandbox: rec };
+}
+
+/** The caller as the services take it: key, tenant, whether it is an admin key, the calling sandbox. */
 export function actor(caller: AuthedCaller): {
   keyId: string;
   tenant: AuthedCaller["tenant"];
   admin: boolean;
+  sandbox?: SandboxRecord;
 } {
-  return { keyId: caller.keyId, tenant: caller.tenant, admin: hasScope(caller, "admin") };
+  return {
+    keyId: caller.keyId,
+    tenant: caller.tenant,
+    admin: hasScope(caller, "admin"),
+    ...(caller.sandbox ? { sandbox: caller.sandbox } : {}),
+  };
 }
 
 /** INVARIANT: `admin` implies every scope. */

@@ -200,7 +200,7 @@ export class SandboxService {
     if (!ep || !this.#platform) {
       throw new ApiError(
         "VALIDATION_FAILED",
-        "network.policy.platform: this control plane does not know the address its nodes reach it at; set FIREBREAK_PLATFORM_ADDRESS (host:port) or leave platform out",
+        "network.policy.platform: this control plane does not know the address its nodes reach it at; set FIREBREAK_PLATFORM_ADDRESS (IPv4 host:port) on the server or leave platform out",
       );
     }
     return { address: ep.address, port: ep.port, token: this.#platform.tokens.tokenFor(id) };
@@ -874,9 +874,25 @@ export class SandboxService {
   }
 
   /** Replaces the egress policy of a running sandbox; in force when this resolves. */
-  async updateNetworkPolicy(tenantId: string, id: string, input: EgressPolicy): Promise<NormalizedPolicy> {
+  /**
+   * `within`: the calling sandbox's own policy (platform grant): SECURITY: a
+   * sandbox cannot widen a descendant's egress beyond its own.
+   */
+  async updateNetworkPolicy(
+    tenantId: string,
+    id: string,
+    input: EgressPolicy,
+    within?: NormalizedPolicy,
+  ): Promise<NormalizedPolicy> {
     await this.get(tenantId, id);
     const policy = await this.#checkPolicy(tenantId, input, "policy");
+    const wider = within ? policyWithin(policy, within) : undefined;
+    if (wider) {
+      throw new ApiError(
+        "FORBIDDEN",
+        `policy: a sandbox sets its descendants' egress within its own; this policy adds ${wider}`,
+      );
+    }
     return this.#withLock(id, async () => {
       const rec = await this.get(tenantId, id);
       if (rec.state !== "running" || !rec.nodeSandboxId) {

@@ -12,6 +12,7 @@ import { FileArtifactStore } from "../jobs/artifact-store.ts";
 import { defaultJobsConfig, type JobsConfig } from "../jobs/config.ts";
 import { JobService } from "../jobs/job-service.ts";
 import { StaticNodes } from "../node/directory.ts";
+import { PlatformTokens } from "../sandboxes/platform.ts";
 import { SandboxService } from "../sandboxes/service.ts";
 import { SqliteStore } from "../store/sqlite-store.ts";
 import type { Scope, TenantLimits } from "../store/store.ts";
@@ -36,6 +37,8 @@ export async function inProcess<N extends FakeNode = FakeNode>(
   const log = pino({ level: process.env["FIREBREAK_TEST_LOG"] ? "debug" : "silent" });
   const sandboxes = new SandboxService(store, nodes, cfg, log);
   const ingressTokens = IngressTokens.open(path.join(dir, "ingress-secret"));
+  // The platform grant: the fake node takes the target as given.
+  sandboxes.setPlatform(new PlatformTokens(ingressTokens), { address: "127.0.0.1", port: 3000 });
   // Jobs are served; their dispatcher runs only when a test starts it (jobs.start()).
   const jobs = new JobService({
     store,

@@ -1,10 +1,11 @@
 // /v1/sandboxes: create, list, get, kill, timeout, pause, resume, fork, events, metrics.
 
-import type { EgressPolicy } from "@firebreak/node-agent";
+import { type EgressPolicy, normalizePolicy } from "@firebreak/node-agent";
 import { createRoute, type OpenAPIHono } from "@hono/zod-openapi";
 import { actor, hasScope, requireScope } from "../../auth/middleware.ts";
 import { ApiError } from "../../errors.ts";
 import type { IngressTokens } from "../../ingress/ingress-token.ts";
+import { isDescendant } from "../../sandboxes/platform.ts";
 import type { SandboxService } from "../../sandboxes/service.ts";
 import { isFinalState, SANDBOX_STATES, type SandboxRecord, type SandboxState } from "../../store/store.ts";
 import type { AppEnv, Deps } from "../context.ts";
@@ -160,6 +161,12 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         limit: q.limit,
         ...(q.cursor ? { cursor: q.cursor } : {}),
       });
+      // SECURITY: a sandbox (platform grant) sees only its own descendants; the cursor still walks the tenant's list.
+      const from = caller.sandbox;
+      if (from) {
+        const mine = await Promise.all(page.sandboxes.map((r) => isDescendant(deps.store, from.id, r)));
+        page.sandboxes = page.sandboxes.filter((_, i) => mine[i]);
+      }
       return c.json(
         {
           sandboxes: await Promise.all(page.sandboxes.map((r) => sandboxJson(sb, r, false))),
@@ -319,6 +326,7 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
         caller.tenant.id,
         c.req.valid("param").id,
         granted(caller, c.req.valid("json").policy, "policy"),
+        caller.sandbox ? (caller.sandbox.networkPolicy ?? normalizePolicy({})) : undefined,
       );
       return c.json({ policy }, 200);
     },
