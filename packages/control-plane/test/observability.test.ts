@@ -260,3 +260,66 @@ describe("observability (real VMs)", { skip: skipUnlessRoot, timeout: 600_000 },
     );
   });
 });
+
+describe("a sandbox taken warm (real VMs)", { skip: skipUnlessRoot, timeout: 600_000 }, () => {
+  let srv: RunningServer;
+  let admin: ApiClient;
+  const made: string[] = [];
+
+  before(async () => {
+    ({ srv, admin } = await server({ warmPools: { base: 1 }, config: { usageIntervalMs: 500 } }));
+  });
+
+  after(async () => {
+    const ours = await nodeIds(srv, made);
+    for (const id of made) await admin.delete(`/v1/sandboxes/${id}`).catch(() => {});
+    await srv.close();
+    await assertNoLeftovers(ours);
+  });
+
+  /** Ready VMs in the base template's pool (the node's gauge, through /metrics). */
+  async function poolReady(): Promise<number> {
+    const m = await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+    const fam = parse(await m.text()).find((f) => f.name === "firebreak_warm_pool_vms");
+    return (fam?.metrics ?? [])
+      .filter((x) => {
+        const l = (x as { labels?: Record<string, string> }).labels ?? {};
+        return l["state"] === "ready" && l["template"] === "base";
+      })
+      .reduce((n, x) => n + Number((x as { value?: string }).value ?? 0), 0);
+  }
+
+  test("taken warm and killed at once: charged nearly nothing; the pool's work is the platform's overhead", async () => {
+    const t = await tenant(admin);
+    await waitFor("the pool holds a ready VM", async () => (await poolReady()) >= 1, 300_000);
+    const c = await t.api.post("/v1/sandboxes", {});
+    assert.equal(c.status, 201, c.text);
+    made.push(c.json.id);
+    assert.equal(c.json.startPath, "warm");
+    assert.equal((await t.api.delete(`/v1/sandboxes/${c.json.id}`)).status, 204);
+    const rec = (await t.api.get(`/v1/usage/records?sandboxId=${c.json.id}`)).json.records[0];
+    assert.equal(rec.final, true);
+    process.stderr.write(
+      `warm: charged ${rec.cpuSeconds} CPU-s from ${rec.chargedFrom}; the pool VM's ${rec.overheadCpuSeconds} CPU-s before hand-over are overhead\n`,
+    );
+    assert.ok(rec.overheadCpuSeconds > 0, "the pool VM's restore and wait are counted");
+    assert.ok(
+      rec.cpuSeconds <= 0.1 * rec.overheadCpuSeconds,
+      `charged ${rec.cpuSeconds} CPU-s, the pool's work was ${rec.overheadCpuSeconds}`,
+    );
+    const overhead = await waitFor(
+      "the pool VM's overhead record is collected",
+      async () =>
+        (
+          (await admin.get("/v1/usage/overhead/records?limit=1000")).json.records as {
+            sandboxId: string;
+            kind: string;
+            cpuSeconds: number;
+          }[]
+        ).find((r) => r.sandboxId === c.json.id),
+      30_000,
+    );
+    assert.equal(overhead.kind, "warm_pool");
+    assert.ok(overhead.cpuSeconds > 0);
+  });
+});
