@@ -1506,9 +1506,17 @@ export class SandboxService {
       pass: "reaper" | "sampler" | "nodes" | "templates",
       fn: () => Promise<void>,
     ) => {
+      // INVARIANT: a pass never overlaps itself: a tick while it still runs
+      // (a template copy on a loaded host outlasts its interval) is skipped.
+      let running = false;
       const t = setInterval(() => {
-        if (!this.#closed && runs(pass))
-          fn().catch((e) => this.#log.error({ err: e }, "background pass failed"));
+        if (running || this.#closed || !runs(pass)) return;
+        running = true;
+        fn()
+          .catch((e) => this.#log.error({ err: e }, "background pass failed"))
+          .finally(() => {
+            running = false;
+          });
       }, ms);
       t.unref();
       this.#timers.push(t);

@@ -142,6 +142,9 @@ export interface ResumedInfo {
 
 const nodeTracer = tracer("firebreak-node");
 
+/** Waits before trying a failed background snapshot preparation again. */
+const PREPARE_RETRY_MS = [30_000, 120_000];
+
 /** The overhead kind of the CPU a sandbox used before hand-over, by how it started. */
 function handoverKind(path: "warm" | "snapshot" | "cold"): OverheadKind {
   return path === "warm" ? "warm_pool" : path === "snapshot" ? "restore" : "boot";
@@ -658,21 +661,39 @@ export class NodeService {
   }
 
   readonly #preparing = new Set<string>();
+  #closed = false;
 
-  /** Prepares a template's snapshot for the default shape in the background (after an import); one at a time per template. */
-  prepareSnapshotSoon(name: string): void {
-    if (this.#preparing.has(name)) return;
+  /**
+   * Prepares a template's snapshot for the default shape in the background
+   * (after an import); one at a time per template. A preparation that fails
+   * (a cold boot on a loaded host) is tried again after PREPARE_RETRY_MS, up
+   * to PREPARE_RETRY_MS.length more times: the control plane copies a
+   * template once, so nothing else would ask again.
+   */
+  prepareSnapshotSoon(name: string, attempt = 0): void {
+    if (this.#closed || (attempt === 0 && this.#preparing.has(name))) return;
     this.#preparing.add(name);
-    setImmediate(() => {
-      void (async () => {
+    const run = async () => {
+      try {
         const template = await getTemplate(this.runtime.config, name);
-        if (template) await this.runtime.prepareSnapshot(template);
-      })()
-        .catch(() => {
-          // the next create boots cold and the report says there is no snapshot
-        })
-        .finally(() => this.#preparing.delete(name));
-    });
+        if (template && !this.#closed) await this.runtime.prepareSnapshot(template);
+        this.#preparing.delete(name);
+      } catch (e) {
+        const retryMs = PREPARE_RETRY_MS[attempt];
+        this.#log.warn(
+          { template: name, attempt: attempt + 1, err: (e as Error).message, retryMs: retryMs ?? null },
+          "snapshot preparation failed",
+        );
+        if (retryMs === undefined || this.#closed) {
+          // The next create boots cold and the report says there is no snapshot.
+          this.#preparing.delete(name);
+          return;
+        }
+        setTimeout(() => this.prepareSnapshotSoon(name, attempt + 1), retryMs).unref();
+      }
+    };
+    if (attempt === 0) setImmediate(() => void run());
+    else void run();
   }
 
   drain(draining: boolean): void {
@@ -731,6 +752,7 @@ export class NodeService {
 
   /** Kills every running sandbox (pool VMs too); paused ones stay on disk. */
   async close(): Promise<void> {
+    this.#closed = true;
     await this.runtime.close();
   }
 }
