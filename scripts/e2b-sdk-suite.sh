@@ -12,6 +12,8 @@
 #   # url mode: E2B_API_URL and E2B_SANDBOX_URL pointed at the server, plain HTTP
 #   E2B_SUITE_MODE=url E2B_API_KEY=... FIREBREAK_URL=... scripts/e2b-sdk-suite.sh ...
 #
+#   # E2B_SUITE_SDK_VERSION=2.45.0: that published e2b instead of the pinned one
+#
 # Domain mode starts a TLS front (scripts/e2b-suite-front.mjs, a self-signed
 # wildcard certificate made with openssl, trusted through NODE_EXTRA_CA_CERTS)
 # on port 443 of a random loopback address, and resolves names under
@@ -49,7 +51,10 @@ fi
 WORK="${E2B_SUITE_WORK:-${TMPDIR:-/tmp}/firebreak-e2b-suite}"
 case "$WORK" in "$ROOT"/*) echo "error: the scratch directory must be outside the repository" >&2; exit 2 ;; esac
 mkdir -p "$WORK"
-E2B_VERSION="$(node -p "require('$ROOT/packages/control-plane/package.json').devDependencies.e2b")"
+# The SDK version this repository pins, or E2B_SUITE_SDK_VERSION (for example
+# the suite's own, from its package.json, to tell SDK/suite drift from
+# Firebreak's failures).
+E2B_VERSION="${E2B_SUITE_SDK_VERSION:-$(node -p "require('$ROOT/packages/control-plane/package.json').devDependencies.e2b")}"
 
 # Dependencies (once per version set).
 DEPS="e2b@${E2B_VERSION} vitest@4.1.10 msw@2.12.10 dotenv@16.4.5"

@@ -16,7 +16,7 @@ import { DEFAULT_TENANT_ID, ensureDefaultTenant, mintAdminKey } from "./auth/adm
 import { hashApiKey, newId } from "./auth/keys.ts";
 import { type ControlPlaneConfig, defaultConfig } from "./config.ts";
 import { envdProxy } from "./e2b/envd-proxy.ts";
-import { ingressDomain } from "./ingress/config.ts";
+import { ingressConnectWaitMs, ingressDomain } from "./ingress/config.ts";
 import { INGRESS_SECRET_FILE, IngressTokens } from "./ingress/ingress-token.ts";
 import { createIngress } from "./ingress/proxy.ts";
 import { FileArtifactStore } from "./jobs/artifact-store.ts";
@@ -388,6 +388,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       log,
       domain: ingressDomain(env),
       tokens: ingressTokens,
+      connectWaitMs: ingressConnectWaitMs(env),
     });
     const server = createListener({
       ingress,

@@ -35,3 +35,49 @@ test("an E2B create with a body over the JSON limit answers 413 and creates noth
     await ip.close();
   }
 });
+
+test("an autoPause sandbox past its timeout is paused to E2B while the reaper saves it; connect then resumes it", async () => {
+  // The reaper does not run here on its own: the test runs its pass.
+  const ip = await inProcess();
+  try {
+    const t = await ip.tenant();
+    const call = (method: string, path: string, body?: unknown) =>
+      ip.app.fetch(
+        new Request(`http://in-process${path}`, {
+          method,
+          headers: { "x-api-key": t.key.replace(/^fb_/, "e2b_"), "content-type": "application/json" },
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        }),
+      );
+    const state = async (id: string) =>
+      ((await (await call("GET", `/sandboxes/${id}`)).json()) as { state: string }).state;
+    const create = async (autoPause: boolean) => {
+      const res = await call("POST", "/v2/sandboxes", { templateID: "base", timeout: 1, autoPause });
+      assert.equal(res.status, 201);
+      return ((await res.json()) as { sandboxID: string }).sandboxID;
+    };
+    const pausing = await create(true);
+    const killing = await create(false);
+    assert.equal(await state(pausing), "running");
+    await new Promise((r) => setTimeout(r, 1_100));
+    // Timed out, not yet paused by the reaper: paused to E2B; one that will be killed is not.
+    assert.equal((await ip.store.getSandbox(pausing))?.state, "running");
+    assert.equal(await state(pausing), "paused");
+    assert.equal(await state(killing), "running");
+    // Connect before the reaper's pause began: it stays running, its timeout extended.
+    const early = await call("POST", `/v2/sandboxes/${pausing}/connect`, { timeout: 60 });
+    assert.equal(early.status, 200, await early.clone().text());
+    assert.equal(await state(pausing), "running");
+    // Past its timeout again and paused by the reaper: connect resumes it (201).
+    await call("POST", `/sandboxes/${pausing}/timeout`, { timeout: 1 });
+    await new Promise((r) => setTimeout(r, 1_100));
+    await ip.sandboxes.reap();
+    assert.equal((await ip.store.getSandbox(pausing))?.state, "paused");
+    assert.equal(await state(pausing), "paused");
+    const resumed = await call("POST", `/v2/sandboxes/${pausing}/connect`, { timeout: 60 });
+    assert.equal(resumed.status, 201, await resumed.clone().text());
+    assert.equal(await state(pausing), "running");
+  } finally {
+    await ip.close();
+  }
+});

@@ -287,6 +287,17 @@ async function created(sb: SandboxService, r: SandboxRecord, ingress: IngressTok
 const notServed = (feature: string) =>
   new ApiError("NOT_IMPLEMENTED", `${feature} is not served by Firebreak (docs/E2B.md lists what is)`);
 
+/**
+ * A running sandbox past its timeout whose timeout action is pause: the
+ * reaper pauses it (within its interval; saving takes seconds under TCG).
+ * E2B reports it paused from its timeout on.
+ */
+export function pausingOnTimeout(r: SandboxRecord, onTimeout: "pause" | "kill", now = Date.now()): boolean {
+  return (
+    onTimeout === "pause" && r.state === "running" && r.timeoutAt !== null && Date.parse(r.timeoutAt) <= now
+  );
+}
+
 /** The state filter of a list: E2B's `running`/`paused` as Firebreak states. */
 function statesOf(wanted: string[]): SandboxState[] {
   return wanted.flatMap((s): SandboxState[] =>
@@ -480,14 +491,23 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     return rec;
   };
 
+  /** The sandbox's timeout action: its latest lifecycle event, else kill. */
+  const timeoutActionOf = async (rec: SandboxRecord) =>
+    (await sb.events(rec.tenantId, rec.id)).filter((e) => e.type === LIFECYCLE_EVENT).at(-1)?.detail[
+      "onTimeout"
+    ] === "pause"
+      ? "pause"
+      : "kill";
+
   on("GET /sandboxes/:id", async (c) => {
     const rec = await live(c.get("caller").tenant.id, c.req.param("id") ?? "");
     const p = await ports.settings(rec.id);
     const net = e2bNetworkView(rec.networkPolicy);
-    const onTimeout = (await sb.events(rec.tenantId, rec.id)).filter((e) => e.type === LIFECYCLE_EVENT).at(-1)
-      ?.detail["onTimeout"];
+    const onTimeout = await timeoutActionOf(rec);
     return c.json(
       await detail(sb, rec, true, deps.ingressTokens, {
+        // Past its timeout with autoPause, it is paused (the reaper's pause may still be saving it).
+        ...(pausingOnTimeout(rec, onTimeout) ? { state: "paused" } : {}),
         network: {
           allowOut: net.allowOut,
           denyOut: net.denyOut,
@@ -534,9 +554,16 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     const b = await readJson(c, Connect);
     let rec = await live(caller.tenant.id, c.req.param("id") ?? "");
     const timeoutMs = b.timeout ? b.timeout * 1000 : undefined;
-    if (rec.state === "paused") {
-      rec = await sb.resume(actor(caller), rec.id, timeoutMs);
-      return c.json(await created(sb, rec, deps.ingressTokens), 201);
+    // One being paused on its timeout is resumed once saved (the pause holds the sandbox's lock).
+    if (rec.state === "paused" || pausingOnTimeout(rec, await timeoutActionOf(rec))) {
+      try {
+        rec = await sb.resume(actor(caller), rec.id, timeoutMs);
+        return c.json(await created(sb, rec, deps.ingressTokens), 201);
+      } catch (e) {
+        // The reaper had not begun its pause: still running, connected as any running one.
+        rec = await live(caller.tenant.id, rec.id);
+        if (rec.state !== "running" || toApiError(e).code !== "CONFLICT") throw e;
+      }
     }
     // Connecting never shortens a running sandbox's life.
     if (timeoutMs !== undefined && rec.timeoutAt && Date.parse(rec.timeoutAt) < Date.now() + timeoutMs) {

@@ -30,3 +30,20 @@ export function ingressDomain(env: NodeJS.ProcessEnv = process.env): string {
   const d = (env["FIREBREAK_INGRESS_DOMAIN"] ?? "").trim().toLowerCase().replace(/\.$/, "");
   return d || "firebreak.localhost";
 }
+
+/**
+ * How long a request without a body waits for a sandbox port that refuses
+ * the connection (a server still starting) before it is answered 502.
+ * 0 answers at once. @default FIREBREAK_INGRESS_CONNECT_WAIT_MS or 10000
+ */
+export function ingressConnectWaitMs(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = (env["FIREBREAK_INGRESS_CONNECT_WAIT_MS"] ?? "").trim();
+  if (raw === "") return 10_000;
+  const ms = Number(raw);
+  if (!Number.isInteger(ms) || ms < 0 || ms > 60_000) {
+    throw new Error(
+      `FIREBREAK_INGRESS_CONNECT_WAIT_MS must be an integer from 0 to 60000, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return ms;
+}

@@ -118,6 +118,37 @@ describe("ingress against a hostile app and hostile pages", () => {
     await healthy();
   });
 
+  test("a server that starts listening while a request without a body waits answers it; a request with a body is not held", async () => {
+    // A free port: nothing listens there until the server below starts.
+    const probe = net.createServer();
+    await new Promise<void>((r) => probe.listen(0, h.guest.address, r));
+    const port = (probe.address() as net.AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    // With a body, the refusal is answered at once (its bytes may be on their way upstream).
+    const posted = await h.request("/", {
+      host: `${port}-${id}.${DOMAIN}`,
+      headers: auth(),
+      method: "POST",
+      body: "payload",
+    });
+    assert.equal(posted.status, 502);
+    assert.equal(posted.json.error.code, "AGENT_ERROR");
+    // Without one, the request waits (up to the harness's 1 s) for the server, started 300 ms in.
+    const srv = net.createServer((sock) => {
+      sock.once("data", () => sock.end("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlate!"));
+    });
+    try {
+      const pending = h.request("/", { host: `${port}-${id}.${DOMAIN}`, headers: auth() });
+      await new Promise((r) => setTimeout(r, 300));
+      await new Promise<void>((r) => srv.listen(port, h.guest.address, r));
+      const r = await pending;
+      assert.equal(r.status, 200, r.body);
+      assert.equal(r.body, "late!");
+    } finally {
+      await new Promise((r) => srv.close(r));
+    }
+    await healthy();
+  });
   test("a body cut short after a good head ends the client's response with an error, not a hang", async () => {
     const port = await rawPort((sock) =>
       sock.end("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten!!"),

@@ -19,7 +19,14 @@ import {
 } from "../relay/http-relay.ts";
 import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord, type Store } from "../store/store.ts";
-import { AGENT_PORT, E2B_TOKEN_HEADER, ENVD_TOKEN_HEADER, TOKEN_COOKIE, TOKEN_HEADER } from "./config.ts";
+import {
+  AGENT_PORT,
+  E2B_TOKEN_HEADER,
+  ENVD_TOKEN_HEADER,
+  ingressConnectWaitMs,
+  TOKEN_COOKIE,
+  TOKEN_HEADER,
+} from "./config.ts";
 import type { IngressTokens } from "./ingress-token.ts";
 import { cookieRequestRefusal } from "./origin.ts";
 import { publicPortsOf } from "./public-ports.ts";
@@ -33,6 +40,8 @@ export interface IngressDeps {
   domain: string;
   /** Derives and checks the sandboxes' ingress tokens. */
   tokens: IngressTokens;
+  /** How long a bodiless request waits for a port that refuses (ingressConnectWaitMs). */
+  connectWaitMs?: number;
 }
 
 /** Request headers that carry a token: never forwarded to the sandbox's app. */
@@ -78,6 +87,7 @@ export function createIngress(deps: IngressDeps) {
   const { store, sandboxes, log } = deps;
   const match = targetMatcher(deps.domain);
   const publicPorts = publicPortsOf(store);
+  const connectWaitMs = deps.connectWaitMs ?? ingressConnectWaitMs();
   // What ingress holds open to a sandbox (requests, WebSockets) ends when it is
   // killed or paused: the node's tunnels to it close (NodeDaemonClient.closeSandbox).
   // No keep-alive upstream: sandbox addresses are reused by later sandboxes
@@ -299,6 +309,8 @@ export function createIngress(deps: IngressDeps) {
         },
         // Streamed responses (SSE, chunked) get their headers before the first byte of body.
         flushHeaders: true,
+        // A server still starting (nothing listens yet) answers once it listens, not 502.
+        retryRefusedUntil: Date.now() + connectWaitMs,
         onUpstreamError: (e) =>
           log.debug({ requestId, sandboxId: t.sandboxId, port: t.port, err: e }, "ingress upstream error"),
       });

@@ -58,6 +58,29 @@ export interface RelayHooks {
   flushHeaders?: boolean;
   /** Called with what went wrong upstream (for the log). */
   onUpstreamError?: (e: Error) => void;
+  /**
+   * Until this time (ms since the epoch), a refused connection is tried again
+   * (every REFUSED_RETRY_MS) instead of failing: a server in the sandbox that
+   * is still starting answers once it listens. Only for requests without a
+   * body (nothing of the request is consumed before the connection is made).
+   */
+  retryRefusedUntil?: number;
+}
+
+/** The pause between connection attempts to a port that refused. */
+export const REFUSED_RETRY_MS = 250;
+
+/** The upstream refused the connection: nothing listens on the port (yet). */
+export function isRefused(e: Error): boolean {
+  const x = e as Error & { code?: unknown; errno?: unknown };
+  // A local socket says ECONNREFUSED as its code; a node's tunnel as its errno (RemoteNode).
+  return x.code === "ECONNREFUSED" || x.errno === "ECONNREFUSED";
+}
+
+/** A request without a body: no content-length above 0 and no transfer-encoding. */
+export function hasNoBody(req: IncomingMessage): boolean {
+  const len = req.headers["content-length"];
+  return req.headers["transfer-encoding"] === undefined && (len === undefined || Number(len) === 0);
 }
 
 export type ResponseHead =
@@ -135,44 +158,66 @@ export function relayHttp(
     hooks.fail(f);
   };
 
-  const upstream = openGuest(target, req.method);
-  upstream.on("response", (up) => {
-    const head = checkResponseHead(up);
-    if ("problem" in head) {
-      up.destroy();
-      upstream.destroy();
-      failOnce({ code: "GUEST_RESPONSE_INVALID", message: `${what} answered: ${head.problem}` });
-      return;
-    }
-    hooks.editHeaders?.(head.headers);
-    try {
-      res.writeHead(head.status, head.headers);
-    } catch (e) {
-      up.destroy();
-      upstream.destroy();
-      failOnce({ code: "GUEST_RESPONSE_INVALID", message: `${what} answered: ${(e as Error).message}` });
-      return;
-    }
-    answered = true;
-    if (hooks.flushHeaders) res.flushHeaders();
-    pipeline(up, res, (err) => {
-      if (err) upstream.destroy();
-    });
-  });
-  upstream.on("error", (e) => {
-    hooks.onUpstreamError?.(e);
-    failOnce(upstreamFailure(e, what));
-  });
-  // A guest that closes without a head (or answers a plain request with 101,
-  // which makes Node close the socket without an error) gets no hanging client.
-  upstream.on("close", () => {
-    if (!answered) {
-      failOnce({
-        code: "GUEST_RESPONSE_INVALID",
-        message: `${what} closed the connection without answering`,
+  const bodiless = hooks.retryRefusedUntil !== undefined && hasNoBody(req);
+  let upstream: http.ClientRequest;
+  const attempt = () => {
+    // INVARIANT: only the current attempt may answer the client or retry.
+    const current = openGuest(target, req.method);
+    upstream = current;
+    let retrying = false;
+    current.on("response", (up) => {
+      const head = checkResponseHead(up);
+      if ("problem" in head) {
+        up.destroy();
+        current.destroy();
+        failOnce({ code: "GUEST_RESPONSE_INVALID", message: `${what} answered: ${head.problem}` });
+        return;
+      }
+      hooks.editHeaders?.(head.headers);
+      try {
+        res.writeHead(head.status, head.headers);
+      } catch (e) {
+        up.destroy();
+        current.destroy();
+        failOnce({ code: "GUEST_RESPONSE_INVALID", message: `${what} answered: ${(e as Error).message}` });
+        return;
+      }
+      answered = true;
+      if (hooks.flushHeaders) res.flushHeaders();
+      pipeline(up, res, (err) => {
+        if (err) current.destroy();
       });
-    }
-  });
+    });
+    current.on("error", (e) => {
+      hooks.onUpstreamError?.(e);
+      if (
+        bodiless &&
+        isRefused(e) &&
+        !answered &&
+        !clientGone &&
+        Date.now() + REFUSED_RETRY_MS <= hooks.retryRefusedUntil!
+      ) {
+        retrying = true;
+        setTimeout(() => {
+          if (!clientGone && !answered) attempt();
+        }, REFUSED_RETRY_MS).unref();
+        return;
+      }
+      failOnce(upstreamFailure(e, what));
+    });
+    // A guest that closes without a head (or answers a plain request with 101,
+    // which makes Node close the socket without an error) gets no hanging client.
+    current.on("close", () => {
+      if (!answered && !retrying) {
+        failOnce({
+          code: "GUEST_RESPONSE_INVALID",
+          message: `${what} closed the connection without answering`,
+        });
+      }
+    });
+    // A request without a body is sent whole at once; one with a body streams.
+    if (bodiless) current.end();
+  };
   res.on("close", () => {
     if (!res.writableFinished) {
       clientGone = true;
@@ -180,5 +225,7 @@ export function relayHttp(
     }
   });
   req.on("error", () => upstream.destroy());
-  req.pipe(upstream);
+  attempt();
+  if (bodiless) req.resume();
+  else req.pipe(upstream!);
 }

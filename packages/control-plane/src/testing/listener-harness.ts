@@ -39,6 +39,8 @@ export async function listenerHarness(config: Partial<ControlPlaneConfig> = {}) 
     log,
     domain: DOMAIN,
     tokens: ip.ingressTokens,
+    // A port that refuses is tried again for a second (tests of it set no more).
+    connectWaitMs: 1_000,
   });
   const server = createListener({
     ingress,
