@@ -10,7 +10,8 @@
 # subtree, a minimal /dev with no /dev/net/tun (set-up must create it, mode
 # 0600) and no /dev/kvm, and a veth to the host with NAT (nftables masquerade
 # in a table this script makes and removes) so apt and npm reach the network.
-# The apt archive and npm caches are bind-mounted (caches, not fixes). Everything is removed afterwards, also on failure or Ctrl-C.
+# The apt archive and npm caches are bind-mounted (caches, not fixes). Everything is removed afterwards, also on failure or Ctrl-C;
+# what a SIGKILLed run left (its netns, veth, nft table, cgroups) the next run removes.
 #
 #   scripts/fresh-root/run.sh          FRESH_ROOT_TUN=0600 starts with a 0600 node instead
 #
@@ -53,6 +54,27 @@ mkdir -p "$CACHE"
   fi
 ) 9>"$CACHE/.lock"
 say "bare root: $BASE"
+
+# --- what a killed run left (SIGKILL skips its cleanup) -------------------------
+# A run's resources carry its pid; a pid that no longer runs this script is dead.
+sweep_dead_runs() {
+  local ns id d
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^fresh-root-[0-9]+$'); do
+    id="${ns#fresh-root-}"
+    grep -qs 'fresh-root/run.sh' "/proc/$id/cmdline" && continue
+    say "removing what the dead run $id left"
+    for d in "/sys/fs/cgroup/fresh-root-$id" /sys/fs/cgroup/{cpu,cpuacct,memory,pids}/"fresh-root-$id"; do
+      [ -d "$d" ] || continue
+      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+      sleep 0.5
+      find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+    ip netns del "$ns" 2>/dev/null || true
+    ip link del "frh$id" 2>/dev/null || true
+    nft delete table ip "fresh_root_$id" 2>/dev/null || true
+  done
+}
+sweep_dead_runs
 
 # --- per-run resources ---------------------------------------------------------
 ID="$$"
