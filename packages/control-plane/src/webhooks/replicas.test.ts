@@ -10,6 +10,7 @@ import { verifyWebhook } from "@firebreak/sdk";
 import pino from "pino";
 import { DEFAULT_LIMITS, defaultWebhookConfig } from "../config.ts";
 import { PgStore } from "../store/pg-store.ts";
+import { sandboxRec } from "../store/store.contract.ts";
 import { startPostgres, type TestPostgres } from "../testing/postgres.ts";
 import { WebhookWorker } from "./worker.ts";
 
@@ -55,37 +56,10 @@ test("two replicas share the outbox: each event is sent once, by one of them", a
   });
   const sandboxes = ["s1", "s2", "s3"];
   for (const id of sandboxes) {
-    await a.insertSandboxWithinQuota(
-      {
-        id,
-        tenantId: "t1",
-        nodeId: "n1",
-        nodeSandboxId: null,
-        template: "base",
-        state: "running",
-        vcpus: 1,
-        memoryMib: 128,
-        metadata: {},
-        createdAt: T0,
-        readyAt: null,
-        endedAt: null,
-        endReason: null,
-        endedBy: null,
-        timeoutMs: 300_000,
-        timeoutAt: null,
-        startPath: null,
-        timings: null,
-        parentId: null,
-        rootId: id,
-        tokenHash: `tok-${id}`,
-        envdTokenHash: null,
-        createdByKey: "k1",
-        networkPolicy: null,
-        pausedAt: null,
-        placement: null,
-      },
-      { ...DEFAULT_LIMITS, maxSandboxes: 100 },
-    );
+    await a.insertSandboxWithinQuota(sandboxRec(id, { state: "running", createdAt: T0 }), {
+      ...DEFAULT_LIMITS,
+      maxSandboxes: 100,
+    });
     // Events written through either replica.
     for (let i = 0; i < 10; i++) await (i % 2 ? a : b).addEvent(id, { at: T0, type: "state", detail: { i } });
   }
