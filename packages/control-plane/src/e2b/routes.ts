@@ -18,7 +18,7 @@ import { ingressDomain } from "../ingress/config.ts";
 import type { IngressTokens } from "../ingress/ingress-token.ts";
 import { publicPortsOf } from "../ingress/public-ports.ts";
 import { readBounded } from "../relay/read-bounded.ts";
-import { LIFECYCLE_EVENT, type SandboxService } from "../sandboxes/service.ts";
+import type { SandboxService } from "../sandboxes/service.ts";
 import { isFinalState, type SandboxRecord, type SandboxState } from "../store/store.ts";
 import { e2bMetric } from "../usage/metrics-series.ts";
 import { e2bEgressPolicy, e2bNetworkView } from "./network.ts";
@@ -491,19 +491,11 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     return rec;
   };
 
-  /** The sandbox's timeout action: its latest lifecycle event, else kill. */
-  const timeoutActionOf = async (rec: SandboxRecord) =>
-    (await sb.events(rec.tenantId, rec.id)).filter((e) => e.type === LIFECYCLE_EVENT).at(-1)?.detail[
-      "onTimeout"
-    ] === "pause"
-      ? "pause"
-      : "kill";
-
   on("GET /sandboxes/:id", async (c) => {
     const rec = await live(c.get("caller").tenant.id, c.req.param("id") ?? "");
     const p = await ports.settings(rec.id);
     const net = e2bNetworkView(rec.networkPolicy);
-    const onTimeout = await timeoutActionOf(rec);
+    const onTimeout = await sb.timeoutAction(rec.id);
     return c.json(
       await detail(sb, rec, true, deps.ingressTokens, {
         // Past its timeout with autoPause, it is paused (the reaper's pause may still be saving it).
@@ -555,7 +547,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     let rec = await live(caller.tenant.id, c.req.param("id") ?? "");
     const timeoutMs = b.timeout ? b.timeout * 1000 : undefined;
     // One being paused on its timeout is resumed once saved (the pause holds the sandbox's lock).
-    if (rec.state === "paused" || pausingOnTimeout(rec, await timeoutActionOf(rec))) {
+    if (rec.state === "paused" || pausingOnTimeout(rec, await sb.timeoutAction(rec.id))) {
       try {
         rec = await sb.resume(actor(caller), rec.id, timeoutMs);
         return c.json(await created(sb, rec, deps.ingressTokens), 201);

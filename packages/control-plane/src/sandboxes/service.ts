@@ -1459,7 +1459,7 @@ export class SandboxService {
   }
 
   /** The timeout action of a sandbox: its lifecycle event (cached), else kill. */
-  async #timeoutAction(id: string): Promise<TimeoutAction> {
+  async timeoutAction(id: string): Promise<TimeoutAction> {
     const cached = this.#onTimeout.get(id);
     if (cached) return cached;
     const events = await this.#store.listEvents(id);
@@ -1475,7 +1475,7 @@ export class SandboxService {
    * kills it instead), else killed.
    */
   async #expire(r: SandboxRecord): Promise<void> {
-    if ((await this.#timeoutAction(r.id)) === "pause") {
+    if ((await this.timeoutAction(r.id)) === "pause") {
       const tenant = await this.#store.getTenant(r.tenantId);
       if (tenant) {
         try {
