@@ -120,10 +120,11 @@ describe("many nodes: PostgreSQL, two replicas, three node daemons", { skip: ski
         ((await nodeReport(warmNode.id)).templates?.find((t) => t.name === "base")?.warm["1x256"] ?? 0) >= 14,
       900_000,
     );
-    // No refills from here: a refill commits the node's capacity again (pool
-    // VMs count), so on a loaded machine refills landing between the claims
-    // filled the node and later creates went elsewhere (9 of 20 warm, twice).
-    // The 14 ready VMs stay (a smaller target does not shrink a pool).
+    // No refills from here, so what the twenty find is the 13 ready VMs and
+    // nothing that depends on how fast a loaded machine refills (a smaller
+    // target does not shrink a pool). (Refills used to fill the node's
+    // capacity and push creates elsewhere, 9 of 20 warm twice: placement now
+    // lets a warm claim through a full node, scheduler/placement.ts.)
     const stop = await fleet.replicas[0]!.api.post(`/v1/nodes/${warmNode.id}/pools`, {
       template: "base",
       size: 0,

@@ -117,6 +117,25 @@ test("lost, draining and full nodes are left out, each with its reason", () => {
   });
 });
 
+test("a node whose warm pool fills its capacity still serves its warm VMs (a claim commits nothing more)", () => {
+  const full = { committedVcpus: 8, committedMemoryMib: 23_488 }; // exactly the cap (2 x 4 vCPUs; 24000 - 512 MiB)
+  const p = place(
+    [
+      node("warmfull", { warm: { "1x256": 2 } }, full),
+      node("snapfull", { snapshot: true, snapshotShapes: ["1x256"] }, full),
+    ],
+    req,
+  );
+  assert.deepEqual(
+    p.candidates.map((c) => [c.nodeId, c.path]),
+    [["warmfull", "warm"]],
+  );
+  assert.deepEqual(
+    p.excluded.map((e) => e.nodeId),
+    ["snapfull"],
+  );
+});
+
 test("random placement keeps the same candidates and exclusions in another order", () => {
   const nodes = [node("a", {}), node("b", { warm: { "1x256": 1 } }), node("c", {})];
   let i = 0;

@@ -106,22 +106,26 @@ export function place(
       excluded.push({ nodeId: n.id, reason: "draining" });
       continue;
     }
+    const p = pathOn(r, req);
+    // A warm claim takes a pool VM the node already counts as committed: it
+    // commits nothing more, so a node whose pool fills its capacity still
+    // serves its warm VMs.
+    const addVcpus = p.path === "warm" ? 0 : req.vcpus;
+    const addMemoryMib = p.path === "warm" ? 0 : req.memoryMib;
     const vcpuCap = r.vcpus * capacity.vcpuOvercommit;
     const memCap = Math.max(0, r.memoryMib - capacity.reservedMemoryMib) * capacity.memoryOvercommit;
-    if (r.committedVcpus + req.vcpus > vcpuCap) {
+    if (r.committedVcpus + addVcpus > vcpuCap) {
       excluded.push({ nodeId: n.id, reason: `full: ${r.committedVcpus} vCPUs committed of ${vcpuCap}` });
       continue;
     }
-    if (r.committedMemoryMib + req.memoryMib > memCap) {
+    if (r.committedMemoryMib + addMemoryMib > memCap) {
       excluded.push({
         nodeId: n.id,
         reason: `full: ${r.committedMemoryMib} MiB committed of ${memCap}`,
       });
       continue;
     }
-    const p = pathOn(r, req);
-    // A warm claim uses a VM that is already counted as committed.
-    const load = (r.committedVcpus + (p.path === "warm" ? 0 : req.vcpus)) / Math.max(1, r.vcpus);
+    const load = (r.committedVcpus + addVcpus) / Math.max(1, r.vcpus);
     const predictedMs = Math.round(p.measuredMs ?? DEFAULT_PATH_MS[p.path]);
     candidates.push({
       nodeId: n.id,
