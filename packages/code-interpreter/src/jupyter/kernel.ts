@@ -54,6 +54,8 @@ export interface KernelExecution {
 interface Pending {
   channel: Channel<JupyterMessage>;
   busySeen: boolean;
+  /** The kernel reported idle for it; only its barrier is outstanding (lateOutputs). */
+  idleSeen: boolean;
   endedBy: "idle" | "died" | "closed" | undefined;
   resolveReply: (m: JupyterMessage | undefined) => void;
 }
@@ -277,7 +279,13 @@ export class Kernel {
     const reply = new Promise<JupyterMessage | undefined>((r) => {
       resolveReply = r;
     });
-    const pending: Pending = { channel: new Channel(64), busySeen: false, endedBy: undefined, resolveReply };
+    const pending: Pending = {
+      channel: new Channel(64),
+      busySeen: false,
+      idleSeen: false,
+      endedBy: undefined,
+      resolveReply,
+    };
     this.#pending.set(id, pending);
     this.#replies.set(id, (m) => resolveReply(m));
     if (!this.alive) {
@@ -335,7 +343,8 @@ export class Kernel {
     if (this.#closed) return;
     this.#closed = true;
     this.#barriers.clear();
-    for (const id of [...this.#pending.keys()]) this.#end(id, this.#exit ? "died" : "closed");
+    for (const [id, p] of [...this.#pending])
+      this.#end(id, p.idleSeen ? "idle" : this.#exit ? "died" : "closed");
     this.#shell.close();
     this.#control.close();
     this.#iopub.close();
@@ -343,7 +352,9 @@ export class Kernel {
   }
 
   #onExit(): void {
-    for (const id of [...this.#pending.keys()]) this.#end(id, this.#closed ? "closed" : "died");
+    // A cell that was idle and only waited for its barrier finished.
+    for (const [id, p] of [...this.#pending])
+      this.#end(id, p.idleSeen ? "idle" : this.#closed ? "closed" : "died");
     for (const resolve of this.#replies.values()) resolve(undefined);
     this.#replies.clear();
     // Its children (a subprocess the user started) go with it.
@@ -428,8 +439,10 @@ export class Kernel {
           const state = msg.content["execution_state"];
           if (state === "busy") p.busySeen = true;
           if (state === "idle") {
-            if (this.#launch.lateOutputs) void this.#barrier(parent!);
-            else this.#end(parent!, "idle");
+            if (this.#launch.lateOutputs) {
+              p.idleSeen = true;
+              void this.#barrier(parent!);
+            } else this.#end(parent!, "idle");
           }
           continue;
         }
