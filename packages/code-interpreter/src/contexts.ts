@@ -355,7 +355,9 @@ export class Contexts {
       }
       const reply = await ex.reply;
       if (!errored && reply?.content["status"] === "error") await send(errorEvent(reply.content));
-      if (!errored && reply?.content["status"] === "abort") {
+      const status = reply?.content["status"];
+      // "abort" is the protocol's old spelling, "aborted" the current one.
+      if (!errored && (status === "abort" || status === "aborted")) {
         await send({
           type: "error",
           name: "ExecutionAborted",

@@ -7,6 +7,10 @@
 // With FAKE_LATE_RESULTS=1 it publishes a cell's execute_result only after
 // the cell's idle, when the next shell request arrives, as Deno 2.9 does now
 // and then: the service must wait for its barrier.
+// Like ipykernel, an error in a cell sent with stop_on_error aborts the
+// execute requests that arrive soon after it (ipykernel aborts those already
+// on its queue, and under load the next one often is): they get busy, an
+// "aborted" reply and idle, with no output.
 //
 //   node fake-kernel.ts <connection_file>
 import { createHmac, randomUUID } from "node:crypto";
@@ -74,6 +78,9 @@ async function flushHeld(): Promise<void> {
 }
 
 let count = 0;
+/** Execute requests arriving before this time are aborted (stop_on_error after an error). */
+let abortUntil = 0;
+const ABORT_WINDOW_MS = 500;
 let interrupt: ((e: Error) => void) | undefined;
 process.on("SIGINT", () => {
   const e = new Error("interrupted");
@@ -137,6 +144,7 @@ async function execute(ids: Buffer[], msg: Msg): Promise<void> {
     const content = { ename: err.name, evalue: err.message, traceback: (err.stack ?? "").split("\n") };
     await publish("error", content, parent);
     reply = { status: "error", execution_count: count, ...content };
+    if (!silent && msg.content["stop_on_error"] !== false) abortUntil = Date.now() + ABORT_WINDOW_MS;
   } finally {
     interrupt = undefined;
   }
@@ -173,6 +181,10 @@ for await (const raw of shell) {
         msg.header,
       ),
     ]);
+    await publish("status", { execution_state: "idle" }, msg.header);
+  } else if (type === "execute_request" && Date.now() < abortUntil) {
+    await publish("status", { execution_state: "busy" }, msg.header);
+    await shell.send([...ids, ...frames("execute_reply", { status: "aborted" }, msg.header)]);
     await publish("status", { execution_state: "idle" }, msg.header);
   } else if (type === "execute_request") {
     await execute(ids, msg);

@@ -270,7 +270,12 @@ export class Kernel {
         store_history: !opts.silent,
         user_expressions: {},
         allow_stdin: false,
-        stop_on_error: true,
+        // We never queue a second request in the kernel (contexts serialize),
+        // so stop_on_error would abort nothing of ours on purpose; but
+        // ipykernel also aborts a request that arrives just after an error
+        // (an interrupted cell, and the next one sent at its idle), which
+        // then ends with no output at all.
+        stop_on_error: false,
       },
       this.session,
     );
