@@ -71,6 +71,42 @@ test("pause frees the VM, network and cgroup; resume brings back files and a run
   assert.ok(!existsSync(path.join(sb.dir, "paused-memory.bin")), "the saved state is removed once resumed");
 });
 
+test("a filesystem-only pause keeps files and identity; the resume boots afresh (new boot id, no old processes)", {
+  skip: skipUnlessRoot,
+}, async (t) => {
+  const rt = await runtime();
+  const sb = await newSandbox({ envVars: { KEPT: "across-reboot" } });
+  t.after(() => killSandbox(sb));
+  const token = sb.accessToken;
+  const bootId = async () => (await exec(sb, ["cat", "/proc/sys/kernel/random/boot_id"])).stdout.trim();
+  const bootBefore = await bootId();
+  // Written just before the pause, never synced by the test: the pause syncs.
+  assert.equal((await exec(sb, ["sh", "-c", `echo kept > /home/user/note; ${COUNTER}`])).exitCode, 0);
+
+  await rt.pause(sb.id, { memory: false });
+  assert.equal(sb.state, "paused");
+  assert.ok(!existsSync(path.join(sb.dir, "paused-memory.bin")), "no memory is saved");
+  const held = await leftovers(sb.id);
+  assert.deepEqual(
+    held.filter((h) => !h.startsWith("state dir")),
+    [],
+    `a paused sandbox holds no host resources:\n${held.join("\n")}`,
+  );
+
+  await rt.resume(sb.id);
+  assert.equal(sb.state, "running");
+  assert.equal("boot" in sb.lastPhases, true, `the resume booted (phases ${JSON.stringify(sb.lastPhases)})`);
+  assert.notEqual(await bootId(), bootBefore, "a new boot");
+  assert.equal(sb.accessToken, token, "same token");
+  assert.equal((await exec(sb, ["cat", "/home/user/note"])).stdout, "kept\n");
+  assert.equal((await exec(sb, ["sh", "-c", "echo $KEPT"])).stdout, "across-reboot\n");
+  // The counter of before the pause did not come back (its count, if /tmp kept it, stands still).
+  const c1 = (await exec(sb, ["sh", "-c", "cat /tmp/count 2>/dev/null || echo none"])).stdout;
+  await sleep(600);
+  const c2 = (await exec(sb, ["sh", "-c", "cat /tmp/count 2>/dev/null || echo none"])).stdout;
+  assert.equal(c2, c1, "old processes are gone");
+});
+
 test("a sandbox paused by one node process is resumed by another", { skip: skipUnlessRoot }, async (t) => {
   // The first "node process": creates a sandbox, starts a counter, writes a file, pauses, exits.
   const script = fileURLToPath(new URL("./fixtures/pause-in-child.ts", import.meta.url));

@@ -187,9 +187,15 @@ export class Sandbox {
     await this.#http.empty("POST", `${path(this.id)}/timeout`, { json: { timeoutMs } });
   }
 
-  /** Pauses the sandbox to disk (CONFLICT when it is not running). */
-  async pause(): Promise<SandboxInfo> {
-    this.#info = await this.#http.json<SandboxInfo>("POST", `${path(this.id)}/pause`);
+  /**
+   * Pauses the sandbox to disk (CONFLICT when it is not running).
+   * @param opts.memory false: keep only the disk; the resume boots it afresh
+   * (files kept, processes and memory lost). @default true
+   */
+  async pause(opts: { memory?: boolean } = {}): Promise<SandboxInfo> {
+    this.#info = await this.#http.json<SandboxInfo>("POST", `${path(this.id)}/pause`, {
+      ...(opts.memory !== undefined ? { json: { memory: opts.memory } } : {}),
+    });
     return this.#info;
   }
 

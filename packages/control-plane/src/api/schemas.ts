@@ -212,6 +212,12 @@ export const ResumeBody = z
       .optional(),
   })
   .strict();
+export const PauseBody = z
+  .object({
+    /** false: keep only the disk; the resume boots the sandbox afresh (processes and memory are lost). */
+    memory: z.boolean().optional(),
+  })
+  .strict();
 export const ForkBody = z.object({ count: z.number().int().min(1).max(16).default(1) }).strict();
 
 export const EventsSchema = z

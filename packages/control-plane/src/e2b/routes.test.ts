@@ -81,3 +81,55 @@ test("an autoPause sandbox past its timeout is paused to E2B while the reaper sa
     await ip.close();
   }
 });
+
+test("a filesystem-only pause (memory: false, autoPauseMemory: false) reaches the node; connect resumes it cold", async () => {
+  const ip = await inProcess();
+  try {
+    const t = await ip.tenant();
+    const call = (method: string, path: string, body?: unknown) =>
+      ip.app.fetch(
+        new Request(`http://in-process${path}`, {
+          method,
+          headers: { "x-api-key": t.key.replace(/^fb_/, "e2b_"), "content-type": "application/json" },
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        }),
+      );
+    const create = async (body: Record<string, unknown>) => {
+      const res = await call("POST", "/v2/sandboxes", { templateID: "base", ...body });
+      assert.equal(res.status, 201, await res.clone().text());
+      return ((await res.json()) as { sandboxID: string }).sandboxID;
+    };
+    const onNode = async (id: string) =>
+      ip.node.sandboxes.get((await ip.store.getSandbox(id))!.nodeSandboxId!);
+    // By request.
+    const byRequest = await create({ timeout: 300 });
+    assert.equal((await call("POST", `/sandboxes/${byRequest}/pause`, { memory: false })).status, 204);
+    assert.equal((await onNode(byRequest))?.pausedMemory, false);
+    assert.equal((await call("POST", `/v2/sandboxes/${byRequest}/connect`, { timeout: 60 })).status, 201);
+    const events = await ip.store.listEvents(byRequest);
+    assert.ok(
+      events.some((e) => JSON.stringify(e.detail).includes("filesystem only")),
+      "the pause says what it kept",
+    );
+    // A plain pause keeps memory.
+    assert.equal((await call("POST", `/sandboxes/${byRequest}/pause`, {})).status, 204);
+    assert.equal((await onNode(byRequest))?.pausedMemory, true);
+    // On timeout (the reaper's pause).
+    const onTimeout = await create({ timeout: 1, autoPause: true, autoPauseMemory: false });
+    await new Promise((r) => setTimeout(r, 1_100));
+    await ip.sandboxes.reap();
+    assert.equal((await ip.store.getSandbox(onTimeout))?.state, "paused");
+    assert.equal((await onNode(onTimeout))?.pausedMemory, false);
+    // A filesystem-only auto-pause cannot be woken by traffic: refused as E2B's SDK refuses it.
+    const refused = await call("POST", "/v2/sandboxes", {
+      templateID: "base",
+      autoPause: true,
+      autoPauseMemory: false,
+      autoResume: { enabled: true },
+    });
+    assert.equal(refused.status, 400);
+    assert.match(((await refused.json()) as { message: string }).message, /autoResume/);
+  } finally {
+    await ip.close();
+  }
+});

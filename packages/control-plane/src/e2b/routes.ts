@@ -386,6 +386,12 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
     if (b.network?.egressProxy !== undefined && b.network.egressProxy !== null)
       throw notServed("egress proxies");
     if (b.network?.rules && Object.keys(b.network.rules).length) throw notServed("egress transform rules");
+    if (b.autoPause && b.autoPauseMemory === false && b.autoResume?.enabled === true) {
+      throw new ApiError(
+        "VALIDATION_FAILED",
+        "autoResume cannot be combined with autoPauseMemory: false: a filesystem-only pause is resumed explicitly (connect), not by traffic",
+      );
+    }
     const policy = e2bEgressPolicy(
       {
         allowInternetAccess: b.allow_internet_access,
@@ -413,6 +419,7 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
       parentToken: c.req.header("x-firebreak-sandbox-token"),
       networkPolicy: policy,
       onTimeout: b.autoPause ? "pause" : "kill",
+      ...(b.autoPause && b.autoPauseMemory === false ? { pauseMemory: false } : {}),
       ...(snap ? { fromSnapshot: { nodeId: snap.nodeId, snapshotId: snap.nodeSnapshotId } } : {}),
     });
     // E2B's port semantics: every port public unless allowPublicTraffic is false (server default).
@@ -534,10 +541,10 @@ export function e2bRoutes(app: Hono<AppEnv>, deps: Deps, limiter: RateLimiter): 
 
   on("POST /sandboxes/:id/pause", async (c) => {
     const caller = c.get("caller");
-    // `memory: false` (a filesystem-only pause) keeps the memory too: the resume restores, not reboots.
-    await readJson(c, Pause);
+    // `memory: false`: a filesystem-only pause; the resume (connect) boots afresh from the disk.
+    const b = await readJson(c, Pause);
     const rec = await live(caller.tenant.id, c.req.param("id") ?? "");
-    await sb.pause(actor(caller), rec.id);
+    await sb.pause(actor(caller), rec.id, { memory: b.memory !== false });
     return c.body(null, 204);
   });
 

@@ -142,8 +142,12 @@ export interface NodeClient {
   removeService(name: string): Promise<boolean>;
   /** Stops a sandbox; resolves with its last usage sample (taken just before it stopped). */
   kill(id: string, reason: string): Promise<UsageSample | undefined>;
-  /** Pauses to disk; resolves with the last usage sample before the pause (the cgroup goes away). */
-  pause(id: string): Promise<UsageSample | undefined>;
+  /**
+   * Pauses to disk; resolves with the last usage sample before the pause (the
+   * cgroup goes away). `memory: false`: only the disk is kept, and the resume
+   * boots the sandbox afresh from it (path "cold").
+   */
+  pause(id: string, opts?: { memory?: boolean }): Promise<UsageSample | undefined>;
   resume(id: string): Promise<{
     path: NodeStartPath;
     totalMs: number;

@@ -164,8 +164,8 @@ export class RemoteNode implements NodeClient {
     }
   }
 
-  async pause(id: string): Promise<UsageSample | undefined> {
-    const last = sampleOf(await this.#client.pause(id));
+  async pause(id: string, opts: { memory?: boolean } = {}): Promise<UsageSample | undefined> {
+    const last = sampleOf(await this.#client.pause(id, opts));
     this.#client.closeSandbox(id); // its connections died with its network
     return last;
   }

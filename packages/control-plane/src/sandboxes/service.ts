@@ -97,6 +97,8 @@ export interface CreateRequest {
   fromSnapshot?: { nodeId: string; snapshotId: string } | undefined;
   /** What the reaper does when the timeout passes. @default "kill" */
   onTimeout?: TimeoutAction | undefined;
+  /** false: the timeout's pause keeps only the disk (the resume boots afresh). @default true */
+  pauseMemory?: boolean | undefined;
   /**
    * Where the sandbox sits in a cost tree when no parent sandbox sent the
    * request: a job's task sandboxes have the job as parent and root.
@@ -108,7 +110,10 @@ export interface CreateRequest {
 
 /** What the reaper does with a running sandbox whose timeout passed (E2B's autoPause: "pause"). */
 export type TimeoutAction = "kill" | "pause";
-/** Event that records a sandbox's timeout action (detail `{onTimeout}`); the latest one holds. */
+/**
+ * Event that records a sandbox's timeout action (detail `{onTimeout}`, and
+ * `pauseMemory: false` for a filesystem-only pause); the latest one holds.
+ */
 export const LIFECYCLE_EVENT = "lifecycle";
 
 /** A sandbox stopped running here: it ended, or was paused (its VM is gone either way). */
@@ -625,7 +630,10 @@ export class SandboxService {
     });
     if (req.onTimeout && req.onTimeout !== "kill") {
       this.#onTimeout.set(id, req.onTimeout);
-      await this.#event(id, LIFECYCLE_EVENT, { onTimeout: req.onTimeout });
+      await this.#event(id, LIFECYCLE_EVENT, {
+        onTimeout: req.onTimeout,
+        ...(req.pauseMemory === false ? { pauseMemory: false } : {}),
+      });
     }
     const meter = new Meter();
     this.#meters.set(id, meter);
@@ -956,7 +964,9 @@ export class SandboxService {
     return release;
   }
 
-  async pause(caller: Caller, id: string): Promise<SandboxRecord> {
+  /** `memory: false`: keep only the disk; the resume boots the sandbox afresh from it. */
+  async pause(caller: Caller, id: string, opts: { memory?: boolean } = {}): Promise<SandboxRecord> {
+    const memory = opts.memory !== false;
     const tenantId = caller.tenant.id;
     await this.get(tenantId, id);
     return this.#withLock(id, async () => {
@@ -969,7 +979,7 @@ export class SandboxService {
         const save = clock.next("save");
         const node = this.#nodeOf(rec);
         const sample = await context
-          .with(save, () => node.pause(rec.nodeSandboxId!))
+          .with(save, () => node.pause(rec.nodeSandboxId!, { memory }))
           .catch((e) => {
             clock.end(e);
             throw toApiError(e);
@@ -986,7 +996,7 @@ export class SandboxService {
           rec,
           "paused",
           { timeoutAt: null, pausedAt: iso() },
-          "paused by request",
+          memory ? "paused by request" : "paused by request (filesystem only)",
           "pause",
         );
       } finally {
@@ -1458,6 +1468,12 @@ export class SandboxService {
     }
   }
 
+  /** Whether a timeout pause keeps the memory (its lifecycle event says `pauseMemory: false` when not). */
+  async #timeoutPauseMemory(id: string): Promise<boolean> {
+    const events = await this.#store.listEvents(id);
+    return events.filter((e) => e.type === LIFECYCLE_EVENT).at(-1)?.detail["pauseMemory"] !== false;
+  }
+
   /** The timeout action of a sandbox: its lifecycle event (cached), else kill. */
   async timeoutAction(id: string): Promise<TimeoutAction> {
     const cached = this.#onTimeout.get(id);
@@ -1479,7 +1495,9 @@ export class SandboxService {
       const tenant = await this.#store.getTenant(r.tenantId);
       if (tenant) {
         try {
-          await this.pause({ keyId: "reaper", tenant }, r.id);
+          await this.pause({ keyId: "reaper", tenant }, r.id, {
+            memory: await this.#timeoutPauseMemory(r.id),
+          });
           await this.#event(r.id, "auto_paused", { reason: "timeout" });
           return;
         } catch (e) {

@@ -45,6 +45,8 @@ export interface FakeSandbox {
   envVars?: Record<string, string>;
   /** CPU its cgroup had at hand-over (the platform's). */
   cpuBefore?: number;
+  /** Paused with its memory (false: filesystem only, the resume is cold). */
+  pausedMemory?: boolean;
 }
 
 /** A policy as it crosses the node's wire (JSON: undefined members are absent). */
@@ -301,13 +303,14 @@ export class FakeNode implements NodeClient {
     this.#closeTunnels(id);
     return s;
   }
-  async pause(id: string): Promise<UsageSample | undefined> {
+  async pause(id: string, opts: { memory?: boolean } = {}): Promise<UsageSample | undefined> {
     this.#up();
     const sb = this.#get(id);
     if (sb.state !== "running")
       throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${sb.state}`);
     const s = await this.usageSample(id);
     sb.state = "paused";
+    sb.pausedMemory = opts.memory !== false;
     this.#closeTunnels(id);
     return s;
   }
@@ -332,7 +335,7 @@ export class FakeNode implements NodeClient {
     if (sb.state !== "paused")
       throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${sb.state}`);
     sb.state = "running";
-    return { path: "snapshot" as const, totalMs: 1 };
+    return { path: sb.pausedMemory === false ? ("cold" as const) : ("snapshot" as const), totalMs: 1 };
   }
   async fork(id: string, count: number): Promise<NodeSandboxInfo[]> {
     this.#up();

@@ -275,6 +275,24 @@ export function nodeClientContract(name: string, factory: NodeContractFactory): 
       assert.equal(await s.readEnv(a.id, "CONTRACT_GREETING"), "hello there");
     });
 
+    test("a filesystem-only pause: the resume boots afresh (path cold), same token and env", async () => {
+      const before = await node.report();
+      const last = await node.pause(a.id, { memory: false });
+      assert.ok(last, "pause returns the last sample");
+      assert.equal((await node.status([a.id])).get(a.id)?.state, "paused");
+      assert.equal(await node.accessToken(a.id), a.accessToken, "a paused sandbox keeps its token");
+      assert.equal((await node.report()).committedMemoryMib, before.committedMemoryMib - shape.memoryMib);
+      const resumed = await node.resume(a.id);
+      assert.equal(resumed.path, "cold", "no memory was kept: the resume boots");
+      assert.equal((await node.status([a.id])).get(a.id)?.state, "running");
+      assert.equal(await node.accessToken(a.id), a.accessToken);
+      assert.equal((await node.report()).committedMemoryMib, before.committedMemoryMib);
+      assert.equal(await s.readEnv(a.id, "CONTRACT_GREETING"), "hello there");
+      // The next plain pause keeps memory again.
+      await node.pause(a.id);
+      assert.equal((await node.resume(a.id)).path, "snapshot");
+    });
+
     test("kill: returns the last sample, the sandbox is gone everywhere; again and unknown ids are no-ops", async () => {
       const before = await node.report();
       const last = await node.kill(child.id, "contract");

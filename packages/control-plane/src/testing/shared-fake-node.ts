@@ -12,6 +12,8 @@ interface Entry {
   state: "running" | "paused";
   token: string;
   born: number;
+  /** Paused without memory (the resume is cold). */
+  fsOnly?: boolean;
 }
 
 export class SharedFakeNode extends FakeNode {
@@ -97,13 +99,13 @@ export class SharedFakeNode extends FakeNode {
     return s;
   }
 
-  override async pause(id: string): Promise<UsageSample | undefined> {
+  override async pause(id: string, opts: { memory?: boolean } = {}): Promise<UsageSample | undefined> {
     const e = this.#read(id);
-    if (!e) return super.pause(id); // the same error as the fake node (SANDBOX_NOT_FOUND)
+    if (!e) return super.pause(id, opts); // the same error as the fake node (SANDBOX_NOT_FOUND)
     if (e.state !== "running")
       throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${e.state}`);
     const s = await this.usageSample(id);
-    this.#write(id, { ...e, state: "paused" });
+    this.#write(id, { ...e, state: "paused", ...(opts.memory === false ? { fsOnly: true } : {}) });
     return s;
   }
 
@@ -112,8 +114,8 @@ export class SharedFakeNode extends FakeNode {
     if (!e) return super.resume(id);
     if (e.state !== "paused")
       throw new FirebreakError("SANDBOX_STATE_INVALID", `sandbox ${id} is ${e.state}`);
-    this.#write(id, { ...e, state: "running" });
-    return { path: "snapshot" as const, totalMs: 1 };
+    this.#write(id, { state: "running", token: e.token, born: e.born });
+    return { path: e.fsOnly ? ("cold" as const) : ("snapshot" as const), totalMs: 1 };
   }
 
   override async accessToken(id: string) {

@@ -213,8 +213,11 @@ export class NodeDaemonClient {
     return this.#call(async () => usageIn((await this.#rpc.kill({ id, reason })).last));
   }
 
-  pause(id: string): Promise<Usage | undefined> {
-    return this.#call(async () => usageIn((await this.#rpc.pause({ id, reason: "pause" })).last));
+  /** memory false: a filesystem-only pause (the resume boots from the disk). */
+  pause(id: string, opts: { memory?: boolean } = {}): Promise<Usage | undefined> {
+    return this.#call(async () =>
+      usageIn((await this.#rpc.pause({ id, reason: "pause", filesystemOnly: opts.memory === false })).last),
+    );
   }
 
   resume(id: string): Promise<ResumedInfo> {
@@ -222,7 +225,7 @@ export class NodeDaemonClient {
       const r = await this.#rpc.resume({ id, reason: "resume" });
       const handover = usageIn(r.handover);
       return {
-        path: "snapshot" as const,
+        path: r.path === "cold" ? ("cold" as const) : ("snapshot" as const),
         totalMs: r.totalMs,
         phases: r.phases,
         ...(handover ? { handover } : {}),

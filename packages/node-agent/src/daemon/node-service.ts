@@ -134,7 +134,8 @@ class Latencies {
 
 /** What a resume reports: its phases, and the counters when the sandbox runs again. */
 export interface ResumedInfo {
-  path: "snapshot";
+  /** snapshot: its saved memory was restored; cold: booted from its disk (a filesystem-only pause). */
+  path: "snapshot" | "cold";
   totalMs: number;
   phases: Record<string, number>;
   handover?: Usage;
@@ -413,10 +414,10 @@ export class NodeService {
     return last;
   }
 
-  async pause(id: string): Promise<Usage | undefined> {
+  async pause(id: string, opts: { memory?: boolean } = {}): Promise<Usage | undefined> {
     const last = await this.usage(id).catch(() => undefined);
     try {
-      await this.runtime.pause(id);
+      await this.runtime.pause(id, opts);
     } finally {
       this.#endTunnels(id);
     }
@@ -455,7 +456,8 @@ export class NodeService {
     const totalMs = Math.round((performance.now() - t0) * 10) / 10;
     const handover = await this.#handOver(sb, "resume", totalMs);
     this.#phaseSpans(sb.lastPhases, { [ATTR.nodeSandboxId]: id });
-    return { path: "snapshot", totalMs, phases: { ...sb.lastPhases }, ...(handover ? { handover } : {}) };
+    const path = sb.timings?.path === "cold" || "boot" in sb.lastPhases ? "cold" : "snapshot";
+    return { path, totalMs, phases: { ...sb.lastPhases }, ...(handover ? { handover } : {}) };
   }
 
   snapshot(id: string): Promise<{ snapshotId: string }> {

@@ -186,7 +186,7 @@ function routes(svc: NodeService) {
         }),
       pause: (req) =>
         call(async () => {
-          const last = usageOut(await svc.pause(req.id));
+          const last = usageOut(await svc.pause(req.id, { memory: !req.filesystemOnly }));
           return create(nodePb.KillResponseSchema, last ? { last } : {});
         }),
       resume: (req) =>

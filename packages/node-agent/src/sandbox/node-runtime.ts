@@ -171,7 +171,12 @@ interface PausedRecord {
   disk?: DiskLayer[];
   createdAt: string;
   pausedAt: string;
+  /** false: a filesystem-only pause (no paused-memory.bin; the resume cold-boots). Absent: true. */
+  memory?: boolean;
 }
+
+/** How long a filesystem-only pause waits for the guest's `sync` before stopping it anyway. */
+const PAUSE_SYNC_TIMEOUT_MS = 30_000;
 
 function cgroupLimits(shape: Shape) {
   return {
@@ -1101,15 +1106,26 @@ export class NodeRuntime {
    * released. A paused sandbox costs no CPU or RAM and survives the node
    * process: the next runtime adopts it (see adoptPaused).
    */
-  async pause(id: string): Promise<void> {
+  async pause(id: string, opts: { memory?: boolean } = {}): Promise<void> {
     const sb = this.get(id);
     const live = sb.requireLive();
-    this.#set(sb, { state: "pausing", live });
+    const memory = opts.memory !== false;
     sb.lastPhases = {};
     const lap = lapper(sb.lastPhases);
+    if (!memory) {
+      // Filesystem-only: the guest writes its page cache to its disk layer
+      // (while it still runs: commands are refused once it is pausing), then
+      // the VM stops. A guest that does not answer loses only its own
+      // unwritten data; the disk's journal is replayed at the next boot.
+      await this.#syncGuest(sb);
+      lap("sync");
+    }
+    this.#set(sb, { state: "pausing", live });
     try {
-      await live.vm.saveState(path.join(sb.dir, "paused-memory.bin"));
-      lap("save");
+      if (memory) {
+        await live.vm.saveState(path.join(sb.dir, "paused-memory.bin"));
+        lap("save");
+      }
       await this.#releaseLive(sb, true);
       lap("release");
       const paused: PausedRecord = {
@@ -1121,6 +1137,7 @@ export class NodeRuntime {
         disk: sb.disk,
         createdAt: sb.createdAt.toISOString(),
         pausedAt: new Date().toISOString(),
+        memory,
       };
       // SECURITY: the token and env may be secrets: root-only file in a root-owned directory.
       await writeFileAtomic(path.join(sb.dir, PAUSED_FILE), JSON.stringify(paused), 0o600);
@@ -1128,8 +1145,11 @@ export class NodeRuntime {
       delete sb.record!.qemuPid;
       await writeRecord(this.config, sb.dir, sb.record!);
       await removeOwner(this.config, id);
-      this.#set(sb, { state: "paused" });
-      this.#log.info({ sandboxId: id, platformId: sb.platformId, phase: "pause" }, "sandbox paused");
+      this.#set(sb, { state: "paused", memory });
+      this.#log.info(
+        { sandboxId: id, platformId: sb.platformId, phase: "pause", memory },
+        memory ? "sandbox paused" : "sandbox paused (filesystem only)",
+      );
     } catch (e) {
       this.#set(sb, { state: "failed", reason: `pause failed: ${problemsOf(e).join("; ")}` });
       await this.#teardown(sb);
@@ -1137,6 +1157,22 @@ export class NodeRuntime {
         "SANDBOX_STATE_INVALID",
         `pausing sandbox ${id} failed: ${(e as Error).message}`,
       );
+    }
+  }
+
+  /** Runs `sync` in the guest as root, bounded: a guest that hangs it is stopped anyway. */
+  async #syncGuest(sb: Sandbox): Promise<void> {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), PAUSE_SYNC_TIMEOUT_MS);
+    try {
+      await sb.exec(["/bin/sync"], { user: "root", signal: abort.signal });
+    } catch (e) {
+      this.#log.warn(
+        { sandboxId: sb.id, phase: "pause", problems: problemsOf(e) },
+        "the guest did not sync its disk before a filesystem-only pause",
+      );
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -1157,7 +1193,7 @@ export class NodeRuntime {
       }
       const sb = new Sandbox(id, paused.template, paused.shape, dir, {
         createdAt: new Date(paused.createdAt),
-        initial: { state: "paused" },
+        initial: { state: "paused", memory: paused.memory !== false },
       });
       sb.discard = () => void this.kill(id, "discarded");
       sb.accessToken = paused.accessToken;
@@ -1187,22 +1223,42 @@ export class NodeRuntime {
     return adopted;
   }
 
-  /** Resumes a paused sandbox: its processes, memory and files continue where they were. */
-  async resume(id: string): Promise<Sandbox> {
+  /**
+   * Resumes a paused sandbox: its processes, memory and files continue where
+   * they were. After a filesystem-only pause the VM boots afresh from its
+   * disk (same identity, files kept, processes gone) and the template's start
+   * command runs again.
+   */
+  async resume(id: string, opts: { bootTimeoutMs?: number } = {}): Promise<Sandbox> {
     const sb = this.get(id);
+    const held = sb.held;
+    const memory = held.state === "paused" ? held.memory : true;
     this.#set(sb, { state: "resuming" });
     const t0 = performance.now();
     sb.lastPhases = {};
     const lap = lapper(sb.lastPhases);
     try {
       await writeRecord(this.config, sb.dir, sb.record!);
-      const live = await this.#acquireLive(sb, { incoming: path.join(sb.dir, "paused-memory.bin") }, lap);
+      const live = await this.#acquireLive(
+        sb,
+        memory ? { incoming: path.join(sb.dir, "paused-memory.bin") } : {},
+        lap,
+      );
       this.#set(sb, { state: "resuming", live });
-      await live.vm.loadState();
-      lap("restore");
+      if (memory) {
+        await live.vm.loadState();
+        lap("restore");
+      } else {
+        await live.vm.control.waitReady(opts.bootTimeoutMs ?? 90_000);
+        lap("boot");
+      }
       // Same identity; the clock moved on while paused, and a reseed costs nothing.
       await this.#init(sb, { envVars: sb.envVars, fresh: true, accessToken: sb.accessToken });
       lap("init");
+      if (!memory) {
+        await this.#startTemplateProcess(sb);
+        lap("startCommand");
+      }
       await fs.rm(path.join(sb.dir, "paused-memory.bin"), { force: true });
       await fs.rm(path.join(sb.dir, PAUSED_FILE), { force: true });
       this.#set(sb, { state: "running", live });
@@ -1227,7 +1283,7 @@ export class NodeRuntime {
         ),
       );
       await removeOwner(this.config, id);
-      this.#set(sb, { state: "paused" });
+      this.#set(sb, { state: "paused", memory });
       throw new FirebreakError(
         "SANDBOX_BOOT_FAILED",
         `resuming sandbox ${id} failed: ${(e as Error).message}`,

@@ -75,7 +75,8 @@ export interface LiveResources {
 export type Held =
   | { state: "starting" | "resuming"; live?: LiveResources }
   | { state: "standby" | "warm" | "running" | "pausing"; live: LiveResources }
-  | { state: "paused" }
+  /** memory: its RAM was saved (a resume restores); false: only its disk (a resume cold-boots). */
+  | { state: "paused"; memory: boolean }
   | { state: "stopping"; reason: string }
   | { state: "stopped" | "failed" | "crashed"; reason: string };
 
@@ -152,7 +153,7 @@ export class Sandbox {
     template: TemplateImage,
     shape: Shape,
     dir: string,
-    opts: { createdAt?: Date; initial?: { state: "starting" } | { state: "paused" } } = {},
+    opts: { createdAt?: Date; initial?: { state: "starting" } | { state: "paused"; memory: boolean } } = {},
   ) {
     const createdAt = opts.createdAt ?? new Date();
     this.#held = opts.initial ?? { state: "starting" };

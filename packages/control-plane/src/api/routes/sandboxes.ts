@@ -17,6 +17,7 @@ import {
   ForkBody,
   ListSandboxesQuery,
   NetworkSchema,
+  PauseBody,
   PutNetworkBody,
   ResumeBody,
   SandboxIdParam,
@@ -236,13 +237,16 @@ export function sandboxRoutes(app: OpenAPIHono<AppEnv>, deps: Deps): void {
       security,
       summary: "Pause to disk (no CPU or memory held; paused sandboxes do not time out)",
       description:
-        "Counts against the tenant's maxPausedMib (429 QUOTA_EXCEEDED). A sandbox paused longer than the paused retention (FIREBREAK_PAUSED_RETENTION_MS, default 7 days) is killed (endReason paused_retention).",
-      request: { params: SandboxIdParam },
+        "Counts against the tenant's maxPausedMib (429 QUOTA_EXCEEDED). A sandbox paused longer than the paused retention (FIREBREAK_PAUSED_RETENTION_MS, default 7 days) is killed (endReason paused_retention). With `memory: false` only the disk is kept: the resume boots the sandbox afresh from it (files kept; processes, memory and the template's start command start over).",
+      request: { params: SandboxIdParam, ...body(PauseBody, false) },
       responses: { 200: json(SandboxSchema), ...errors },
     }),
     async (c) => {
       const caller = requireScope(c, "sandboxes");
-      const rec = await sb.pause(actor(caller), c.req.valid("param").id);
+      const opts = optionalBody(PauseBody, c.req.valid("json"), formatZodError);
+      const rec = await sb.pause(actor(caller), c.req.valid("param").id, {
+        ...(opts.memory !== undefined ? { memory: opts.memory } : {}),
+      });
       return c.json(await sandboxJson(sb, rec, false), 200);
     },
   );

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file node/v1/node.proto.
  */
 export const file_node_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIj4KDlBsYXRmb3JtVGFyZ2V0Eg8KB2FkZHJlc3MYASABKAkSDAoEcG9ydBgCIAEoDRINCgV0b2tlbhgDIAEoCSKkAwoNQ3JlYXRlUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEj8KCGVudl92YXJzGAMgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuQ3JlYXRlUmVxdWVzdC5FbnZWYXJzRW50cnkSLgoGcG9saWN5GAQgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5SACIAQESFQoIZGlza19taWIYBSABKA1IAYgBARITCgtwbGF0Zm9ybV9pZBgGIAEoCRIaCg1mcm9tX3NuYXBzaG90GAcgASgJSAKIAQESOAoIcGxhdGZvcm0YCCABKAsyIS5maXJlYnJlYWsubm9kZS52MS5QbGF0Zm9ybVRhcmdldEgDiAEBGi4KDEVudlZhcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB19wb2xpY3lCCwoJX2Rpc2tfbWliQhAKDl9mcm9tX3NuYXBzaG90QgsKCV9wbGF0Zm9ybSK3AgoLU2FuZGJveEluZm8SCgoCaWQYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEgwKBHBhdGgYAyABKAkSEAoIdG90YWxfbXMYBCABKAESOgoGcGhhc2VzGAUgAygLMiouZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8uUGhhc2VzRW50cnkSFQoIZmFsbGJhY2sYBiABKAlIAIgBARITCgtwb2xpY3lfanNvbhgHIAEoCRI1CghoYW5kb3ZlchgIIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSAGIAQEaLQoLUGhhc2VzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4AUILCglfZmFsbGJhY2tCCwoJX2hhbmRvdmVyIiYKDFRyYWZmaWNCeXRlcxIKCgJ0eBgBIAEoBBIKCgJyeBgCIAEoBCLVAgoLVXNhZ2VTYW1wbGUSDQoFYXRfbXMYASABKAESEQoJY3B1X25hbm9zGAIgASgEEhQKDG1lbW9yeV9ieXRlcxgDIAEoBBIZChFtZW1vcnlfcGVha19ieXRlcxgEIAEoBBI8Cgd0cmFmZmljGAUgAygLMisuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGUuVHJhZmZpY0VudHJ5EhwKD2Rpc2tfdXNlZF9ieXRlcxgGIAEoBEgAiAEBEh0KEGRpc2tfdG90YWxfYnl0ZXMYByABKARIAYgBARpPCgxUcmFmZmljRW50cnkSCwoDa2V5GAEgASgJEi4KBXZhbHVlGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVHJhZmZpY0J5dGVzOgI4AUISChBfZGlza191c2VkX2J5dGVzQhMKEV9kaXNrX3RvdGFsX2J5dGVzIkoKDEtpbGxSZXNwb25zZRIxCgRsYXN0GAEgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAIgBAUIHCgVfbGFzdCLiAQoOUmVzdW1lUmVzcG9uc2USDAoEcGF0aBgBIAEoCRIQCgh0b3RhbF9tcxgCIAEoARI1CghoYW5kb3ZlchgDIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSACIAQESPQoGcGhhc2VzGAQgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuUmVzdW1lUmVzcG9uc2UuUGhhc2VzRW50cnkaLQoLUGhhc2VzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4AUILCglfaGFuZG92ZXIiKAoLRm9ya1JlcXVlc3QSCgoCaWQYASABKAkSDQoFY291bnQYAiABKA0iQAoMRm9ya1Jlc3BvbnNlEjAKCGNoaWxkcmVuGAEgAygLMh4uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8iJwoQU25hcHNob3RSZXNwb25zZRITCgtzbmFwc2hvdF9pZBgBIAEoCSIiCgtTbmFwc2hvdFJlZhITCgtzbmFwc2hvdF9pZBgBIAEoCSIcCg1TdGF0dXNSZXF1ZXN0EgsKA2lkcxgBIAMoCSJLCg1TYW5kYm94U3RhdHVzEgoKAmlkGAEgASgJEg0KBXN0YXRlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIPCgdjcmFzaGVkGAQgASgIIkUKDlN0YXR1c1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMiGwoMVXNhZ2VSZXF1ZXN0EgsKA2lkcxgBIAMoCSKfAQoNVXNhZ2VSZXNwb25zZRI+CgdzYW1wbGVzGAEgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZS5TYW1wbGVzRW50cnkaTgoMU2FtcGxlc0VudHJ5EgsKA2tleRgBIAEoCRItCgV2YWx1ZRgCIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlOgI4ASKTAQoTVXBkYXRlUG9saWN5UmVxdWVzdBIKCgJpZBgBIAEoCRIpCgZwb2xpY3kYAiABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3kSOAoIcGxhdGZvcm0YAyABKAsyIS5maXJlYnJlYWsubm9kZS52MS5QbGF0Zm9ybVRhcmdldEgAiAEBQgsKCV9wbGF0Zm9ybSIeCg5Qb2xpY3lSZXNwb25zZRIMCgRqc29uGAEgASgJIhgKCEpzb25MaXN0EgwKBGpzb24YASADKAkiGQoJSnNvblZhbHVlEgwKBGpzb24YASABKAkiGwoLTmFtZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIiCg9SZW1vdmVkUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoCCKcAQoMVGVtcGxhdGVJbmZvEgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEhAKCGJ1aWx0X2F0GAMgASgJEhMKC2ltYWdlX2J5dGVzGAQgASgEEhAKCHBhY2thZ2VzGAUgAygJEicKBXNoYXBlGAYgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSDwoHYWxpYXNlcxgHIAMoCSJHChFUZW1wbGF0ZXNSZXNwb25zZRIyCgl0ZW1wbGF0ZXMYASADKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm8iPQoMQnVpbGRSZXF1ZXN0Eg4KBG5hbWUYASABKAlIABITCglzcGVjX2pzb24YAiABKAlIAEIICgZzb3VyY2UifAoKQnVpbGRFdmVudBI0Cghwcm9ncmVzcxgBIAEoCzIgLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUHJvZ3Jlc3NIABIvCgRkb25lGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVJbmZvSABCBwoFZXZlbnQiSwoNQnVpbGRQcm9ncmVzcxIMCgRzdGVwGAEgASgJEg0KBWluZGV4GAIgASgNEg0KBXRvdGFsGAMgASgNEg4KBmRldGFpbBgEIAEoCSJZCg5TZXRQb29sUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEgwKBHNpemUYAyABKA0iIAoMRHJhaW5SZXF1ZXN0EhAKCGRyYWluaW5nGAEgASgIIq0CCgpOb2RlUmVwb3J0Eg8KB25vZGVfaWQYASABKAkSEwoLYWNjZWxlcmF0b3IYAiABKAkSGgoSYWNjZWxlcmF0b3JfcmVhc29uGAMgASgJEg0KBXZjcHVzGAQgASgNEhIKCm1lbW9yeV9taWIYBSABKAQSFwoPY29tbWl0dGVkX3ZjcHVzGAYgASgNEhwKFGNvbW1pdHRlZF9tZW1vcnlfbWliGAcgASgEEhcKD2ZyZWVfbWVtb3J5X21pYhgIIAEoBBIRCglzYW5kYm94ZXMYCSABKA0SEAoIZHJhaW5pbmcYCiABKAgSNAoJdGVtcGxhdGVzGAsgAygLMiEuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQSDwoHdmVyc2lvbhgMIAEoCSLMAgoOVGVtcGxhdGVSZXBvcnQSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSDQoFaW1hZ2UYAyABKAgSEAoIc25hcHNob3QYBCABKAgSFwoPc25hcHNob3Rfc2hhcGVzGAcgAygJEjkKBHdhcm0YBSADKAsyKy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydC5XYXJtRW50cnkSSQoNcmVjZW50X3A1MF9tcxgGIAMoCzIyLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0LlJlY2VudFA1ME1zRW50cnkaKwoJV2FybUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEaMgoQUmVjZW50UDUwTXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBIkQKD092ZXJoZWFkUmVxdWVzdBIRCglhY2tfZXBvY2gYASABKAkSDwoHYWNrX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSI3ChBPdmVyaGVhZFJlc3BvbnNlEg0KBWVwb2NoGAEgASgJEhQKDHJlY29yZHNfanNvbhgCIAMoCSIgCgxTcGFuc1JlcXVlc3QSEAoIdHJhY2VfaWQYASABKAkiSQoLTG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBm9mZnNldBgDIAEoBBIOCgZmb2xsb3cYBCABKAgiSAoITG9nQ2h1bmsSDgoGb2Zmc2V0GAEgASgEEgwKBGRhdGEYAiABKAwSDwoHc2tpcHBlZBgDIAEoBBINCgVlbmRlZBgEIAEoCCJMChVMaXN0U2FuZGJveGVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1czKHDwoETm9kZRJBCgZSZXBvcnQSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRodLmZpcmVicmVhay5ub2RlLnYxLk5vZGVSZXBvcnQSSgoGQ3JlYXRlEiAuZmlyZWJyZWFrLm5vZGUudjEuQ3JlYXRlUmVxdWVzdBoeLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hJbmZvEkYKBEtpbGwSHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGh8uZmlyZWJyZWFrLm5vZGUudjEuS2lsbFJlc3BvbnNlEkcKBVBhdXNlEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhofLmZpcmVicmVhay5ub2RlLnYxLktpbGxSZXNwb25zZRJKCgZSZXN1bWUSHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGiEuZmlyZWJyZWFrLm5vZGUudjEuUmVzdW1lUmVzcG9uc2USRwoERm9yaxIeLmZpcmVicmVhay5ub2RlLnYxLkZvcmtSZXF1ZXN0Gh8uZmlyZWJyZWFrLm5vZGUudjEuRm9ya1Jlc3BvbnNlElUKD1NuYXBzaG90U2FuZGJveBIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaIy5maXJlYnJlYWsubm9kZS52MS5TbmFwc2hvdFJlc3BvbnNlEkoKDkRlbGV0ZVNuYXBzaG90Eh4uZmlyZWJyZWFrLm5vZGUudjEuU25hcHNob3RSZWYaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJNCgZTdGF0dXMSIC5maXJlYnJlYWsubm9kZS52MS5TdGF0dXNSZXF1ZXN0GiEuZmlyZWJyZWFrLm5vZGUudjEuU3RhdHVzUmVzcG9uc2USSgoFVXNhZ2USHy5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlcXVlc3QaIC5maXJlYnJlYWsubm9kZS52MS5Vc2FnZVJlc3BvbnNlElkKDFVwZGF0ZVBvbGljeRImLmZpcmVicmVhay5ub2RlLnYxLlVwZGF0ZVBvbGljeVJlcXVlc3QaIS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3lSZXNwb25zZRJFCgxMaXN0U2VydmljZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRobLmZpcmVicmVhay5ub2RlLnYxLkpzb25MaXN0EkgKClB1dFNlcnZpY2USHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUSUwoNUmVtb3ZlU2VydmljZRIeLmZpcmVicmVhay5ub2RlLnYxLk5hbWVSZXF1ZXN0GiIuZmlyZWJyZWFrLm5vZGUudjEuUmVtb3ZlZFJlc3BvbnNlEk8KDUxpc3RUZW1wbGF0ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRokLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlc1Jlc3BvbnNlElEKDUJ1aWxkVGVtcGxhdGUSHy5maXJlYnJlYWsubm9kZS52MS5CdWlsZFJlcXVlc3QaHS5maXJlYnJlYWsubm9kZS52MS5CdWlsZEV2ZW50MAESVAoORGVsZXRlVGVtcGxhdGUSHi5maXJlYnJlYWsubm9kZS52MS5OYW1lUmVxdWVzdBoiLmZpcmVicmVhay5ub2RlLnYxLlJlbW92ZWRSZXNwb25zZRJGCgdTZXRQb29sEiEuZmlyZWJyZWFrLm5vZGUudjEuU2V0UG9vbFJlcXVlc3QaGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRJCCgVEcmFpbhIfLmZpcmVicmVhay5ub2RlLnYxLkRyYWluUmVxdWVzdBoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5ElMKDUxpc3RTYW5kYm94ZXMSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRooLmZpcmVicmVhay5ub2RlLnYxLkxpc3RTYW5kYm94ZXNSZXNwb25zZRJKCgtBY2Nlc3NUb2tlbhIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaHC5maXJlYnJlYWsubm9kZS52MS5Kc29uVmFsdWUSUwoIT3ZlcmhlYWQSIi5maXJlYnJlYWsubm9kZS52MS5PdmVyaGVhZFJlcXVlc3QaIy5maXJlYnJlYWsubm9kZS52MS5PdmVyaGVhZFJlc3BvbnNlEkEKB01ldHJpY3MSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRocLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRJFCgVTcGFucxIfLmZpcmVicmVhay5ub2RlLnYxLlNwYW5zUmVxdWVzdBobLmZpcmVicmVhay5ub2RlLnYxLkpzb25MaXN0EkUKBExvZ3MSHi5maXJlYnJlYWsubm9kZS52MS5Mb2dzUmVxdWVzdBobLmZpcmVicmVhay5ub2RlLnYxLkxvZ0NodW5rMAFiBnByb3RvMw");
+  fileDesc("ChJub2RlL3YxL25vZGUucHJvdG8SEWZpcmVicmVhay5ub2RlLnYxIgcKBUVtcHR5IioKBVNoYXBlEg0KBXZjcHVzGAEgASgNEhIKCm1lbW9yeV9taWIYAiABKA0iKAoKU2FuZGJveFJlZhIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiQwoMUGF1c2VSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIXCg9maWxlc3lzdGVtX29ubHkYAyABKAgiNQoGUG9saWN5EgwKBGpzb24YASABKAkSDgoGdGVuYW50GAIgASgJEg0KBWFkbWluGAMgASgIIj4KDlBsYXRmb3JtVGFyZ2V0Eg8KB2FkZHJlc3MYASABKAkSDAoEcG9ydBgCIAEoDRINCgV0b2tlbhgDIAEoCSKkAwoNQ3JlYXRlUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEj8KCGVudl92YXJzGAMgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuQ3JlYXRlUmVxdWVzdC5FbnZWYXJzRW50cnkSLgoGcG9saWN5GAQgASgLMhkuZmlyZWJyZWFrLm5vZGUudjEuUG9saWN5SACIAQESFQoIZGlza19taWIYBSABKA1IAYgBARITCgtwbGF0Zm9ybV9pZBgGIAEoCRIaCg1mcm9tX3NuYXBzaG90GAcgASgJSAKIAQESOAoIcGxhdGZvcm0YCCABKAsyIS5maXJlYnJlYWsubm9kZS52MS5QbGF0Zm9ybVRhcmdldEgDiAEBGi4KDEVudlZhcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB19wb2xpY3lCCwoJX2Rpc2tfbWliQhAKDl9mcm9tX3NuYXBzaG90QgsKCV9wbGF0Zm9ybSK3AgoLU2FuZGJveEluZm8SCgoCaWQYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEgwKBHBhdGgYAyABKAkSEAoIdG90YWxfbXMYBCABKAESOgoGcGhhc2VzGAUgAygLMiouZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8uUGhhc2VzRW50cnkSFQoIZmFsbGJhY2sYBiABKAlIAIgBARITCgtwb2xpY3lfanNvbhgHIAEoCRI1CghoYW5kb3ZlchgIIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSAGIAQEaLQoLUGhhc2VzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4AUILCglfZmFsbGJhY2tCCwoJX2hhbmRvdmVyIiYKDFRyYWZmaWNCeXRlcxIKCgJ0eBgBIAEoBBIKCgJyeBgCIAEoBCLVAgoLVXNhZ2VTYW1wbGUSDQoFYXRfbXMYASABKAESEQoJY3B1X25hbm9zGAIgASgEEhQKDG1lbW9yeV9ieXRlcxgDIAEoBBIZChFtZW1vcnlfcGVha19ieXRlcxgEIAEoBBI8Cgd0cmFmZmljGAUgAygLMisuZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGUuVHJhZmZpY0VudHJ5EhwKD2Rpc2tfdXNlZF9ieXRlcxgGIAEoBEgAiAEBEh0KEGRpc2tfdG90YWxfYnl0ZXMYByABKARIAYgBARpPCgxUcmFmZmljRW50cnkSCwoDa2V5GAEgASgJEi4KBXZhbHVlGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVHJhZmZpY0J5dGVzOgI4AUISChBfZGlza191c2VkX2J5dGVzQhMKEV9kaXNrX3RvdGFsX2J5dGVzIkoKDEtpbGxSZXNwb25zZRIxCgRsYXN0GAEgASgLMh4uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VTYW1wbGVIAIgBAUIHCgVfbGFzdCLiAQoOUmVzdW1lUmVzcG9uc2USDAoEcGF0aBgBIAEoCRIQCgh0b3RhbF9tcxgCIAEoARI1CghoYW5kb3ZlchgDIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlSACIAQESPQoGcGhhc2VzGAQgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuUmVzdW1lUmVzcG9uc2UuUGhhc2VzRW50cnkaLQoLUGhhc2VzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4AUILCglfaGFuZG92ZXIiKAoLRm9ya1JlcXVlc3QSCgoCaWQYASABKAkSDQoFY291bnQYAiABKA0iQAoMRm9ya1Jlc3BvbnNlEjAKCGNoaWxkcmVuGAEgAygLMh4uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveEluZm8iJwoQU25hcHNob3RSZXNwb25zZRITCgtzbmFwc2hvdF9pZBgBIAEoCSIiCgtTbmFwc2hvdFJlZhITCgtzbmFwc2hvdF9pZBgBIAEoCSIcCg1TdGF0dXNSZXF1ZXN0EgsKA2lkcxgBIAMoCSJLCg1TYW5kYm94U3RhdHVzEgoKAmlkGAEgASgJEg0KBXN0YXRlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIPCgdjcmFzaGVkGAQgASgIIkUKDlN0YXR1c1Jlc3BvbnNlEjMKCXNhbmRib3hlcxgBIAMoCzIgLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hTdGF0dXMiGwoMVXNhZ2VSZXF1ZXN0EgsKA2lkcxgBIAMoCSKfAQoNVXNhZ2VSZXNwb25zZRI+CgdzYW1wbGVzGAEgAygLMi0uZmlyZWJyZWFrLm5vZGUudjEuVXNhZ2VSZXNwb25zZS5TYW1wbGVzRW50cnkaTgoMU2FtcGxlc0VudHJ5EgsKA2tleRgBIAEoCRItCgV2YWx1ZRgCIAEoCzIeLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlU2FtcGxlOgI4ASKTAQoTVXBkYXRlUG9saWN5UmVxdWVzdBIKCgJpZBgBIAEoCRIpCgZwb2xpY3kYAiABKAsyGS5maXJlYnJlYWsubm9kZS52MS5Qb2xpY3kSOAoIcGxhdGZvcm0YAyABKAsyIS5maXJlYnJlYWsubm9kZS52MS5QbGF0Zm9ybVRhcmdldEgAiAEBQgsKCV9wbGF0Zm9ybSIeCg5Qb2xpY3lSZXNwb25zZRIMCgRqc29uGAEgASgJIhgKCEpzb25MaXN0EgwKBGpzb24YASADKAkiGQoJSnNvblZhbHVlEgwKBGpzb24YASABKAkiGwoLTmFtZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIiCg9SZW1vdmVkUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoCCKcAQoMVGVtcGxhdGVJbmZvEgwKBG5hbWUYASABKAkSCwoDa2V5GAIgASgJEhAKCGJ1aWx0X2F0GAMgASgJEhMKC2ltYWdlX2J5dGVzGAQgASgEEhAKCHBhY2thZ2VzGAUgAygJEicKBXNoYXBlGAYgASgLMhguZmlyZWJyZWFrLm5vZGUudjEuU2hhcGUSDwoHYWxpYXNlcxgHIAMoCSJHChFUZW1wbGF0ZXNSZXNwb25zZRIyCgl0ZW1wbGF0ZXMYASADKAsyHy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZUluZm8iPQoMQnVpbGRSZXF1ZXN0Eg4KBG5hbWUYASABKAlIABITCglzcGVjX2pzb24YAiABKAlIAEIICgZzb3VyY2UifAoKQnVpbGRFdmVudBI0Cghwcm9ncmVzcxgBIAEoCzIgLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUHJvZ3Jlc3NIABIvCgRkb25lGAIgASgLMh8uZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVJbmZvSABCBwoFZXZlbnQiSwoNQnVpbGRQcm9ncmVzcxIMCgRzdGVwGAEgASgJEg0KBWluZGV4GAIgASgNEg0KBXRvdGFsGAMgASgNEg4KBmRldGFpbBgEIAEoCSJZCg5TZXRQb29sUmVxdWVzdBIQCgh0ZW1wbGF0ZRgBIAEoCRInCgVzaGFwZRgCIAEoCzIYLmZpcmVicmVhay5ub2RlLnYxLlNoYXBlEgwKBHNpemUYAyABKA0iIAoMRHJhaW5SZXF1ZXN0EhAKCGRyYWluaW5nGAEgASgIIq0CCgpOb2RlUmVwb3J0Eg8KB25vZGVfaWQYASABKAkSEwoLYWNjZWxlcmF0b3IYAiABKAkSGgoSYWNjZWxlcmF0b3JfcmVhc29uGAMgASgJEg0KBXZjcHVzGAQgASgNEhIKCm1lbW9yeV9taWIYBSABKAQSFwoPY29tbWl0dGVkX3ZjcHVzGAYgASgNEhwKFGNvbW1pdHRlZF9tZW1vcnlfbWliGAcgASgEEhcKD2ZyZWVfbWVtb3J5X21pYhgIIAEoBBIRCglzYW5kYm94ZXMYCSABKA0SEAoIZHJhaW5pbmcYCiABKAgSNAoJdGVtcGxhdGVzGAsgAygLMiEuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVSZXBvcnQSDwoHdmVyc2lvbhgMIAEoCSLMAgoOVGVtcGxhdGVSZXBvcnQSDAoEbmFtZRgBIAEoCRILCgNrZXkYAiABKAkSDQoFaW1hZ2UYAyABKAgSEAoIc25hcHNob3QYBCABKAgSFwoPc25hcHNob3Rfc2hhcGVzGAcgAygJEjkKBHdhcm0YBSADKAsyKy5maXJlYnJlYWsubm9kZS52MS5UZW1wbGF0ZVJlcG9ydC5XYXJtRW50cnkSSQoNcmVjZW50X3A1MF9tcxgGIAMoCzIyLmZpcmVicmVhay5ub2RlLnYxLlRlbXBsYXRlUmVwb3J0LlJlY2VudFA1ME1zRW50cnkaKwoJV2FybUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDToCOAEaMgoQUmVjZW50UDUwTXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBIkQKD092ZXJoZWFkUmVxdWVzdBIRCglhY2tfZXBvY2gYASABKAkSDwoHYWNrX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSI3ChBPdmVyaGVhZFJlc3BvbnNlEg0KBWVwb2NoGAEgASgJEhQKDHJlY29yZHNfanNvbhgCIAMoCSIgCgxTcGFuc1JlcXVlc3QSEAoIdHJhY2VfaWQYASABKAkiSQoLTG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBm9mZnNldBgDIAEoBBIOCgZmb2xsb3cYBCABKAgiSAoITG9nQ2h1bmsSDgoGb2Zmc2V0GAEgASgEEgwKBGRhdGEYAiABKAwSDwoHc2tpcHBlZBgDIAEoBBINCgVlbmRlZBgEIAEoCCJMChVMaXN0U2FuZGJveGVzUmVzcG9uc2USMwoJc2FuZGJveGVzGAEgAygLMiAuZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFN0YXR1czKJDwoETm9kZRJBCgZSZXBvcnQSGC5maXJlYnJlYWsubm9kZS52MS5FbXB0eRodLmZpcmVicmVhay5ub2RlLnYxLk5vZGVSZXBvcnQSSgoGQ3JlYXRlEiAuZmlyZWJyZWFrLm5vZGUudjEuQ3JlYXRlUmVxdWVzdBoeLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hJbmZvEkYKBEtpbGwSHS5maXJlYnJlYWsubm9kZS52MS5TYW5kYm94UmVmGh8uZmlyZWJyZWFrLm5vZGUudjEuS2lsbFJlc3BvbnNlEkkKBVBhdXNlEh8uZmlyZWJyZWFrLm5vZGUudjEuUGF1c2VSZXF1ZXN0Gh8uZmlyZWJyZWFrLm5vZGUudjEuS2lsbFJlc3BvbnNlEkoKBlJlc3VtZRIdLmZpcmVicmVhay5ub2RlLnYxLlNhbmRib3hSZWYaIS5maXJlYnJlYWsubm9kZS52MS5SZXN1bWVSZXNwb25zZRJHCgRGb3JrEh4uZmlyZWJyZWFrLm5vZGUudjEuRm9ya1JlcXVlc3QaHy5maXJlYnJlYWsubm9kZS52MS5Gb3JrUmVzcG9uc2USVQoPU25hcHNob3RTYW5kYm94Eh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhojLmZpcmVicmVhay5ub2RlLnYxLlNuYXBzaG90UmVzcG9uc2USSgoORGVsZXRlU25hcHNob3QSHi5maXJlYnJlYWsubm9kZS52MS5TbmFwc2hvdFJlZhoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5Ek0KBlN0YXR1cxIgLmZpcmVicmVhay5ub2RlLnYxLlN0YXR1c1JlcXVlc3QaIS5maXJlYnJlYWsubm9kZS52MS5TdGF0dXNSZXNwb25zZRJKCgVVc2FnZRIfLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlUmVxdWVzdBogLmZpcmVicmVhay5ub2RlLnYxLlVzYWdlUmVzcG9uc2USWQoMVXBkYXRlUG9saWN5EiYuZmlyZWJyZWFrLm5vZGUudjEuVXBkYXRlUG9saWN5UmVxdWVzdBohLmZpcmVicmVhay5ub2RlLnYxLlBvbGljeVJlc3BvbnNlEkUKDExpc3RTZXJ2aWNlcxIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5GhsuZmlyZWJyZWFrLm5vZGUudjEuSnNvbkxpc3QSSAoKUHV0U2VydmljZRIcLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRocLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRJTCg1SZW1vdmVTZXJ2aWNlEh4uZmlyZWJyZWFrLm5vZGUudjEuTmFtZVJlcXVlc3QaIi5maXJlYnJlYWsubm9kZS52MS5SZW1vdmVkUmVzcG9uc2USTwoNTGlzdFRlbXBsYXRlcxIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5GiQuZmlyZWJyZWFrLm5vZGUudjEuVGVtcGxhdGVzUmVzcG9uc2USUQoNQnVpbGRUZW1wbGF0ZRIfLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkUmVxdWVzdBodLmZpcmVicmVhay5ub2RlLnYxLkJ1aWxkRXZlbnQwARJUCg5EZWxldGVUZW1wbGF0ZRIeLmZpcmVicmVhay5ub2RlLnYxLk5hbWVSZXF1ZXN0GiIuZmlyZWJyZWFrLm5vZGUudjEuUmVtb3ZlZFJlc3BvbnNlEkYKB1NldFBvb2wSIS5maXJlYnJlYWsubm9kZS52MS5TZXRQb29sUmVxdWVzdBoYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5EkIKBURyYWluEh8uZmlyZWJyZWFrLm5vZGUudjEuRHJhaW5SZXF1ZXN0GhguZmlyZWJyZWFrLm5vZGUudjEuRW1wdHkSUwoNTGlzdFNhbmRib3hlcxIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5GiguZmlyZWJyZWFrLm5vZGUudjEuTGlzdFNhbmRib3hlc1Jlc3BvbnNlEkoKC0FjY2Vzc1Rva2VuEh0uZmlyZWJyZWFrLm5vZGUudjEuU2FuZGJveFJlZhocLmZpcmVicmVhay5ub2RlLnYxLkpzb25WYWx1ZRJTCghPdmVyaGVhZBIiLmZpcmVicmVhay5ub2RlLnYxLk92ZXJoZWFkUmVxdWVzdBojLmZpcmVicmVhay5ub2RlLnYxLk92ZXJoZWFkUmVzcG9uc2USQQoHTWV0cmljcxIYLmZpcmVicmVhay5ub2RlLnYxLkVtcHR5GhwuZmlyZWJyZWFrLm5vZGUudjEuSnNvblZhbHVlEkUKBVNwYW5zEh8uZmlyZWJyZWFrLm5vZGUudjEuU3BhbnNSZXF1ZXN0GhsuZmlyZWJyZWFrLm5vZGUudjEuSnNvbkxpc3QSRQoETG9ncxIeLmZpcmVicmVhay5ub2RlLnYxLkxvZ3NSZXF1ZXN0GhsuZmlyZWJyZWFrLm5vZGUudjEuTG9nQ2h1bmswAWIGcHJvdG8z");
 
 /**
  * @generated from message firebreak.node.v1.Empty
@@ -78,6 +78,38 @@ export const SandboxRefSchema: GenMessage<SandboxRef> = /*@__PURE__*/
   messageDesc(file_node_v1_node, 2);
 
 /**
+ * SandboxRef's fields, and what the pause keeps.
+ *
+ * @generated from message firebreak.node.v1.PauseRequest
+ */
+export type PauseRequest = Message<"firebreak.node.v1.PauseRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Keep only the disk: the VM stops without saving its RAM, and the resume
+   * boots it afresh from its disk (E2B's `pause({ keepMemory: false })`).
+   *
+   * @generated from field: bool filesystem_only = 3;
+   */
+  filesystemOnly: boolean;
+};
+
+/**
+ * Describes the message firebreak.node.v1.PauseRequest.
+ * Use `create(PauseRequestSchema)` to create a new message.
+ */
+export const PauseRequestSchema: GenMessage<PauseRequest> = /*@__PURE__*/
+  messageDesc(file_node_v1_node, 3);
+
+/**
  * An egress policy object and who made it, JSON-encoded exactly as the node
  * runtime's EgressPolicy type (validated by the node on arrival).
  *
@@ -109,7 +141,7 @@ export type Policy = Message<"firebreak.node.v1.Policy"> & {
  * Use `create(PolicySchema)` to create a new message.
  */
 export const PolicySchema: GenMessage<Policy> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 3);
+  messageDesc(file_node_v1_node, 4);
 
 /**
  * Where a sandbox with the platform grant (policy `platform: true`) reaches
@@ -141,7 +173,7 @@ export type PlatformTarget = Message<"firebreak.node.v1.PlatformTarget"> & {
  * Use `create(PlatformTargetSchema)` to create a new message.
  */
 export const PlatformTargetSchema: GenMessage<PlatformTarget> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 4);
+  messageDesc(file_node_v1_node, 5);
 
 /**
  * @generated from message firebreak.node.v1.CreateRequest
@@ -199,7 +231,7 @@ export type CreateRequest = Message<"firebreak.node.v1.CreateRequest"> & {
  * Use `create(CreateRequestSchema)` to create a new message.
  */
 export const CreateRequestSchema: GenMessage<CreateRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 5);
+  messageDesc(file_node_v1_node, 6);
 
 /**
  * @generated from message firebreak.node.v1.SandboxInfo
@@ -261,7 +293,7 @@ export type SandboxInfo = Message<"firebreak.node.v1.SandboxInfo"> & {
  * Use `create(SandboxInfoSchema)` to create a new message.
  */
 export const SandboxInfoSchema: GenMessage<SandboxInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 6);
+  messageDesc(file_node_v1_node, 7);
 
 /**
  * @generated from message firebreak.node.v1.TrafficBytes
@@ -283,7 +315,7 @@ export type TrafficBytes = Message<"firebreak.node.v1.TrafficBytes"> & {
  * Use `create(TrafficBytesSchema)` to create a new message.
  */
 export const TrafficBytesSchema: GenMessage<TrafficBytes> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 7);
+  messageDesc(file_node_v1_node, 8);
 
 /**
  * @generated from message firebreak.node.v1.UsageSample
@@ -336,7 +368,7 @@ export type UsageSample = Message<"firebreak.node.v1.UsageSample"> & {
  * Use `create(UsageSampleSchema)` to create a new message.
  */
 export const UsageSampleSchema: GenMessage<UsageSample> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 8);
+  messageDesc(file_node_v1_node, 9);
 
 /**
  * @generated from message firebreak.node.v1.KillResponse
@@ -355,7 +387,7 @@ export type KillResponse = Message<"firebreak.node.v1.KillResponse"> & {
  * Use `create(KillResponseSchema)` to create a new message.
  */
 export const KillResponseSchema: GenMessage<KillResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 9);
+  messageDesc(file_node_v1_node, 10);
 
 /**
  * @generated from message firebreak.node.v1.ResumeResponse
@@ -389,7 +421,7 @@ export type ResumeResponse = Message<"firebreak.node.v1.ResumeResponse"> & {
  * Use `create(ResumeResponseSchema)` to create a new message.
  */
 export const ResumeResponseSchema: GenMessage<ResumeResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 10);
+  messageDesc(file_node_v1_node, 11);
 
 /**
  * @generated from message firebreak.node.v1.ForkRequest
@@ -411,7 +443,7 @@ export type ForkRequest = Message<"firebreak.node.v1.ForkRequest"> & {
  * Use `create(ForkRequestSchema)` to create a new message.
  */
 export const ForkRequestSchema: GenMessage<ForkRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 11);
+  messageDesc(file_node_v1_node, 12);
 
 /**
  * @generated from message firebreak.node.v1.ForkResponse
@@ -428,7 +460,7 @@ export type ForkResponse = Message<"firebreak.node.v1.ForkResponse"> & {
  * Use `create(ForkResponseSchema)` to create a new message.
  */
 export const ForkResponseSchema: GenMessage<ForkResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 12);
+  messageDesc(file_node_v1_node, 13);
 
 /**
  * A named snapshot: the sandbox's memory and disk frozen into an immutable,
@@ -449,7 +481,7 @@ export type SnapshotResponse = Message<"firebreak.node.v1.SnapshotResponse"> & {
  * Use `create(SnapshotResponseSchema)` to create a new message.
  */
 export const SnapshotResponseSchema: GenMessage<SnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 13);
+  messageDesc(file_node_v1_node, 14);
 
 /**
  * @generated from message firebreak.node.v1.SnapshotRef
@@ -466,7 +498,7 @@ export type SnapshotRef = Message<"firebreak.node.v1.SnapshotRef"> & {
  * Use `create(SnapshotRefSchema)` to create a new message.
  */
 export const SnapshotRefSchema: GenMessage<SnapshotRef> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 14);
+  messageDesc(file_node_v1_node, 15);
 
 /**
  * @generated from message firebreak.node.v1.StatusRequest
@@ -483,7 +515,7 @@ export type StatusRequest = Message<"firebreak.node.v1.StatusRequest"> & {
  * Use `create(StatusRequestSchema)` to create a new message.
  */
 export const StatusRequestSchema: GenMessage<StatusRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 15);
+  messageDesc(file_node_v1_node, 16);
 
 /**
  * @generated from message firebreak.node.v1.SandboxStatus
@@ -517,7 +549,7 @@ export type SandboxStatus = Message<"firebreak.node.v1.SandboxStatus"> & {
  * Use `create(SandboxStatusSchema)` to create a new message.
  */
 export const SandboxStatusSchema: GenMessage<SandboxStatus> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 16);
+  messageDesc(file_node_v1_node, 17);
 
 /**
  * @generated from message firebreak.node.v1.StatusResponse
@@ -534,7 +566,7 @@ export type StatusResponse = Message<"firebreak.node.v1.StatusResponse"> & {
  * Use `create(StatusResponseSchema)` to create a new message.
  */
 export const StatusResponseSchema: GenMessage<StatusResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 17);
+  messageDesc(file_node_v1_node, 18);
 
 /**
  * @generated from message firebreak.node.v1.UsageRequest
@@ -551,7 +583,7 @@ export type UsageRequest = Message<"firebreak.node.v1.UsageRequest"> & {
  * Use `create(UsageRequestSchema)` to create a new message.
  */
 export const UsageRequestSchema: GenMessage<UsageRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 18);
+  messageDesc(file_node_v1_node, 19);
 
 /**
  * @generated from message firebreak.node.v1.UsageResponse
@@ -570,7 +602,7 @@ export type UsageResponse = Message<"firebreak.node.v1.UsageResponse"> & {
  * Use `create(UsageResponseSchema)` to create a new message.
  */
 export const UsageResponseSchema: GenMessage<UsageResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 19);
+  messageDesc(file_node_v1_node, 20);
 
 /**
  * @generated from message firebreak.node.v1.UpdatePolicyRequest
@@ -599,7 +631,7 @@ export type UpdatePolicyRequest = Message<"firebreak.node.v1.UpdatePolicyRequest
  * Use `create(UpdatePolicyRequestSchema)` to create a new message.
  */
 export const UpdatePolicyRequestSchema: GenMessage<UpdatePolicyRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 20);
+  messageDesc(file_node_v1_node, 21);
 
 /**
  * @generated from message firebreak.node.v1.PolicyResponse
@@ -616,7 +648,7 @@ export type PolicyResponse = Message<"firebreak.node.v1.PolicyResponse"> & {
  * Use `create(PolicyResponseSchema)` to create a new message.
  */
 export const PolicyResponseSchema: GenMessage<PolicyResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 21);
+  messageDesc(file_node_v1_node, 22);
 
 /**
  * @generated from message firebreak.node.v1.JsonList
@@ -633,7 +665,7 @@ export type JsonList = Message<"firebreak.node.v1.JsonList"> & {
  * Use `create(JsonListSchema)` to create a new message.
  */
 export const JsonListSchema: GenMessage<JsonList> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 22);
+  messageDesc(file_node_v1_node, 23);
 
 /**
  * @generated from message firebreak.node.v1.JsonValue
@@ -650,7 +682,7 @@ export type JsonValue = Message<"firebreak.node.v1.JsonValue"> & {
  * Use `create(JsonValueSchema)` to create a new message.
  */
 export const JsonValueSchema: GenMessage<JsonValue> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 23);
+  messageDesc(file_node_v1_node, 24);
 
 /**
  * @generated from message firebreak.node.v1.NameRequest
@@ -667,7 +699,7 @@ export type NameRequest = Message<"firebreak.node.v1.NameRequest"> & {
  * Use `create(NameRequestSchema)` to create a new message.
  */
 export const NameRequestSchema: GenMessage<NameRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 24);
+  messageDesc(file_node_v1_node, 25);
 
 /**
  * @generated from message firebreak.node.v1.RemovedResponse
@@ -684,7 +716,7 @@ export type RemovedResponse = Message<"firebreak.node.v1.RemovedResponse"> & {
  * Use `create(RemovedResponseSchema)` to create a new message.
  */
 export const RemovedResponseSchema: GenMessage<RemovedResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 25);
+  messageDesc(file_node_v1_node, 26);
 
 /**
  * @generated from message firebreak.node.v1.TemplateInfo
@@ -737,7 +769,7 @@ export type TemplateInfo = Message<"firebreak.node.v1.TemplateInfo"> & {
  * Use `create(TemplateInfoSchema)` to create a new message.
  */
 export const TemplateInfoSchema: GenMessage<TemplateInfo> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 26);
+  messageDesc(file_node_v1_node, 27);
 
 /**
  * @generated from message firebreak.node.v1.TemplatesResponse
@@ -754,7 +786,7 @@ export type TemplatesResponse = Message<"firebreak.node.v1.TemplatesResponse"> &
  * Use `create(TemplatesResponseSchema)` to create a new message.
  */
 export const TemplatesResponseSchema: GenMessage<TemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 27);
+  messageDesc(file_node_v1_node, 28);
 
 /**
  * @generated from message firebreak.node.v1.BuildRequest
@@ -787,7 +819,7 @@ export type BuildRequest = Message<"firebreak.node.v1.BuildRequest"> & {
  * Use `create(BuildRequestSchema)` to create a new message.
  */
 export const BuildRequestSchema: GenMessage<BuildRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 28);
+  messageDesc(file_node_v1_node, 29);
 
 /**
  * @generated from message firebreak.node.v1.BuildEvent
@@ -816,7 +848,7 @@ export type BuildEvent = Message<"firebreak.node.v1.BuildEvent"> & {
  * Use `create(BuildEventSchema)` to create a new message.
  */
 export const BuildEventSchema: GenMessage<BuildEvent> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 29);
+  messageDesc(file_node_v1_node, 30);
 
 /**
  * @generated from message firebreak.node.v1.BuildProgress
@@ -848,7 +880,7 @@ export type BuildProgress = Message<"firebreak.node.v1.BuildProgress"> & {
  * Use `create(BuildProgressSchema)` to create a new message.
  */
 export const BuildProgressSchema: GenMessage<BuildProgress> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 30);
+  messageDesc(file_node_v1_node, 31);
 
 /**
  * @generated from message firebreak.node.v1.SetPoolRequest
@@ -875,7 +907,7 @@ export type SetPoolRequest = Message<"firebreak.node.v1.SetPoolRequest"> & {
  * Use `create(SetPoolRequestSchema)` to create a new message.
  */
 export const SetPoolRequestSchema: GenMessage<SetPoolRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 31);
+  messageDesc(file_node_v1_node, 32);
 
 /**
  * @generated from message firebreak.node.v1.DrainRequest
@@ -894,7 +926,7 @@ export type DrainRequest = Message<"firebreak.node.v1.DrainRequest"> & {
  * Use `create(DrainRequestSchema)` to create a new message.
  */
 export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 32);
+  messageDesc(file_node_v1_node, 33);
 
 /**
  * What the node can activate and how fast: the scheduler's input.
@@ -970,7 +1002,7 @@ export type NodeReport = Message<"firebreak.node.v1.NodeReport"> & {
  * Use `create(NodeReportSchema)` to create a new message.
  */
 export const NodeReportSchema: GenMessage<NodeReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 33);
+  messageDesc(file_node_v1_node, 34);
 
 /**
  * @generated from message firebreak.node.v1.TemplateReport
@@ -1025,7 +1057,7 @@ export type TemplateReport = Message<"firebreak.node.v1.TemplateReport"> & {
  * Use `create(TemplateReportSchema)` to create a new message.
  */
 export const TemplateReportSchema: GenMessage<TemplateReport> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 34);
+  messageDesc(file_node_v1_node, 35);
 
 /**
  * @generated from message firebreak.node.v1.OverheadRequest
@@ -1054,7 +1086,7 @@ export type OverheadRequest = Message<"firebreak.node.v1.OverheadRequest"> & {
  * Use `create(OverheadRequestSchema)` to create a new message.
  */
 export const OverheadRequestSchema: GenMessage<OverheadRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 35);
+  messageDesc(file_node_v1_node, 36);
 
 /**
  * @generated from message firebreak.node.v1.OverheadResponse
@@ -1080,7 +1112,7 @@ export type OverheadResponse = Message<"firebreak.node.v1.OverheadResponse"> & {
  * Use `create(OverheadResponseSchema)` to create a new message.
  */
 export const OverheadResponseSchema: GenMessage<OverheadResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 36);
+  messageDesc(file_node_v1_node, 37);
 
 /**
  * @generated from message firebreak.node.v1.SpansRequest
@@ -1097,7 +1129,7 @@ export type SpansRequest = Message<"firebreak.node.v1.SpansRequest"> & {
  * Use `create(SpansRequestSchema)` to create a new message.
  */
 export const SpansRequestSchema: GenMessage<SpansRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 37);
+  messageDesc(file_node_v1_node, 38);
 
 /**
  * @generated from message firebreak.node.v1.LogsRequest
@@ -1135,7 +1167,7 @@ export type LogsRequest = Message<"firebreak.node.v1.LogsRequest"> & {
  * Use `create(LogsRequestSchema)` to create a new message.
  */
 export const LogsRequestSchema: GenMessage<LogsRequest> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 38);
+  messageDesc(file_node_v1_node, 39);
 
 /**
  * @generated from message firebreak.node.v1.LogChunk
@@ -1171,7 +1203,7 @@ export type LogChunk = Message<"firebreak.node.v1.LogChunk"> & {
  * Use `create(LogChunkSchema)` to create a new message.
  */
 export const LogChunkSchema: GenMessage<LogChunk> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 39);
+  messageDesc(file_node_v1_node, 40);
 
 /**
  * @generated from message firebreak.node.v1.ListSandboxesResponse
@@ -1188,7 +1220,7 @@ export type ListSandboxesResponse = Message<"firebreak.node.v1.ListSandboxesResp
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_node_v1_node, 40);
+  messageDesc(file_node_v1_node, 41);
 
 /**
  * @generated from service firebreak.node.v1.Node
@@ -1223,7 +1255,7 @@ export const Node: GenService<{
    */
   pause: {
     methodKind: "unary";
-    input: typeof SandboxRefSchema;
+    input: typeof PauseRequestSchema;
     output: typeof KillResponseSchema;
   },
   /**
