@@ -265,6 +265,16 @@ describe("commands in a microVM", { skip: skipUnlessRoot }, () => {
     await assert.rejects(exec(sb, ["true"], { user: "nobody-here" }), /nobody-here/);
   });
 
+  test("the guest runs with its idle wake-ups trimmed (no lockup watchdog, no proactive compaction, slow vmstat)", async () => {
+    const r = await exec(sb, [
+      "cat",
+      "/proc/sys/kernel/watchdog",
+      "/proc/sys/vm/compaction_proactiveness",
+      "/proc/sys/vm/stat_interval",
+    ]);
+    assert.equal(r.stdout, "0\n0\n60\n", `kernel settings: ${r.stdout}${r.stderr}`);
+  });
+
   test("the sandbox is still healthy after everything above", async () => {
     const rt = await runtime();
     assert.equal(rt.get(sb.id).state, "running");

@@ -119,7 +119,10 @@ export function hostTscKhz(): number | undefined {
  */
 export const DEFAULT_TCG_TB_MIB = 128;
 
-/** Kernel arguments that trim boot time on a microvm; each one measured. */
+/**
+ * Kernel arguments that trim boot time on a microvm, and the idle guest's
+ * wake-ups (each one a host CPU cost under emulation); each one measured.
+ */
 export const BASE_CMDLINE = [
   "console=ttyS0",
   "reboot=k",
@@ -139,6 +142,14 @@ export const BASE_CMDLINE = [
   "8250.nr_uarts=1",
   "rcupdate.rcu_expedited=1",
   "random.trust_cpu=on",
+  // Idle wake-ups (docs/BENCHMARKS.md, "What wakes an idle guest"): no soft
+  // lockup watchdog (an hrtimer every 4 s; meaningless on a vCPU the host may
+  // deschedule), no proactive compaction (kcompactd every 500 ms), VM
+  // statistics folded every 60 s instead of every second. Guest timer
+  // interrupts 13-17/s -> 7/s; QEMU 1.25 -> 0.85 % of a core per idle guest.
+  "nowatchdog",
+  "sysctl.vm.compaction_proactiveness=0",
+  "sysctl.vm.stat_interval=60",
 ];
 
 /** `-object` for the guest RAM backend `ram0`. */
