@@ -19,6 +19,14 @@ export interface NodeConfig {
    * @default FIREBREAK_RUN_DIR or /run/firebreak
    */
   runDir: string;
+  /**
+   * Freeze a running sandbox (its QEMU, in its cgroup) once it has used
+   * almost no CPU and had no connection open for this long; any request to
+   * it thaws it first. A frozen sandbox costs no host CPU, and its own timers
+   * wait too (a `sleep 600; work` in it runs late). 0: never.
+   * @default FIREBREAK_FREEZE_IDLE_MS or 0
+   */
+  freezeIdleMs?: number;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -27,6 +35,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): NodeConfig {
     vmUidBase: Number(env["FIREBREAK_VM_UID_BASE"] ?? 2_000_000),
     hostPool: env["FIREBREAK_HOST_POOL"] ?? "10.211.0.0/16",
     runDir: path.resolve(env["FIREBREAK_RUN_DIR"] ?? "/run/firebreak"),
+    freezeIdleMs: Number(env["FIREBREAK_FREEZE_IDLE_MS"] ?? 0) || 0,
   };
 }
 

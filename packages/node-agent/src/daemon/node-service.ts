@@ -207,6 +207,7 @@ export class NodeService {
       filled: (key, _shape, ms) =>
         this.metrics.poolRefill.observe({ template: runtime.templateNames.get(key) ?? key }, ms / 1000),
     };
+    this.metrics.frozen(() => runtime.list().filter((s) => s.frozen).length);
     this.metrics.pools(() =>
       runtime.pools.status().map((p) => ({
         template: runtime.templateNames.get(p.templateKey) ?? p.templateKey,

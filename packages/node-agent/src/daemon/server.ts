@@ -461,6 +461,8 @@ function tunnel(
     return;
   }
   const id = m[1]!;
+  // A frozen (idle) sandbox is thawed; the connection's packets wait in its tap meanwhile.
+  svc.runtime.touch(id);
   const upstream = net.connect({ host, port });
   upstream.setNoDelay(true);
   // INVARIANT: a tunnel lives no longer than its sandbox's running state
@@ -469,6 +471,7 @@ function tunnel(
   tunnels.set(id, open);
   open.add(upstream);
   upstream.once("close", () => {
+    svc.runtime.touch(id); // idle from the last connection's end
     open.delete(upstream);
     if (!open.size && tunnels.get(id) === open) tunnels.delete(id);
   });
@@ -566,6 +569,9 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     if (state !== "running") endTunnels(id);
   };
   opts.service.runtime.stateListeners.add(onState);
+  // A sandbox with a tunnel open is in use: the idle freezer leaves it alone.
+  const busy = (id: string) => (tunnels.get(id)?.size ?? 0) > 0;
+  opts.service.runtime.busyChecks.add(busy);
   let server: http.Server;
   let address: string;
   if ("unix" in opts.listen) {
@@ -609,6 +615,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
     close: () =>
       new Promise<void>((resolve) => {
         opts.service.runtime.stateListeners.delete(onState);
+        opts.service.runtime.busyChecks.delete(busy);
         server.close(() => resolve());
         server.closeAllConnections();
         for (const id of [...tunnels.keys()]) endTunnels(id);

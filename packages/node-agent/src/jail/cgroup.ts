@@ -1,12 +1,15 @@
 // Per-sandbox cgroups that bound what one QEMU process may take from the host:
-// CPU time, memory and process count. Supports cgroup v1 (one hierarchy per
-// controller, as on this machine) and the unified v2 hierarchy.
+// CPU time, memory and process count, and freeze it while it is idle.
+// Supports cgroup v1 (one hierarchy per controller, as on this machine) and
+// the unified v2 hierarchy.
 import fs from "node:fs/promises";
 import path from "node:path";
 
 const ROOT = process.env["FIREBREAK_CGROUP_ROOT"] ?? "/sys/fs/cgroup";
 const GROUP = "firebreak";
 const V1_CONTROLLERS = ["cpu", "cpuacct", "memory", "pids"] as const;
+/** cgroup v1's freezer, used where the host mounts it (idle sandboxes are frozen there). */
+const V1_FREEZER = "freezer";
 
 export interface CgroupLimits {
   /** CPU bandwidth in whole vCPUs (cfs quota = vcpus x period). */
@@ -35,21 +38,31 @@ async function isV2(): Promise<boolean> {
 export class SandboxCgroup {
   readonly name: string;
   readonly #v2: boolean;
+  readonly #v1Freezer: boolean;
 
-  private constructor(name: string, v2: boolean) {
+  private constructor(name: string, v2: boolean, v1Freezer: boolean) {
     this.name = name;
     this.#v2 = v2;
+    this.#v1Freezer = v1Freezer;
   }
 
   static async open(name: string): Promise<SandboxCgroup> {
-    return new SandboxCgroup(name, await isV2());
+    const v2 = await isV2();
+    const v1Freezer =
+      !v2 &&
+      (await fs.access(path.join(ROOT, V1_FREEZER, "cgroup.procs")).then(
+        () => true,
+        () => false,
+      ));
+    return new SandboxCgroup(name, v2, v1Freezer);
   }
 
-  /** Every directory this cgroup occupies. */
+  /** Every directory this cgroup occupies (QEMU's pid goes into each). */
   dirs(): string[] {
-    return this.#v2
-      ? [path.join(ROOT, GROUP, this.name)]
-      : V1_CONTROLLERS.map((c) => path.join(ROOT, c, GROUP, this.name));
+    if (this.#v2) return [path.join(ROOT, GROUP, this.name)];
+    return [...V1_CONTROLLERS, ...(this.#v1Freezer ? [V1_FREEZER] : [])].map((c) =>
+      path.join(ROOT, c, GROUP, this.name),
+    );
   }
 
   async create(limits: CgroupLimits): Promise<void> {
@@ -105,8 +118,31 @@ export class SandboxCgroup {
     };
   }
 
+  /**
+   * Freezes (or thaws) every process in the cgroup: a frozen QEMU runs no
+   * instruction until thawed. Resolves with whether the kernel reports the
+   * new state within a second.
+   */
+  async freeze(on: boolean): Promise<boolean> {
+    const v2 = this.#v2;
+    if (!v2 && !this.#v1Freezer) return false;
+    const dir = v2 ? this.dirs()[0]! : path.join(ROOT, V1_FREEZER, GROUP, this.name);
+    const [file, value, stateFile, want] = v2
+      ? ["cgroup.freeze", on ? "1" : "0", "cgroup.events", `frozen ${on ? 1 : 0}`]
+      : ["freezer.state", on ? "FROZEN" : "THAWED", "freezer.state", on ? "FROZEN" : "THAWED"];
+    await fs.writeFile(path.join(dir, file), value);
+    for (let i = 0; i < 100; i++) {
+      const state = await fs.readFile(path.join(dir, stateFile), "utf8").catch(() => "");
+      if (state.includes(want)) return true;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return false;
+  }
+
   /** Removes the cgroup; idempotent. Processes still inside are killed first. */
   async destroy(): Promise<void> {
+    // A frozen task does not act on SIGKILL until thawed (cgroup v1).
+    await this.freeze(false).catch(() => {});
     for (const dir of this.dirs()) {
       const procs = await fs.readFile(path.join(dir, "cgroup.procs"), "utf8").catch(() => "");
       for (const pid of procs.split("\n").filter(Boolean)) {

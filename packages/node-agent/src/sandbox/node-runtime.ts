@@ -175,6 +175,9 @@ interface PausedRecord {
   memory?: boolean;
 }
 
+/** A sandbox using at most this share of a core is idle (an idle TCG guest: about 1 %). */
+const IDLE_CPU_SHARE = 0.03;
+
 /** How long a filesystem-only pause waits for the guest's `sync` before stopping it anyway. */
 const PAUSE_SYNC_TIMEOUT_MS = 30_000;
 
@@ -230,6 +233,13 @@ export class NodeRuntime {
   readonly endedLogs = new EndedLogStore();
   /** Template names by image key (warm pool metrics). */
   readonly templateNames = new Map<string, string>();
+  /**
+   * Whether something holds a sandbox open (each daemon server: an open
+   * tunnel to one of its ports); such a sandbox is never frozen (see
+   * freezeIdleMs).
+   */
+  readonly busyChecks = new Set<(id: string) => boolean>();
+  #freezer: NodeJS.Timeout | undefined;
 
   private constructor(
     config: NodeConfig,
@@ -290,6 +300,7 @@ export class NodeRuntime {
     await rt.#adoptForkPointGroups();
     const adopted = await rt.adoptPaused();
     if (adopted.length) log(`adopted paused sandboxes: ${adopted.join(", ")}`);
+    if ((config.freezeIdleMs ?? 0) > 0) rt.#startFreezer(config.freezeIdleMs!);
     return rt;
   }
 
@@ -322,6 +333,95 @@ export class NodeRuntime {
     return sb;
   }
 
+  // ------------------------------------------------------------ idle freezing
+
+  /** Checks every `every` ms which running sandboxes have been idle for `idleMs`, and freezes them. */
+  #startFreezer(idleMs: number): void {
+    const every = Math.min(5000, Math.max(250, Math.round(idleMs / 4)));
+    let running = false;
+    this.#freezer = setInterval(() => {
+      if (running) return;
+      running = true;
+      void this.#freezeIdle(idleMs)
+        .catch((e) => this.#log.warn({ component: "freezer", problems: problemsOf(e) }, "freeze pass failed"))
+        .finally(() => {
+          running = false;
+        });
+    }, every);
+    this.#freezer.unref();
+  }
+
+  async #freezeIdle(idleMs: number): Promise<void> {
+    for (const sb of [...this.#sandboxes.values()]) {
+      const cgroup = sb.cgroup;
+      if (sb.state !== "running" || sb.frozen || !cgroup) continue;
+      const now = Date.now();
+      const { cpuNanos } = await cgroup.usage();
+      const prev = sb.lastCpuNanos;
+      const prevAt = sb.lastCpuAt;
+      sb.lastCpuNanos = cpuNanos;
+      sb.lastCpuAt = now;
+      const quiet = prev >= 0 && cpuNanos - prev <= IDLE_CPU_SHARE * (now - prevAt) * 1e6;
+      if (!quiet || this.#busy(sb.id)) {
+        sb.lastBusyAt = now;
+        continue;
+      }
+      if (now - sb.lastBusyAt < idleMs) continue;
+      await this.#serialFreeze(sb, async () => {
+        // Checked again in order with thaws: a request may have come meanwhile.
+        if (sb.state !== "running" || sb.frozen || Date.now() - sb.lastBusyAt < idleMs || this.#busy(sb.id))
+          return;
+        if (await cgroup.freeze(true)) {
+          sb.frozenIn = cgroup;
+          this.#log.info(
+            { sandboxId: sb.id, platformId: sb.platformId, idleMs: now - sb.lastBusyAt },
+            "sandbox frozen (idle)",
+          );
+        } else {
+          await cgroup.freeze(false).catch(() => {});
+        }
+      });
+    }
+  }
+
+  #busy(id: string): boolean {
+    for (const check of this.busyChecks) if (check(id)) return true;
+    return false;
+  }
+
+  /** Freezes and thaws of one sandbox happen one at a time, in order. */
+  #serialFreeze(sb: Sandbox, fn: () => Promise<void>): Promise<void> {
+    const next = sb.freezeChain.then(fn, fn);
+    sb.freezeChain = next.catch(() => {});
+    return next;
+  }
+
+  /**
+   * Marks a sandbox as used now (a connection to it opens) and thaws it if the
+   * freezer had frozen it. Packets that reach a frozen guest wait in its tap
+   * queue, so the caller need not wait for the thaw.
+   */
+  touch(id: string): void {
+    const sb = this.#sandboxes.get(id);
+    if (!sb) return;
+    sb.lastBusyAt = Date.now();
+    if (this.#freezer) void this.#thaw(sb).catch(() => {});
+  }
+
+  /** Thaws a frozen sandbox (every lifecycle step that needs its QEMU to answer calls this first). */
+  async #thaw(sb: Sandbox): Promise<void> {
+    if (!this.#freezer && !sb.frozen) return;
+    await this.#serialFreeze(sb, async () => {
+      const cgroup = sb.frozenIn;
+      if (!cgroup) return;
+      sb.lastBusyAt = Date.now();
+      // Its own cgroup, whatever state the sandbox is in by now (a kill's stopping holds no live resources).
+      await cgroup.freeze(false);
+      sb.frozenIn = undefined;
+      this.#log.info({ sandboxId: sb.id, platformId: sb.platformId }, "sandbox thawed");
+    });
+  }
+
   // ------------------------------------------------------------ the one place a state changes
 
   /**
@@ -333,6 +433,11 @@ export class NodeRuntime {
     const gainsLive = next.state === sb.state && (next.state === "starting" || next.state === "resuming");
     if (!gainsLive) assertTransition(sb.id, sb.state, next.state);
     sb[SET_HELD](next);
+    if (next.state === "running") {
+      // Just started, resumed or claimed: idle from now, on a cgroup that may be new.
+      sb.lastBusyAt = Date.now();
+      sb.lastCpuNanos = -1;
+    }
     for (const listener of this.stateListeners) {
       try {
         listener(sb.id, next.state);
@@ -544,6 +649,8 @@ export class NodeRuntime {
     stack.defer(async () => {
       await live.vm.stop(1000);
     });
+    // Undone first: a frozen QEMU answers no quit and, on cgroup v1, does not die of SIGKILL.
+    stack.defer(() => this.#thaw(sb));
     lap("spawn");
     return live;
   }
@@ -578,6 +685,7 @@ export class NodeRuntime {
     const id = newSandboxId();
     const dir = path.join(paths.sandboxesDir(this.config), id);
     const sb = new Sandbox(id, opts.template, shape, dir);
+    sb.onUse = () => this.touch(id);
     sb.pooled = how.pool === true || how.standby === true;
     sb.account = how.account ?? (sb.pooled ? "warm_pool" : opts.writableImage ? "template_build" : "tenant");
     sb.discard = () => void this.kill(id, "discarded from the warm pool");
@@ -1110,6 +1218,7 @@ export class NodeRuntime {
     const sb = this.get(id);
     const live = sb.requireLive();
     const memory = opts.memory !== false;
+    await this.#thaw(sb);
     sb.lastPhases = {};
     const lap = lapper(sb.lastPhases);
     if (!memory) {
@@ -1191,10 +1300,11 @@ export class NodeRuntime {
       } catch {
         continue;
       }
-      const sb = new Sandbox(id, paused.template, paused.shape, dir, {
+      const sb: Sandbox = new Sandbox(id, paused.template, paused.shape, dir, {
         createdAt: new Date(paused.createdAt),
         initial: { state: "paused", memory: paused.memory !== false },
       });
+      sb.onUse = () => this.touch(id);
       sb.discard = () => void this.kill(id, "discarded");
       sb.accessToken = paused.accessToken;
       sb.envVars = paused.envVars;
@@ -1309,6 +1419,7 @@ export class NodeRuntime {
     // Phases of the parent's freeze (its restart on the fork point included) and the children's starts.
     parent.lastPhases = {};
     const lap = lapper(parent.lastPhases);
+    await this.#thaw(parent);
     const point = await this.#freeze(parent);
     lap("freeze");
     // Children start while the parent restarts on top of the fork point.
@@ -1347,6 +1458,7 @@ export class NodeRuntime {
    * on this node, also after a node restart, until deleteSnapshot.
    */
   async snapshotOf(id: string): Promise<{ snapshotId: string }> {
+    await this.#thaw(this.get(id));
     const point = await this.#freeze(this.get(id));
     await point.parentBack;
     await point.sealed;
@@ -1644,6 +1756,7 @@ export class NodeRuntime {
    * sandboxes are only files: they stay, for the next runtime to adopt.
    */
   async close(): Promise<void> {
+    clearInterval(this.#freezer);
     await this.pools.close();
     await this.standbys.close();
     await Promise.all(

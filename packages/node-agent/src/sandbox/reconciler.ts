@@ -172,6 +172,8 @@ export async function reconcile(
   for (const id of orphans) {
     const rec = records.get(id);
     const pid = qemus.get(id);
+    // A QEMU its dead owner froze (idle) must be thawed to die.
+    if (pid) await (await SandboxCgroup.open(`fb-${id}`)).freeze(false).catch(() => {});
     if (pid) await killAndWait(pid);
     const slot = rec?.slot ?? [...slotOwners].find(([, owner]) => owner === id)?.[0];
     // An unknown slot names no veth: only the namespace goes here; a veth left

@@ -140,6 +140,22 @@ export class Sandbox {
   readonly filesStack = new AsyncDisposableStack();
   /** A pause detaches egress but keeps the policy for the resume. */
   keepPolicy = false;
+  /**
+   * The cgroup its QEMU is frozen in (idle; NodeRuntime thaws it on the next
+   * request and before anything that needs QEMU to answer or to die).
+   */
+  frozenIn: SandboxCgroup | undefined;
+  get frozen(): boolean {
+    return this.frozenIn !== undefined;
+  }
+  /** When it last used CPU or had a connection open (ms epoch), and its cgroup's CPU then. */
+  lastBusyAt = Date.now();
+  lastCpuNanos = -1;
+  lastCpuAt = 0;
+  /** Told of every use of its guest agent (NodeRuntime: the idle freezer's clock, and a thaw). */
+  onUse: (() => void) | undefined;
+  /** Freezes and thaws, in order (NodeRuntime). */
+  freezeChain: Promise<void> = Promise.resolve();
   /** Fired by a kill while the sandbox is starting or resuming. */
   readonly abort = new AbortController();
   /** Settles when every resource of this sandbox is gone. */
@@ -221,6 +237,7 @@ export class Sandbox {
   /** A client for the guest agent, acting as `user` (default: the template's user). */
   envd(user?: string): EnvdClient {
     const { network } = this.requireLive();
+    this.onUse?.();
     const key = user ?? "";
     let c = this.#clients.get(key);
     if (!c) {

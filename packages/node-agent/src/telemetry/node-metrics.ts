@@ -32,6 +32,7 @@ export class NodeMetrics {
   readonly overheadCpu: Counter<"template" | "kind">;
   readonly overheadDropped: Counter;
   #pools: () => PoolGauge[] = () => [];
+  #frozen: () => number = () => 0;
 
   constructor() {
     const registers = [this.registry];
@@ -81,6 +82,14 @@ export class NodeMetrics {
       },
     });
     new Gauge({
+      name: "firebreak_node_sandboxes_frozen",
+      help: "Running sandboxes frozen because they were idle (FIREBREAK_FREEZE_IDLE_MS); the next request thaws them.",
+      registers,
+      collect() {
+        this.set(self.#frozen());
+      },
+    });
+    new Gauge({
       name: "firebreak_warm_pool_target_vms",
       help: "Warm pool size asked for, by template and shape.",
       labelNames: ["template", "shape"],
@@ -95,6 +104,11 @@ export class NodeMetrics {
   /** Where the pool gauges read from (set by the node service). */
   pools(fn: () => PoolGauge[]): void {
     this.#pools = fn;
+  }
+
+  /** Where the frozen-sandbox gauge reads from (set by the node service). */
+  frozen(fn: () => number): void {
+    this.#frozen = fn;
   }
 
   /** Every metric with its values (the node API's Metrics answer). */
