@@ -20,6 +20,9 @@ let guestPort: number;
 const accepted: net.Socket[] = [];
 /** The stand-in runtime's state listeners (the daemon registers one). */
 const stateListeners = new Set<(id: string, state: string) => void>();
+/** The idle freezer's hooks: who holds a sandbox open, and who was used. */
+const busyChecks = new Set<(id: string) => boolean>();
+const touched: string[] = [];
 
 before(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), "fb-tunnel-"));
@@ -33,7 +36,7 @@ before(async () => {
   guestPort = (guest.address() as net.AddressInfo).port;
   const service = {
     endpoint: (id: string) => ({ host: "127.0.0.1", accessToken: `token-of-${id}` }),
-    runtime: { stateListeners },
+    runtime: { stateListeners, busyChecks, touch: (id: string) => touched.push(id) },
   } as unknown as NodeService;
   daemon = await startDaemon({ service, listen: { unix: path.join(dir, "node.sock") }, secret: SECRET });
   client = new NodeDaemonClient({ address: daemon.address, secret: SECRET });
@@ -57,6 +60,10 @@ test("bytes cross a tunnel both ways, unread by the node", async () => {
   const t = await client.openTunnel("sb1", guestPort);
   await until(() => accepted.length === 1);
   const g = accepted[0]!;
+  // The sandbox is in use while the tunnel is open (the idle freezer leaves it alone, and thaws it).
+  assert.ok(touched.includes("sb1"));
+  assert.ok([...busyChecks].some((busy) => busy("sb1")));
+  assert.ok(![...busyChecks].some((busy) => busy("sb-other")));
   t.write("GET / HTTP/1.1\r\n\r\n");
   const got = await new Promise<string>((r) => g.once("data", (b) => r(String(b))));
   assert.equal(got, "GET / HTTP/1.1\r\n\r\n", "nothing added, the agent's token included");
@@ -66,6 +73,7 @@ test("bytes cross a tunnel both ways, unread by the node", async () => {
   g.resume();
   await new Promise((r) => g.once("end", r));
   g.destroy();
+  await until(() => ![...busyChecks].some((busy) => busy("sb1")));
 });
 
 test("closing a sandbox's tunnels closes the node's connection to the guest, even when the guest never closes", async () => {
