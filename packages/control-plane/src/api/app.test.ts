@@ -275,6 +275,18 @@ describe("lifecycle and usage", () => {
     assert.equal((await t.api.get(`/v1/sandboxes?state=paused`)).json.sandboxes.length, 1);
     const resumed = await t.api.post(`/v1/sandboxes/${sb.id}/resume`, { timeoutMs: 60_000 });
     assert.equal(resumed.json.state, "running");
+    // A bodiless POST that still says Content-Type: application/json (as curl scripts do) takes the defaults.
+    const curlish = { headers: { "content-type": "application/json" } };
+    const bare = await t.api.call("POST", `/v1/sandboxes/${sb.id}/pause`, curlish);
+    assert.equal(bare.status, 200, JSON.stringify(bare.json));
+    const nodeId = (await env.store.getSandbox(sb.id))!.nodeSandboxId!;
+    assert.equal(env.node.sandboxes.get(nodeId)?.pausedMemory, true, "a plain pause keeps memory");
+    assert.equal((await t.api.call("POST", `/v1/sandboxes/${sb.id}/resume`, curlish)).status, 200);
+    // A filesystem-only pause; a body that is not the schema's is refused.
+    assert.equal((await t.api.post(`/v1/sandboxes/${sb.id}/pause`, { memory: "no" })).status, 400);
+    assert.equal((await t.api.post(`/v1/sandboxes/${sb.id}/pause`, { memory: false })).status, 200);
+    assert.equal(env.node.sandboxes.get(nodeId)?.pausedMemory, false, "memory: false reaches the node");
+    assert.equal((await t.api.post(`/v1/sandboxes/${sb.id}/resume`, {})).json.state, "running");
     assert.equal((await t.api.delete(`/v1/sandboxes/${sb.id}`)).status, 204);
     assert.equal((await t.api.delete(`/v1/sandboxes/${sb.id}`)).status, 204);
     const got = (await t.api.get(`/v1/sandboxes/${sb.id}`)).json;

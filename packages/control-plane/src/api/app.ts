@@ -139,6 +139,13 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     if (hasBody && !/^application\/(.+\+)?json\b/i.test(c.req.header("content-type") ?? "")) {
       throw new ApiError("VALIDATION_FAILED", "send the body as JSON with Content-Type: application/json");
     }
+    if (!hasBody && c.req.header("content-type") !== undefined) {
+      // No body at all (`curl -X POST -H 'content-type: application/json'`): a
+      // route whose body is optional takes its defaults, as without the header.
+      const headers = new Headers(c.req.raw.headers);
+      headers.delete("content-type");
+      c.req.raw = new Request(c.req.raw.url, { method: c.req.method, headers, signal: c.req.raw.signal });
+    }
     return limit(c, next);
   };
   app.use("/v1/*", jsonOnly);
