@@ -2,9 +2,12 @@
 // quotas, rate limits, scopes, lifecycle (reaper, crash, recovery) and the
 // usage ledger. Every /v1 response is checked against /openapi.json.
 import assert from "node:assert/strict";
+import http from "node:http";
+import net, { type AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { FirebreakError } from "@firebreak/node-agent";
 import { ENVD_VERSION } from "@firebreak/protocol";
+import { getRequestListener } from "@hono/node-server";
 import pino from "pino";
 import { StaticNodes } from "../node/directory.ts";
 import { SandboxService } from "../sandboxes/service.ts";
@@ -281,6 +284,32 @@ describe("lifecycle and usage", () => {
     assert.equal(bare.status, 200, JSON.stringify(bare.json));
     const nodeId = (await env.store.getSandbox(sb.id))!.nodeSandboxId!;
     assert.equal(env.node.sandboxes.get(nodeId)?.pausedMemory, true, "a plain pause keeps memory");
+    assert.equal((await t.api.call("POST", `/v1/sandboxes/${sb.id}/resume`, curlish)).status, 200);
+    // The same over a real HTTP server, as curl sends it: no Content-Length, no body.
+    const server = http.createServer(getRequestListener(env.app.fetch));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      // Byte for byte what `curl -X POST -H 'content-type: application/json'` sends.
+      const status = await new Promise<number>((resolve, reject) => {
+        const sock = net.connect((server.address() as AddressInfo).port, "127.0.0.1");
+        let got = "";
+        sock.on("data", (b) => {
+          got += b.toString();
+          const m = /^HTTP\/1\.1 (\d{3})/.exec(got);
+          if (m) {
+            resolve(Number(m[1]));
+            sock.destroy();
+          }
+        });
+        sock.on("error", reject);
+        sock.write(
+          `POST /v1/sandboxes/${sb.id}/pause HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${t.key}\r\nContent-Type: application/json\r\n\r\n`,
+        );
+      });
+      assert.equal(status, 200);
+    } finally {
+      server.close();
+    }
     assert.equal((await t.api.call("POST", `/v1/sandboxes/${sb.id}/resume`, curlish)).status, 200);
     // A filesystem-only pause; a body that is not the schema's is refused.
     assert.equal((await t.api.post(`/v1/sandboxes/${sb.id}/pause`, { memory: "no" })).status, 400);

@@ -135,7 +135,16 @@ export function createApp(deps: Deps): OpenAPIHono<AppEnv> {
     if (c.req.method === "GET" || c.req.method === "HEAD" || c.req.method === "DELETE") return next();
     if (c.req.method === "PUT" && JSON_BODY_EXEMPT.test(c.req.path)) return next();
     const length = c.req.header("content-length");
-    const hasBody = length !== undefined ? Number(length) > 0 : c.req.raw.body !== null;
+    // Over HTTP/1.1 a request has a body only with Content-Length or
+    // Transfer-Encoding (the Node adapter gives every POST a body stream,
+    // even an empty one); a Request built in-process has one when not null.
+    const fromNode = (c.env as { incoming?: unknown } | undefined)?.incoming !== undefined;
+    const hasBody =
+      length !== undefined
+        ? Number(length) > 0
+        : fromNode
+          ? c.req.header("transfer-encoding") !== undefined
+          : c.req.raw.body !== null;
     if (hasBody && !/^application\/(.+\+)?json\b/i.test(c.req.header("content-type") ?? "")) {
       throw new ApiError("VALIDATION_FAILED", "send the body as JSON with Content-Type: application/json");
     }
