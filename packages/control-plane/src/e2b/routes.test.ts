@@ -36,19 +36,24 @@ test("an E2B create with a body over the JSON limit answers 413 and creates noth
   }
 });
 
+/** An E2B API call through the in-process app with a tenant's key in E2B's shape. */
+function e2bCaller(ip: Awaited<ReturnType<typeof inProcess>>, key: string) {
+  return (method: string, path: string, body?: unknown) =>
+    ip.app.fetch(
+      new Request(`http://in-process${path}`, {
+        method,
+        headers: { "x-api-key": key.replace(/^fb_/, "e2b_"), "content-type": "application/json" },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      }),
+    );
+}
+
 test("an autoPause sandbox past its timeout is paused to E2B while the reaper saves it; connect then resumes it", async () => {
   // The reaper does not run here on its own: the test runs its pass.
   const ip = await inProcess();
   try {
     const t = await ip.tenant();
-    const call = (method: string, path: string, body?: unknown) =>
-      ip.app.fetch(
-        new Request(`http://in-process${path}`, {
-          method,
-          headers: { "x-api-key": t.key.replace(/^fb_/, "e2b_"), "content-type": "application/json" },
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        }),
-      );
+    const call = e2bCaller(ip, t.key);
     const state = async (id: string) =>
       ((await (await call("GET", `/sandboxes/${id}`)).json()) as { state: string }).state;
     const create = async (autoPause: boolean) => {
@@ -86,14 +91,7 @@ test("a filesystem-only pause (memory: false, autoPauseMemory: false) reaches th
   const ip = await inProcess();
   try {
     const t = await ip.tenant();
-    const call = (method: string, path: string, body?: unknown) =>
-      ip.app.fetch(
-        new Request(`http://in-process${path}`, {
-          method,
-          headers: { "x-api-key": t.key.replace(/^fb_/, "e2b_"), "content-type": "application/json" },
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        }),
-      );
+    const call = e2bCaller(ip, t.key);
     const create = async (body: Record<string, unknown>) => {
       const res = await call("POST", "/v2/sandboxes", { templateID: "base", ...body });
       assert.equal(res.status, 201, await res.clone().text());
