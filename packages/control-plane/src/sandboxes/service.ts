@@ -1468,19 +1468,22 @@ export class SandboxService {
     }
   }
 
+  /** The latest lifecycle event's detail (timeout action, pause kind), if any. */
+  async #lifecycle(id: string): Promise<Record<string, unknown> | undefined> {
+    const events = await this.#store.listEvents(id);
+    return events.filter((e) => e.type === LIFECYCLE_EVENT).at(-1)?.detail;
+  }
+
   /** Whether a timeout pause keeps the memory (its lifecycle event says `pauseMemory: false` when not). */
   async #timeoutPauseMemory(id: string): Promise<boolean> {
-    const events = await this.#store.listEvents(id);
-    return events.filter((e) => e.type === LIFECYCLE_EVENT).at(-1)?.detail["pauseMemory"] !== false;
+    return (await this.#lifecycle(id))?.["pauseMemory"] !== false;
   }
 
   /** The timeout action of a sandbox: its lifecycle event (cached), else kill. */
   async timeoutAction(id: string): Promise<TimeoutAction> {
     const cached = this.#onTimeout.get(id);
     if (cached) return cached;
-    const events = await this.#store.listEvents(id);
-    const last = events.filter((e) => e.type === LIFECYCLE_EVENT).at(-1);
-    const action = last?.detail["onTimeout"] === "pause" ? "pause" : "kill";
+    const action = (await this.#lifecycle(id))?.["onTimeout"] === "pause" ? "pause" : "kill";
     if (action !== "kill") this.#onTimeout.set(id, action);
     return action;
   }
