@@ -7,8 +7,17 @@ import { after, test } from "node:test";
 
 // This file's runtime freezes sandboxes idle for 1 s (helpers read the env when loaded).
 process.env["FIREBREAK_FREEZE_IDLE_MS"] = "1000";
-const { assertNoLeftovers, createdIds, exec, killSandbox, newSandbox, runtime, skipUnlessRoot, sleep } =
-  await import("./helpers.ts");
+const {
+  assertNoLeftovers,
+  createSandbox,
+  createdIds,
+  exec,
+  killSandbox,
+  newSandbox,
+  runtime,
+  skipUnlessRoot,
+  sleep,
+} = await import("./helpers.ts");
 
 after(async () => {
   const rt = await runtime();
@@ -45,8 +54,7 @@ test("an idle sandbox is frozen (its QEMU uses no CPU at all) and the next use t
   skip: skipUnlessRoot,
 }, async (t) => {
   const rt = await runtime();
-  const sb = await newSandbox({});
-  t.after(() => killSandbox(sb));
+  const sb = await createSandbox(t);
   await until(() => sb.frozen, 60_000, "the idle sandbox is frozen");
   assert.equal(await frozenOnHost(sb), true);
   const c0 = await cpuNanos(sb);
@@ -61,8 +69,7 @@ test("an idle sandbox is frozen (its QEMU uses no CPU at all) and the next use t
 
 test("a sandbox something holds open is never frozen", { skip: skipUnlessRoot }, async (t) => {
   const rt = await runtime();
-  const sb = await newSandbox({});
-  t.after(() => killSandbox(sb));
+  const sb = await createSandbox(t);
   const held = (id: string) => id === sb.id;
   rt.busyChecks.add(held);
   t.after(() => rt.busyChecks.delete(held));
@@ -76,8 +83,7 @@ test("pause, resume, fork and kill work on a frozen sandbox and leave nothing be
   skip: skipUnlessRoot,
 }, async (t) => {
   const rt = await runtime();
-  const sb = await newSandbox({});
-  t.after(() => killSandbox(sb));
+  const sb = await createSandbox(t);
   assert.equal((await exec(sb, ["sh", "-c", "echo frozen-then-paused > /home/user/f"])).exitCode, 0);
   await until(() => sb.frozen, 60_000, "frozen before the pause");
   await rt.pause(sb.id);

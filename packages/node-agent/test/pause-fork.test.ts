@@ -12,6 +12,7 @@ import {
   assertNoLeftovers,
   config,
   createdIds,
+  createSandbox,
   exec,
   killSandbox,
   leftovers,
@@ -75,8 +76,7 @@ test("a filesystem-only pause keeps files and identity; the resume boots afresh 
   skip: skipUnlessRoot,
 }, async (t) => {
   const rt = await runtime();
-  const sb = await newSandbox({ envVars: { KEPT: "across-reboot" } });
-  t.after(() => killSandbox(sb));
+  const sb = await createSandbox(t, { envVars: { KEPT: "across-reboot" } });
   const token = sb.accessToken;
   const bootId = async () => (await exec(sb, ["cat", "/proc/sys/kernel/random/boot_id"])).stdout.trim();
   const bootBefore = await bootId();
